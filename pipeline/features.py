@@ -1,0 +1,154 @@
+"""Stage one, wired: settings -> dataset -> fingerprint -> cache key -> hit, or resume/extract -> file.
+
+`plan()` does everything that needs no model (cheap: a cache hit never imports Keras);
+`build_file()` extracts any set of contiguous row ranges into one file of the cache's layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+
+from . import backbone as bb
+from .cache import FORMAT_VERSION, PartialRun, cache_key, cache_stem, read_provenance, write_cache, writer_lock
+from .config import FeatureConfig, PipelineError, validate
+from .extract import BackgroundWriter, extract_range
+from .fingerprint import fingerprint
+from .preprocess import PREPROCESSING
+from .sources import Dataset, open_dataset
+
+KEY_SETTINGS = ("layer", "image_size", "interpolation", "store_dtype")
+
+
+@dataclasses.dataclass
+class Plan:
+    cfg: FeatureConfig
+    dataset: Dataset
+    precision: str            # resolved compute dtype
+    provenance: dict          # what goes into the file's attributes (the key among them)
+    stem: str                 # cache path without extension
+
+    @property
+    def path(self) -> str:
+        return self.stem + ".h5"
+
+
+def plan(cfg: FeatureConfig) -> Plan:
+    cfg = validate(cfg)
+    ds = open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"))
+    fp = fingerprint(ds, cfg.on_bad_image)
+    precision = bb.resolve_precision(cfg.precision)
+    weights = bb.weights_identity(cfg.weights, cfg.seed, cfg.layer)
+    payload = {"backbone": "keras.applications.VGG19", "preprocessing": PREPROCESSING, "weights": weights,
+               "dataset_fingerprint": fp, "precision": precision, **{k: getattr(cfg, k) for k in KEY_SETTINGS}}
+    key = cache_key(payload)
+    settings = {**{k: getattr(cfg, k) for k in KEY_SETTINGS}, "precision": precision,
+                "precision_requested": cfg.precision, "weights": cfg.weights, "seed": cfg.seed,
+                "dataset": ds.name, "splits": list(cfg.splits), "limit": cfg.limit}
+    provenance = {"format_version": FORMAT_VERSION, "key": key, "key_payload": payload, "settings": settings,
+                  "backbone": payload["backbone"], "preprocessing": PREPROCESSING, "weights": weights,
+                  "dataset": ds.name, "dataset_fingerprint": fp, "source": cfg.data_dir or "keras.datasets",
+                  "class_names": list(ds.class_names), "skipped": ds.skipped,
+                  "split_sizes": {s: len(sp) for s, sp in ds.splits.items()}}
+    return Plan(cfg, ds, precision, provenance, cache_stem(cfg.cache_dir, ds.name, cfg.layer, key))
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform(), "backend": bb.keras_backend_name()}
+    for pkg in ("keras", "tensorflow", "jax", "torch", "numpy", "h5py", "opencv-python-headless"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def is_hit(p: Plan) -> bool:
+    return os.path.exists(p.path) and read_provenance(p.path).get("key") == p.provenance["key"]
+
+
+class ModelCache:
+    """Build the backbone once per process (shards reuse it)."""
+
+    def __init__(self):
+        self._model = self._sig = None
+
+    def get(self, cfg: FeatureConfig, precision: str):
+        sig = (cfg.layer, cfg.image_size, cfg.weights, cfg.seed, precision, cfg.store_dtype)
+        if self._sig != sig:
+            if cfg.weights == "random":
+                bb.warn_random(cfg.seed)
+            model = bb.build_backbone(cfg.layer, cfg.image_size, cfg.weights, cfg.seed, precision)
+            sha = bb.weights_sha256(model) if cfg.weights == "random" else None
+            self._model, self._sig, self._sha = bb.Backbone(model, cfg.store_dtype), sig, sha
+        return self._model
+
+    def sha256(self, cfg: FeatureConfig, precision: str) -> str | None:
+        """SHA-256 of the weights file (imagenet, PATH) or of the generated weights (random)."""
+        if cfg.weights == "imagenet":
+            return bb.imagenet_file_sha256(cfg.layer)
+        if cfg.weights != "random":
+            return bb.weights_identity(cfg.weights, cfg.seed, cfg.layer)["sha256"]
+        self.get(cfg, precision)
+        return self._sha
+
+
+MODELS = ModelCache()
+
+
+def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: ModelCache = MODELS) -> dict:
+    """Extract rows `ranges` ({split: (start, stop)}) into `<stem>.h5`, resuming `<stem>.partial`."""
+    with writer_lock(stem):
+        if os.path.exists(stem + ".h5") and read_provenance(stem + ".h5").get("key") == p.provenance["key"]:
+            return {"hit": True, "images": 0}  # another process finished it while we waited
+        journal = PartialRun(stem, {**p.provenance, "ranges": ranges})
+        stats, t0 = {"images": 0, "resumed": journal.resumed}, time.perf_counter()
+        for split, (start, stop) in ranges.items():
+            done = journal.done(split, start)
+            if done >= stop:
+                continue
+            model = models.get(p.cfg, p.precision)
+            writer = BackgroundWriter(lambda a, b, f, s=split: journal.write(s, a, b, f))
+            note = f" (resuming at {done - start})" if done > start else ""
+            t = extract_range(p.dataset.splits[split], done, stop, model, writer, batch_size=p.cfg.batch_size,
+                              image_size=p.cfg.image_size, interpolation=p.cfg.interpolation,
+                              desc=f"{split}{note}", quiet=quiet)
+            stats["images"] += t.pop("images")
+            for k, v in t.items():
+                stats[k] = stats.get(k, 0.0) + v
+        stats["seconds"] = time.perf_counter() - t0
+        ds = p.dataset
+        meta = {**p.provenance, "ranges": ranges, "versions": versions(), "batch_size": p.cfg.batch_size,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "weights_sha256": models.sha256(p.cfg, p.precision)}
+        splits = {s: (ds.splits[s].labels[a:b], ds.splits[s].ids[a:b], a) for s, (a, b) in ranges.items()}
+        write_cache(stem + ".h5", meta, splits, lambda s: journal.read(s, *ranges[s]))
+        journal.remove()
+        stats["hit"] = False
+        return stats
+
+
+def run_features(cfg: FeatureConfig, quiet: bool = False) -> str:
+    """`python -m pipeline features`: the finished cache's path (built, resumed, or a hit)."""
+    t0 = time.perf_counter()
+    p = plan(cfg)
+    if is_hit(p):
+        print(f"cache hit: {p.path} (same settings and data; no backbone work)", file=sys.stderr)
+        return p.path
+    if p.precision != p.cfg.precision:
+        print(f"precision: auto -> {p.precision}", file=sys.stderr)
+    stats = build_file(p, p.stem, {s: (0, len(sp)) for s, sp in p.dataset.splits.items()}, quiet=quiet)
+    seconds = time.perf_counter() - t0
+    size = os.path.getsize(p.path) / 1e6
+    if stats["hit"]:
+        print(f"cache hit: {p.path} (finished by another process)", file=sys.stderr)
+    else:
+        n = stats["images"]
+        print(f"features: {n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s incl. start-up; "
+              f"model {stats.get('model_s', 0):.1f} s, waiting for input {stats.get('wait_input_s', 0):.1f} s) "
+              f"-> {p.path} ({size:.1f} MB)", file=sys.stderr)
+    return p.path
