@@ -114,6 +114,8 @@ def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: Mo
             model = models.get(p.cfg, p.precision)
             writer = BackgroundWriter(lambda a, b, f, s=split: journal.write(s, a, b, f))
             note = f" (resuming at {done - start})" if done > start else ""
+            if note:
+                print(f"{split}: resuming at row {done - start} of {stop - start}", file=sys.stderr)
             t = extract_range(p.dataset.splits[split], done, stop, model, writer, batch_size=p.cfg.batch_size,
                               image_size=p.cfg.image_size, interpolation=p.cfg.interpolation,
                               desc=f"{split}{note}", quiet=quiet)

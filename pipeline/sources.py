@@ -138,7 +138,8 @@ class _BatchUnpickler(pickle.Unpickler):
     """Allows only what the official CIFAR batches hold (numpy arrays), so a file cannot run code."""
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("_codecs", "encode")}  # protocol-2 bytes written by Python 3 (as torch's weights_only allows)
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:

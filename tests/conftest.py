@@ -1,0 +1,79 @@
+"""Tiny datasets the tests write themselves: official CIFAR batch layout, tarballs, image folders."""
+import os
+import pickle
+import sys
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10(root, per_batch=6, test_n=6, seed=0, labels=None):
+    """cifar-10-batches-py with 5 train batches, a test batch and batches.meta (protocol 2, as upstream)."""
+    rng = np.random.default_rng(seed)
+    d = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(d, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        n = test_n if name == "test_batch" else per_batch
+        y = list(labels) if labels is not None else [int(v) for v in (np.arange(n) + i) % 10]
+        batch = {b"batch_label": name.encode(), b"labels": y,
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"filenames": [f"img_{i}_{j}.png".encode() for j in range(n)]}
+        with open(os.path.join(d, name), "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(os.path.join(d, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CLASSES], b"num_vis": 3072}, f, protocol=2)
+    return d
+
+
+def write_image_folders(root, per_class=4, classes=("cat", "dog", "frog"), seed=0):
+    """ROOT/{train,test}/CLASS/ with RGB PNG, grayscale PNG, RGBA PNG, odd-size JPEG and BMP."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for c in classes:
+            d = os.path.join(root, split, c)
+            os.makedirs(d, exist_ok=True)
+            for j in range(per_class):
+                kind = j % 4
+                if kind == 0:
+                    cv2.imwrite(os.path.join(d, f"{j:03d}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+                elif kind == 1:
+                    cv2.imwrite(os.path.join(d, f"{j:03d}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
+                elif kind == 2:
+                    cv2.imwrite(os.path.join(d, f"{j:03d}.png"), rng.integers(0, 256, (20, 28, 4), dtype=np.uint8))
+                else:
+                    cv2.imwrite(os.path.join(d, f"{j:03d}.jpg"), rng.integers(0, 256, (45, 37, 3), dtype=np.uint8))
+    return root
+
+
+def make_tar(src, out, arcname):
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(src, arcname=arcname)
+    return out
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+    write_cifar10(str(tmp_path / "data"))
+    return str(tmp_path / "data")
+
+
+@pytest.fixture
+def folder_dir(tmp_path):
+    return write_image_folders(str(tmp_path / "imgs"))
+
+
+def run_cli(*args):
+    """Run `python -m pipeline` in this process; (exit code)."""
+    from pipeline.cli import main
+    return main([str(a) for a in args])
+
+
+SMALL = ["--weights", "random", "--image-size", "32", "--quiet"]  # fast VGG19 settings for tests
+PY = sys.executable

@@ -1,0 +1,172 @@
+"""Stage one end to end through the command line, on tiny data the tests write."""
+import errno
+import os
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import PY, ROOT, SMALL, run_cli
+
+from pipeline import backbone as bb
+from pipeline.cache import load_cache, writer_lock
+
+
+def features(capsys, *args):
+    code = run_cli("features", *args)
+    out, err = capsys.readouterr()
+    return code, out.strip().splitlines(), err
+
+
+def test_builds_a_complete_cache_with_provenance(cifar_dir, tmp_path, capsys):
+    code, out, err = features(capsys, "--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", *SMALL)
+    assert code == 0 and out[-1].endswith(".h5") and os.path.exists(out[-1])
+    assert "features: 36 images" in err and "img/s" in err and "WARNING: --weights random" in err
+    data = load_cache(out[-1])
+    f, y, meta = data["train"]
+    assert f.shape == (30, 4096) and f.dtype == np.float32 and len(y) == 30
+    assert data["test"][0].shape == (6, 4096)
+    assert meta["weights"]["kind"] == "random" and meta["weights"]["seed"] == 0 and len(meta["weights_sha256"]) == 64
+    assert meta["dataset"] == "cifar10" and len(meta["dataset_fingerprint"]) == 64
+    assert meta["settings"]["interpolation"] == "cubic" and meta["settings"]["precision"] in ("float32", "bfloat16")
+    assert meta["format_version"] == 1 and "keras" in meta["versions"] and meta["created"]
+    with h5py.File(out[-1]) as h:
+        assert set(h["train"]) == {"features", "labels", "ids"} and h.attrs["complete"]
+
+
+def test_same_settings_is_a_hit_without_backbone_work(cifar_dir, tmp_path, capsys, monkeypatch):
+    args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *SMALL)
+    first = features(capsys, *args)[1][-1]
+
+    def no_model(*a, **k):
+        raise AssertionError("a cache hit must not build the backbone")
+    monkeypatch.setattr(bb, "build_backbone", no_model)
+    code, out, err = features(capsys, *args, "--batch-size", "2")  # batch size is not in the key
+    assert code == 0 and out[-1] == first and "cache hit" in err
+
+
+@pytest.mark.parametrize("change", [["--interpolation", "area"], ["--layer", "fc1"], ["--store-dtype", "float16"],
+                                    ["--seed", "1"], ["--limit", "3"], ["--image-size", "40"], ["--precision", "bfloat16"]])
+def test_each_changed_setting_makes_a_new_cache(cifar_dir, tmp_path, capsys, change):
+    base = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *SMALL)
+    a = features(capsys, *base)[1][-1]
+    code, out, err = features(capsys, *base, *change)
+    assert code == 0 and out[-1] != a and "cache hit" not in err
+    assert len([p for p in os.listdir(tmp_path / "c") if p.endswith(".h5")]) == 2
+
+
+def test_changed_pixels_make_a_new_cache(folder_dir, tmp_path, capsys):
+    import cv2
+    base = ("--data-dir", folder_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *SMALL)
+    a = features(capsys, *base)[1][-1]
+    path = os.path.join(folder_dir, "test", "cat", "000.png")
+    img = cv2.imread(path)
+    img[3, 3] = 255 - img[3, 3]
+    cv2.imwrite(path, img)
+    assert features(capsys, *base)[1][-1] != a
+
+
+def test_features_equal_a_direct_forward_pass_at_224(cifar_dir, tmp_path, capsys):
+    """The real VGG19 to fc2 at 224, random weights: the pipeline's rows equal model(preprocessed batch)."""
+    code, out, _ = features(capsys, "--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test",
+                            "--limit", "3", "--weights", "random", "--precision", "float32", "--batch-size", "2", "--quiet")
+    assert code == 0
+    f, _, meta = load_cache(out[-1])["test"]
+    from pipeline.preprocess import preprocess
+    from pipeline.sources import open_dataset
+    images = open_dataset("cifar10", cifar_dir, ("test",), 3).splits["test"].images
+    model = bb.build_backbone("fc2", 224, "random", 0, "float32")
+    want = np.asarray(model.predict_on_batch(preprocess(images, 224, "cubic")))
+    assert f.shape == (3, 4096) and np.abs(want).max() > 0
+    # tolerance: float32 GEMMs blocked differently for batch 2 vs 3 round differently (~1e-6 relative)
+    np.testing.assert_allclose(f, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, capsys):
+    from conftest import write_cifar10
+    data = str(tmp_path / "d")
+    write_cifar10(data, per_batch=80, test_n=4)
+    cmd = [PY, "-m", "pipeline", "features", "--data-dir", data, "--splits", "train", "--weights", "random",
+           "--image-size", "64", "--layer", "block5_pool", "--batch-size", "8", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(cmd + ["--cache-dir", killed], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        parts = [os.path.join(killed, p, "train") for p in os.listdir(killed)] if os.path.isdir(killed) else []
+        if any(os.path.isdir(p) and len(os.listdir(p)) >= 3 for p in parts if ".partial" in p):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in os.listdir(killed) if p.endswith(".h5")], "the run finished before it was killed"
+    code = run_cli(*cmd[3:], "--cache-dir", killed)  # resume in this process (saves a start-up)
+    resumed_out, resumed_err = capsys.readouterr()
+    assert code == 0 and "train: resuming at row" in resumed_err, resumed_err
+    assert run_cli(*cmd[3:], "--cache-dir", str(tmp_path / "whole")) == 0
+    whole_out, _ = capsys.readouterr()
+    a = load_cache(resumed_out.strip().splitlines()[-1])["train"]
+    b = load_cache(whole_out.strip().splitlines()[-1])["train"]
+    assert a[0].shape == (400, 2048) and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_second_writer_is_refused(cifar_dir, tmp_path, capsys):
+    from pipeline.features import plan
+    from pipeline.cli import feature_config, build_parser
+    args = ["--data-dir", cifar_dir, "--cache-dir", str(tmp_path / "c"), "--splits", "test", *SMALL]
+    stem = plan(feature_config(build_parser().parse_args(["features", *args]))).stem
+    with writer_lock(stem):
+        code, out, err = features(capsys, *args)
+    assert code == 1 and "another process" in err and "is writing" in err and not out
+
+
+def test_disk_full_is_one_line_and_resumable(cifar_dir, tmp_path, capsys, monkeypatch):
+    args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "train", "--batch-size", "8", *SMALL)
+    real_save, calls = np.save, []
+
+    def save(f, arr, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(f, arr, *a, **k)
+    monkeypatch.setattr(np, "save", save)
+    code, out, err = features(capsys, *args)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: no space left") and "Traceback" not in err
+    monkeypatch.setattr(np, "save", real_save)
+    code, out, err = features(capsys, *args)
+    assert code == 0 and "train: resuming at row 16 of 30" in err
+
+
+def test_truncated_cache_file_is_reported(cifar_dir, tmp_path, capsys):
+    args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *SMALL)
+    path = features(capsys, *args)[1][-1]
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 3])
+    code, out, err = features(capsys, *args)
+    assert code == 1 and "truncated or corrupt" in err and path in err
+
+
+def test_skip_bad_images_is_recorded(folder_dir, tmp_path, capsys):
+    open(os.path.join(folder_dir, "test", "dog", "broken.jpg"), "wb").write(b"\xff\xd8\xff\xe0 cut")
+    args = ("--data-dir", folder_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *SMALL)
+    code, out, err = features(capsys, *args)
+    assert code == 1 and "broken.jpg" in err and "--on-bad-image skip" in err
+    code, out, err = features(capsys, *args, "--on-bad-image", "skip")
+    _, _, meta = load_cache(out[-1])["test"]
+    assert meta["skipped"][0]["path"] == "test/dog/broken.jpg" and meta["split_sizes"]["test"] == 12
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--data-dir", "/nonexistent/cifar"], "no such file or folder"),
+    (["--layer", "fc9"], "--layer: expected one of fc2, fc1, block5_pool, got 'fc9'"),
+    (["--splits", "train,val"], "--splits"),
+    (["--limit", "0"], "--limit"),
+    (["--weights", "/nope.h5"], "no such file"),
+    (["--image-size", "64", "--weights", "imagenet"], "need 224"),
+])
+def test_bad_options_get_one_line(tmp_path, capsys, args, needle):
+    code, out, err = features(capsys, "--cache-dir", tmp_path, *args)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and needle in lines[0] and lines[0].startswith("error: ")
