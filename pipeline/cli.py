@@ -6,6 +6,7 @@ mistake (PipelineError) prints one line and exits 1, Ctrl-C exits 130 keeping fi
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -22,7 +23,7 @@ def add_feature_options(p: argparse.ArgumentParser):
     p.add_argument("--splits", default=",".join(C.SPLITS), help="comma list of train,test (default %(default)s)")
     p.add_argument("--limit", type=int, default=C.LIMIT, help="at most N images per split, stratified by class")
     p.add_argument("--weights", default=C.WEIGHTS, help="imagenet|random|PATH (default %(default)s)")
-    p.add_argument("--seed", type=int, default=C.SEED, help="seed of --weights random (default %(default)s)")
+    p.add_argument("--weights-seed", type=int, default=C.SEED, help="seed of --weights random (default %(default)s)")
     p.add_argument("--layer", default=C.LAYER, help="fc2|fc1|block5_pool (default %(default)s)")
     p.add_argument("--image-size", type=int, default=C.IMAGE_SIZE, help="upscale to this size (default %(default)s)")
     p.add_argument("--interpolation", default=C.INTERPOLATION, help="cubic|linear|nearest|area|lanczos (default %(default)s)")
@@ -34,7 +35,7 @@ def add_feature_options(p: argparse.ArgumentParser):
 
 def feature_config(args, batch_size=None) -> FeatureConfig:
     return FeatureConfig(dataset=args.dataset, data_dir=args.data_dir, splits=args.splits, limit=args.limit,
-                         weights=args.weights, seed=args.seed, layer=args.layer, image_size=args.image_size,
+                         weights=args.weights, seed=args.weights_seed, layer=args.layer, image_size=args.image_size,
                          interpolation=args.interpolation, precision=args.precision, store_dtype=args.store_dtype,
                          batch_size=batch_size or C.BATCH_SIZE, cache_dir=args.cache_dir, on_bad_image=args.on_bad_image)
 
@@ -50,6 +51,12 @@ def cmd_features(args):
     print(path)  # the last line on stdout: scripts can use it
 
 
+STAGE_TWO = [("train-head", "train", "stage two: train a head on cached features"),
+             ("sweep", "sweep", "train many heads at once and compare them"),
+             ("predict", "predict", "classify image files end to end"),
+             ("bench", "bench", "measure throughput against the machine and the notebook")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,12 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local Ray)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_features)
-    for name in ("train-head", "sweep", "predict", "bench"):
-        try:
-            module = __import__(f"pipeline.{name.replace('-', '_')}_cli", fromlist=["register"])
-        except ModuleNotFoundError:
-            continue
-        module.register(sub, add_feature_options, feature_config)
+    for name, module, help_ in STAGE_TWO:
+        p = sub.add_parser(name, help=help_)
+        if name in ("train-head", "sweep"):
+            add_feature_options(p)
+        mod = importlib.import_module(f"pipeline.{module}")
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.main)
     return parser
 
 

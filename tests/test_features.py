@@ -48,7 +48,7 @@ def test_same_settings_is_a_hit_without_backbone_work(cifar_dir, tmp_path, capsy
 
 
 @pytest.mark.parametrize("change", [["--interpolation", "area"], ["--layer", "fc1"], ["--store-dtype", "float16"],
-                                    ["--seed", "1"], ["--limit", "3"], ["--image-size", "40"], ["--precision", "bfloat16"]])
+                                    ["--weights-seed", "1"], ["--limit", "3"], ["--image-size", "40"], ["--precision", "bfloat16"]])
 def test_each_changed_setting_makes_a_new_cache(cifar_dir, tmp_path, capsys, change):
     base = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *SMALL)
     a = features(capsys, *base)[1][-1]

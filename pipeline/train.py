@@ -1,0 +1,147 @@
+"""Stage two: `python -m pipeline train-head` trains one head on cached features.
+
+Features are loaded once; a stratified hold-out of train (--val-fraction) is for model selection;
+the test split is evaluated once, at the end, in full. Everything lands in a run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from .cache import load_cache
+from .config import PipelineError
+
+# --- defaults: the notebook's head --------------------------------------------------------------
+HEAD = "softmax"        # softmax (Dropout -> Dense softmax, Keras) | logreg (scikit-learn)
+DROPOUT = 0.5           # dropout rate before the softmax layer
+LR = 1e-3               # Adam learning rate
+BATCH_SIZE = 250        # head training batch size
+EPOCHS = 20             # passes over the training features
+PATIENCE = 3            # --early-stopping: epochs without a better val loss before stopping
+C = 1.0                 # logreg inverse regularisation strength
+MAX_ITER = 200          # logreg solver iterations
+VAL_FRACTION = 0.1      # stratified hold-out of train for model selection
+SEED = 0                # makes a run reproducible
+RUNS_DIR = "data/runs"  # where run folders go
+# ---------------------------------------------------------------------------------------------------
+
+RANGES = {  # name: (type, check, what the check means)
+    "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (float, lambda v: v > 0, "> 0"),
+    "epochs": (int, lambda v: v >= 1, ">= 1"), "batch_size": (int, lambda v: v >= 1, ">= 1"),
+    "C": (float, lambda v: v > 0, "> 0"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
+    "val_fraction": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "patience": (int, lambda v: v >= 1, ">= 1"),
+}
+HEAD_PARAMS = {"softmax": ("dropout", "lr", "epochs", "batch_size"), "logreg": ("C", "max_iter")}
+
+
+def check_param(name: str, value):
+    kind, ok, what = RANGES[name]
+    try:
+        v = kind(value)
+    except (TypeError, ValueError):
+        raise PipelineError(f"{name}: expected a {kind.__name__} {what}, got {value!r}") from None
+    if not ok(v):
+        raise PipelineError(f"{name}: expected {what}, got {v}; pick a value {what}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--cache", default=None, help="cache file (default: the one the feature options select)")
+    p.add_argument("--head", default=HEAD, choices=("softmax", "logreg"))
+    p.add_argument("--dropout", type=float, default=DROPOUT)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--early-stopping", action="store_true", help="stop on validation loss, keep the best epoch")
+    p.add_argument("--patience", type=int, default=PATIENCE)
+    p.add_argument("--C", type=float, default=C, dest="C")
+    p.add_argument("--max-iter", type=int, default=MAX_ITER)
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
+    p.add_argument("--seed", type=int, default=SEED, help="seed of the head (and of --weights random)")
+    p.add_argument("--name", default=None, help="run folder name (default: a timestamp)")
+    p.add_argument("--runs-dir", default=RUNS_DIR)
+
+
+def resolve_cache(args) -> str:
+    """--cache PATH, or the cache the feature options select (which says how to build it if missing)."""
+    if args.cache:
+        return args.cache
+    from . import find_cache
+    from .cli import feature_config
+    return find_cache(feature_config(args))
+
+
+def load_features(args):
+    """(data, class_names, cache_path, provenance); data = {split: (X, y)} incl. the val hold-out."""
+    path = resolve_cache(args)
+    cache = load_cache(path, splits=["train", "test"])
+    Xtr, ytr, meta = cache["train"]
+    Xte, yte, _ = cache["test"]
+    Xtr, Xte = Xtr.astype(np.float32, copy=False), Xte.astype(np.float32, copy=False)
+    val = check_param("val_fraction", args.val_fraction)
+    if val > 0:
+        from sklearn.model_selection import train_test_split
+        idx_tr, idx_val = train_test_split(np.arange(len(ytr)), test_size=val, stratify=ytr, random_state=args.seed)
+        idx_tr, idx_val = np.sort(idx_tr), np.sort(idx_val)
+        data = {"train": (Xtr[idx_tr], ytr[idx_tr]), "val": (Xtr[idx_val], ytr[idx_val]), "test": (Xte, yte)}
+    else:
+        data = {"train": (Xtr, ytr), "val": (Xtr[:0], ytr[:0]), "test": (Xte, yte)}
+    prov = {k: v for k, v in meta.items() if k not in ("ids", "split")}
+    return data, list(meta["class_names"]), path, prov
+
+
+def make_head(head: str, params: dict, args):
+    from .heads import LogRegHead, SoftmaxHeads
+    if head == "softmax":
+        return SoftmaxHeads(dropouts=(params["dropout"],), lrs=(params["lr"],), epochs=params["epochs"],
+                            batch_size=params["batch_size"], early_stopping=args.early_stopping,
+                            patience=args.patience, seed=args.seed)
+    return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=args.seed)
+
+
+def save_head_fn(head, kind: str, k: int = 0):
+    def save(folder):
+        if kind == "softmax":
+            head.export_head(k).save(os.path.join(folder, "head.keras"))
+        else:
+            import joblib
+            joblib.dump(head.model_, os.path.join(folder, "head.joblib"))
+    return save
+
+
+def finish_run(args, kind, params, head, k, data, class_names, cache_path, prov, timings, name=None) -> str:
+    """Evaluate head k on train/val/test, write the run folder, print the summary."""
+    from .runs import evaluate, new_run_dir, summary_table, write_run
+    t = time.perf_counter()
+    n_classes = len(class_names)
+    metrics = {"head": kind, "hyperparameters": {**params, "seed": args.seed, "val_fraction": args.val_fraction,
+                                                 **({"early_stopping": args.early_stopping, "patience": args.patience,
+                                                     "best_epoch": head.best_epoch_[k]} if kind == "softmax" else {})}}
+    for split, (X, y) in data.items():
+        metrics[split] = evaluate(head.predict_proba(X)[k], y, n_classes) if len(y) else {"n": 0}
+    timings["evaluate_s"] = time.perf_counter() - t
+    metrics.update(class_names=class_names, cache=os.path.abspath(cache_path), provenance=prov, timings=timings)
+    run_dir = write_run(new_run_dir(args.runs_dir, name or args.name), metrics, head.history_[k], class_names,
+                        save_head_fn(head, kind, k))
+    print(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()), file=sys.stderr)
+    print(summary_table(metrics), file=sys.stderr)
+    return run_dir
+
+
+def main(args):
+    from .runs import process_age
+    timings = {"startup_s": process_age()}
+    params = {p: check_param(p, getattr(args, p)) for p in HEAD_PARAMS[args.head]}
+    check_param("patience", args.patience)
+    t = time.perf_counter()
+    data, class_names, cache_path, prov = load_features(args)
+    timings["load_s"] = time.perf_counter() - t
+    X, y = data["train"]
+    head = make_head(args.head, params, args).fit(X, y, *data["val"], n_classes=len(class_names))
+    timings["train_s"] = head.train_seconds_
+    run_dir = finish_run(args, args.head, params, head, 0, data, class_names, cache_path, prov, timings)
+    print(run_dir)
