@@ -24,7 +24,6 @@ import numpy as np
 from .config import PipelineError
 
 FORMAT_VERSION = 1  # bump when the file layout or the meaning of the numbers changes
-ROWS_PER_CHUNK = 256  # HDF5 chunk rows; each chunk carries a Fletcher-32 checksum
 
 
 def cache_key(payload: dict) -> str:
@@ -146,10 +145,9 @@ def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
                 ds = None
                 for a, b, feats in chunks(name):
                     if ds is None:
-                        ds = g.create_dataset("features", (n, feats.shape[1]), dtype=feats.dtype, fletcher32=True,
-                                              chunks=(max(1, min(n, ROWS_PER_CHUNK)), feats.shape[1]))
+                        ds = g.create_dataset("features", (n, feats.shape[1]), dtype=feats.dtype)
                     ds[a - first_row:b - first_row] = feats
-                    h.update(np.ascontiguousarray(feats).tobytes())
+                    h.update(memoryview(np.ascontiguousarray(feats)).cast("B"))
                 g.create_dataset("labels", data=labels.astype(np.int64))
                 if ids.dtype == object:
                     g.create_dataset("ids", data=ids.astype(str).astype(object), dtype=h5py.string_dtype())
@@ -165,6 +163,10 @@ def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise disk_full(e, path) from None
+
+
+def sha256_of(a: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
 
 
 def read_provenance(path: str) -> dict:
@@ -190,8 +192,8 @@ def read_provenance(path: str) -> dict:
 def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool = True) -> dict:
     """Load a finished cache: {split: (features, labels, metadata)}.
 
-    Refuses an incomplete, truncated or corrupt file (Fletcher-32 per chunk, SHA-256 per split when
-    `verify`), or one whose settings differ from `expect` (a dict of setting -> value)."""
+    Refuses an incomplete, truncated or corrupt file (SHA-256 of each split's features, unless
+    `verify` is False), or one whose settings differ from `expect` (a dict of setting -> value)."""
     if not os.path.exists(path):
         raise PipelineError(f"cache {path}: not found; build it with make features")
     meta = read_provenance(path)
@@ -210,7 +212,7 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
                 g = f[name]
                 feats, labels = g["features"][()], g["labels"][()]
                 ids = g["ids"][()]
-                if verify and hashlib.sha256(np.ascontiguousarray(feats).tobytes()).hexdigest() != g.attrs["features_sha256"]:
+                if verify and sha256_of(feats) != g.attrs["features_sha256"]:
                     raise PipelineError(f"cache {path}: '{name}' features fail their SHA-256 check; delete the file and "
                                         "re-run make features")
                 out[name] = (feats, labels, {**meta, "split": name, "ids": ids})

@@ -1,11 +1,13 @@
 """Heads on cached features, scikit-learn style: `__init__` stores parameters, `fit` sets the
 trailing-underscore state.
 
-- `SoftmaxHeads`: K copies of the notebook's head, Dropout(p_k) -> Dense(C, softmax), trained with
-  Adam(lr_k) in ONE Keras model: a single pass over the data per epoch for all K. Heads sharing a
-  dropout rate share one GEMM. Per-head learning rates use Adam's scale invariance: head k's
-  weights are W_k = s_k * V_k with s_k = lr_k / max(lr), and Adam(max lr) steps V_k, so W_k moves
-  exactly as Adam(lr_k) would move it (epsilon scaled to stay <= Keras' 1e-7). K=1 is plain Adam.
+- `SoftmaxHeads`: K copies of the notebook's head, Dropout(p_k) -> Dense(C, softmax) trained with
+  Adam(lr_k), all in one pass over the data per epoch. The training loop is fused NumPy that follows
+  Keras' Dropout and Adam update rules exactly (tested against keras.optimizers.Adam); Keras' own
+  `fit` spends most of its time generating dropout noise and in per-step overhead (README: bench).
+  One uniform draw per step serves every head (head k keeps U >= p_k): each head sees i.i.d.
+  Bernoulli masks, as it would alone; heads sharing a dropout rate share one GEMM.
+  The trained head is exported as the Keras model Dropout(p) -> Dense(C, softmax).
 - `LogRegHead`: StandardScaler + LogisticRegression (scikit-learn).
 """
 from __future__ import annotations
@@ -14,61 +16,8 @@ import time
 
 import numpy as np
 
-ADAM_EPSILON = 1e-7  # Keras' default
-
-
-def _keras():
-    import keras
-    return keras
-
-
-def _heads_layer_class():
-    keras = _keras()
-    ops = keras.ops
-
-    @keras.saving.register_keras_serializable(package="pipeline")
-    class DropoutDenseHeads(keras.layers.Layer):
-        """K heads: logits[:, k] = s_k * (dropout_{p_k}(x) @ V_k + c_k); heads ordered by dropout rate."""
-
-        def __init__(self, n_classes, dropouts, scales, seed=0, **kw):
-            super().__init__(**kw)
-            self.n_classes, self.dropouts, self.scales, self.seed = n_classes, list(dropouts), list(scales), seed
-            rates = sorted(set(self.dropouts), key=self.dropouts.index)
-            self.groups = [(r, self.dropouts.index(r), self.dropouts.index(r) + self.dropouts.count(r)) for r in rates]
-            self.drop = [keras.layers.Dropout(r, seed=seed + i) for i, (r, _, _) in enumerate(self.groups)]
-
-        def build(self, input_shape):
-            k, c, d = len(self.dropouts), self.n_classes, input_shape[-1]
-            init = keras.initializers.GlorotUniform(seed=self.seed)
-            glorot = np.asarray(init((d, c)))  # the same start as Dense(C), before the lr scaling
-            v0 = np.concatenate([glorot / s for s in self.scales], axis=1)
-            self.kernel = self.add_weight(shape=(d, k * c), initializer=keras.initializers.Constant(v0), name="kernel")
-            self.bias = self.add_weight(shape=(k * c,), initializer="zeros", name="bias")
-
-        def call(self, x, training=False):
-            c, outs = self.n_classes, []
-            for drop, (_, a, b) in zip(self.drop, self.groups):
-                outs.append(ops.matmul(drop(x, training=training), self.kernel[:, a * c:b * c]))
-            z = ops.concatenate(outs, axis=1) + self.bias
-            scale = ops.repeat(ops.convert_to_tensor(np.asarray(self.scales, "float32")), c)
-            return ops.reshape(z * scale, (-1, len(self.dropouts), c))
-
-        def get_config(self):
-            return {**super().get_config(), "n_classes": self.n_classes, "dropouts": self.dropouts,
-                    "scales": self.scales, "seed": self.seed}
-
-    return DropoutDenseHeads
-
-
-def _per_head_loss(keras):
-    ops = keras.ops
-
-    def loss(y_true, logits):  # sum over heads of each head's mean cross-entropy
-        k = ops.shape(logits)[1]
-        y = ops.repeat(ops.reshape(ops.cast(y_true, "int32"), (-1, 1)), k, axis=1)
-        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        return ops.sum(ce, axis=-1)
-    return loss
+BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
+NOISE_LEVELS = 65536                         # dropout rates are realised to 1/65536
 
 
 def softmax_np(z):
@@ -81,59 +30,163 @@ def log_loss(proba, y):
     return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None))))
 
 
+def glorot_uniform(fan_in, fan_out, seed):
+    """keras.initializers.GlorotUniform's distribution (Dense's default kernel initializer)."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return np.random.default_rng(seed).uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+
+
+class Adam:
+    """keras.optimizers.Adam's update, in place (no temporaries), with a learning rate per column."""
+
+    def __init__(self, params, lr_cols):
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.scratch = [np.empty_like(p) for p in params]
+        self.lr, self.t = np.asarray(lr_cols, np.float64), 0
+
+    def step(self, params, grads):
+        self.t += 1
+        alpha = (self.lr * np.sqrt(1 - BETA_2 ** self.t) / (1 - BETA_1 ** self.t)).astype(np.float32)
+        for p, g, m, v, s in zip(params, grads, self.m, self.v, self.scratch):
+            np.subtract(g, m, out=s)                 # m += (g - m) * (1 - beta_1)
+            s *= np.float32(1 - BETA_1)
+            m += s
+            np.multiply(g, g, out=s)                 # v += (g^2 - v) * (1 - beta_2)
+            s -= v
+            s *= np.float32(1 - BETA_2)
+            v += s
+            np.sqrt(v, out=s)                        # p -= alpha * m / (sqrt(v) + epsilon)
+            s += np.float32(EPSILON)
+            np.divide(m, s, out=s)
+            s *= alpha
+            p -= s
+
+
+class _Group:
+    """Heads sharing one dropout rate: one mask, one contiguous weight block, one GEMM each way."""
+
+    def __init__(self, rate, heads, lrs, init, batch_size):
+        d, c = init.shape
+        self.heads, self.c = heads, c
+        self.thresh = int(round(rate * NOISE_LEVELS))           # keep where noise >= thresh
+        self.scale = np.float32(NOISE_LEVELS / (NOISE_LEVELS - self.thresh))  # Keras' 1 / (1 - rate)
+        self.W, self.b = np.tile(init, (1, len(heads))), np.zeros(len(heads) * c, np.float32)
+        self.opt = Adam([self.W, self.b], np.repeat(np.asarray(lrs, np.float64), c))
+        self.xm, self.keep = np.empty((batch_size, d), np.float32), np.empty((batch_size, d), bool)
+        self.z, self.gW = np.empty((batch_size, len(heads) * c), np.float32), np.empty_like(self.W)
+
+    def step(self, x, noise, y):
+        n, k, c = len(x), len(self.heads), self.c
+        xm, z = (self.xm[:n], self.z[:n]) if self.thresh else (x, self.z[:n])
+        if self.thresh:
+            np.greater_equal(noise, self.thresh, out=self.keep[:n])
+            np.multiply(x, self.keep[:n], out=xm)
+        np.matmul(xm, self.W, out=z)
+        z *= self.scale
+        z += self.b
+        p = z.reshape(n, k, c)                                  # softmax in place
+        p -= p.max(axis=2, keepdims=True)
+        np.exp(p, out=p)
+        p /= p.sum(axis=2, keepdims=True)
+        p[np.arange(n), :, y] -= 1                              # d(cross-entropy)/d(logits)
+        z *= np.float32(1 / n)
+        np.matmul(xm.T, z, out=self.gW)
+        self.gW *= self.scale
+        self.opt.step([self.W, self.b], [self.gW, z.sum(axis=0)])
+
+    def logits(self, X):
+        return (X @ self.W + self.b).reshape(len(X), len(self.heads), self.c)
+
+
 class SoftmaxHeads:
     def __init__(self, dropouts=(0.5,), lrs=(1e-3,), epochs=20, batch_size=250, early_stopping=False,
                  patience=3, seed=0, monitor_rows=5000):
         self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
         self.early_stopping, self.patience, self.seed, self.monitor_rows = early_stopping, patience, seed, monitor_rows
 
-    def fit(self, X, y, X_val=None, y_val=None, n_classes=None):
-        keras = _keras()
-        keras.utils.set_random_seed(self.seed)
-        n_classes = n_classes or int(y.max()) + 1
-        order = np.argsort(np.asarray(self.dropouts), kind="stable")  # heads sharing a rate sit together
-        lrs = np.asarray(self.lrs, "float64")
-        base = float(lrs.max())
-        scales = (lrs / base)[order]
-        layer = _heads_layer_class()(n_classes, [float(self.dropouts[i]) for i in order], [float(s) for s in scales],
-                                     seed=self.seed, name="heads")
-        inp = keras.Input((X.shape[1],), name="features")
-        model = keras.Model(inp, layer(inp))
-        model.compile(optimizer=keras.optimizers.Adam(base, epsilon=ADAM_EPSILON * float(scales.min())),
-                      loss=_per_head_loss(keras), jit_compile="auto", steps_per_execution=50)
-        rng = np.random.default_rng(self.seed)
-        mon = rng.choice(len(X), min(self.monitor_rows, len(X)), replace=False)
-        monitor = _monitor(self, X[mon], y[mon], X_val, y_val, order)
-        t = time.perf_counter()
-        model.fit(X, y, batch_size=self.batch_size, epochs=self.epochs, shuffle=True, verbose=0, callbacks=[monitor])
-        self.train_seconds_ = time.perf_counter() - t
-        self.model_, self.order_, self.n_classes_ = model, order, n_classes
-        self.history_ = monitor.history  # per head (original order): list of per-epoch dicts
-        self.best_epoch_ = monitor.best_epoch
-        if self.early_stopping and monitor.best_weights is not None:
-            layer.kernel.assign(monitor.best_weights[0])
-            layer.bias.assign(monitor.best_weights[1])
+    def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
+        """Train on X[rows] (all rows by default; rows avoid copying a big array)."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        c = n_classes or int(y[rows].max()) + 1
+        by_rate = {}
+        for k, p in enumerate(self.dropouts):
+            by_rate.setdefault(float(p), []).append(k)
+        init = glorot_uniform(X.shape[1], c, self.seed)          # every head starts where Dense(C) would
+        self.groups_ = [_Group(p, ks, [self.lrs[k] for k in ks], init, self.batch_size) for p, ks in by_rate.items()]
+        self.n_classes_ = c
+        rng = np.random.Generator(np.random.SFC64(self.seed))
+        mon = np.sort(rng.choice(rows, min(self.monitor_rows, len(rows)), replace=False))
+        Xm, ym = X[mon], y[mon]
+        validate = self.early_stopping and X_val is not None and len(X_val)
+        self.history_, self.best_epoch_ = [[] for _ in self.dropouts], [0] * len(self.dropouts)
+        best_loss, stale = np.full(len(self.dropouts), np.inf), 0
+        best = [(g.W.copy(), g.b.copy()) for g in self.groups_] if validate else None
+        d, t0 = X.shape[1], time.perf_counter()
+        for epoch in range(1, self.epochs + 1):
+            perm = rng.permutation(rows)
+            for a in range(0, len(perm), self.batch_size):
+                idx = perm[a:a + self.batch_size]
+                x = np.take(X, idx, axis=0)
+                # one uniform uint16 draw per step serves every group: head k keeps noise >= p_k
+                noise = rng.bit_generator.random_raw((len(idx) * d + 3) // 4).view(np.uint16)[:len(idx) * d]
+                for g in self.groups_:
+                    g.step(x, noise.reshape(len(idx), d), y[idx])
+            improved = self._end_epoch(epoch, Xm, ym, X_val, y_val, best_loss)
+            if validate:
+                self._keep_best(best, improved)
+                stale = 0 if improved else stale + 1
+                if stale >= self.patience:
+                    break
+        if validate:
+            for g, (W, b) in zip(self.groups_, best):
+                g.W[...], g.b[...] = W, b
+        self.train_seconds_ = time.perf_counter() - t0
         return self
 
-    def logits(self, X) -> np.ndarray:
-        """K x N x C logits, heads in the order given to __init__."""
-        z = np.asarray(self.model_.predict(X, batch_size=4096, verbose=0))
-        inv = np.argsort(self.order_)
-        return np.transpose(z, (1, 0, 2))[inv]
+    def _keep_best(self, best, improved):
+        for g, (W, b) in zip(self.groups_, best):
+            for j, k in enumerate(g.heads):
+                if k in improved:
+                    cols = slice(j * g.c, (j + 1) * g.c)
+                    W[:, cols], b[cols] = g.W[:, cols], g.b[cols]
+
+    def _end_epoch(self, epoch, Xm, ym, Xv, yv, best_loss):
+        """Record per-head train (monitor sample) and val metrics; return the heads that improved."""
+        tr = self._metrics(Xm, ym)
+        va = self._metrics(Xv, yv) if Xv is not None and len(Xv) else None
+        improved = []
+        for k in range(len(self.dropouts)):
+            row = {"epoch": epoch, "train_loss": tr[k][0], "train_accuracy": tr[k][1]}
+            if va:
+                row.update(val_loss=va[k][0], val_accuracy=va[k][1])
+                if va[k][0] < best_loss[k]:
+                    best_loss[k], self.best_epoch_[k] = va[k][0], epoch
+                    improved.append(k)
+            self.history_[k].append(row)
+        return improved
+
+    def _metrics(self, X, y):
+        return [(log_loss(pk, y), float((pk.argmax(1) == y).mean())) for pk in self.predict_proba(X)]
 
     def predict_proba(self, X) -> np.ndarray:
-        return softmax_np(self.logits(X))
+        """K x N x C probabilities (inference: no dropout), heads in the order given to __init__."""
+        X = np.asarray(X, np.float32)
+        out = np.empty((len(self.dropouts), len(X), self.n_classes_), np.float32)
+        for g in self.groups_:
+            out[g.heads] = softmax_np(np.transpose(g.logits(X), (1, 0, 2)))
+        return out
 
     def head_weights(self, k):
-        """Head k's effective Dense kernel and bias (original order)."""
-        layer = self.model_.get_layer("heads")
-        j, c = int(np.flatnonzero(self.order_ == k)[0]), self.n_classes_
-        s = layer.scales[j]
-        return s * np.asarray(layer.kernel)[:, j * c:(j + 1) * c], s * np.asarray(layer.bias)[j * c:(j + 1) * c]
+        """Head k's Dense kernel and bias."""
+        g = next(g for g in self.groups_ if k in g.heads)
+        cols = slice(g.heads.index(k) * g.c, (g.heads.index(k) + 1) * g.c)
+        return g.W[:, cols].copy(), g.b[cols].copy()
 
     def export_head(self, k=0):
         """Head k alone as the notebook's Keras head: Dropout(p) -> Dense(C, softmax)."""
-        keras = _keras()
+        import keras
         w, b = self.head_weights(k)
         head = keras.Sequential([keras.Input((w.shape[0],)), keras.layers.Dropout(float(self.dropouts[k]), name="dropout"),
                                  keras.layers.Dense(self.n_classes_, activation="softmax", name="predictions")],
@@ -142,58 +195,13 @@ class SoftmaxHeads:
         return head
 
 
-def _monitor(heads, Xm, ym, Xv, yv, order):
-    """A Keras callback: per-head train/val loss and accuracy after each epoch, the best epoch per
-    head on val loss, and early stopping once no head has improved for `patience` epochs."""
-    keras = _keras()
-
-    class Monitor(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            k = len(order)
-            self.history = [[] for _ in range(k)]
-            self.best_loss, self.best_epoch, self.best_weights, self.stale = np.full(k, np.inf), [0] * k, None, 0
-
-        def _eval(self, X, y):
-            z = np.transpose(np.asarray(self.model.predict(X, batch_size=4096, verbose=0)), (1, 0, 2))
-            return [(log_loss(pk, y), float((pk.argmax(1) == y).mean())) for pk in softmax_np(z)]
-
-        def on_epoch_end(self, epoch, logs=None):
-            tr = self._eval(Xm, ym)
-            va = self._eval(Xv, yv) if Xv is not None and len(Xv) else None
-            improved = []
-            for j, k in enumerate(order):
-                row = {"epoch": epoch + 1, "train_loss": tr[j][0], "train_accuracy": tr[j][1]}
-                if va:
-                    row.update(val_loss=va[j][0], val_accuracy=va[j][1])
-                    if va[j][0] < self.best_loss[j]:
-                        self.best_loss[j], self.best_epoch[k] = va[j][0], epoch + 1
-                        improved.append(j)
-                self.history[k].append(row)
-            if va and heads.early_stopping:
-                self._keep_best(improved)
-                self.stale = 0 if improved else self.stale + 1
-                if self.stale >= heads.patience:
-                    self.model.stop_training = True
-
-        def _keep_best(self, improved):
-            layer = self.model.get_layer("heads")
-            c = layer.n_classes
-            kernel, bias = np.asarray(layer.kernel), np.asarray(layer.bias)
-            if self.best_weights is None:
-                self.best_weights = [kernel.copy(), bias.copy()]
-            for j in improved:
-                self.best_weights[0][:, j * c:(j + 1) * c] = kernel[:, j * c:(j + 1) * c]
-                self.best_weights[1][j * c:(j + 1) * c] = bias[j * c:(j + 1) * c]
-
-    return Monitor()
-
-
 class LogRegHead:
     def __init__(self, C=1.0, max_iter=200, seed=0):
         self.C, self.max_iter, self.seed = C, max_iter, seed
 
-    def fit(self, X, y, X_val=None, y_val=None, n_classes=None):
+    def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
+        if rows is not None:
+            X, y = X[rows], y[rows]
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler

@@ -16,7 +16,7 @@ import tomllib
 import numpy as np
 
 from .config import PipelineError
-from .train import HEAD_PARAMS, check_param, finish_run, load_features, make_head
+from .train import HEAD_PARAMS, check_param, finish_run, fit_head, load_features, make_head
 from .train import add_arguments as add_train_arguments
 
 TOML_KEYS = {"head", "random", "params"}
@@ -75,10 +75,9 @@ def configurations(head: str, space: dict, rand: int | None, seed: int, base: di
 
 def train_all(head: str, configs: list, data: dict, n_classes: int, args):
     """Yield (config index, fitted head object, index of this config inside it)."""
-    X, y = data["train"]
     if head == "logreg":
         for i, cfg in enumerate(configs):
-            yield i, make_head("logreg", cfg, args).fit(X, y, *data["val"], n_classes=n_classes), 0
+            yield i, fit_head(make_head("logreg", cfg, args), data, n_classes), 0
         return
     from .heads import SoftmaxHeads
     groups = {}
@@ -88,7 +87,7 @@ def train_all(head: str, configs: list, data: dict, n_classes: int, args):
         heads = SoftmaxHeads(dropouts=[configs[i]["dropout"] for i in idx], lrs=[configs[i]["lr"] for i in idx],
                              epochs=epochs, batch_size=batch_size, early_stopping=args.early_stopping,
                              patience=args.patience, seed=args.seed)
-        heads.fit(X, y, *data["val"], n_classes=n_classes)
+        fit_head(heads, data, n_classes)
         for k, i in enumerate(idx):
             yield i, heads, k
 
@@ -134,7 +133,7 @@ def main(args):
     t = time.perf_counter()
     data, class_names, cache_path, prov = load_features(args)
     timings["load_s"] = time.perf_counter() - t
-    if not len(data["val"][1]):
+    if not len(data["val"][2]):
         raise PipelineError("--val-fraction 0: a sweep ranks configurations on validation data; pass --val-fraction > 0")
     t = time.perf_counter()
     trained, rows = {}, []

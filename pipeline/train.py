@@ -75,23 +75,33 @@ def resolve_cache(args) -> str:
     return find_cache(feature_config(args))
 
 
+def stratified_split(y: np.ndarray, fraction: float, seed: int):
+    """(train rows, val rows): `fraction` of each class held out, at random, reproducibly."""
+    rng = np.random.default_rng(seed)
+    val = [rng.choice(np.flatnonzero(y == c), int(round((y == c).sum() * fraction)), replace=False)
+           for c in np.unique(y)]
+    val = np.sort(np.concatenate(val)) if val else np.array([], np.int64)
+    return np.setdiff1d(np.arange(len(y)), val), val
+
+
 def load_features(args):
-    """(data, class_names, cache_path, provenance); data = {split: (X, y)} incl. the val hold-out."""
+    """(data, class_names, cache_path, provenance); data = {split: (X, y, rows)}: train and val are
+    row subsets of the cached train split (no copy of the big array), test is whole."""
     path = resolve_cache(args)
     cache = load_cache(path, splits=["train", "test"])
     Xtr, ytr, meta = cache["train"]
     Xte, yte, _ = cache["test"]
     Xtr, Xte = Xtr.astype(np.float32, copy=False), Xte.astype(np.float32, copy=False)
-    val = check_param("val_fraction", args.val_fraction)
-    if val > 0:
-        from sklearn.model_selection import train_test_split
-        idx_tr, idx_val = train_test_split(np.arange(len(ytr)), test_size=val, stratify=ytr, random_state=args.seed)
-        idx_tr, idx_val = np.sort(idx_tr), np.sort(idx_val)
-        data = {"train": (Xtr[idx_tr], ytr[idx_tr]), "val": (Xtr[idx_val], ytr[idx_val]), "test": (Xte, yte)}
-    else:
-        data = {"train": (Xtr, ytr), "val": (Xtr[:0], ytr[:0]), "test": (Xte, yte)}
+    rows_tr, rows_val = stratified_split(ytr, check_param("val_fraction", args.val_fraction), args.seed)
+    data = {"train": (Xtr, ytr, rows_tr), "val": (Xtr, ytr, rows_val), "test": (Xte, yte, np.arange(len(yte)))}
     prov = {k: v for k, v in meta.items() if k not in ("ids", "split")}
     return data, list(meta["class_names"]), path, prov
+
+
+def fit_head(head, data, n_classes):
+    X, y, rows = data["train"]
+    Xv, yv, rv = data["val"]
+    return head.fit(X, y, Xv[rv], yv[rv], n_classes=n_classes, rows=rows)
 
 
 def make_head(head: str, params: dict, args):
@@ -106,7 +116,8 @@ def make_head(head: str, params: dict, args):
 def save_head_fn(head, kind: str, k: int = 0):
     def save(folder):
         if kind == "softmax":
-            head.export_head(k).save(os.path.join(folder, "head.keras"))
+            from .keras_file import write_softmax_head
+            write_softmax_head(os.path.join(folder, "head.keras"), *head.head_weights(k), head.dropouts[k])
         else:
             import joblib
             joblib.dump(head.model_, os.path.join(folder, "head.joblib"))
@@ -121,8 +132,11 @@ def finish_run(args, kind, params, head, k, data, class_names, cache_path, prov,
     metrics = {"head": kind, "hyperparameters": {**params, "seed": args.seed, "val_fraction": args.val_fraction,
                                                  **({"early_stopping": args.early_stopping, "patience": args.patience,
                                                      "best_epoch": head.best_epoch_[k]} if kind == "softmax" else {})}}
-    for split, (X, y) in data.items():
-        metrics[split] = evaluate(head.predict_proba(X)[k], y, n_classes) if len(y) else {"n": 0}
+    proba = {}
+    for split, (X, y, rows) in data.items():
+        if id(X) not in proba:  # train and val share one array: one pass over it
+            proba[id(X)] = head.predict_proba(X)[k]
+        metrics[split] = evaluate(proba[id(X)][rows], y[rows], n_classes) if len(rows) else {"n": 0}
     timings["evaluate_s"] = time.perf_counter() - t
     metrics.update(class_names=class_names, cache=os.path.abspath(cache_path), provenance=prov, timings=timings)
     run_dir = write_run(new_run_dir(args.runs_dir, name or args.name), metrics, head.history_[k], class_names,
@@ -140,8 +154,7 @@ def main(args):
     t = time.perf_counter()
     data, class_names, cache_path, prov = load_features(args)
     timings["load_s"] = time.perf_counter() - t
-    X, y = data["train"]
-    head = make_head(args.head, params, args).fit(X, y, *data["val"], n_classes=len(class_names))
+    head = fit_head(make_head(args.head, params, args), data, len(class_names))
     timings["train_s"] = head.train_seconds_
     run_dir = finish_run(args, args.head, params, head, 0, data, class_names, cache_path, prov, timings)
     print(run_dir)

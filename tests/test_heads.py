@@ -56,3 +56,37 @@ def test_logreg_beats_chance(easy):
     head = LogRegHead(C=1.0, max_iter=200).fit(X, y, Xv, yv, n_classes=5)
     p = head.predict_proba(Xv)
     assert p.shape == (1, 300, 5) and (p[0].argmax(1) == yv).mean() > 0.8
+
+
+def test_head_file_written_without_keras_loads_in_keras(easy, tmp_path):
+    import keras
+    from pipeline.keras_file import write_softmax_head
+    X, y, Xv, _ = easy
+    heads = SoftmaxHeads(dropouts=(0.3,), lrs=(1e-2,), epochs=2, batch_size=100).fit(X, y)
+    write_softmax_head(str(tmp_path / "h.keras"), *heads.head_weights(0), 0.3)
+    model = keras.saving.load_model(str(tmp_path / "h.keras"))
+    assert [type(layer).__name__ for layer in model.layers] == ["Dropout", "Dense"] and model.layers[0].rate == 0.3
+    np.testing.assert_allclose(np.asarray(model.predict(Xv, verbose=0)), heads.predict_proba(Xv)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_adam_matches_keras_adam():
+    import keras
+    from pipeline.heads import Adam
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(6, 4)).astype(np.float32)
+    grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(5)]
+    mine, opt = w0.copy(), Adam([w0], np.full(4, 3e-3))
+    var, kopt = keras.Variable(w0.copy()), keras.optimizers.Adam(3e-3)
+    for g in grads:
+        opt.step([mine], [g])
+        kopt.apply([keras.ops.convert_to_tensor(g)], [var])
+    np.testing.assert_allclose(mine, np.asarray(var), rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_keeps_the_right_fraction():
+    from pipeline.heads import NOISE_LEVELS, _Group, glorot_uniform
+    g = _Group(0.35, [0], [1e-3], glorot_uniform(64, 3, 0), 500)
+    noise = np.random.default_rng(0).integers(0, NOISE_LEVELS, (500, 64), dtype=np.uint16)
+    g.step(np.ones((500, 64), np.float32), noise, np.zeros(500, np.int64))
+    kept = g.xm[:500] != 0
+    assert abs(kept.mean() - 0.65) < 0.01 and g.scale == pytest.approx(1 / 0.65, rel=1e-4)
