@@ -45,7 +45,8 @@ def cmd_features(args):
     cfg = feature_config(args, args.batch_size)
     if args.shards > 1 or args.engine != "local":
         from .shards import run_sharded
-        path = run_sharded(cfg, shards=args.shards, engine=args.engine, ray_address=args.ray_address, quiet=args.quiet)
+        path = run_sharded(cfg, shards=args.shards, engine=args.engine, ray_address=args.ray_address, quiet=args.quiet,
+                           ray_actors=args.ray_actors)
     else:
         path = run_features(cfg, quiet=args.quiet)
     print(path)  # the last line on stdout: scripts can use it
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--shards", type=int, default=1, help="cut each split into N contiguous shards (default 1)")
     f.add_argument("--engine", default="local", choices=("local", "ray"), help="run shards here or on Ray")
     f.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local Ray)")
+    f.add_argument("--ray-actors", type=int, default=None, help="Ray actors (default: one per GPU, else one per node)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_features)
     for name, module, help_ in STAGE_TWO:

@@ -2,7 +2,7 @@
 
 Softmax configurations that share epochs and batch size train together as one batched model
 (`heads.SoftmaxHeads`): one pass over the data per epoch for all of them. Results are ranked by
-validation accuracy; the best configuration's head is evaluated on test and written as a normal run.
+validation accuracy of the weights each head ends with (the best epoch's with --early-stopping); the best configuration's head is evaluated on test and written as a normal run.
 """
 from __future__ import annotations
 
@@ -141,9 +141,9 @@ def main(args):
         trained[i] = (heads, k)
         last = heads.history_[k][-1]
         best = heads.best_epoch_[k] if head == "softmax" else last["epoch"]
-        at = heads.history_[k][best - 1] if head == "softmax" else last
-        rows.append({**configs[i], "val_accuracy": at["val_accuracy"], "val_loss": at["val_loss"],
-                     "train_accuracy": at["train_accuracy"], "best_epoch": best, "_i": i})
+        kept = heads.history_[k][best - 1] if head == "softmax" and args.early_stopping else last
+        rows.append({**configs[i], "val_accuracy": kept["val_accuracy"], "val_loss": kept["val_loss"],
+                     "train_accuracy": kept["train_accuracy"], "best_epoch": best, "_i": i})
     timings["train_s"] = time.perf_counter() - t
     rows.sort(key=lambda r: (-r["val_accuracy"], r["val_loss"]))
     folder = new_run_dir(args.runs_dir, args.name and f"{args.name}")
