@@ -15,7 +15,7 @@ import time
 
 from . import backbone as bb
 from .cache import FORMAT_VERSION, PartialRun, cache_key, cache_stem, read_provenance, write_cache, writer_lock
-from .config import FeatureConfig, PipelineError, validate
+from .config import FeatureConfig, validate
 from .extract import BackgroundWriter, extract_range
 from .fingerprint import fingerprint
 from .preprocess import PREPROCESSING

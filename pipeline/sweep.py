@@ -2,7 +2,8 @@
 
 Softmax configurations that share epochs and batch size train together as one batched model
 (`heads.SoftmaxHeads`): one pass over the data per epoch for all of them. Results are ranked by
-validation accuracy of the weights each head ends with (the best epoch's with --early-stopping); the best configuration's head is evaluated on test and written as a normal run.
+the validation accuracy of the weights each head ends with (its best epoch's with
+--early-stopping); the best configuration's head is evaluated on test and written as a normal run.
 """
 from __future__ import annotations
 

@@ -77,3 +77,11 @@ def run_cli(*args):
 
 SMALL = ["--weights", "random", "--image-size", "32", "--quiet"]  # fast VGG19 settings for tests
 PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    """A small synthetic feature cache (600 train, 200 test, 32-d, 4 separable classes)."""
+    from pipeline.synthetic import write_synthetic_cache
+    return write_synthetic_cache(str(tmp_path_factory.mktemp("c") / "syn.h5"), 600, 200, dim=32, n_classes=4,
+                                 separation=0.8)

@@ -1,14 +1,11 @@
 """Sharded extraction merges into exactly the unsharded cache; bad shard sets block the merge."""
 import os
 import shutil
-import signal
-import subprocess
-import time
 
 import h5py
 import numpy as np
 import pytest
-from conftest import PY, ROOT, SMALL, run_cli, write_cifar10
+from conftest import SMALL, run_cli, write_cifar10
 
 from pipeline.cache import load_cache
 from pipeline.shards import shard_ranges

@@ -3,7 +3,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import CLASSES, make_tar, write_cifar10, write_image_folders
+from conftest import CLASSES, make_tar, write_cifar10
 
 from pipeline.config import PipelineError
 from pipeline.sources import decode_image, open_dataset, stratified_indices

@@ -5,13 +5,6 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from pipeline.synthetic import write_synthetic_cache
-
-
-@pytest.fixture(scope="module")
-def syn(tmp_path_factory):
-    return write_synthetic_cache(str(tmp_path_factory.mktemp("c") / "syn.h5"), 600, 200, dim=32, n_classes=4,
-                                 separation=0.8)
 
 
 def train(capsys, *args):
