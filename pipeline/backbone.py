@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from .config import PipelineError
+from .config import PipelineError, reason
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
 KERAS_WEIGHTS_FILE = {True: "vgg19_weights_tf_dim_ordering_tf_kernels.h5",        # with fc1/fc2
@@ -108,7 +108,7 @@ def _load_weights_file(keras, model, path: str, top: bool):
             return
         except Exception:  # noqa: BLE001
             pass
-    raise PipelineError(f"--weights {path}: does not fit VGG19 ({str(error).splitlines()[0][:160]}); pass Keras' "
+    raise PipelineError(f"--weights {path}: does not fit VGG19 ({reason(error, 160)}); pass Keras' "
                         f"{KERAS_WEIGHTS_FILE[top]} or a file saved from keras.applications.VGG19") from None
 
 
@@ -124,7 +124,7 @@ def build_backbone(layer: str, image_size: int, weights: str, seed: int, precisi
         except Exception as e:  # noqa: BLE001 - download failures surface as several types
             target = os.path.join(keras_home(), "models", KERAS_WEIGHTS_FILE[top])
             raise PipelineError(
-                f"could not fetch the ImageNet VGG19 weights ({str(e).splitlines()[0][:100]}); put "
+                f"could not fetch the ImageNet VGG19 weights ({reason(e)}); put "
                 f"{KERAS_WEIGHTS_FILE[top]} (from {KERAS_WEIGHTS_URL}) at {target}, or pass --weights PATH "
                 "(or --weights random for an offline smoke run)") from None
     else:

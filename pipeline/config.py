@@ -39,6 +39,13 @@ class PipelineError(Exception):
     """A problem the user can fix: printed as one line, exit status 1, no traceback."""
 
 
+def reason(e: BaseException, limit: int = 100) -> str:
+    """The informative tail of an exception's message, on one line (e.g. '[Errno -2] Name or service not known')."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = text.rsplit(" -- ", 1)[-1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclasses.dataclass
 class FeatureConfig:
     dataset: str = DATASET

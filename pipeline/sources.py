@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .config import PipelineError
+from .config import PipelineError, reason
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -113,7 +113,7 @@ def load_keras_dataset(name: str, splits) -> Dataset:
             (xtr, ytr), (xte, yte) = keras.datasets.cifar100.load_data(label_mode="fine")
     except Exception as e:  # Keras raises plain Exception on URL failures
         raise PipelineError(
-            f"could not download {name} through keras.datasets ({str(e).splitlines()[0][:120]}); when "
+            f"could not download {name} through keras.datasets ({reason(e)}); when "
             f"offline, fetch {KERAS_TARBALLS[name]} elsewhere and pass --data-dir PATH/{KERAS_TARBALLS[name]}") from None
     names = CIFAR10_CLASSES if name == "cifar10" else _cifar100_names_from_keras_cache()
     data = {"train": (xtr, ytr), "test": (xte, yte)}
