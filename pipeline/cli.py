@@ -43,6 +43,8 @@ def feature_config(args, batch_size=None) -> FeatureConfig:
 def cmd_features(args):
     from .features import run_features
     cfg = feature_config(args, args.batch_size)
+    if args.shards < 1:
+        raise PipelineError(f"--shards: expected N >= 1, got {args.shards}")
     if args.shards > 1 or args.engine != "local":
         from .shards import run_sharded
         path = run_sharded(cfg, shards=args.shards, engine=args.engine, ray_address=args.ray_address, quiet=args.quiet,
