@@ -119,12 +119,12 @@ def stage_one(n: int, size: int, repeats: int, tmp: str) -> dict:
         out[f"end_to_end_{prec}"] = n / (time.perf_counter() - t)
         if prec == "float32":
             import cv2
+            from keras.applications.vgg19 import preprocess_input
 
             def notebook():  # the notebook: a Python loop of cv2.resize per image, then predict
                 for a in range(0, n, BATCH):
                     batch = np.array([cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
                                       for img in images[a:a + BATCH]], dtype=np.float32)
-                    from keras.applications.vgg19 import preprocess_input
                     model.predict(preprocess_input(batch), verbose=0)
             t = time.perf_counter()
             notebook()

@@ -205,7 +205,7 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
     out = {}
     try:
         with h5py.File(path, "r") as f:
-            for name in splits or [k for k in f.keys()]:
+            for name in splits or list(f.keys()):
                 if name not in f:
                     raise PipelineError(f"cache {path}: has no '{name}' split (it has {', '.join(f.keys())}); "
                                         f"re-run make features with --splits including {name}")

@@ -67,6 +67,21 @@ def versions() -> dict:
     return out
 
 
+def file_provenance(p: Plan, ranges: dict, weights_sha256: str | None, **extra) -> dict:
+    """The attributes of a finished file: the plan's provenance plus what only the run knows."""
+    return {**p.provenance, "ranges": ranges, "versions": versions(), "batch_size": p.cfg.batch_size,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "weights_sha256": weights_sha256, **extra}
+
+
+def report_hit(p: Plan) -> bool:
+    """Say so and return True when the finished cache for `p` already exists."""
+    if is_hit(p):
+        print(f"cache hit: {p.path} (same settings and data; no backbone work)", file=sys.stderr)
+        return True
+    return False
+
+
 def is_hit(p: Plan) -> bool:
     return os.path.exists(p.path) and read_provenance(p.path).get("key") == p.provenance["key"]
 
@@ -124,9 +139,7 @@ def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: Mo
                 stats[k] = stats.get(k, 0.0) + v
         stats["seconds"] = time.perf_counter() - t0
         ds = p.dataset
-        meta = {**p.provenance, "ranges": ranges, "versions": versions(), "batch_size": p.cfg.batch_size,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "weights_sha256": models.sha256(p.cfg, p.precision)}
+        meta = file_provenance(p, ranges, models.sha256(p.cfg, p.precision))
         splits = {s: (ds.splits[s].labels[a:b], ds.splits[s].ids[a:b], a) for s, (a, b) in ranges.items()}
         write_cache(stem + ".h5", meta, splits, lambda s: journal.read(s, *ranges[s]))
         journal.remove()
@@ -138,8 +151,7 @@ def run_features(cfg: FeatureConfig, quiet: bool = False) -> str:
     """`python -m pipeline features`: the finished cache's path (built, resumed, or a hit)."""
     t0 = time.perf_counter()
     p = plan(cfg)
-    if is_hit(p):
-        print(f"cache hit: {p.path} (same settings and data; no backbone work)", file=sys.stderr)
+    if report_hit(p):
         return p.path
     if p.precision != p.cfg.precision:
         print(f"precision: auto -> {p.precision}", file=sys.stderr)

@@ -65,6 +65,8 @@ def end_to_end(run_info: dict):
     import keras
     s, kind = run_info["settings"], run_info["metrics"]["head"]
     ident = run_info["metrics"].get("provenance", {}).get("weights", {})
+    if ident.get("kind") == "file" and not os.path.isfile(s["weights"]):
+        raise PipelineError(f"--weights file {s['weights']} of this run's cache is gone; restore it to predict")
     if ident.get("kind") == "file" and bb.file_sha256(s["weights"]) != ident.get("sha256"):
         raise PipelineError(f"--weights file {s['weights']} changed since the cache was built (SHA-256 differs); "
                             "restore it or rebuild the cache and head")

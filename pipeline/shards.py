@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .cache import read_provenance, write_cache, writer_lock
 from .config import FeatureConfig, PipelineError
-from .features import ModelCache, Plan, build_file, is_hit, plan, versions
+from .features import ModelCache, Plan, build_file, file_provenance, plan, report_hit
 
 SHARD_RE = re.compile(r"\.shard-(\w+)-(\d+)-(\d+)\.h5$")
 
@@ -67,8 +67,7 @@ def run_sharded(cfg: FeatureConfig, shards: int, engine: str, ray_address: str |
         raise PipelineError(f"--shards: expected N >= 1, got {shards}")
     t0 = time.perf_counter()
     p = plan(cfg)
-    if is_hit(p):
-        print(f"cache hit: {p.path} (same settings and data; no backbone work)", file=sys.stderr)
+    if report_hit(p):
         return p.path
     jobs = [(s, a, b) for s, sp in p.dataset.splits.items() for a, b in shard_ranges(len(sp), shards, cfg.batch_size)]
     todo = [j for j in jobs if not shard_done(p, j)]
@@ -161,9 +160,8 @@ def merge(p: Plan, jobs: list) -> str:
             for a, b, f in sorted(by_split[split]):
                 with h5py.File(f, "r") as h:
                     yield a, b, h[split]["features"][()]
-        meta = {**p.provenance, "ranges": {s: (0, len(sp)) for s, sp in p.dataset.splits.items()},
-                "versions": versions(), "batch_size": p.cfg.batch_size, "merged_from_shards": len(files),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "weights_sha256": shas.pop()}
+        meta = file_provenance(p, {s: (0, len(sp)) for s, sp in p.dataset.splits.items()}, shas.pop(),
+                               merged_from_shards=len(files))
         ds = p.dataset
         write_cache(p.path, meta, {s: (sp.labels, sp.ids, 0) for s, sp in ds.splits.items()}, chunks)
         for f in files:

@@ -75,6 +75,13 @@ def run_cli(*args):
     return main([str(a) for a in args])
 
 
+def run_captured(capsys, command, *args):
+    """Run one subcommand in this process: (exit code, stdout lines, stderr text)."""
+    code = run_cli(command, *args)
+    out, err = capsys.readouterr()
+    return code, out.strip().splitlines(), err
+
+
 SMALL = ["--weights", "random", "--image-size", "32", "--quiet"]  # fast VGG19 settings for tests
 PY = sys.executable
 

@@ -8,16 +8,14 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import PY, ROOT, SMALL, run_cli
+from conftest import PY, ROOT, SMALL, run_captured, run_cli
 
 from pipeline import backbone as bb
 from pipeline.cache import load_cache, writer_lock
 
 
 def features(capsys, *args):
-    code = run_cli("features", *args)
-    out, err = capsys.readouterr()
-    return code, out.strip().splitlines(), err
+    return run_captured(capsys, "features", *args)
 
 
 def test_builds_a_complete_cache_with_provenance(cifar_dir, tmp_path, capsys):

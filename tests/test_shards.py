@@ -5,7 +5,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import SMALL, run_cli, write_cifar10
+from conftest import SMALL, run_captured, write_cifar10
 
 from pipeline.cache import load_cache
 from pipeline.shards import shard_ranges
@@ -20,9 +20,7 @@ def data(tmp_path):
 
 
 def features(capsys, *args):
-    code = run_cli("features", *args)
-    out, err = capsys.readouterr()
-    return code, out.strip().splitlines(), err
+    return run_captured(capsys, "features", *args)
 
 
 def same_cache(a, b):

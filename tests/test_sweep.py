@@ -3,14 +3,12 @@ import json
 import os
 
 import pytest
-from conftest import run_cli
+from conftest import run_captured
 
 
 
 def sweep(capsys, *args):
-    code = run_cli("sweep", *args)
-    out, err = capsys.readouterr()
-    return code, out.strip().splitlines(), err
+    return run_captured(capsys, "sweep", *args)
 
 
 def test_grid_table_is_ranked_and_best_is_a_run(syn, tmp_path, capsys):

@@ -3,14 +3,12 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_captured
 
 
 
 def train(capsys, *args):
-    code = run_cli("train-head", *args)
-    out, err = capsys.readouterr()
-    return code, out.strip().splitlines(), err
+    return run_captured(capsys, "train-head", *args)
 
 
 def test_softmax_run_folder(syn, tmp_path, capsys):
