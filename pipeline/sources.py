@@ -179,7 +179,8 @@ def load_cifar_batches(path: str, splits) -> Dataset | None:
             tar = tarfile.open(path, "r:*")
             members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise PipelineError(f"{path}: not a readable .tar.gz ({e}); re-download it or unpack it yourself") from None
+            raise PipelineError(f"{path}: not a readable .tar.gz ({reason(e, 60)}); pass a CIFAR folder, its .tar.gz, "
+                            "or an image-folder tree (or its .tar.gz)") from None
         is_file = lambda m: m in members and members[m].isfile()  # noqa: E731
         opener = lambda m: tar.extractfile(members[m])  # noqa: E731
     found = _find_cifar_layout(is_file)
@@ -238,7 +239,8 @@ def _extract_tar(path: str, sources_dir: str | None) -> str:
         os.replace(tmp, out)
     except (tarfile.TarError, OSError, EOFError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PipelineError(f"{path}: not a readable .tar.gz ({e}); re-download it or unpack it yourself") from None
+        raise PipelineError(f"{path}: not a readable .tar.gz ({reason(e, 60)}); pass a CIFAR folder, its .tar.gz, "
+                            "or an image-folder tree (or its .tar.gz)") from None
     return out
 
 
