@@ -2,11 +2,12 @@
 trailing-underscore state.
 
 - `SoftmaxHeads`: K copies of the notebook's head, Dropout(p_k) -> Dense(C, softmax) trained with
-  Adam(lr_k), all in one pass over the data per epoch. The training loop is fused NumPy that follows
-  Keras' Dropout and Adam update rules exactly (tested against keras.optimizers.Adam); Keras' own
-  `fit` spends most of its time generating dropout noise and in per-step overhead (README: bench).
-  One uniform draw per step serves every head (head k keeps U >= p_k): each head sees i.i.d.
-  Bernoulli masks, as it would alone; heads sharing a dropout rate share one GEMM.
+  Adam(lr_k), all in one pass over the data per epoch. Training follows Keras' Dropout and Adam
+  update rules (Adam tested against keras.optimizers.Adam), but each step is one fused, multi-core
+  Numba kernel (`kernels.train_step`) for every head at once: Keras' own `fit` spends most of its
+  time generating dropout noise and in per-step overhead (README: bench).
+  One uniform draw per feature and step serves every head (head k keeps U >= p_k): each head sees
+  i.i.d. Bernoulli masks, as it would alone; heads sharing a dropout rate share one mask.
   The trained head is exported as the Keras model Dropout(p) -> Dense(C, softmax).
 - `LogRegHead`: StandardScaler + LogisticRegression (scikit-learn).
 """
@@ -36,129 +37,91 @@ def glorot_uniform(fan_in, fan_out, seed):
     return np.random.default_rng(seed).uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
 
 
-class Adam:
-    """keras.optimizers.Adam's update, in place (no temporaries), with a learning rate per column."""
-
-    def __init__(self, params, lr_cols):
-        self.m = [np.zeros_like(p) for p in params]
-        self.v = [np.zeros_like(p) for p in params]
-        self.scratch = [np.empty_like(p) for p in params]
-        self.lr, self.t = np.asarray(lr_cols, np.float64), 0
-
-    def step(self, params, grads):
-        self.t += 1
-        alpha = (self.lr * np.sqrt(1 - BETA_2 ** self.t) / (1 - BETA_1 ** self.t)).astype(np.float32)
-        for p, g, m, v, s in zip(params, grads, self.m, self.v, self.scratch):
-            np.subtract(g, m, out=s)                 # m += (g - m) * (1 - beta_1)
-            s *= np.float32(1 - BETA_1)
-            m += s
-            np.multiply(g, g, out=s)                 # v += (g^2 - v) * (1 - beta_2)
-            s -= v
-            s *= np.float32(1 - BETA_2)
-            v += s
-            np.sqrt(v, out=s)                        # p -= alpha * m / (sqrt(v) + epsilon)
-            s += np.float32(EPSILON)
-            np.divide(m, s, out=s)
-            s *= alpha
-            p -= s
-
-
-class _Group:
-    """Heads sharing one dropout rate: one mask, one contiguous weight block, one GEMM each way."""
-
-    def __init__(self, rate, heads, lrs, init, batch_size):
-        d, c = init.shape
-        self.heads, self.c = heads, c
-        self.thresh = int(round(rate * NOISE_LEVELS))           # keep where noise >= thresh
-        self.scale = np.float32(NOISE_LEVELS / (NOISE_LEVELS - self.thresh))  # Keras' 1 / (1 - rate)
-        self.W, self.b = np.tile(init, (1, len(heads))), np.zeros(len(heads) * c, np.float32)
-        self.opt = Adam([self.W, self.b], np.repeat(np.asarray(lrs, np.float64), c))
-        self.xm, self.keep = np.empty((batch_size, d), np.float32), np.empty((batch_size, d), bool)
-        self.z, self.gW = np.empty((batch_size, len(heads) * c), np.float32), np.empty_like(self.W)
-
-    def step(self, x, noise, y):
-        n, k, c = len(x), len(self.heads), self.c
-        xm, z = (self.xm[:n], self.z[:n]) if self.thresh else (x, self.z[:n])
-        if self.thresh:
-            np.greater_equal(noise, self.thresh, out=self.keep[:n])
-            np.multiply(x, self.keep[:n], out=xm)
-        np.matmul(xm, self.W, out=z)
-        z *= self.scale
-        z += self.b
-        p = z.reshape(n, k, c)                                  # softmax in place
-        p -= p.max(axis=2, keepdims=True)
-        np.exp(p, out=p)
-        p /= p.sum(axis=2, keepdims=True)
-        p[np.arange(n), :, y] -= 1                              # d(cross-entropy)/d(logits)
-        z *= np.float32(1 / n)
-        np.matmul(xm.T, z, out=self.gW)
-        self.gW *= self.scale
-        self.opt.step([self.W, self.b], [self.gW, z.sum(axis=0)])
-
-    def logits(self, X):
-        return (X @ self.W + self.b).reshape(len(X), len(self.heads), self.c)
-
-
 class SoftmaxHeads:
     def __init__(self, dropouts=(0.5,), lrs=(1e-3,), epochs=20, batch_size=250, early_stopping=False,
-                 patience=3, seed=0, monitor_rows=5000):
+                 patience=3, seed=0):
         self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
-        self.early_stopping, self.patience, self.seed, self.monitor_rows = early_stopping, patience, seed, monitor_rows
+        self.early_stopping, self.patience, self.seed = early_stopping, patience, seed
 
     def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
         """Train on X[rows] (all rows by default; rows avoid copying a big array)."""
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
-        c = n_classes or int(y[rows].max()) + 1
-        by_rate = {}
-        for k, p in enumerate(self.dropouts):
-            by_rate.setdefault(float(p), []).append(k)
-        init = glorot_uniform(X.shape[1], c, self.seed)          # every head starts where Dense(C) would
-        self.groups_ = [_Group(p, ks, [self.lrs[k] for k in ks], init, self.batch_size) for p, ks in by_rate.items()]
-        self.n_classes_ = c
+        from threadpoolctl import threadpool_limits
+        X = np.ascontiguousarray(X, dtype=np.float32).view()
+        X.flags.writeable = False        # one compiled signature, whether X is a mapped cache or not
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
+        y = np.array(y, np.int64)
+        epoch_fn, state = self._setup(X.shape[1], n_classes or int(y[rows].max()) + 1)
+        stats = state[8]
         rng = np.random.Generator(np.random.SFC64(self.seed))
-        mon = np.sort(rng.choice(rows, min(self.monitor_rows, len(rows)), replace=False))
-        Xm, ym = X[mon], y[mon]
+        key0 = np.uint64(rng.integers(0, 2 ** 63))
         validate = self.early_stopping and X_val is not None and len(X_val)
         self.history_, self.best_epoch_ = [[] for _ in self.dropouts], [0] * len(self.dropouts)
-        best_loss, stale = np.full(len(self.dropouts), np.inf), 0
-        best = [(g.W.copy(), g.b.copy()) for g in self.groups_] if validate else None
-        d, t0 = X.shape[1], time.perf_counter()
-        for epoch in range(1, self.epochs + 1):
-            perm = rng.permutation(rows)
-            for a in range(0, len(perm), self.batch_size):
-                idx = perm[a:a + self.batch_size]
-                x = np.take(X, idx, axis=0)
-                # one uniform uint16 draw per step serves every group: head k keeps noise >= p_k
-                noise = rng.bit_generator.random_raw((len(idx) * d + 3) // 4).view(np.uint16)[:len(idx) * d]
-                for g in self.groups_:
-                    g.step(x, noise.reshape(len(idx), d), y[idx])
-            improved = self._end_epoch(epoch, Xm, ym, X_val, y_val, best_loss)
-            if validate:
-                self._keep_best(best, improved)
-                stale = 0 if improved else stale + 1
-                if stale >= self.patience:
-                    break
+        best_loss, stale, t = np.full(len(self.dropouts), np.inf), 0, 0
+        best = (self.W_.copy(), self.b_.copy()) if validate else None
+        t0 = time.perf_counter()
+        with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning after a val pass slow the kernels
+            for epoch in range(1, self.epochs + 1):
+                t = epoch_fn(X, rng.permutation(rows), y, self.batch_size, key0, t, *state)
+                improved = self._end_epoch(epoch, stats.sum(0) / len(rows), X_val, y_val, best_loss)
+                if validate:
+                    self._keep_best(best, improved)
+                    stale = 0 if improved else stale + 1
+                    if stale >= self.patience:
+                        break
         if validate:
-            for g, (W, b) in zip(self.groups_, best):
-                g.W[...], g.b[...] = W, b
+            self.W_[...], self.b_[...] = best
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
-    def _keep_best(self, best, improved):
-        for g, (W, b) in zip(self.groups_, best):
-            for j, k in enumerate(g.heads):
-                if k in improved:
-                    cols = slice(j * g.c, (j + 1) * g.c)
-                    W[:, cols], b[cols] = g.W[:, cols], g.b[cols]
+    def _setup(self, d, c):
+        """Initial weights (W_, b_, groups_); the epoch kernel for heads this size and its other arguments."""
+        from . import kernels
+        rates = list(dict.fromkeys(float(p) for p in self.dropouts))      # one group per dropout rate
+        self.groups_ = [[k for k, p in enumerate(self.dropouts) if float(p) == r] for r in rates]
+        n_heads = np.array([len(ks) for ks in self.groups_], np.int64)
+        G, kp, bs = len(rates), (max(n_heads) * c + 1) // 2 * 2, self.batch_size
+        self.n_classes_, self.W_, self.b_ = c, np.zeros((G, kp, d), np.float32), np.zeros((G, kp), np.float32)
+        init = glorot_uniform(d, c, self.seed).T                          # every head starts where Dense(C) would
+        lr = np.zeros((G, kp))
+        for g, ks in enumerate(self.groups_):
+            for h, k in enumerate(ks):
+                self.W_[g, h * c:(h + 1) * c], lr[g, h * c:(h + 1) * c] = init, self.lrs[k]
+        thr = np.minimum(np.round(np.asarray(rates) * NOISE_LEVELS), NOISE_LEVELS - 1).astype(np.uint16)
+        scale = (NOISE_LEVELS / (NOISE_LEVELS - thr.astype(np.float64))).astype(np.float32)   # Keras' 1 / (1 - rate)
+        by_rows = self.W_.nbytes <= kernels.ROWS_KERNEL_BYTES      # small heads: rows split over cores
+        parts = kernels.ROW_PARTS if by_rows else 1                # big ones: feature columns split over cores
+        n_chunks, b4 = 0 if by_rows else (d + kernels.CHUNK - 1) // kernels.CHUNK, -(-bs // kernels.ROWS) * kernels.ROWS
+        scratch = (np.empty((bs if n_chunks else 0, (d + 3) // 4), np.uint64),
+                   np.zeros((n_chunks, G, b4, kp), np.float32), np.zeros((G, b4 if n_chunks else 0, kp), np.float32))
+        epoch_fn = kernels.train_epoch_rows if by_rows else kernels.train_epoch_chunks
+        return epoch_fn, (thr, scale, n_heads, c, self.W_, self.b_, np.empty((parts, G, kp, d), np.float32),
+                          np.empty((parts, G, kp), np.float32), np.zeros((parts, G, max(n_heads), 2)), scratch,
+                          tuple(np.zeros((G * kp, n), np.float32) for n in (d, d, 1, 1)),   # Adam's m, v of W, then b
+                          lr.ravel(), (BETA_1, BETA_2, EPSILON))
 
-    def _end_epoch(self, epoch, Xm, ym, Xv, yv, best_loss):
-        """Record per-head train (monitor sample) and val metrics; return the heads that improved."""
-        tr = self._metrics(Xm, ym)
+    def _place(self, k):
+        """(group, index in group) of head k."""
+        g = next(g for g, ks in enumerate(self.groups_) if k in ks)
+        return g, self.groups_[g].index(k)
+
+    def _rows(self, k):
+        """(group, row slice) of head k in W_ and b_."""
+        g, h = self._place(k)
+        return g, slice(h * self.n_classes_, (h + 1) * self.n_classes_)
+
+    def _keep_best(self, best, improved):
+        for k in improved:
+            g, r = self._rows(k)
+            best[0][g, r], best[1][g, r] = self.W_[g, r], self.b_[g, r]
+
+    def _end_epoch(self, epoch, train, Xv, yv, best_loss):
+        """Record per-head train metrics (train: G x H x (mean loss, accuracy) over the epoch's
+        batches, with dropout, as Keras reports them) and val metrics; return the heads that improved."""
         va = self._metrics(Xv, yv) if Xv is not None and len(Xv) else None
         improved = []
         for k in range(len(self.dropouts)):
-            row = {"epoch": epoch, "train_loss": tr[k][0], "train_accuracy": tr[k][1]}
+            g, h = self._place(k)
+            row = {"epoch": epoch, "train_loss": float(train[g, h, 0]), "train_accuracy": float(train[g, h, 1])}
             if va:
                 row.update(val_loss=va[k][0], val_accuracy=va[k][1])
                 if va[k][0] < best_loss[k]:
@@ -172,17 +135,17 @@ class SoftmaxHeads:
 
     def predict_proba(self, X) -> np.ndarray:
         """K x N x C probabilities (inference: no dropout), heads in the order given to __init__."""
-        X = np.asarray(X, np.float32)
-        out = np.empty((len(self.dropouts), len(X), self.n_classes_), np.float32)
-        for g in self.groups_:
-            out[g.heads] = softmax_np(np.transpose(g.logits(X), (1, 0, 2)))
+        X, c = np.asarray(X, np.float32), self.n_classes_
+        out = np.empty((len(self.dropouts), len(X), c), np.float32)
+        for g, ks in enumerate(self.groups_):
+            z = X @ self.W_[g, :len(ks) * c].T + self.b_[g, :len(ks) * c]
+            out[ks] = softmax_np(np.transpose(z.reshape(len(X), len(ks), c), (1, 0, 2)))
         return out
 
     def head_weights(self, k):
-        """Head k's Dense kernel and bias."""
-        g = next(g for g in self.groups_ if k in g.heads)
-        cols = slice(g.heads.index(k) * g.c, (g.heads.index(k) + 1) * g.c)
-        return g.W[:, cols].copy(), g.b[cols].copy()
+        """Head k's Dense kernel (D x C) and bias."""
+        g, r = self._rows(k)
+        return self.W_[g, r].T.copy(), self.b_[g, r].copy()
 
     def export_head(self, k=0):
         """Head k alone as the notebook's Keras head: Dropout(p) -> Dense(C, softmax)."""

@@ -76,11 +76,12 @@ def plot_learning_curves(path: str, history: list, title: str):
             if any(v is not None for v in vals):
                 ax.plot(epochs, vals, style, label=split, markersize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.88, wspace=0.25)   # tight_layout costs a draw
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -105,7 +106,7 @@ def plot_confusion(path: str, cm, class_names: list, title: str):
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.18, right=0.86, bottom=0.22, top=0.92)   # tight_layout costs a draw
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

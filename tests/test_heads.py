@@ -20,15 +20,36 @@ def test_softmax_head_beats_chance(easy):
 
 
 def test_batched_heads_train_like_separate_heads(easy):
-    """Without dropout, head k of a batched fit follows the same path as a lone Adam(lr_k) fit."""
+    """Head k of a batched fit follows the path of a lone fit with the same seed: same batches, same
+    dropout draws (its rate applied to them), same Adam(lr_k), whichever kernel trains the batch."""
     X, y, _, _ = easy
-    both = SoftmaxHeads(dropouts=(0.0, 0.0), lrs=(1e-3, 1e-2), epochs=3, batch_size=100, seed=1).fit(X, y)
-    for k, lr in enumerate((1e-3, 1e-2)):
-        alone = SoftmaxHeads(dropouts=(0.0,), lrs=(lr,), epochs=3, batch_size=100, seed=1).fit(X, y)
+    dropouts, lrs = (0.2, 0.5, 0.5), (1e-3, 1e-2, 3e-3)
+    both = SoftmaxHeads(dropouts=dropouts, lrs=lrs, epochs=3, batch_size=100, seed=1).fit(X, y)
+    for k, (p, lr) in enumerate(zip(dropouts, lrs)):
+        alone = SoftmaxHeads(dropouts=(p,), lrs=(lr,), epochs=3, batch_size=100, seed=1).fit(X, y)
         w_both, b_both = both.head_weights(k)
         w_alone, b_alone = alone.head_weights(0)
         np.testing.assert_allclose(w_both, w_alone, rtol=2e-3, atol=2e-5)
         np.testing.assert_allclose(b_both, b_alone, rtol=2e-3, atol=2e-5)
+        assert both.history_[k][-1]["train_loss"] == pytest.approx(alone.history_[0][-1]["train_loss"], rel=1e-4)
+
+
+def test_a_seed_reproduces_a_run_and_another_seed_does_not(easy):
+    X, y, _, _ = easy
+    a, b, c = (SoftmaxHeads(epochs=2, batch_size=64, seed=s).fit(X, y) for s in (3, 3, 4))
+    assert np.array_equal(a.W_, b.W_) and not np.array_equal(a.W_, c.W_)
+
+
+def test_big_heads_train_like_small_ones(monkeypatch):
+    """train_epoch_chunks (heads too big for one core's cache) learns what train_epoch_rows does."""
+    from pipeline import kernels
+    X, y = make_features(400, 8192, 10, seed=2, separation=0.5)
+    big = SoftmaxHeads(epochs=2, batch_size=50).fit(X, y)
+    assert big.W_.nbytes > kernels.ROWS_KERNEL_BYTES
+    monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", big.W_.nbytes)
+    small = SoftmaxHeads(epochs=2, batch_size=50).fit(X, y)
+    np.testing.assert_allclose(big.W_, small.W_, rtol=1e-3, atol=1e-6)
+    assert big.history_[0][-1]["train_loss"] == pytest.approx(small.history_[0][-1]["train_loss"], rel=1e-4)
 
 
 def test_exported_head_is_the_notebook_head(easy):
@@ -69,24 +90,12 @@ def test_head_file_written_without_keras_loads_in_keras(easy, tmp_path):
     np.testing.assert_allclose(np.asarray(model.predict(Xv, verbose=0)), heads.predict_proba(Xv)[0], rtol=1e-4, atol=1e-6)
 
 
-def test_adam_matches_keras_adam():
-    import keras
-    from pipeline.heads import Adam
-    rng = np.random.default_rng(0)
-    w0 = rng.normal(size=(6, 4)).astype(np.float32)
-    grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(5)]
-    mine, opt = w0.copy(), Adam([w0], np.full(4, 3e-3))
-    var, kopt = keras.Variable(w0.copy()), keras.optimizers.Adam(3e-3)
-    for g in grads:
-        opt.step([mine], [g])
-        kopt.apply([keras.ops.convert_to_tensor(g)], [var])
-    np.testing.assert_allclose(mine, np.asarray(var), rtol=1e-5, atol=1e-7)
-
-
-def test_dropout_keeps_the_right_fraction():
-    from pipeline.heads import NOISE_LEVELS, _Group, glorot_uniform
-    g = _Group(0.35, [0], [1e-3], glorot_uniform(64, 3, 0), 500)
-    noise = np.random.default_rng(0).integers(0, NOISE_LEVELS, (500, 64), dtype=np.uint16)
-    g.step(np.ones((500, 64), np.float32), noise, np.zeros(500, np.int64))
-    kept = g.xm[:500] != 0
-    assert abs(kept.mean() - 0.65) < 0.01 and g.scale == pytest.approx(1 / 0.65, rel=1e-4)
+def test_training_metrics_are_keras_style_running_means(easy):
+    """history's train_loss/accuracy: the epoch's mean over its batches, with dropout, as Keras's fit
+    reports them; without dropout and with lr ~ 0 that is the loss of the (unchanged) head."""
+    X, y, _, _ = easy
+    head = SoftmaxHeads(dropouts=(0.0,), lrs=(1e-12,), epochs=1, batch_size=64).fit(X, y)
+    from pipeline.heads import log_loss
+    p = head.predict_proba(X)[0]
+    assert head.history_[0][0]["train_loss"] == pytest.approx(log_loss(p, y), rel=1e-4)
+    assert head.history_[0][0]["train_accuracy"] == pytest.approx((p.argmax(1) == y).mean(), abs=1e-9)
