@@ -1,9 +1,12 @@
 """Stage two's training step for softmax heads, compiled with Numba: one fused pass per step
 (gather rows, dropout, forward, softmax, backward) and Adam, on every core.
 
-- Work is split into fixed chunks of CHUNK feature columns, never into rows: a chunk owns its slice
-  of the gradient, so no thread sums into another's, and results do not depend on the number of
-  threads (partial logits are added in chunk order).
+- Two ways to split a step over cores, both into a fixed number of parts, so results do not depend
+  on the number of threads: train_step_rows (small heads, e.g. the notebook's 4096 x 10) gives each
+  part a quarter of the batch, carried through start to finish in 4-row blocks while the rows are
+  in cache, and a gradient of its own (added in part order); train_step_chunks (heads too big to
+  stay in a core's cache, e.g. a 24-head sweep) gives each part CHUNK feature columns: its slice of
+  the gradient, with partial logits added in chunk order before the softmax.
 - Dropout noise is counter-based: word w of row i at key k is SplitMix64(k + i * n_words + w), four
   16-bit draws per word; feature j is kept where its draw >= threshold. One draw per feature serves
   every group of heads, as in `heads.SoftmaxHeads`.
