@@ -27,6 +27,9 @@ def test_roundtrip_layout_and_provenance(tmp_path):
     out = load_cache(path)
     f, y, meta = out["train"]
     assert np.array_equal(f, feats) and list(y) == [0, 1] * 5
+    assert not f.flags.writeable                    # mapped from the file, not copied: read-only
+    with pytest.raises(ValueError):
+        f[0, 0] = 1
     assert meta["class_names"] == ["a", "b"] and meta["settings"]["layer"] == "fc2"
     assert list(meta["ids"][:2]) == [b"p0", b"p1"] or list(meta["ids"][:2]) == ["p0", "p1"]
     assert not os.path.exists(str(tmp_path / "c.partial")) and not os.path.exists(path + ".tmp")
