@@ -51,7 +51,7 @@ class SoftmaxHeads:
         rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
         y = np.array(y, np.int64)
         epoch_fn, state = self._setup(X.shape[1], n_classes or int(y[rows].max()) + 1)
-        stats = state[8]
+        stats = state[8]                 # per part, group, head: the epoch's summed loss, number right
         rng = np.random.Generator(np.random.SFC64(self.seed))
         key0 = np.uint64(rng.integers(0, 2 ** 63))
         validate = self.early_stopping and X_val is not None and len(X_val)
