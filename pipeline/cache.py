@@ -232,8 +232,6 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
 
 def _pages(raw):
     """The whole file mapped read-only, pages populated up front (the page cache, not a copy)."""
-    if os.fstat(raw.fileno()).st_size == 0:
-        return b""
     return mmap.mmap(raw.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
 
 

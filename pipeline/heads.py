@@ -142,6 +142,11 @@ class SoftmaxHeads:
             out[ks] = softmax_np(np.transpose(z.reshape(len(X), len(ks), c), (1, 0, 2)))
         return out
 
+    def head_proba(self, X, k) -> np.ndarray:
+        """N x C probabilities of head k alone (its own product only, not every head's)."""
+        g, r = self._rows(k)
+        return softmax_np(np.asarray(X, np.float32) @ self.W_[g, r].T + self.b_[g, r])
+
     def head_weights(self, k):
         """Head k's Dense kernel (D x C) and bias."""
         g, r = self._rows(k)
@@ -183,6 +188,9 @@ class LogRegHead:
         out = np.zeros((len(X), self.n_classes_), p.dtype)
         out[:, self.model_.classes_] = p
         return out[None]
+
+    def head_proba(self, X, k=0) -> np.ndarray:
+        return self.predict_proba(X)[0]
 
 
 def _point(head, X, y, Xv, yv):

@@ -135,7 +135,7 @@ def finish_run(args, kind, params, head, k, data, class_names, cache_path, prov,
     proba = {}
     for split, (X, y, rows) in data.items():
         if id(X) not in proba:  # train and val share one array: one pass over it
-            proba[id(X)] = head.predict_proba(X)[k]
+            proba[id(X)] = head.head_proba(X, k)
         metrics[split] = evaluate(proba[id(X)][rows], y[rows], n_classes) if len(rows) else {"n": 0}
     timings["evaluate_s"] = time.perf_counter() - t
     metrics.update(class_names=class_names, cache=os.path.abspath(cache_path), provenance=prov, timings=timings)
