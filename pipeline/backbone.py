@@ -5,7 +5,6 @@ Keras is imported lazily, so a cache hit never pays for loading a deep-learning 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ from .config import PipelineError, reason
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
 KERAS_WEIGHTS_FILE = {True: "vgg19_weights_tf_dim_ordering_tf_kernels.h5",        # with fc1/fc2
                       False: "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"}  # convolutions only
-FEATURE_DIMS = {"fc2": 4096, "fc1": 4096}
+RANDOM_INIT = "glorot_uniform kernels, zero biases; numpy PCG64, weights in model order"
 
 
 def keras_home() -> str:
@@ -40,22 +39,24 @@ def has_cuda_gpu() -> bool:
         and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+        with open(cpuinfo) as f:
+            line = next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+    return set(line.partition(":")[2].split())
 
 
-def resolve_precision(precision: str) -> str:
-    """auto = the fastest the hardware runs natively: float16 on CUDA, bfloat16 on bf16 CPUs, else float32."""
+def resolve_precision(precision: str, cuda: bool | None = None, flags: set | None = None) -> str:
+    """auto = the fastest the hardware runs natively: float16 on CUDA, bfloat16 on CPUs with native
+    bf16 (AVX512-BF16 or AMX), else float32. `cuda` and `flags` default to this machine's."""
     if precision != "auto":
         return precision
-    if has_cuda_gpu():
+    if has_cuda_gpu() if cuda is None else cuda:
         return "float16"
-    return "bfloat16" if cpu_has_native_bf16() else "float32"
+    flags = cpu_flags() if flags is None else flags
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
 
 
 def file_sha256(path: str) -> str:
@@ -70,9 +71,8 @@ def weights_identity(weights: str, seed: int, layer: str) -> dict:
     """What the weights are, cheaply, for the cache key (no Keras import, no download)."""
     if weights == "imagenet":
         return {"kind": "imagenet", "file": KERAS_WEIGHTS_FILE[layer != "block5_pool"]}
-    if weights == "random":  # initialisers differ between Keras versions and backends
-        return {"kind": "random", "seed": seed, "keras": importlib.metadata.version("keras"),
-                "backend": keras_backend_name()}
+    if weights == "random":  # drawn with NumPy (random_weights): no Keras version or backend in it
+        return {"kind": "random", "seed": seed, "init": RANDOM_INIT}
     return {"kind": "file", "sha256": file_sha256(weights)}
 
 
@@ -112,11 +112,38 @@ def _load_weights_file(keras, model, path: str, top: bool):
                         f"{KERAS_WEIGHTS_FILE[top]} or a file saved from keras.applications.VGG19") from None
 
 
+def random_weights(model, seed: int):
+    """Dense's and Conv2D's default initialisation (Glorot-uniform kernels, zero biases) drawn with
+    NumPy from `seed`: the same numbers whatever the Keras version or backend, and no global seed."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out = []
+    for w in model.weights:
+        shape = tuple(w.shape)
+        if len(shape) < 2:
+            out.append(np.zeros(shape, np.float32))
+            continue
+        field = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        limit = np.sqrt(6.0 / (field * (shape[-2] + shape[-1])))
+        u = rng.random(shape, dtype=np.float32)
+        out.append((u * np.float32(2 * limit) - np.float32(limit)).astype(np.float32))
+    model.set_weights(out)
+
+
+def with_precision(keras, model, precision: str):
+    """A copy of `model` computing in `precision`, its dtype policy set layer by layer: nothing
+    process-wide (Keras' global policy) is read or changed, so models built later are unaffected."""
+    policy = "float32" if precision == "float32" else f"mixed_{precision}"
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def build_backbone(layer: str, image_size: int, weights: str, seed: int, precision: str):
     """The frozen VGG19 cut at `layer`, computing in `precision` (a resolved dtype name)."""
     import keras
-    keras.mixed_precision.set_global_policy("float32" if precision == "float32" else f"mixed_{precision}")
-    keras.utils.set_random_seed(seed)
     top = layer != "block5_pool"
     if weights == "imagenet":
         try:
@@ -129,9 +156,12 @@ def build_backbone(layer: str, image_size: int, weights: str, seed: int, precisi
                 "(or --weights random for an offline smoke run)") from None
     else:
         base = _vgg19(keras, top, image_size)
-        if weights != "random":
+        if weights == "random":
+            random_weights(base, seed)
+        else:
             _load_weights_file(keras, base, weights, top)
-    model = keras.Model(base.input, base.get_layer(layer).output, name=f"vgg19_{layer}")
+    cut = keras.Model(base.input, base.get_layer(layer).output, name=f"vgg19_{layer}")
+    model = with_precision(keras, cut, precision)
     model.trainable = False
     return model
 

@@ -10,10 +10,8 @@ import importlib
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
-
-from . import config as C  # noqa: E402
-from .config import FeatureConfig, PipelineError  # noqa: E402
+from . import config as C
+from .config import FeatureConfig, PipelineError
 
 
 def add_feature_options(p: argparse.ArgumentParser):

@@ -58,6 +58,28 @@ def make_tar(src, out, arcname):
     return out
 
 
+def pytest_addoption(parser):
+    parser.addoption("--cpu-bf16", choices=("host", "yes", "no"), default="host",
+                     help="simulate a CPU with (yes) or without (no) native bfloat16 for --precision auto; "
+                          "the suite must pass either way")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def simulated_cpu(request):
+    """With --cpu-bf16 yes|no, precision detection sees that CPU instead of this machine's."""
+    choice = request.config.getoption("--cpu-bf16")
+    if choice == "host":
+        yield
+        return
+    from pipeline import backbone
+    real = backbone.cpu_flags
+    backbone.cpu_flags = lambda *a: {"avx512f", "avx512_bf16"} if choice == "yes" else {"avx2", "fma"}
+    try:
+        yield
+    finally:
+        backbone.cpu_flags = real
+
+
 @pytest.fixture
 def cifar_dir(tmp_path):
     write_cifar10(str(tmp_path / "data"))
@@ -82,7 +104,7 @@ def run_captured(capsys, command, *args):
     return code, out.strip().splitlines(), err
 
 
-SMALL = ["--weights", "random", "--image-size", "32", "--quiet"]  # fast VGG19 settings for tests
+SMALL = ["--weights", "random", "--image-size", "32", "--precision", "float32", "--quiet"]  # fast VGG19 settings
 PY = sys.executable
 
 

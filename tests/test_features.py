@@ -28,10 +28,27 @@ def test_builds_a_complete_cache_with_provenance(cifar_dir, tmp_path, capsys):
     assert data["test"][0].shape == (6, 4096)
     assert meta["weights"]["kind"] == "random" and meta["weights"]["seed"] == 0 and len(meta["weights_sha256"]) == 64
     assert meta["dataset"] == "cifar10" and len(meta["dataset_fingerprint"]) == 64
-    assert meta["settings"]["interpolation"] == "cubic" and meta["settings"]["precision"] in ("float32", "bfloat16")
+    assert meta["settings"]["interpolation"] == "cubic" and meta["settings"]["precision"] == "float32"
     assert meta["format_version"] == 1 and "keras" in meta["versions"] and meta["created"]
     with h5py.File(out[-1]) as h:
         assert set(h["train"]) == {"features", "labels", "ids"} and h.attrs["complete"]
+
+
+@pytest.mark.parametrize("flags,want", [({"avx2", "fma"}, "float32"), ({"avx512f", "avx512_bf16"}, "bfloat16")])
+def test_auto_precision_is_resolved_recorded_and_keyed(cifar_dir, tmp_path, capsys, monkeypatch, flags, want):
+    """--precision auto on a CPU without and with native bf16 (simulated): the resolved dtype is what
+    the backbone computes in, what the file records, and what the key holds (an explicit request for
+    the same dtype is a hit)."""
+    monkeypatch.setattr(bb, "cpu_flags", lambda *a: flags)
+    monkeypatch.setattr(bb, "has_cuda_gpu", lambda: False)
+    small = [a for a in SMALL if a not in ("--precision", "float32")]
+    args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", "--limit", "2", *small)
+    code, out, err = features(capsys, *args, "--precision", "auto")
+    assert code == 0 and f"precision: auto -> {want}" in err
+    meta = load_cache(out[-1])["test"][2]
+    assert meta["settings"]["precision"] == want and meta["settings"]["precision_requested"] == "auto"
+    code, again, err = features(capsys, *args, "--precision", want)
+    assert code == 0 and again[-1] == out[-1] and "cache hit" in err
 
 
 def test_same_settings_is_a_hit_without_backbone_work(cifar_dir, tmp_path, capsys, monkeypatch):
@@ -87,7 +104,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, capsys):
     data = str(tmp_path / "d")
     write_cifar10(data, per_batch=80, test_n=4)
     cmd = [PY, "-m", "pipeline", "features", "--data-dir", data, "--splits", "train", "--weights", "random",
-           "--image-size", "64", "--layer", "block5_pool", "--batch-size", "8", "--quiet"]
+           "--image-size", "64", "--layer", "block5_pool", "--batch-size", "8", "--precision", "float32", "--quiet"]
     env = {**os.environ, "PYTHONPATH": ROOT}
     killed = str(tmp_path / "killed")
     proc = subprocess.Popen(cmd + ["--cache-dir", killed], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
