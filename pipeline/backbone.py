@@ -4,34 +4,12 @@ Keras is imported lazily, so a cache hit never pays for loading a deep-learning 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import sys
 
 import numpy as np
 
 from .config import PipelineError, reason
-
-KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
-KERAS_WEIGHTS_FILE = {True: "vgg19_weights_tf_dim_ordering_tf_kernels.h5",        # with fc1/fc2
-                      False: "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"}  # convolutions only
-RANDOM_INIT = "glorot_uniform kernels, zero biases; numpy PCG64, weights in model order"
-
-
-def keras_home() -> str:
-    return os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-
-
-def keras_backend_name() -> str:
-    """The backend Keras will use, read the way Keras reads it, without importing Keras."""
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    try:
-        with open(os.path.join(keras_home(), "keras.json")) as f:
-            return json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        return "tensorflow"
+from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
 
 
 def has_cuda_gpu() -> bool:
@@ -57,28 +35,6 @@ def resolve_precision(precision: str, cuda: bool | None = None, flags: set | Non
         return "float16"
     flags = cpu_flags() if flags is None else flags
     return "bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_identity(weights: str, seed: int, layer: str) -> dict:
-    """What the weights are, cheaply, for the cache key (no Keras import, no download)."""
-    if weights == "imagenet":
-        return {"kind": "imagenet", "file": KERAS_WEIGHTS_FILE[layer != "block5_pool"]}
-    if weights == "random":  # drawn with NumPy (random_weights): no Keras version or backend in it
-        return {"kind": "random", "seed": seed, "init": RANDOM_INIT}
-    return {"kind": "file", "sha256": file_sha256(weights)}
-
-
-def warn_random(seed: int):
-    print(f"WARNING: --weights random (seed {seed}): VGG19 is NOT pretrained; these features are for "
-          "offline smoke runs only, not for transfer learning", file=sys.stderr)
 
 
 def _vgg19(keras, top: bool, image_size: int, weights=None):
@@ -112,23 +68,6 @@ def _load_weights_file(keras, model, path: str, top: bool):
                         f"{KERAS_WEIGHTS_FILE[top]} or a file saved from keras.applications.VGG19") from None
 
 
-def random_weights(model, seed: int):
-    """Dense's and Conv2D's default initialisation (Glorot-uniform kernels, zero biases) drawn with
-    NumPy from `seed`: the same numbers whatever the Keras version or backend, and no global seed."""
-    rng = np.random.Generator(np.random.PCG64(seed))
-    out = []
-    for w in model.weights:
-        shape = tuple(w.shape)
-        if len(shape) < 2:
-            out.append(np.zeros(shape, np.float32))
-            continue
-        field = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-        limit = np.sqrt(6.0 / (field * (shape[-2] + shape[-1])))
-        u = rng.random(shape, dtype=np.float32)
-        out.append((u * np.float32(2 * limit) - np.float32(limit)).astype(np.float32))
-    model.set_weights(out)
-
-
 def with_precision(keras, model, precision: str):
     """A copy of `model` computing in `precision`, its dtype policy set layer by layer: nothing
     process-wide (Keras' global policy) is read or changed, so models built later are unaffected."""
@@ -141,19 +80,19 @@ def with_precision(keras, model, precision: str):
     return copy
 
 
-def build_backbone(layer: str, image_size: int, weights: str, seed: int, precision: str):
-    """The frozen VGG19 cut at `layer`, computing in `precision` (a resolved dtype name)."""
+def build_backbone(layer: str, image_size: int, weights: str, seed: int, precision: str, sha256: str | None = None):
+    """The frozen VGG19 cut at `layer`, computing in `precision` (a resolved dtype name). `sha256`:
+    what the weights file must hash to (the run's key was made from it)."""
     import keras
     top = layer != "block5_pool"
+    path = weights_file(weights, top)
+    if path is not None and not os.path.isfile(path):
+        raise PipelineError(f"weights file {path} is gone; restore it, or pass another --weights")
+    if path is not None and sha256 is not None and file_sha256(path) != sha256:
+        raise PipelineError(f"weights file {path} changed since the cache was keyed (SHA-256 differs); restore "
+                            "it, or re-run make features (and train-head) with the new file")
     if weights == "imagenet":
-        try:
-            base = _vgg19(keras, top, image_size, weights="imagenet")
-        except Exception as e:  # noqa: BLE001 - download failures surface as several types
-            target = os.path.join(keras_home(), "models", KERAS_WEIGHTS_FILE[top])
-            raise PipelineError(
-                f"could not fetch the ImageNet VGG19 weights ({reason(e)}); put "
-                f"{KERAS_WEIGHTS_FILE[top]} (from {KERAS_WEIGHTS_URL}) at {target}, or pass --weights PATH "
-                "(or --weights random for an offline smoke run)") from None
+        base = _vgg19(keras, top, image_size, weights=path)
     else:
         base = _vgg19(keras, top, image_size)
         if weights == "random":
@@ -164,19 +103,6 @@ def build_backbone(layer: str, image_size: int, weights: str, seed: int, precisi
     model = with_precision(keras, cut, precision)
     model.trainable = False
     return model
-
-
-def weights_sha256(model) -> str:
-    """SHA-256 of the weights as loaded (the file's own hash is recorded too, where there is one)."""
-    h = hashlib.sha256()
-    for w in model.weights:
-        h.update(np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w)).tobytes())
-    return h.hexdigest()
-
-
-def imagenet_file_sha256(layer: str) -> str | None:
-    path = os.path.join(keras_home(), "models", KERAS_WEIGHTS_FILE[layer != "block5_pool"])
-    return file_sha256(path) if os.path.exists(path) else None
 
 
 class Backbone:

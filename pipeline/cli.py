@@ -29,13 +29,16 @@ def add_feature_options(p: argparse.ArgumentParser):
     p.add_argument("--store-dtype", default=C.STORE_DTYPE, help="float32|float16 (default %(default)s)")
     p.add_argument("--cache-dir", default=C.CACHE_DIR, help="where caches live (default %(default)s)")
     p.add_argument("--on-bad-image", default=C.ON_BAD_IMAGE, help="fail|skip (default %(default)s)")
+    p.add_argument("--max-image-pixels", type=int, default=C.MAX_IMAGE_PIXELS,
+                   help="image files with more pixels are bad images, refused before decoding (default %(default)s)")
 
 
 def feature_config(args, batch_size=None) -> FeatureConfig:
     return FeatureConfig(dataset=args.dataset, data_dir=args.data_dir, splits=args.splits, limit=args.limit,
                          weights=args.weights, seed=args.weights_seed, layer=args.layer, image_size=args.image_size,
                          interpolation=args.interpolation, precision=args.precision, store_dtype=args.store_dtype,
-                         batch_size=batch_size or C.BATCH_SIZE, cache_dir=args.cache_dir, on_bad_image=args.on_bad_image)
+                         batch_size=C.BATCH_SIZE if batch_size is None else batch_size, cache_dir=args.cache_dir,
+                         on_bad_image=args.on_bad_image, max_image_pixels=args.max_image_pixels)
 
 
 def cmd_features(args):
@@ -43,6 +46,9 @@ def cmd_features(args):
     cfg = feature_config(args, args.batch_size)
     if args.shards < 1:
         raise PipelineError(f"--shards: expected N >= 1, got {args.shards}")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise PipelineError(f"--ray-actors: expected N >= 1 (or leave it out: one per GPU, else per node), "
+                            f"got {args.ray_actors}")
     if args.shards > 1 or args.engine != "local":
         from .shards import run_sharded
         path = run_sharded(cfg, shards=args.shards, engine=args.engine, ray_address=args.ray_address, quiet=args.quiet,

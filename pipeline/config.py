@@ -23,8 +23,10 @@ STORE_DTYPE = "float32"      # dtype of the cached features
 BATCH_SIZE = 32              # images per forward pass
 CACHE_DIR = "data/features"  # where caches are written
 ON_BAD_IMAGE = "fail"        # fail: stop at an unreadable image; skip: leave it out and list it
+MAX_IMAGE_PIXELS = 50_000_000  # larger image files are bad images (checked before decoding; 50 MP = 150 MB decoded)
 # ------------------------------------------------------------------------------------------
 
+MAX_IMAGE_SIZE = 512        # --image-size upper bound: 16x CIFAR; block1 at 512 px is 64 MB per image
 DATASETS = ("cifar10", "cifar100")
 LAYERS = ("fc2", "fc1", "block5_pool")
 INTERPOLATIONS = ("cubic", "linear", "nearest", "area", "lanczos")
@@ -62,6 +64,7 @@ class FeatureConfig:
     batch_size: int = BATCH_SIZE
     cache_dir: str = CACHE_DIR
     on_bad_image: str = ON_BAD_IMAGE
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -89,8 +92,15 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
         raise PipelineError(f"--limit: expected a positive number of images per split, got {cfg.limit}")
     if cfg.batch_size < 1:
         raise PipelineError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
-    if cfg.image_size < 32:
-        raise PipelineError(f"--image-size: expected at least 32 (VGG19 halves it five times), got {cfg.image_size}")
+    if not 32 <= cfg.image_size <= MAX_IMAGE_SIZE:
+        raise PipelineError(f"--image-size: expected 32..{MAX_IMAGE_SIZE} (VGG19 halves it five times; larger needs "
+                            f"more memory than a batch should), got {cfg.image_size}")
+    if cfg.seed < 0:
+        raise PipelineError(f"--weights-seed: expected a seed >= 0, got {cfg.seed}")
+    if cfg.max_image_pixels < 1:
+        raise PipelineError(f"--max-image-pixels: expected a positive number, got {cfg.max_image_pixels}")
+    if os.path.exists(cfg.cache_dir) and not os.path.isdir(cfg.cache_dir):
+        raise PipelineError(f"--cache-dir {cfg.cache_dir}: is a file, not a folder; pass a folder (created if missing)")
     if cfg.weights not in ("imagenet", "random") and not os.path.isfile(cfg.weights):
         raise PipelineError(f"--weights: expected imagenet, random or a weights file, got {cfg.weights!r} "
                             "(no such file); check the path")

@@ -14,12 +14,18 @@ import sys
 import time
 
 from . import backbone as bb
-from .cache import FORMAT_VERSION, PartialRun, cache_key, cache_stem, read_provenance, write_cache, writer_lock
+from . import weights as wt
+from .cache import FORMAT_VERSION, DamagedCache, cache_key, cache_stem, load_cache, read_provenance, write_cache, \
+    writer_lock
 from .config import FeatureConfig, validate
+from .dataset import Dataset
+from .durable import move_aside
 from .extract import BackgroundWriter, extract_range
 from .fingerprint import fingerprint
+from .journal import Journal
+from .keras_env import keras_backend_name
 from .preprocess import PREPROCESSING
-from .sources import Dataset, open_dataset
+from .sources import open_dataset
 
 KEY_SETTINGS = ("layer", "image_size", "interpolation", "store_dtype")
 
@@ -39,10 +45,11 @@ class Plan:
 
 def plan(cfg: FeatureConfig) -> Plan:
     cfg = validate(cfg)
-    ds = open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"))
-    fp = fingerprint(ds, cfg.on_bad_image)
+    ds = open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"),
+                      cfg.on_bad_image, cfg.max_image_pixels)
+    fp = fingerprint(ds)
     precision = bb.resolve_precision(cfg.precision)
-    weights = bb.weights_identity(cfg.weights, cfg.seed, cfg.layer)
+    weights = wt.weights_identity(cfg.weights, cfg.seed, cfg.layer != "block5_pool", cfg.cache_dir)
     payload = {"backbone": "keras.applications.VGG19", "preprocessing": PREPROCESSING, "weights": weights,
                "dataset_fingerprint": fp, "precision": precision, **{k: getattr(cfg, k) for k in KEY_SETTINGS}}
     key = cache_key(payload)
@@ -58,7 +65,7 @@ def plan(cfg: FeatureConfig) -> Plan:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "platform": platform.platform(), "backend": bb.keras_backend_name()}
+    out = {"python": platform.python_version(), "platform": platform.platform(), "backend": keras_backend_name()}
     for pkg in ("keras", "tensorflow", "jax", "torch", "numpy", "h5py", "opencv-python-headless"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
@@ -67,7 +74,7 @@ def versions() -> dict:
     return out
 
 
-def file_provenance(p: Plan, ranges: dict, weights_sha256: str | None, **extra) -> dict:
+def file_provenance(p: Plan, ranges: dict, weights_sha256: str, **extra) -> dict:
     """The attributes of a finished file: the plan's provenance plus what only the run knows."""
     return {**p.provenance, "ranges": ranges, "versions": versions(), "batch_size": p.cfg.batch_size,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -75,58 +82,74 @@ def file_provenance(p: Plan, ranges: dict, weights_sha256: str | None, **extra) 
 
 
 def report_hit(p: Plan) -> bool:
-    """Say so and return True when the finished cache for `p` already exists."""
-    if is_hit(p):
+    """Say so and return True when the finished cache for `p` already exists (checked in full)."""
+    if existing(p.path, p.provenance["key"], full=True):
         print(f"cache hit: {p.path} (same settings and data; no backbone work)", file=sys.stderr)
         return True
     return False
 
 
 def is_hit(p: Plan) -> bool:
-    return os.path.exists(p.path) and read_provenance(p.path).get("key") == p.provenance["key"]
+    return existing(p.path, p.provenance["key"], full=False)
+
+
+def existing(path: str, key: str, full: bool) -> bool:
+    """True when `path` is a finished, unaltered cache with this key (full: its features' SHA-256
+    checked too). A damaged file is moved aside to `<path>.corrupt` (kept, never read), so the
+    caller rebuilds it; a file of another key is left alone."""
+    if not os.path.exists(path):
+        return False
+    try:
+        if read_provenance(path).get("key") != key:
+            return False
+        if full:
+            load_cache(path)
+    except DamagedCache as e:
+        aside = move_aside(path)
+        print(f"{str(e).split(';')[0]}; moved it to {aside} and rebuilding it", file=sys.stderr)
+        return False
+    return True
 
 
 class ModelCache:
     """Build the backbone once per process (shards reuse it)."""
 
     def __init__(self):
-        self._model = self._sig = None
+        self._model = self._sig = self._sha = None
 
-    def get(self, cfg: FeatureConfig, precision: str):
-        sig = (cfg.layer, cfg.image_size, cfg.weights, cfg.seed, precision, cfg.store_dtype)
+    def get(self, p: Plan):
+        cfg, weights = p.cfg, p.provenance["weights"]
+        sig = (cfg.layer, cfg.image_size, cfg.weights, cfg.seed, p.precision, cfg.store_dtype, weights.get("sha256"))
         if self._sig != sig:
             if cfg.weights == "random":
-                bb.warn_random(cfg.seed)
-            model = bb.build_backbone(cfg.layer, cfg.image_size, cfg.weights, cfg.seed, precision)
-            sha = bb.weights_sha256(model) if cfg.weights == "random" else None
-            self._model, self._sig, self._sha = bb.Backbone(model, cfg.store_dtype), sig, sha
+                wt.warn_random(cfg.seed)
+            model = bb.build_backbone(cfg.layer, cfg.image_size, cfg.weights, cfg.seed, p.precision, weights.get("sha256"))
+            self._sha = weights.get("sha256") or wt.model_weights_sha256(model)
+            self._model, self._sig = bb.Backbone(model, cfg.store_dtype), sig
         return self._model
 
-    def sha256(self, cfg: FeatureConfig, precision: str) -> str | None:
-        """SHA-256 of the weights file (imagenet, PATH) or of the generated weights (random)."""
-        if cfg.weights == "imagenet":
-            return bb.imagenet_file_sha256(cfg.layer)
-        if cfg.weights != "random":
-            return bb.weights_identity(cfg.weights, cfg.seed, cfg.layer)["sha256"]
-        self.get(cfg, precision)
+    def sha256(self, p: Plan) -> str:
+        """SHA-256 of the weights file (imagenet, PATH: checked when the model was built) or of the
+        generated weights (random)."""
+        if p.provenance["weights"].get("sha256"):
+            return p.provenance["weights"]["sha256"]
+        self.get(p)
         return self._sha
 
 
-MODELS = ModelCache()
-
-
-def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: ModelCache = MODELS) -> dict:
+def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: ModelCache | None = None) -> dict:
     """Extract rows `ranges` ({split: (start, stop)}) into `<stem>.h5`, resuming `<stem>.partial`."""
+    models = models or ModelCache()
     with writer_lock(stem):
-        if os.path.exists(stem + ".h5") and read_provenance(stem + ".h5").get("key") == p.provenance["key"]:
+        if existing(stem + ".h5", p.provenance["key"], full=False):
             return {"hit": True, "images": 0}  # another process finished it while we waited
-        journal = PartialRun(stem, {**p.provenance, "ranges": ranges})
+        journal = Journal(stem, {**p.provenance, "ranges": ranges}, p.cfg.store_dtype)
         stats, t0 = {"images": 0, "resumed": journal.resumed}, time.perf_counter()
         for split, (start, stop) in ranges.items():
             done = journal.done(split, start)
             if done >= stop:
                 continue
-            model = models.get(p.cfg, p.precision)
+            model = models.get(p)
             writer = BackgroundWriter(lambda a, b, f, s=split: journal.write(s, a, b, f))
             note = f" (resuming at {done - start})" if done > start else ""
             if note:
@@ -139,7 +162,7 @@ def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: Mo
                 stats[k] = stats.get(k, 0.0) + v
         stats["seconds"] = time.perf_counter() - t0
         ds = p.dataset
-        meta = file_provenance(p, ranges, models.sha256(p.cfg, p.precision))
+        meta = file_provenance(p, ranges, models.sha256(p))
         splits = {s: (ds.splits[s].labels[a:b], ds.splits[s].ids[a:b], a) for s, (a, b) in ranges.items()}
         write_cache(stem + ".h5", meta, splits, lambda s: journal.read(s, *ranges[s]))
         journal.remove()
@@ -147,7 +170,7 @@ def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: Mo
         return stats
 
 
-def run_features(cfg: FeatureConfig, quiet: bool = False) -> str:
+def run_features(cfg: FeatureConfig, quiet: bool = False, models: ModelCache | None = None) -> str:
     """`python -m pipeline features`: the finished cache's path (built, resumed, or a hit)."""
     t0 = time.perf_counter()
     p = plan(cfg)
@@ -155,7 +178,7 @@ def run_features(cfg: FeatureConfig, quiet: bool = False) -> str:
         return p.path
     if p.precision != p.cfg.precision:
         print(f"precision: auto -> {p.precision}", file=sys.stderr)
-    stats = build_file(p, p.stem, {s: (0, len(sp)) for s, sp in p.dataset.splits.items()}, quiet=quiet)
+    stats = build_file(p, p.stem, {s: (0, len(sp)) for s, sp in p.dataset.splits.items()}, quiet=quiet, models=models)
     seconds = time.perf_counter() - t0
     size = os.path.getsize(p.path) / 1e6
     if stats["hit"]:

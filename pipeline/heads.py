@@ -152,6 +152,11 @@ class SoftmaxHeads:
         g, r = self._rows(k)
         return self.W_[g, r].T.copy(), self.b_[g, r].copy()
 
+    def head_file(self, k=0) -> dict:
+        """Head k as write_head's arguments: Dense kernel (D x C), bias, dropout rate."""
+        w, b = self.head_weights(k)
+        return {"kernel": w, "bias": b, "dropout": float(self.dropouts[k])}
+
     def export_head(self, k=0):
         """Head k alone as the notebook's Keras head: Dropout(p) -> Dense(C, softmax)."""
         import keras
@@ -191,6 +196,19 @@ class LogRegHead:
 
     def head_proba(self, X, k=0) -> np.ndarray:
         return self.predict_proba(X)[0]
+
+    def head_file(self, k=0) -> dict:
+        """The fitted model as a softmax head over all n_classes_ (write_head's arguments): the scaler as
+        standardisation, the coefficients as a Dense kernel whose column c is class c; a class absent
+        from training gets bias -1e4 (probability 0), so a head always means the classes it says."""
+        scaler, lr = self.model_[0], self.model_[-1]
+        coef, intercept = lr.coef_, lr.intercept_
+        if coef.shape[0] == 1:                            # binary: softmax([-z/2, z/2]) == sigmoid(z)
+            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        kernel = np.zeros((coef.shape[1], self.n_classes_), np.float32)
+        bias = np.full(self.n_classes_, -1e4, np.float32)
+        kernel[:, lr.classes_], bias[lr.classes_] = coef.T, intercept
+        return {"kernel": kernel, "bias": bias, "mean": scaler.mean_, "variance": scaler.scale_ ** 2}
 
 
 def _point(head, X, y, Xv, yv):

@@ -20,9 +20,10 @@ import time
 import h5py
 from tqdm import tqdm
 
-from .cache import read_provenance, write_cache, writer_lock
+from .cache import DamagedCache, read_provenance, sha256_of, write_cache, writer_lock
 from .config import FeatureConfig, PipelineError
-from .features import ModelCache, Plan, build_file, file_provenance, plan, report_hit
+from .durable import move_aside
+from .features import ModelCache, Plan, build_file, existing, file_provenance, plan, report_hit
 
 SHARD_RE = re.compile(r"\.shard-(\w+)-(\d+)-(\d+)\.h5$")
 
@@ -40,8 +41,8 @@ def shard_stem(p: Plan, split: str, a: int, b: int) -> str:
 
 
 def shard_done(p: Plan, job) -> bool:
-    path = shard_stem(p, *job) + ".h5"
-    return os.path.exists(path) and read_provenance(path).get("key") == p.provenance["key"]
+    """A finished shard, checked in full (a damaged one is moved aside and will be redone)."""
+    return existing(shard_stem(p, *job) + ".h5", p.provenance["key"], full=True)
 
 
 class ShardWorker:
@@ -136,7 +137,10 @@ def merge(p: Plan, jobs: list) -> str:
         by_split, shas = {s: [] for s in p.dataset.splits}, set()
         for f in files:
             m = SHARD_RE.search(f)
-            meta = read_provenance(f)
+            try:
+                meta = read_provenance(f)
+            except DamagedCache as e:
+                raise PipelineError(f"shard {e}; moved it to {move_aside(f)}: re-run the same command to redo it") from None
             if meta.get("key") != p.provenance["key"] or meta.get("dataset_fingerprint") != p.provenance["dataset_fingerprint"]:
                 raise PipelineError(f"shard {f} belongs to another configuration or dataset; move it away and re-run")
             if not m or m[1] not in by_split:
@@ -159,7 +163,11 @@ def merge(p: Plan, jobs: list) -> str:
         def chunks(split):
             for a, b, f in sorted(by_split[split]):
                 with h5py.File(f, "r") as h:
-                    yield a, b, h[split]["features"][()]
+                    feats, want = h[split]["features"][()], h[split].attrs["features_sha256"]
+                if sha256_of(feats) != want:
+                    raise PipelineError(f"shard {f}: '{split}' features fail their SHA-256 check; moved it to "
+                                        f"{move_aside(f)}: re-run the same command to redo it")
+                yield a, b, feats
         meta = file_provenance(p, {s: (0, len(sp)) for s, sp in p.dataset.splits.items()}, shas.pop(),
                                merged_from_shards=len(files))
         ds = p.dataset

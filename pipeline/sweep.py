@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -17,7 +18,7 @@ import tomllib
 import numpy as np
 
 from .config import PipelineError
-from .train import HEAD_PARAMS, check_param, finish_run, fit_head, load_features, make_head
+from .train import HEAD_PARAMS, check_param, check_run_options, finish_run, fit_head, load_features, make_head
 from .train import add_arguments as add_train_arguments
 
 TOML_KEYS = {"head", "random", "params"}
@@ -45,12 +46,20 @@ def parse_space(args) -> tuple[str, dict, int | None]:
             raise PipelineError(f"--config {args.config}: unknown key(s) {', '.join(sorted(unknown))}; expected "
                                 f"{', '.join(sorted(TOML_KEYS))}")
         head, rand = doc.get("head", head), doc.get("random", rand)
+        if not isinstance(doc.get("params", {}), dict):
+            raise PipelineError(f"--config {args.config}: params must be a table ([params] key = [values]), got "
+                                f"{type(doc['params']).__name__}")
+        if rand is not None and (isinstance(rand, bool) or not isinstance(rand, int)):
+            raise PipelineError(f"--config {args.config}: random must be a whole number of configurations, got {rand!r}")
         space = {k: v if isinstance(v, list) else [v] for k, v in doc.get("params", {}).items()}
     for item in args.param:
         key, sep, values = item.partition("=")
-        if not sep or not values:
-            raise PipelineError(f"--param {item}: expected KEY=V1,V2,..., e.g. dropout=0.2,0.5")
         space[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not space[key.strip()]:
+            raise PipelineError(f"--param {item}: expected KEY=V1,V2,..., e.g. dropout=0.2,0.5")
+    for key, values in space.items():
+        if not values:
+            raise PipelineError(f"{key}: no values to try; give at least one, e.g. {key} = [0.5]")
     if head not in HEAD_PARAMS:
         raise PipelineError(f"head: expected softmax or logreg, got {head!r}")
     for key in space:
@@ -128,9 +137,12 @@ def plot_sweep(path: str, rows: list, keys: list):
 def main(args):
     from .runs import new_run_dir, process_age
     timings = {"startup_s": process_age()}
+    check_run_options(args)
     head, space, rand = parse_space(args)
     base = {k: check_param(k, getattr(args, k)) for k in HEAD_PARAMS[head]}
     configs = configurations(head, space, rand, args.seed, base)
+    folder = new_run_dir(args.runs_dir, args.name)             # both names checked free before any work
+    best_dir = new_run_dir(args.runs_dir, os.path.basename(folder) + "-best")
     t = time.perf_counter()
     data, class_names, cache_path, prov = load_features(args)
     timings["load_s"] = time.perf_counter() - t
@@ -147,15 +159,16 @@ def main(args):
                      "train_accuracy": kept["train_accuracy"], "best_epoch": best, "_i": i})
     timings["train_s"] = time.perf_counter() - t
     rows.sort(key=lambda r: (-r["val_accuracy"], r["val_loss"]))
-    folder = new_run_dir(args.runs_dir, args.name and f"{args.name}")
-    os.makedirs(folder)
     keys = list(space)
-    table = write_table(folder, rows, keys)
-    plot_sweep(os.path.join(folder, "sweep.png"), rows, keys)
+    shutil.rmtree(folder + ".tmp", ignore_errors=True)
+    os.makedirs(folder + ".tmp")
+    table = write_table(folder + ".tmp", rows, keys)
+    plot_sweep(os.path.join(folder + ".tmp", "sweep.png"), rows, keys)
+    os.replace(folder + ".tmp", folder)
     print(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}", file=sys.stderr)
     best = rows[0]
     heads, k = trained[best["_i"]]
     params = {p: best[p] for p in HEAD_PARAMS[head]}
     run = finish_run(args, head, params, heads, k, data, class_names, cache_path, prov, timings,
-                     name=os.path.basename(folder) + "-best")
+                     name=os.path.basename(best_dir))
     print(run)

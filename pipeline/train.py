@@ -6,6 +6,7 @@ the test split is evaluated once, at the end, in full. Everything lands in a run
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -30,10 +31,11 @@ RUNS_DIR = "data/runs"  # where run folders go
 # ---------------------------------------------------------------------------------------------------
 
 RANGES = {  # name: (type, check, what the check means)
-    "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (float, lambda v: v > 0, "> 0"),
+    "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (float, lambda v: 0 < v < math.inf, "> 0 and finite"),
     "epochs": (int, lambda v: v >= 1, ">= 1"), "batch_size": (int, lambda v: v >= 1, ">= 1"),
-    "C": (float, lambda v: v > 0, "> 0"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
+    "C": (float, lambda v: 0 < v < math.inf, "> 0 and finite"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
     "val_fraction": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "patience": (int, lambda v: v >= 1, ">= 1"),
+    "seed": (int, lambda v: 0 <= v < 2 ** 63, ">= 0"),
 }
 HEAD_PARAMS = {"softmax": ("dropout", "lr", "epochs", "batch_size"), "logreg": ("C", "max_iter")}
 
@@ -41,8 +43,10 @@ HEAD_PARAMS = {"softmax": ("dropout", "lr", "epochs", "batch_size"), "logreg": (
 def check_param(name: str, value):
     kind, ok, what = RANGES[name]
     try:
+        if kind is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+            raise ValueError
         v = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise PipelineError(f"{name}: expected a {kind.__name__} {what}, got {value!r}") from None
     if not ok(v):
         raise PipelineError(f"{name}: expected {what}, got {v}; pick a value {what}")
@@ -93,6 +97,10 @@ def load_features(args):
     Xte, yte, _ = cache["test"]
     Xtr, Xte = Xtr.astype(np.float32, copy=False), Xte.astype(np.float32, copy=False)
     rows_tr, rows_val = stratified_split(ytr, check_param("val_fraction", args.val_fraction), args.seed)
+    if len(np.unique(ytr[rows_tr])) < 2:
+        raise PipelineError(f"--val-fraction {args.val_fraction}: leaves {len(rows_tr)} training rows of "
+                            f"{len(np.unique(ytr[rows_tr]))} class(es) out of {len(ytr)}; lower it (a head needs two "
+                            "classes to train on)")
     data = {"train": (Xtr, ytr, rows_tr), "val": (Xtr, ytr, rows_val), "test": (Xte, yte, np.arange(len(yte)))}
     prov = {k: v for k, v in meta.items() if k not in ("ids", "split")}
     return data, list(meta["class_names"]), path, prov
@@ -113,14 +121,11 @@ def make_head(head: str, params: dict, args):
     return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=args.seed)
 
 
-def save_head_fn(head, kind: str, k: int = 0):
+def save_head_fn(head, k: int = 0):
+    """Both heads are saved as head.keras (plain numbers: nothing in a run folder is ever unpickled)."""
     def save(folder):
-        if kind == "softmax":
-            from .keras_file import write_softmax_head
-            write_softmax_head(os.path.join(folder, "head.keras"), *head.head_weights(k), head.dropouts[k])
-        else:
-            import joblib
-            joblib.dump(head.model_, os.path.join(folder, "head.joblib"))
+        from .keras_file import write_head
+        write_head(os.path.join(folder, "head.keras"), **head.head_file(k))
     return save
 
 
@@ -140,17 +145,27 @@ def finish_run(args, kind, params, head, k, data, class_names, cache_path, prov,
     timings["evaluate_s"] = time.perf_counter() - t
     metrics.update(class_names=class_names, cache=os.path.abspath(cache_path), provenance=prov, timings=timings)
     run_dir = write_run(new_run_dir(args.runs_dir, name or args.name), metrics, head.history_[k], class_names,
-                        save_head_fn(head, kind, k))
+                        save_head_fn(head, k))
     print(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()), file=sys.stderr)
     print(summary_table(metrics), file=sys.stderr)
     return run_dir
 
 
+def check_run_options(args):
+    """The options every head command shares, checked before any work."""
+    for name in ("seed", "val_fraction", "patience"):
+        check_param(name, getattr(args, name))
+    if os.path.exists(args.runs_dir) and not os.path.isdir(args.runs_dir):
+        raise PipelineError(f"--runs-dir {args.runs_dir}: is a file, not a folder; pass a folder (created if missing)")
+    if args.name is not None and (not args.name.strip() or os.sep in args.name or args.name in (".", "..")):
+        raise PipelineError(f"--name {args.name!r}: expected a plain folder name (no {os.sep})")
+
+
 def main(args):
     from .runs import process_age
     timings = {"startup_s": process_age()}
+    check_run_options(args)
     params = {p: check_param(p, getattr(args, p)) for p in HEAD_PARAMS[args.head]}
-    check_param("patience", args.patience)
     t = time.perf_counter()
     data, class_names, cache_path, prov = load_features(args)
     timings["load_s"] = time.perf_counter() - t

@@ -3,6 +3,7 @@ import pytest
 
 from pipeline import backbone as bb
 from pipeline.config import PipelineError
+from pipeline.weights import model_weights_sha256
 
 
 @pytest.mark.parametrize("cuda,flags,want", [
@@ -34,23 +35,14 @@ def test_backbone_precision_stays_local_to_the_backbone():
     later = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     assert later.layers[0].compute_dtype == "float32"
     f32 = bb.build_backbone("block5_pool", 32, "random", 0, "float32")
-    assert bb.weights_sha256(m) == bb.weights_sha256(f32)        # same weights, only the compute dtype differs
-
-
-def test_weights_identity_is_cheap_and_specific(tmp_path):
-    r0, r1 = bb.weights_identity("random", 0, "fc2"), bb.weights_identity("random", 1, "fc2")
-    assert r0 != r1 and r0["kind"] == "random" and r0["init"] == bb.RANDOM_INIT
-    assert bb.weights_identity("imagenet", 0, "fc2")["file"] == "vgg19_weights_tf_dim_ordering_tf_kernels.h5"
-    p = tmp_path / "w.h5"
-    p.write_bytes(b"abc")
-    assert bb.weights_identity(str(p), 0, "fc2")["sha256"].startswith("ba7816bf")
+    assert model_weights_sha256(m) == model_weights_sha256(f32)        # same weights, only the compute dtype differs
 
 
 def test_random_weights_are_reproducible_and_glorot():
     a = bb.build_backbone("block5_pool", 32, "random", 3, "float32")
     b = bb.build_backbone("block5_pool", 32, "random", 3, "float32")
     c = bb.build_backbone("block5_pool", 32, "random", 4, "float32")
-    assert bb.weights_sha256(a) == bb.weights_sha256(b) != bb.weights_sha256(c)
+    assert model_weights_sha256(a) == model_weights_sha256(b) != model_weights_sha256(c)
     kernel, bias = (np.asarray(w) for w in a.get_layer("block3_conv1").weights)
     limit = np.sqrt(6 / (9 * (128 + 256)))                        # Glorot-uniform of a 3x3, 128 -> 256 conv
     assert kernel.shape == (3, 3, 128, 256) and np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.99 * limit
@@ -77,22 +69,17 @@ def test_weights_file_that_fits_loads(tmp_path):
     path = str(tmp_path / "mine.weights.h5")
     a.save_weights(path)
     b = bb.build_backbone("block5_pool", 32, path, 0, "float32")
-    assert bb.weights_sha256(a) == bb.weights_sha256(b)
+    assert model_weights_sha256(a) == model_weights_sha256(b)
 
 
-def test_imagenet_offline_names_the_file(monkeypatch, tmp_path):
-    import keras
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-
-    def offline(*a, **k):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
-    monkeypatch.setattr(keras.utils, "get_file", offline)
-    monkeypatch.setattr("keras.src.applications.vgg19.file_utils.get_file", offline, raising=False)
-    with pytest.raises(PipelineError) as e:
-        bb.build_backbone("fc2", 224, "imagenet", 0, "float32")
-    msg = str(e.value)
-    assert "vgg19_weights_tf_dim_ordering_tf_kernels.h5" in msg and "--weights PATH" in msg
-    assert str(tmp_path / "models") in msg and "\n" not in msg
+def test_weights_file_changed_since_keyed_is_refused(tmp_path):
+    a = bb.build_backbone("block5_pool", 32, "random", 5, "float32")
+    path = str(tmp_path / "mine.weights.h5")
+    a.save_weights(path)
+    with pytest.raises(PipelineError, match="changed since the cache was keyed"):
+        bb.build_backbone("block5_pool", 32, path, 0, "float32", sha256="0" * 64)
+    with pytest.raises(PipelineError, match="is gone"):
+        bb.build_backbone("block5_pool", 32, str(tmp_path / "gone.weights.h5"), 0, "float32")
 
 
 def test_backbone_callable_casts_to_store_dtype():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.extract import BackgroundWriter, extract_range
-from pipeline.sources import Split
+from pipeline.dataset import Split
 
 
 def make_split(n=23):

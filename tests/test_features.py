@@ -1,5 +1,6 @@
 """Stage one end to end through the command line, on tiny data the tests write."""
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 from conftest import PY, ROOT, SMALL, run_captured, run_cli
 
 from pipeline import backbone as bb
-from pipeline.cache import load_cache, writer_lock
+from pipeline.cache import FORMAT_VERSION, DamagedCache, load_cache, writer_lock
 
 
 def features(capsys, *args):
@@ -29,7 +30,7 @@ def test_builds_a_complete_cache_with_provenance(cifar_dir, tmp_path, capsys):
     assert meta["weights"]["kind"] == "random" and meta["weights"]["seed"] == 0 and len(meta["weights_sha256"]) == 64
     assert meta["dataset"] == "cifar10" and len(meta["dataset_fingerprint"]) == 64
     assert meta["settings"]["interpolation"] == "cubic" and meta["settings"]["precision"] == "float32"
-    assert meta["format_version"] == 1 and "keras" in meta["versions"] and meta["created"]
+    assert meta["format_version"] == FORMAT_VERSION and "keras" in meta["versions"] and meta["created"]
     with h5py.File(out[-1]) as h:
         assert set(h["train"]) == {"features", "labels", "ids"} and h.attrs["complete"]
 
@@ -99,7 +100,10 @@ def test_features_equal_a_direct_forward_pass_at_224(cifar_dir, tmp_path, capsys
     np.testing.assert_allclose(f, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["none", "journal"])
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, capsys, damage):
+    """SIGKILL mid-run, then resume; with damage="journal" one finished batch is also cut short (as a
+    power loss after its rename could leave it): it is found, redone, and the cache is still exact."""
     from conftest import write_cifar10
     data = str(tmp_path / "d")
     write_cifar10(data, per_batch=80, test_n=4)
@@ -108,18 +112,24 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": ROOT}
     killed = str(tmp_path / "killed")
     proc = subprocess.Popen(cmd + ["--cache-dir", killed], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline, parts = time.time() + 120, []
     while time.time() < deadline:
-        parts = [os.path.join(killed, p, "train") for p in os.listdir(killed)] if os.path.isdir(killed) else []
-        if any(os.path.isdir(p) and len(os.listdir(p)) >= 3 for p in parts if ".partial" in p):
+        parts = [os.path.join(killed, p, "train") for p in os.listdir(killed) if ".partial" in p] if os.path.isdir(killed) else []
+        if any(os.path.isdir(p) and len([f for f in os.listdir(p) if f.endswith(".npy")]) >= 3 for p in parts):
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not [p for p in os.listdir(killed) if p.endswith(".h5")], "the run finished before it was killed"
+    if damage == "journal":
+        first = sorted(f for f in os.listdir(parts[0]) if f.endswith(".npy"))[1]
+        path = os.path.join(parts[0], first)
+        open(path, "r+b").truncate(os.path.getsize(path) - 100)
     code = run_cli(*cmd[3:], "--cache-dir", killed)  # resume in this process (saves a start-up)
     resumed_out, resumed_err = capsys.readouterr()
     assert code == 0 and "train: resuming at row" in resumed_err, resumed_err
+    if damage == "journal":
+        assert f"journal: batch {first} of train is damaged" in resumed_err and "train: resuming at row 8 of" in resumed_err
     assert run_cli(*cmd[3:], "--cache-dir", str(tmp_path / "whole")) == 0
     whole_out, _ = capsys.readouterr()
     a = load_cache(resumed_out.strip().splitlines()[-1])["train"]
@@ -154,13 +164,70 @@ def test_disk_full_is_one_line_and_resumable(cifar_dir, tmp_path, capsys, monkey
     assert code == 0 and "train: resuming at row 16 of 30" in err
 
 
-def test_truncated_cache_file_is_reported(cifar_dir, tmp_path, capsys):
-    args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *SMALL)
-    path = features(capsys, *args)[1][-1]
+def tamper_labels(path):
+    with h5py.File(path, "r+") as f:
+        f["test"]["labels"][0] = (f["test"]["labels"][0] + 1) % 10
+
+
+def tamper_class_names(path):
+    with h5py.File(path, "r+") as f:
+        f.attrs["class_names"] = json.dumps(list(reversed(json.loads(f.attrs["class_names"]))))
+
+
+def tamper_features(path):
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF                    # the middle of the file: inside the features
+    open(path, "wb").write(bytes(data))
+
+
+def truncate(path):
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 3])
+
+
+def unmark(path):
+    with h5py.File(path, "r+") as f:
+        del f.attrs["complete"]
+
+
+@pytest.mark.parametrize("damage,needle", [(truncate, "truncated or corrupt"), (unmark, "incomplete"),
+                                           (tamper_labels, "labels or ids fail"),
+                                           (tamper_class_names, "attributes (provenance, class names"),
+                                           (tamper_features, "features fail their SHA-256 check")])
+def test_damaged_cache_is_refused_then_moved_aside_and_rebuilt(cifar_dir, tmp_path, capsys, damage, needle):
+    """A cache damaged or edited after it was written is never used: loading it (train-head) refuses
+    it with advice that works, and the same make features moves it aside (kept) and rebuilds it."""
+    args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", *SMALL)
+    path = features(capsys, *args)[1][-1]
+    good = load_cache(path)["test"][0].copy()
+    damage(path)
+    with pytest.raises(DamagedCache) as e:
+        load_cache(path)
+    assert needle in str(e.value) and "run make features with the same settings: it moves the damaged file aside" in str(e.value)
+    code, _, err = run_captured(capsys, "train-head", "--cache", path, "--runs-dir", tmp_path / "runs")
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
     code, out, err = features(capsys, *args)
-    assert code == 1 and "truncated or corrupt" in err and path in err
+    assert code == 0 and out[-1] == path and "cache hit" not in err
+    assert f"moved it to {path}.corrupt and rebuilding it" in err and os.path.exists(path + ".corrupt")
+    assert np.array_equal(load_cache(path)["test"][0], good)
+
+
+def test_empty_split_gets_one_line_before_any_backbone_work(tmp_path, capsys, monkeypatch):
+    from conftest import write_cifar10
+    write_cifar10(str(tmp_path / "d"), test_n=0)
+    monkeypatch.setattr(bb, "build_backbone", lambda *a, **k: pytest.fail("backbone built"))
+    code, out, err = features(capsys, "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c", *SMALL)
+    assert code == 1 and "the test split holds no images" in err and len(err.strip().splitlines()) == 1
+
+
+def test_file_name_not_utf8_is_refused_before_any_backbone_work(folder_dir, tmp_path, capsys, monkeypatch):
+    bad = os.path.join(os.fsencode(folder_dir), b"test", b"cat", b"caf\xe9.png")
+    with open(os.path.join(os.fsencode(folder_dir), b"test", b"cat", b"000.png"), "rb") as f, open(bad, "wb") as g:
+        g.write(f.read())
+    monkeypatch.setattr(bb, "build_backbone", lambda *a, **k: pytest.fail("backbone built"))
+    code, out, err = features(capsys, "--data-dir", folder_dir, "--cache-dir", tmp_path / "c", *SMALL)
+    assert code == 1 and "caf\\xe9.png: the name is not valid UTF-8" in err and len(err.strip().splitlines()) == 1
+    assert not [f for f in os.listdir(tmp_path / "c") if ".h5" in f] if os.path.isdir(tmp_path / "c") else True
 
 
 def test_skip_bad_images_is_recorded(folder_dir, tmp_path, capsys):
@@ -175,6 +242,11 @@ def test_skip_bad_images_is_recorded(folder_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["--data-dir", "/nonexistent/cifar"], "no such file or folder"),
+    (["--weights-seed", "-1"], "--weights-seed: expected a seed >= 0, got -1"),
+    (["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    (["--ray-actors", "-1", "--engine", "ray"], "--ray-actors: expected N >= 1"),
+    (["--image-size", "10000", "--weights", "random"], "--image-size: expected 32..512"),
+    (["--max-image-pixels", "0"], "--max-image-pixels: expected a positive number"),
     (["--layer", "fc9"], "--layer: expected one of fc2, fc1, block5_pool, got 'fc9'"),
     (["--splits", "train,val"], "--splits"),
     (["--limit", "0"], "--limit"),
@@ -185,3 +257,9 @@ def test_bad_options_get_one_line(tmp_path, capsys, args, needle):
     code, out, err = features(capsys, "--cache-dir", tmp_path, *args)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and needle in lines[0] and lines[0].startswith("error: ")
+
+
+def test_cache_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, out, err = features(capsys, "--cache-dir", tmp_path / "f", *SMALL)
+    assert code == 1 and err.strip() == f"error: --cache-dir {tmp_path / 'f'}: is a file, not a folder; pass a folder (created if missing)"

@@ -81,13 +81,15 @@ def test_logreg_beats_chance(easy):
 
 def test_head_file_written_without_keras_loads_in_keras(easy, tmp_path):
     import keras
-    from pipeline.keras_file import write_softmax_head
+    from pipeline.keras_file import head_model, read_head, write_head
     X, y, Xv, _ = easy
     heads = SoftmaxHeads(dropouts=(0.3,), lrs=(1e-2,), epochs=2, batch_size=100).fit(X, y)
-    write_softmax_head(str(tmp_path / "h.keras"), *heads.head_weights(0), 0.3)
+    write_head(str(tmp_path / "h.keras"), **heads.head_file(0))
     model = keras.saving.load_model(str(tmp_path / "h.keras"))
     assert [type(layer).__name__ for layer in model.layers] == ["Dropout", "Dense"] and model.layers[0].rate == 0.3
     np.testing.assert_allclose(np.asarray(model.predict(Xv, verbose=0)), heads.predict_proba(Xv)[0], rtol=1e-4, atol=1e-6)
+    ours = head_model(read_head(str(tmp_path / "h.keras")))      # what predict builds: the same numbers
+    np.testing.assert_allclose(np.asarray(ours.predict(Xv, verbose=0)), heads.predict_proba(Xv)[0], rtol=1e-4, atol=1e-6)
 
 
 def test_training_metrics_are_keras_style_running_means(easy):

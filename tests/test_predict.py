@@ -1,11 +1,18 @@
-"""predict's end-to-end model agrees with the head applied to the cached features."""
+"""predict's end-to-end model agrees with the head applied to the cached features; run folders
+(which may come from anyone) are read as numbers only."""
+import json
 import os
+import pickle
+import shutil
+import zipfile
 
 import numpy as np
 import pytest
-from conftest import SMALL, run_cli
+from conftest import SMALL, run_captured, run_cli
 
+from pipeline import backbone as bb
 from pipeline.cache import load_cache
+from pipeline.keras_file import head_model, read_head
 
 
 @pytest.fixture(scope="module")
@@ -13,14 +20,14 @@ def cached(tmp_path_factory):
     from conftest import write_image_folders
     root = tmp_path_factory.mktemp("p")
     data = write_image_folders(str(root / "imgs"), per_class=8)
-    assert run_cli("features", "--data-dir", data, "--cache-dir", root / "c", "--precision", "float32", *SMALL) == 0
+    assert run_cli("features", "--data-dir", data, "--cache-dir", root / "c", *SMALL) == 0
     cache = [os.path.join(root / "c", f) for f in os.listdir(root / "c") if f.endswith(".h5")][0]
     return root, data, cache
 
 
-def train(root, cache, head, name):
+def train(root, cache, head, name, *extra):
     args = ["--head", head, "--epochs", "3", "--val-fraction", "0.2"] if head == "softmax" else ["--head", head]
-    assert run_cli("train-head", "--cache", cache, "--runs-dir", root / "runs", "--name", name, *args) == 0
+    assert run_cli("train-head", "--cache", cache, "--runs-dir", root / "runs", "--name", name, *args, *extra) == 0
     return str(root / "runs" / name)
 
 
@@ -29,28 +36,103 @@ def test_predict_agrees_with_head_on_cached_features(cached, capsys, head):
     root, data, cache = cached
     run = train(root, cache, head, f"run-{head}")
     X, y, meta = load_cache(cache)["test"]
-    paths = [os.path.join(data, i.decode() if isinstance(i, bytes) else i) for i in meta["ids"]]
+    paths = [os.path.join(data, i) for i in meta["ids"]]
     capsys.readouterr()
     assert run_cli("predict", "--run", run, *paths, "--export", root / f"{head}.keras") == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(paths)
-    from pipeline.predict import head_as_keras, read_run
-    info = read_run(run)
-    want = np.asarray(head_as_keras(head, info["head_file"]).predict(X, verbose=0))
+    want = np.asarray(head_model(read_head(os.path.join(run, "head.keras"))).predict(X, verbose=0))
     names = meta["class_names"]
     for line, p, w in zip(lines, paths, want):
         path, cls, prob = line.split("\t")
         assert path == p and cls == names[int(w.argmax())]
         assert float(prob) == pytest.approx(float(w.max()), abs=2e-4)
-    if head == "logreg":  # the folded logreg equals scikit-learn's own probabilities
-        import joblib
-        np.testing.assert_allclose(want, joblib.load(info["head_file"]).predict_proba(X), atol=1e-4)
     import keras
+    as_saved = keras.saving.load_model(os.path.join(run, "head.keras"))           # a real Keras file
+    np.testing.assert_allclose(np.asarray(as_saved.predict(X, verbose=0)), want, atol=1e-6)
     exported = keras.saving.load_model(str(root / f"{head}.keras"))
+    from pipeline.images import decode_image
     from pipeline.preprocess import upscale
-    from pipeline.sources import decode_image
     x = upscale([decode_image(p) for p in paths], 32, "cubic").astype(np.float32)
     np.testing.assert_allclose(np.asarray(exported.predict(x, verbose=0)), want, atol=1e-5)   # weights kept
+
+
+def test_logreg_head_equals_scikit_learn_also_with_a_class_missing_from_train(tmp_path):
+    """Train has cat, dog, frog; the cache's classes also include bird: the saved head gives each class
+    its own column, so the class printed is the class the head means (and bird gets probability 0)."""
+    from pipeline.heads import LogRegHead
+    from pipeline.keras_file import write_head
+    from pipeline.synthetic import make_features
+    X, y = make_features(400, 16, 4, seed=3, separation=2.0)
+    keep = y != 1                                          # class 1 ("bird") absent from training
+    head = LogRegHead(max_iter=300).fit(X[keep], y[keep], n_classes=4)
+    write_head(str(tmp_path / "h.keras"), **head.head_file())
+    got = np.asarray(head_model(read_head(str(tmp_path / "h.keras"))).predict(X, verbose=0))
+    sk = head.model_.predict_proba(X)
+    assert list(head.model_.classes_) == [0, 2, 3] and got.shape == (400, 4)
+    np.testing.assert_allclose(got[:, [0, 2, 3]], sk, atol=1e-4)
+    assert got[:, 1].max() < 1e-30 and np.array_equal(got.argmax(1), head.model_.classes_[sk.argmax(1)])
+    Xb, yb = X[y >= 2], y[y >= 2]                         # binary: two classes present, of four
+    two = LogRegHead().fit(Xb, yb, n_classes=4)
+    write_head(str(tmp_path / "b.keras"), **two.head_file())
+    got = np.asarray(head_model(read_head(str(tmp_path / "b.keras"))).predict(Xb, verbose=0))
+    np.testing.assert_allclose(got[:, [2, 3]], two.model_.predict_proba(Xb), atol=1e-4)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def lambda_head(path):
+    """A .keras whose config asks for a Lambda layer (code) in place of the Dense."""
+    with zipfile.ZipFile(path) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    cfg = json.loads(parts["config.json"])
+    cfg["config"]["layers"][-1]["class_name"] = "Lambda"
+    parts["config.json"] = json.dumps(cfg).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in parts.items():
+            z.writestr(n, b)
+
+
+def test_run_folder_never_runs_code(cached, tmp_path, capsys, monkeypatch):
+    root, data, cache = cached
+    run = shutil.copytree(train(root, cache, "logreg", "run-evil"), tmp_path / "r")
+    monkeypatch.chdir(tmp_path)
+    os.remove(run / "head.keras")
+    pickle.dump(_Evil(), open(run / "head.joblib", "wb"))            # an older version's pickle, doctored
+    code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
+    assert code == 1 and "head.joblib is an older version's pickle: never loaded" in err
+    assert not os.path.exists(tmp_path / "PWNED")
+    shutil.copy(os.path.join(root, "runs", "run-evil", "head.keras"), run / "head.keras")
+    lambda_head(run / "head.keras")
+    capsys.readouterr()
+    code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
+    assert code == 1 and "not a head this project writes" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content,needle", [("not json", "metrics.json is not a run's (JSONDecodeError"),
+                                            ("{}", "metrics.json is not a run's (KeyError")])
+def test_metrics_that_is_not_a_runs(cached, tmp_path, capsys, content, needle):
+    root, data, cache = cached
+    run = shutil.copytree(train(root, cache, "logreg", f"run-m{len(content)}"), tmp_path / "r")
+    (run / "metrics.json").write_text(content)
+    capsys.readouterr()
+    code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,needle", [(["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+                                         (["--export", "out.txt"], "--export out.txt: expected a path ending in .keras"),
+                                         (["--export", "/nonexistent/m.keras"], "in an existing folder")])
+def test_bad_options_fail_before_any_backbone_work(cached, capsys, monkeypatch, args, needle):
+    root, data, cache = cached
+    run = train(root, cache, "logreg", f"run-{args[1].replace('/', '_')}")
+    monkeypatch.setattr(bb, "build_backbone", lambda *a, **k: pytest.fail("backbone built"))
+    capsys.readouterr()
+    code, _, err = run_captured(capsys, "predict", "--run", run, *args, os.path.join(data, "test", "cat", "000.png"))
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
 
 
 def test_predict_bad_inputs(cached, tmp_path, capsys):
@@ -61,8 +143,8 @@ def test_predict_bad_inputs(cached, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert run_cli("predict", "--run", run, tmp_path / "missing.png") == 1
     assert "no such file" in capsys.readouterr().err
-    os.remove(os.path.join(run, "head.joblib"))
+    os.remove(os.path.join(run, "head.keras"))
     assert run_cli("predict", "--run", run, tmp_path / "bad.png") == 1
-    assert "missing head.joblib" in capsys.readouterr().err
+    assert "missing head.keras" in capsys.readouterr().err
     assert run_cli("predict", "--run", tmp_path, tmp_path / "bad.png") == 1
     assert "no metrics.json" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import pytest
 from conftest import SMALL, run_captured, write_cifar10
 
 from pipeline.cache import load_cache
+from pipeline.config import PipelineError
 from pipeline.shards import shard_ranges
 
 ARGS = ["--splits", "train,test", "--layer", "block5_pool", "--batch-size", "4", *SMALL]
@@ -50,6 +51,7 @@ def test_sharded_and_merged_equals_unsharded(data, tmp_path, capsys):
 
 def keep_shards(tmp_path, data, capsys):
     """Extract 3 shards per split but stop before the merge: returns the cache dir."""
+    os.makedirs(tmp_path, exist_ok=True)
     from pipeline import shards
     real = shards.merge
 
@@ -75,17 +77,17 @@ def test_missing_duplicated_or_foreign_shard_blocks_merge(data, tmp_path, capsys
         from pipeline.features import plan
         from pipeline.cli import build_parser, feature_config
         p = plan(feature_config(build_parser().parse_args(["features", "--data-dir", data, "--cache-dir", str(c), *ARGS])))
-        with pytest.raises(Exception, match=r"rows \d+..\d+ of train are in no shard"):
+        with pytest.raises(PipelineError, match=r"rows \d+..\d+ of train are in no shard"):
             shards.merge(p, [])
         shutil.move(moved, str(c / names[1]))
         dup = str(c / names[1]).split(".shard-")[0] + ".shard-train-000000001-000000004.h5"
         shutil.copy(str(c / names[1]), dup)
-        with pytest.raises(Exception, match="overlaps"):
+        with pytest.raises(PipelineError, match="overlaps"):
             shards.merge(p, [])
         os.remove(dup)
         with h5py.File(c / names[0], "r+") as f:
             f.attrs["key"] = "someone-else"
-        with pytest.raises(Exception, match="another configuration"):
+        with pytest.raises(PipelineError, match="changed after it was written"):
             shards.merge(p, [])
     finally:
         shards.ShardWorker.run = real_run
@@ -100,10 +102,42 @@ def test_rerun_extracts_only_missing_shards(data, tmp_path, capsys):
     same_cache(out[-1], one[-1])
 
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra (make install-ray)")
+def flip_feature_bytes(path):
+    """Change one stored feature value in place (the file's checksums no longer match it)."""
+    with h5py.File(path, "r") as f:
+        ds = f["train"]["features"] if "train" in f else f["test"]["features"]
+        offset, value = ds.id.get_offset(), ds[0, 0]
+    data = bytearray(open(path, "rb").read())
+    data[offset:offset + 4] = np.float32(value + 1).tobytes()
+    open(path, "wb").write(bytes(data))
+
+
+def test_damaged_shard_is_redone_never_merged(data, tmp_path, capsys):
+    """Kill before the merge, damage one finished shard: the re-run moves it aside, extracts it
+    again, and the merged cache equals an unsharded run; a shard damaged after that check is
+    refused by the merge itself (each shard's features against their SHA-256)."""
+    c = keep_shards(tmp_path, data, capsys)
+    shard = str(c / sorted(f for f in os.listdir(c) if ".shard-train-" in f and f.endswith(".h5"))[1])
+    flip_feature_bytes(shard)
+    code, out, err = features(capsys, "--data-dir", data, "--cache-dir", c, "--shards", "3", *ARGS)
+    assert code == 0 and "5 of 6 already done; 1 to extract" in err and f"moved it to {shard}.corrupt" in err
+    code, one, _ = features(capsys, "--data-dir", data, "--cache-dir", tmp_path / "one", *ARGS)
+    same_cache(out[-1], one[-1])
+
+    c2 = keep_shards(tmp_path / "again", data, capsys)
+    shard = str(c2 / sorted(f for f in os.listdir(c2) if ".shard-test-" in f and f.endswith(".h5"))[0])
+    flip_feature_bytes(shard)
+    from pipeline import shards
+    from pipeline.cli import build_parser, feature_config
+    from pipeline.features import plan
+    p = plan(feature_config(build_parser().parse_args(["features", "--data-dir", data, "--cache-dir", str(c2), *ARGS])))
+    with pytest.raises(PipelineError, match="'test' features fail their SHA-256 check; moved it to"):
+        shards.merge(p, [])
+    assert not os.path.exists(p.path) and os.path.exists(shard + ".corrupt")
 
 
 def test_ray_engine_on_local_ray_equals_local(data, tmp_path, capsys):
+    pytest.importorskip("ray", reason="the Ray engine needs the ray extra (make install-ray)")
     code, one, _ = features(capsys, "--data-dir", data, "--cache-dir", tmp_path / "one", *ARGS)
     code, out, err = features(capsys, "--data-dir", data, "--cache-dir", tmp_path / "ray", "--shards", "2",
                               "--engine", "ray", *ARGS)

@@ -1,136 +1,59 @@
+"""Which source a run reads, and CIFAR through Keras' cache read with this project's own reader."""
 import os
-import pickle
+import subprocess
 
 import numpy as np
 import pytest
-from conftest import CLASSES, make_tar, write_cifar10
+from conftest import PY, ROOT, write_cifar10
 
+from pipeline import sources
 from pipeline.config import PipelineError
-from pipeline.sources import decode_image, open_dataset, stratified_indices
+from pipeline.sources import open_dataset
 
 
-def test_cifar10_folder_reads_official_layout(cifar_dir):
-    ds = open_dataset("cifar10", cifar_dir, ("train", "test"), None)
-    assert ds.name == "cifar10" and ds.class_names == CLASSES
-    train, test = ds.splits["train"], ds.splits["test"]
-    assert len(train) == 30 and len(test) == 6
-    assert train.images.shape == (30, 32, 32, 3) and train.images.dtype == np.uint8
-    assert list(train.ids[:3]) == [0, 1, 2]
-    # the channel-major 3072 row becomes HxWx3: red plane first
-    raw = pickle.load(open(os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1"), "rb"), encoding="bytes")
-    assert np.array_equal(train.images[0, :, :, 0].reshape(-1), raw[b"data"][0, :1024])
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    return tmp_path / "kh"
 
 
-def test_cifar10_tarball_equals_folder(cifar_dir, tmp_path):
-    tar = make_tar(os.path.join(cifar_dir, "cifar-10-batches-py"), str(tmp_path / "c.tar.gz"), "cifar-10-batches-py")
-    a = open_dataset("cifar10", cifar_dir, ("train",), None).splits["train"]
-    b = open_dataset("cifar10", tar, ("train",), None).splits["train"]
-    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+def test_cifar_from_keras_cache_is_read_by_the_batch_reader(keras_home, cifar_dir):
+    target = os.path.dirname(sources.keras_cifar_folder("cifar10"))
+    write_cifar10(target)
+    a = open_dataset("cifar10", None, ("train", "test"), None)
+    b = open_dataset("cifar10", cifar_dir, ("train", "test"), None)
+    assert a.name == "cifar10" and np.array_equal(a.splits["train"].images, b.splits["train"].images)
 
 
-def test_cifar100_layout(tmp_path):
-    d = tmp_path / "cifar-100-python"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    for name, n in (("train", 8), ("test", 4)):
-        pickle.dump({b"fine_labels": list(range(n)), b"coarse_labels": [0] * n,
-                     b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}, open(d / name, "wb"), protocol=2)
-    pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, open(d / "meta", "wb"), protocol=2)
-    ds = open_dataset("cifar10", str(tmp_path), ("train", "test"), None)
-    assert ds.name == "cifar100" and len(ds.class_names) == 100
-    assert len(ds.splits["train"]) == 8 and list(ds.splits["test"].labels) == [0, 1, 2, 3]
+def test_download_goes_through_keras_and_failure_is_one_line(keras_home, monkeypatch):
+    import keras
+    calls = []
+
+    def fake_get_file(fname, origin, extract, file_hash):   # what keras.utils.get_file leaves behind
+        calls.append((fname, origin, file_hash))
+        write_cifar10(str(keras_home / "datasets" / fname))
+        return str(keras_home / "datasets" / fname)
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    ds = open_dataset("cifar10", None, ("test",), None)
+    assert len(ds.splits["test"]) == 6 and calls[0][1].endswith("cifar-10-python.tar.gz") and len(calls[0][2]) == 64
+    monkeypatch.setattr(keras.utils, "get_file", lambda **k: (_ for _ in ()).throw(Exception("URL fetch failure -- [Errno -3]")))
+    with pytest.raises(PipelineError, match=r"could not download cifar100 .*\[Errno -3\].*--data-dir PATH/cifar-100-python.tar.gz"):
+        open_dataset("cifar100", None, ("test",), None)
 
 
-def test_image_folders_any_mode_and_size_become_rgb(folder_dir):
-    from PIL import Image
-    Image.new("P", (17, 23), color=5).save(os.path.join(folder_dir, "train", "cat", "palette.png"))
-    ds = open_dataset("cifar10", folder_dir, ("train", "test"), None)
-    assert ds.class_names == ["cat", "dog", "frog"]
-    train = ds.splits["train"]
-    assert len(train) == 13 and "train/cat/palette.png" in list(train.ids)
-    for img in train.read(0, len(train)):
-        assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
-    shapes = {img.shape for img in train.read(0, len(train))}
-    assert (45, 37, 3) in shapes and (20, 28, 3) in shapes and (23, 17, 3) in shapes
+def test_a_hit_on_the_default_dataset_imports_no_keras(keras_home, tmp_path):
+    """The README's promise: a cache hit never imports Keras, also with --dataset cifar10 (no --data-dir)."""
+    write_cifar10(os.path.dirname(sources.keras_cifar_folder("cifar10")))
+    env = {**os.environ, "PYTHONPATH": ROOT, "KERAS_HOME": str(keras_home)}
+    args = ["features", "--cache-dir", str(tmp_path / "c"), "--weights", "random", "--image-size", "32",
+            "--precision", "float32", "--splits", "test", "--quiet"]
+    subprocess.run([PY, "-m", "pipeline", *args], env=env, check=True, capture_output=True)
+    probe = ("import sys; from pipeline.cli import main; code = main(sys.argv[1:]); "
+             "print('keras imported' if 'keras' in sys.modules else 'no keras'); sys.exit(code)")
+    out = subprocess.run([PY, "-c", probe, *args], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "cache hit" in out.stderr and out.stdout.strip().endswith("no keras"), out.stderr
 
 
-def test_image_folder_tarball_with_top_folder(folder_dir, tmp_path):
-    tar = make_tar(folder_dir, str(tmp_path / "imgs.tar.gz"), "wrapped")
-    a = open_dataset("cifar10", folder_dir, ("test",), None).splits["test"]
-    b = open_dataset("cifar10", tar, ("test",), None, sources_dir=str(tmp_path / "src")).splits["test"]
-    assert list(a.ids) == list(b.ids)
-    assert all(np.array_equal(x, y) for x, y in zip(a.read(0, len(a)), b.read(0, len(b))))
-
-
-def test_limit_is_stratified_and_deterministic():
-    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
-    idx = stratified_indices(labels, 10)
-    assert list(np.bincount(labels[idx])) == [5, 3, 2]
-    assert np.array_equal(idx, stratified_indices(labels, 10))
-    assert list(idx[:5]) == [0, 1, 2, 3, 4]  # the first images of each class
-    assert len(stratified_indices(labels, 7)) == 7
-    assert len(stratified_indices(labels, 1000)) == 100
-
-
-# --- bad input: one clear PipelineError naming the file -------------------------------------
-def test_empty_data_dir(tmp_path):
-    with pytest.raises(PipelineError, match="empty"):
-        open_dataset("cifar10", str(tmp_path), ("train",), None)
-
-
-def test_missing_split(folder_dir):
-    import shutil
-    shutil.rmtree(os.path.join(folder_dir, "test"))
-    with pytest.raises(PipelineError, match="no 'test' folder"):
-        open_dataset("cifar10", folder_dir, ("train", "test"), None)
-
-
-def test_empty_class_folder(folder_dir):
-    os.makedirs(os.path.join(folder_dir, "train", "empty"))
-    with pytest.raises(PipelineError, match="empty class folder"):
-        open_dataset("cifar10", folder_dir, ("train",), None)
-
-
-def test_missing_batch_file(cifar_dir):
-    os.remove(os.path.join(cifar_dir, "cifar-10-batches-py", "test_batch"))
-    with pytest.raises(PipelineError, match="test_batch: missing"):
-        open_dataset("cifar10", cifar_dir, ("train", "test"), None)
-
-
-def test_labels_out_of_range(tmp_path):
-    write_cifar10(str(tmp_path), labels=[0, 1, 2, 3, 4, 12])
-    with pytest.raises(PipelineError, match="labels out of range"):
-        open_dataset("cifar10", str(tmp_path), ("train",), None)
-
-
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch PWNED",))
-
-
-def test_batch_that_runs_code_is_refused(cifar_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_2")
-    pickle.dump({b"data": _Evil(), b"labels": [0]}, open(path, "wb"), protocol=2)
-    with pytest.raises(PipelineError, match="refused.*os.*system|refused.*posix.*system"):
-        open_dataset("cifar10", cifar_dir, ("train",), None)
-    assert not os.path.exists(tmp_path / "PWNED")
-
-
-@pytest.mark.parametrize("content,reason", [(b"", "zero-byte"), (b"not an image at all", "truncated JPEG")])
-def test_bad_image_files(tmp_path, content, reason):
-    p = tmp_path / "x.jpg"
-    p.write_bytes(content)
-    with pytest.raises(Exception, match=reason):
-        decode_image(str(p))
-
-
-def test_truncated_png_and_garbage(tmp_path):
-    import cv2
-    ok, buf = cv2.imencode(".png", np.zeros((32, 32, 3), np.uint8))
-    (tmp_path / "t.png").write_bytes(buf.tobytes()[:-30])
-    with pytest.raises(Exception, match="truncated PNG"):
-        decode_image(str(tmp_path / "t.png"))
-    (tmp_path / "g.bmp").write_bytes(b"BM garbage")
-    with pytest.raises(Exception, match="not a readable image"):
-        decode_image(str(tmp_path / "g.bmp"))
+def test_limit_and_splits_select_the_dataset(cifar_dir):
+    ds = open_dataset("cifar10", cifar_dir, ("test",), 3)
+    assert list(ds.splits) == ["test"] and len(ds.splits["test"]) == 3

@@ -33,7 +33,7 @@ def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
     for name in ("a", "b"):
         assert train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", name, "--head", "logreg")[0] == 0
     ma, mb = (json.load(open(tmp_path / n / "metrics.json")) for n in ("a", "b"))
-    assert os.path.exists(tmp_path / "a" / "head.joblib") and ma["test"]["accuracy"] > 0.5
+    assert os.path.exists(tmp_path / "a" / "head.keras") and ma["test"]["accuracy"] > 0.5
     assert ma["test"] == mb["test"]
 
 
@@ -69,3 +69,24 @@ def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
     assert train(capsys, *args)[0] == 0
     code, _, err = train(capsys, *args)
     assert code == 1 and "exists" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seed", "-1"], "seed: expected >= 0, got -1"),
+    (["--lr", "inf"], "lr: expected > 0 and finite, got inf"),
+    (["--lr", "nan"], "lr: expected > 0 and finite, got nan"),
+    (["--head", "logreg", "--C", "inf"], "C: expected > 0 and finite"),
+    (["--head", "logreg", "--val-fraction", "0.999"], "--val-fraction 0.999: leaves 0 training rows"),
+    (["--name", "a/b"], "--name 'a/b': expected a plain folder name"),
+])
+def test_bad_head_options_are_one_line(syn, tmp_path, capsys, args, needle):
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+
+
+def test_runs_dir_that_is_a_file_fails_before_training(syn, tmp_path, capsys, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    from pipeline import train as train_mod
+    monkeypatch.setattr(train_mod, "load_features", lambda *a: pytest.fail("loaded features"))
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "f")
+    assert code == 1 and "--runs-dir" in err and "is a file, not a folder" in err
