@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from .config import PipelineError
+from .durable import publish
 from .heads import log_loss
 
 
@@ -112,7 +113,7 @@ def plot_confusion(path: str, cm, class_names: list, title: str):
 
 
 def write_run(run_dir: str, metrics: dict, history: list, class_names: list, save_head) -> str:
-    """Write everything under `<run_dir>.tmp`, then rename; `save_head(folder)` saves the model."""
+    """Write everything under `<run_dir>.tmp`, then rename (durably); `save_head(folder)` saves the model."""
     tmp = run_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -126,7 +127,7 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, sav
     metrics["timings"]["write_s"] = time.perf_counter() - t
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1, default=str)
-    os.replace(tmp, run_dir)
+    publish(tmp, run_dir)
     return run_dir
 
 
