@@ -20,9 +20,10 @@ install: $(STAMP)
 install-ray: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,ray]'
 
-# stage two's Numba kernels, compiled once (~20 s) and cached next to the source; again when it changes
-$(KERNELS): pipeline/kernels.py $(STAMP)
-	$(PY) -m pipeline.kernels
+# stage two's Numba kernels, compiled once (~40 s: float32 and float16 features) and cached next to
+# the source; again when it changes
+$(KERNELS): pipeline/heads/kernels.py $(STAMP)
+	$(PY) -m pipeline.heads.kernels
 	touch $(KERNELS)
 
 kernels: $(KERNELS)
@@ -43,4 +44,4 @@ test: $(KERNELS)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info pipeline/__pycache__
+	rm -rf $(VENV) build *.egg-info pipeline/__pycache__ pipeline/*/__pycache__

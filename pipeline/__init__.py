@@ -1,20 +1,18 @@
-"""Frozen-VGG19 features for CIFAR, extracted once into a provenance-stamped HDF5 cache,
-then cheap head experiments on top. Public API: `load_cache`, `FeatureConfig`, `run_features`."""
-from .cache import load_cache
-from .config import FeatureConfig, PipelineError
+"""Frozen-VGG19 features for CIFAR, extracted once into a provenance-stamped HDF5 cache (stage one,
+`pipeline.features`), then cheap head experiments on top (stage two, `pipeline.heads`).
 
-__all__ = ["FeatureConfig", "PipelineError", "load_cache", "run_features", "find_cache"]
+Public API: `FeatureConfig`, `extract`, `find_cache`, `load_cache`, the heads `SoftmaxHead`,
+`LogRegHead`, `SoftmaxSweep` (imported when first used: reading a cache needs no Numba), `PipelineError`.
+"""
+from .errors import PipelineError
+from .features import FeatureConfig, extract, find_cache, load_cache
+
+__all__ = ["FeatureConfig", "PipelineError", "extract", "find_cache", "load_cache",
+           "SoftmaxHead", "LogRegHead", "SoftmaxSweep"]
 
 
-def run_features(cfg: FeatureConfig, quiet: bool = False) -> str:
-    from .features import run_features as _run
-    return _run(cfg, quiet=quiet)
-
-
-def find_cache(cfg: FeatureConfig) -> str:
-    """Path of the finished cache that `cfg` selects; PipelineError if it has not been built."""
-    from .features import plan, is_hit
-    p = plan(cfg)
-    if not is_hit(p):
-        raise PipelineError(f"no cache for these settings at {p.path}; build it with make features ARGS=\"...\"")
-    return p.path
+def __getattr__(name):
+    if name in ("SoftmaxHead", "LogRegHead", "SoftmaxSweep"):
+        from . import heads
+        return getattr(heads, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -21,8 +21,9 @@ import time
 
 import numpy as np
 
-from . import backbone as bb
-from .config import FeatureConfig, PipelineError
+from .errors import PipelineError
+from .features import FeatureConfig
+from .features import backbone as bb
 from .keras_env import keras_backend_name
 
 # --- defaults: finish in under 10 minutes on a 2-core CPU; --full runs larger --------------------
@@ -34,16 +35,6 @@ REPEATS = 3            # repeats of the small timings (medians are reported)
 HEAD_ROWS, HEAD_TEST, HEAD_DIM = 50_000, 10_000, 4096   # stage-two synthetic cache
 NOTEBOOK = {"epochs": 20, "train": 12_500, "val": 500, "cifar10_images": 60_000}
 # -----------------------------------------------------------------------------------------------------
-
-
-def add_arguments(p):
-    p.add_argument("--images", type=int, default=None, help=f"stage-one images (default {IMAGES}, --full {FULL_IMAGES})")
-    p.add_argument("--full", action="store_true", help="more images and repeats")
-    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    p.add_argument("--head-rows", type=int, default=HEAD_ROWS, help="rows of the synthetic stage-two cache")
-    p.add_argument("--head-dim", type=int, default=HEAD_DIM)
-    p.add_argument("--out-dir", default="data/bench")
-    p.add_argument("--update-readme", action="store_true", help="write the table into README.md")
 
 
 def median_time(fn, repeats):
@@ -100,9 +91,11 @@ def fake_cifar(root: str, n: int) -> str:
 
 
 def stage_one(n: int, size: int, repeats: int, tmp: str) -> dict:
-    from .features import ModelCache, plan, run_features
-    from .preprocess import preprocess
-    from .sources import open_dataset
+    from .features.build import ModelCache
+    from .features.extract import extract
+    from .features.plan import plan
+    from .features.preprocess import preprocess
+    from .features.sources import open_dataset
     data = fake_cifar(os.path.join(tmp, "cifar"), n)
     images = open_dataset("cifar10", data, ("train",), None).splits["train"].images
     x = preprocess(images[:BATCH], size, "cubic")
@@ -117,7 +110,7 @@ def stage_one(n: int, size: int, repeats: int, tmp: str) -> dict:
         models = ModelCache()
         models.get(plan(cfg))  # build once outside the timing, as a long run amortises it
         t = time.perf_counter()
-        run_features(cfg, quiet=True, models=models)
+        extract(cfg, quiet=True, models=models)
         out[f"end_to_end_{prec}"] = n / (time.perf_counter() - t)
         if prec == "float32":
             import cv2
@@ -147,10 +140,10 @@ def run_cli(args: list) -> dict:
 
 
 def stage_two(rows: int, dim: int, tmp: str, gflops: float, gbps: float) -> dict:
-    from .synthetic import write_synthetic_cache
+    from .features.synthetic import write_synthetic_cache
     cache = write_synthetic_cache(os.path.join(tmp, "syn.h5"), rows, rows // 5, dim=dim, separation=0.03)
     runs = os.path.join(tmp, "runs")
-    subprocess.run([sys.executable, "-m", "pipeline.kernels"], check=True, capture_output=True)  # compiled once, untimed
+    subprocess.run([sys.executable, "-m", "pipeline.heads.kernels"], check=True, capture_output=True)  # compiled once, untimed
     out = {"rows": rows, "dim": dim,
            "softmax": run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", "softmax"]),
            "logreg": run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", "logreg", "--head", "logreg"]),
@@ -212,33 +205,36 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB"
 
 
-def main(args):
-    n = args.images or (FULL_IMAGES if args.full else IMAGES)
-    repeats = REPEATS * (2 if args.full else 1)
+def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_SIZE, head_rows: int = HEAD_ROWS,
+        head_dim: int = HEAD_DIM, out_dir: str = "data/bench", readme: bool = False):
+    """Measure, write <out_dir>/<timestamp>.json and .md, print the table (and the .json path last)."""
+    n = images or (FULL_IMAGES if full else IMAGES)
+    repeats = REPEATS * (2 if full else 1)
     if n < BATCH:
         raise PipelineError(f"--images: expected at least {BATCH} (one batch), got {n}")
     tmp = tempfile.mkdtemp(prefix="pipeline-bench-")
     try:
-        print(f"bench: stage one on {n} images at {args.image_size}px ...", file=sys.stderr)
+        print(f"bench: stage one on {n} images at {image_size}px ...", file=sys.stderr)
         r = {"machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-             "backend": keras_backend_name(), "settings": vars(args) | {"images": n, "repeats": repeats, "func": None},
+             "backend": keras_backend_name(), "settings": {"images": n, "repeats": repeats, "full": full, "image_size": image_size,
+                                                         "head_rows": head_rows, "head_dim": head_dim},
              "matmul_gflops": {d: matmul_gflops(d, repeats) for d in ("float32", "bfloat16")},
              "memory_gbps": memory_gbps(repeats)}
-        r["stage_one"] = {"images": n, "image_size": args.image_size, **stage_one(n, args.image_size, repeats, tmp)}
+        r["stage_one"] = {"images": n, "image_size": image_size, **stage_one(n, image_size, repeats, tmp)}
         print("bench: stage two (train-head, logreg, 24-configuration sweep) ...", file=sys.stderr)
-        r["stage_two"] = stage_two(args.head_rows, args.head_dim, tmp, r["matmul_gflops"]["float32"], r["memory_gbps"])
+        r["stage_two"] = stage_two(head_rows, head_dim, tmp, r["matmul_gflops"]["float32"], r["memory_gbps"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     md = table(r)
-    os.makedirs(args.out_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for ext, text in (("json", json.dumps(r, indent=1, default=str)), ("md", md)):
-        with open(os.path.join(args.out_dir, f"{stamp}.{ext}"), "w") as f:
+        with open(os.path.join(out_dir, f"{stamp}.{ext}"), "w") as f:
             f.write(text)
-    if args.update_readme:
+    if readme:
         update_readme("README.md", md)
     print(md, file=sys.stderr)
-    print(os.path.join(args.out_dir, f"{stamp}.json"))
+    print(os.path.join(out_dir, f"{stamp}.json"))
 
 
 def update_readme(path: str, md: str):

@@ -1,67 +1,117 @@
 """Command line: `python -m pipeline {features,train-head,sweep,predict,bench}` (also `pipeline`).
 
-Each subcommand parses its options here and hands a validated config to its stage; a user's
-mistake (PipelineError) prints one line and exits 1, Ctrl-C exits 130 keeping finished work.
+The front door: it parses options into each stage's settings (stage one: `FeatureConfig`; stage
+two: head parameters and `RunOptions`) and calls the stages; nothing imports it. A user's mistake
+(PipelineError) prints one line and exits 1; Ctrl-C exits 130 keeping finished work.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+import time
 
-from . import config as C
-from .config import FeatureConfig, PipelineError
+from . import bench, predict
+from .errors import PipelineError
+from .features import FeatureConfig, extract, find_cache
+from .features import config as F
+from .heads import config as H
+from .heads.config import RunOptions, head_params
+from .heads.runs import process_age
 
 
 def add_feature_options(p: argparse.ArgumentParser):
     """The options that select a cache: shared by features, train-head and sweep."""
-    p.add_argument("--dataset", default=C.DATASET, help="cifar10|cifar100 through keras.datasets (default %(default)s)")
-    p.add_argument("--data-dir", default=C.DATA_DIR, help="offline input: CIFAR python batches or image folders (dir or .tar.gz)")
-    p.add_argument("--splits", default=",".join(C.SPLITS), help="comma list of train,test (default %(default)s)")
-    p.add_argument("--limit", type=int, default=C.LIMIT, help="at most N images per split, stratified by class")
-    p.add_argument("--weights", default=C.WEIGHTS, help="imagenet|random|PATH (default %(default)s)")
-    p.add_argument("--weights-seed", type=int, default=C.SEED, help="seed of --weights random (default %(default)s)")
-    p.add_argument("--layer", default=C.LAYER, help="fc2|fc1|block5_pool (default %(default)s)")
-    p.add_argument("--image-size", type=int, default=C.IMAGE_SIZE, help="upscale to this size (default %(default)s)")
-    p.add_argument("--interpolation", default=C.INTERPOLATION, help="cubic|linear|nearest|area|lanczos (default %(default)s)")
-    p.add_argument("--precision", default=C.PRECISION, help="auto|float32|bfloat16|float16 (default %(default)s)")
-    p.add_argument("--store-dtype", default=C.STORE_DTYPE, help="float32|float16 (default %(default)s)")
-    p.add_argument("--cache-dir", default=C.CACHE_DIR, help="where caches live (default %(default)s)")
-    p.add_argument("--on-bad-image", default=C.ON_BAD_IMAGE, help="fail|skip (default %(default)s)")
-    p.add_argument("--max-image-pixels", type=int, default=C.MAX_IMAGE_PIXELS,
-                   help="image files with more pixels are bad images, refused before decoding (default %(default)s)")
+    o = p.add_argument
+    o("--dataset", default=F.DATASET, help="cifar10|cifar100 through keras.datasets (default %(default)s)")
+    o("--data-dir", default=F.DATA_DIR, help="offline input: CIFAR python batches or image folders, a folder or "
+      ".tar.gz (default: --dataset through Keras)")
+    o("--splits", default=",".join(F.SPLITS), help="comma list of train,test (default %(default)s)")
+    o("--limit", type=int, default=F.LIMIT, help="at most N images per split, stratified by class (default: all)")
+    o("--weights", default=F.WEIGHTS, help="imagenet|random|PATH (default %(default)s)")
+    o("--weights-seed", type=int, default=F.SEED, help="seed of --weights random (default %(default)s)")
+    o("--layer", default=F.LAYER, help=f"{'|'.join(F.LAYERS)} (default %(default)s)")
+    o("--image-size", type=int, default=F.IMAGE_SIZE, help="upscale to this size (default %(default)s)")
+    o("--interpolation", default=F.INTERPOLATION, help=f"{'|'.join(F.INTERPOLATIONS)} (default %(default)s)")
+    o("--precision", default=F.PRECISION, help=f"{'|'.join(F.PRECISIONS)} (default %(default)s)")
+    o("--store-dtype", default=F.STORE_DTYPE, help=f"{'|'.join(F.STORE_DTYPES)} (default %(default)s)")
+    o("--cache-dir", default=F.CACHE_DIR, help="where caches live (default %(default)s)")
+    o("--on-bad-image", default=F.ON_BAD_IMAGE, help="fail|skip (default %(default)s)")
+    o("--max-image-pixels", type=int, default=F.MAX_IMAGE_PIXELS,
+      help="image files with more pixels are bad images, refused before decoding (default %(default)s)")
 
 
-def feature_config(args, batch_size=None) -> FeatureConfig:
+def feature_config(args, batch_size: int = F.BATCH_SIZE) -> FeatureConfig:
     return FeatureConfig(dataset=args.dataset, data_dir=args.data_dir, splits=args.splits, limit=args.limit,
                          weights=args.weights, seed=args.weights_seed, layer=args.layer, image_size=args.image_size,
                          interpolation=args.interpolation, precision=args.precision, store_dtype=args.store_dtype,
-                         batch_size=C.BATCH_SIZE if batch_size is None else batch_size, cache_dir=args.cache_dir,
-                         on_bad_image=args.on_bad_image, max_image_pixels=args.max_image_pixels)
+                         batch_size=batch_size, cache_dir=args.cache_dir, on_bad_image=args.on_bad_image,
+                         max_image_pixels=args.max_image_pixels)
+
+
+def add_head_options(p: argparse.ArgumentParser):
+    o = p.add_argument
+    o("--cache", default=None, help="cache file (default: the one the feature options select)")
+    o("--head", default=H.HEAD, choices=("softmax", "logreg"), help="softmax: Dropout -> Dense softmax; logreg: "
+      "StandardScaler + LogisticRegression (default %(default)s)")
+    o("--dropout", type=float, default=H.DROPOUT, help="softmax: dropout rate (default %(default)s)")
+    o("--lr", type=float, default=H.LR, help="softmax: Adam learning rate (default %(default)s)")
+    o("--batch-size", type=int, default=H.BATCH_SIZE, help="softmax: rows per step (default %(default)s)")
+    o("--epochs", type=int, default=H.EPOCHS, help="softmax: passes over the training rows (default %(default)s)")
+    o("--early-stopping", action="store_true", help="softmax: stop on validation loss, keep the best epoch (default off)")
+    o("--patience", type=int, default=H.PATIENCE, help="epochs without a better val loss before stopping "
+      "(default %(default)s)")
+    o("--C", type=float, default=H.C, dest="C", help="logreg: inverse regularisation strength (default %(default)s)")
+    o("--max-iter", type=int, default=H.MAX_ITER, help="logreg: solver iterations (default %(default)s)")
+    o("--val-fraction", type=float, default=H.VAL_FRACTION, help="stratified hold-out of train for model selection "
+      "(default %(default)s)")
+    o("--seed", type=int, default=H.SEED, help="seed of the split, initial weights and dropout (default %(default)s)")
+    o("--name", default=None, help="run folder name (default: a timestamp)")
+    o("--runs-dir", default=H.RUNS_DIR, help="where run folders go (default %(default)s)")
+
+
+def run_options(args) -> RunOptions:
+    return RunOptions(val_fraction=args.val_fraction, seed=args.seed, early_stopping=args.early_stopping,
+                      patience=args.patience, runs_dir=args.runs_dir, name=args.name).validated()
 
 
 def cmd_features(args):
-    from .features import run_features
-    cfg = feature_config(args, args.batch_size)
-    if args.shards < 1:
-        raise PipelineError(f"--shards: expected N >= 1, got {args.shards}")
-    if args.ray_actors is not None and args.ray_actors < 1:
-        raise PipelineError(f"--ray-actors: expected N >= 1 (or leave it out: one per GPU, else per node), "
-                            f"got {args.ray_actors}")
-    if args.shards > 1 or args.engine != "local":
-        from .shards import run_sharded
-        path = run_sharded(cfg, shards=args.shards, engine=args.engine, ray_address=args.ray_address, quiet=args.quiet,
-                           ray_actors=args.ray_actors)
-    else:
-        path = run_features(cfg, quiet=args.quiet)
-    print(path)  # the last line on stdout: scripts can use it
+    print(extract(feature_config(args, args.batch_size), shards=args.shards, engine=args.engine,
+                  ray_address=args.ray_address, ray_actors=args.ray_actors, quiet=args.quiet))  # last stdout line
 
 
-STAGE_TWO = [("train-head", "train", "stage two: train a head on cached features"),
-             ("sweep", "sweep", "train many heads at once and compare them"),
-             ("predict", "predict", "classify image files end to end"),
-             ("bench", "bench", "measure throughput against the machine and the notebook")]
+def _training_data(args, opts: RunOptions, timings: dict):
+    from .heads.data import load_training_data
+    t = time.perf_counter()
+    data = load_training_data(args.cache or find_cache(feature_config(args)), opts.val_fraction, opts.seed)
+    timings["load_s"] = time.perf_counter() - t
+    return data
+
+
+def cmd_train_head(args):
+    from .heads.train import train_head     # scikit-learn and Numba: loaded only by the commands that train
+    timings = {"startup_s": process_age()}
+    opts = run_options(args)
+    params = head_params(args.head, vars(args))
+    print(train_head(_training_data(args, opts, timings), args.head, params, opts, timings))
+
+
+def cmd_sweep(args):
+    from .heads.sweep import read_space, run_sweep
+    timings = {"startup_s": process_age()}
+    opts = run_options(args)
+    head, space, rand = read_space(args.head, args.param, args.config, args.random)
+    base = head_params(head, vars(args))
+    print(run_sweep(_training_data(args, opts, timings), head, space, rand, base, opts, timings)[1])
+
+
+def cmd_predict(args):
+    predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size)
+
+
+def cmd_bench(args):
+    bench.run(images=args.images, full=args.full, image_size=args.image_size, head_rows=args.head_rows,
+              head_dim=args.head_dim, out_dir=args.out_dir, readme=args.update_readme)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,20 +119,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("features", help="stage one: extract and cache VGG19 features")
     add_feature_options(f)
-    f.add_argument("--batch-size", type=int, default=C.BATCH_SIZE, help="images per forward pass (default %(default)s)")
+    f.add_argument("--batch-size", type=int, default=F.BATCH_SIZE, help="images per forward pass (default %(default)s)")
     f.add_argument("--shards", type=int, default=1, help="cut each split into N contiguous shards (default 1)")
-    f.add_argument("--engine", default="local", choices=("local", "ray"), help="run shards here or on Ray")
+    f.add_argument("--engine", default="local", choices=("local", "ray"), help="run shards here or on Ray (default local)")
     f.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local Ray)")
     f.add_argument("--ray-actors", type=int, default=None, help="Ray actors (default: one per GPU, else one per node)")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.add_argument("--quiet", action="store_true", help="no progress bars (default off)")
     f.set_defaults(func=cmd_features)
-    for name, module, help_ in STAGE_TWO:
+    for name, func, help_ in (("train-head", cmd_train_head, "stage two: train a head on cached features"),
+                              ("sweep", cmd_sweep, "train many heads at once and compare them")):
         p = sub.add_parser(name, help=help_)
-        if name in ("train-head", "sweep"):
-            add_feature_options(p)
-        mod = importlib.import_module(f"pipeline.{module}")
-        mod.add_arguments(p)
-        p.set_defaults(func=mod.main, exit_fast=name in ("train-head", "sweep"))
+        add_feature_options(p)
+        add_head_options(p)
+        p.set_defaults(func=func, exit_fast=True)
+    s = sub.choices["sweep"]
+    s.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values to try, e.g. dropout=0.2,0.5 (repeatable; default: none)")
+    s.add_argument("--random", type=int, default=None, metavar="N", help="sample N configurations (default: the grid)")
+    s.add_argument("--config", default=None, help="TOML file: head = ..., random = N, [params] key = [values] (default: none)")
+    p = sub.add_parser("predict", help="classify image files end to end")
+    p.add_argument("--run", required=True, help="a run folder written by train-head or sweep")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--export", default=None, metavar="PATH.keras", help="also save the end-to-end model (default: no)")
+    p.add_argument("--batch-size", type=int, default=predict.BATCH_SIZE, help="images per forward pass (default %(default)s)")
+    p.set_defaults(func=cmd_predict)
+    b = sub.add_parser("bench", help="measure throughput against the machine and the notebook")
+    b.add_argument("--images", type=int, default=None, help=f"stage-one images (default {bench.IMAGES}, --full "
+                   f"{bench.FULL_IMAGES})")
+    b.add_argument("--full", action="store_true", help="more images and repeats (default off)")
+    b.add_argument("--image-size", type=int, default=bench.IMAGE_SIZE, help="upscale target (default %(default)s)")
+    b.add_argument("--head-rows", type=int, default=bench.HEAD_ROWS, help="rows of the synthetic stage-two cache "
+                   "(default %(default)s)")
+    b.add_argument("--head-dim", type=int, default=bench.HEAD_DIM, help="its feature width (default %(default)s)")
+    b.add_argument("--out-dir", default="data/bench", help="where results go (default %(default)s)")
+    b.add_argument("--update-readme", action="store_true", help="write the table into README.md (default off)")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -10,7 +10,7 @@ import json
 import os
 from contextlib import contextmanager
 
-from .config import PipelineError
+from .errors import PipelineError
 
 
 @contextmanager

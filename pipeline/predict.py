@@ -12,20 +12,15 @@ import sys
 
 import numpy as np
 
-from . import backbone as bb
-from .config import PipelineError
-from .preprocess import upscale
-from .images import BadImage, decode_image
-from .keras_file import head_model, read_head
+from .errors import PipelineError
+from .features import backbone as bb
+from .features.images import BadImage, decode_image
+from .features.preprocess import upscale
+from .heads.keras_file import head_model, read_head
+
+BATCH_SIZE = 32   # images per forward pass
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg19.preprocess_input (caffe mode)
-
-
-def add_arguments(p):
-    p.add_argument("--run", required=True, help="a run folder written by train-head or sweep")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--export", default=None, metavar="PATH.keras", help="also save the end-to-end model (default: no)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default %(default)s)")
 
 
 def read_run(run: str) -> dict:
@@ -92,22 +87,23 @@ def predict_images(model, run_info, paths, batch_size=32):
     return out
 
 
-def main(args):
-    if args.batch_size < 1:
-        raise PipelineError(f"--batch-size: expected a positive integer, got {args.batch_size}")
-    if args.export is not None:
-        folder = os.path.dirname(os.path.abspath(args.export))
-        if not args.export.endswith(".keras") or not os.path.isdir(folder):
-            raise PipelineError(f"--export {args.export}: expected a path ending in .keras in an existing folder")
-    info = read_run(args.run)
-    missing = [p for p in args.images if not os.path.isfile(p)]
+def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE):
+    """Print `path<TAB>class<TAB>probability` for each image; save the model to `export` (.keras)."""
+    if batch_size < 1:
+        raise PipelineError(f"--batch-size: expected a positive integer, got {batch_size}")
+    if export is not None:
+        folder = os.path.dirname(os.path.abspath(export))
+        if not export.endswith(".keras") or not os.path.isdir(folder):
+            raise PipelineError(f"--export {export}: expected a path ending in .keras in an existing folder")
+    info = read_run(run_dir)
+    missing = [p for p in images if not os.path.isfile(p)]
     if missing:
         raise PipelineError(f"image {missing[0]}: no such file; pass existing image files")
     model = end_to_end(info)
     names = info["class_names"]
-    for path, k, proba in predict_images(model, info, args.images, args.batch_size):
+    for path, k, proba in predict_images(model, info, images, batch_size):
         print(f"{path}\t{names[k]}\t{proba[k]:.4f}")
-    if args.export:
-        model.save(args.export)
-        print(f"exported {args.export}: input {model.input.shape[1]}x{model.input.shape[2]} RGB 0..255 upscaled "
+    if export:
+        model.save(export)
+        print(f"exported {export}: input {model.input.shape[1]}x{model.input.shape[2]} RGB 0..255 upscaled "
               f"with OpenCV {info['settings']['interpolation']}", file=sys.stderr)

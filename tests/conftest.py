@@ -71,7 +71,7 @@ def simulated_cpu(request):
     if choice == "host":
         yield
         return
-    from pipeline import backbone
+    from pipeline.features import backbone
     real = backbone.cpu_flags
     backbone.cpu_flags = lambda *a: {"avx512f", "avx512_bf16"} if choice == "yes" else {"avx2", "fma"}
     try:
@@ -111,6 +111,6 @@ PY = sys.executable
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
     """A small synthetic feature cache (600 train, 200 test, 32-d, 4 separable classes)."""
-    from pipeline.synthetic import write_synthetic_cache
+    from pipeline.features.synthetic import write_synthetic_cache
     return write_synthetic_cache(str(tmp_path_factory.mktemp("c") / "syn.h5"), 600, 200, dim=32, n_classes=4,
                                  separation=0.8)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import SMALL, run_captured, run_cli
 
-from pipeline import backbone as bb
-from pipeline.cache import load_cache
-from pipeline.keras_file import head_model, read_head
+from pipeline.features import backbone as bb
+from pipeline.features.cache import load_cache
+from pipeline.heads.keras_file import head_model, read_head
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_predict_agrees_with_head_on_cached_features(cached, capsys, head):
     as_saved = keras.saving.load_model(os.path.join(run, "head.keras"))           # a real Keras file
     np.testing.assert_allclose(np.asarray(as_saved.predict(X, verbose=0)), want, atol=1e-6)
     exported = keras.saving.load_model(str(root / f"{head}.keras"))
-    from pipeline.images import decode_image
-    from pipeline.preprocess import upscale
+    from pipeline.features.images import decode_image
+    from pipeline.features.preprocess import upscale
     x = upscale([decode_image(p) for p in paths], 32, "cubic").astype(np.float32)
     np.testing.assert_allclose(np.asarray(exported.predict(x, verbose=0)), want, atol=1e-5)   # weights kept
 
@@ -61,11 +61,11 @@ def test_logreg_head_equals_scikit_learn_also_with_a_class_missing_from_train(tm
     """Train has cat, dog, frog; the cache's classes also include bird: the saved head gives each class
     its own column, so the class printed is the class the head means (and bird gets probability 0)."""
     from pipeline.heads import LogRegHead
-    from pipeline.keras_file import write_head
-    from pipeline.synthetic import make_features
+    from pipeline.heads.keras_file import write_head
+    from pipeline.features.synthetic import make_features
     X, y = make_features(400, 16, 4, seed=3, separation=2.0)
     keep = y != 1                                          # class 1 ("bird") absent from training
-    head = LogRegHead(max_iter=300).fit(X[keep], y[keep], n_classes=4)
+    head = LogRegHead(max_iter=300, classes=range(4)).fit(X[keep], y[keep])
     write_head(str(tmp_path / "h.keras"), **head.head_file())
     got = np.asarray(head_model(read_head(str(tmp_path / "h.keras"))).predict(X, verbose=0))
     sk = head.model_.predict_proba(X)
@@ -73,7 +73,7 @@ def test_logreg_head_equals_scikit_learn_also_with_a_class_missing_from_train(tm
     np.testing.assert_allclose(got[:, [0, 2, 3]], sk, atol=1e-4)
     assert got[:, 1].max() < 1e-30 and np.array_equal(got.argmax(1), head.model_.classes_[sk.argmax(1)])
     Xb, yb = X[y >= 2], y[y >= 2]                         # binary: two classes present, of four
-    two = LogRegHead().fit(Xb, yb, n_classes=4)
+    two = LogRegHead(classes=range(4)).fit(Xb, yb)
     write_head(str(tmp_path / "b.keras"), **two.head_file())
     got = np.asarray(head_model(read_head(str(tmp_path / "b.keras"))).predict(Xb, verbose=0))
     np.testing.assert_allclose(got[:, [2, 3]], two.model_.predict_proba(Xb), atol=1e-4)

@@ -1,0 +1,13 @@
+"""What a user can fix: one line, exit status 1, no traceback."""
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """A problem the user can fix: printed as one line, exit status 1, no traceback."""
+
+
+def reason(e: BaseException, limit: int = 100) -> str:
+    """The informative tail of an exception's message, on one line (e.g. '[Errno -2] Name or service not known')."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = text.rsplit(" -- ", 1)[-1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,117 @@
+"""Mapper: the frozen VGG19 base cut at a layer, as a callable `preprocessed batch -> features`.
+
+Keras is imported lazily, so a cache hit never pays for loading a deep-learning backend.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import PipelineError, reason
+from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
+
+
+def has_cuda_gpu() -> bool:
+    return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus")) \
+        and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
+    try:
+        with open(cpuinfo) as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def resolve_precision(precision: str, cuda: bool | None = None, flags: set | None = None) -> str:
+    """auto = the fastest the hardware runs natively: float16 on CUDA, bfloat16 on CPUs with native
+    bf16 (AVX512-BF16 or AMX), else float32. `cuda` and `flags` default to this machine's."""
+    if precision != "auto":
+        return precision
+    if has_cuda_gpu() if cuda is None else cuda:
+        return "float16"
+    flags = cpu_flags() if flags is None else flags
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
+
+
+def _vgg19(keras, top: bool, image_size: int, weights=None):
+    shape = (image_size, image_size, 3)
+    if not top or image_size == 224:
+        return keras.applications.VGG19(weights=weights, include_top=top, input_shape=shape)
+    # fc1/fc2 at another size (random weights only): the same layers, on a different flatten size
+    base = keras.applications.VGG19(weights=None, include_top=False, input_shape=shape)
+    x = keras.layers.Flatten(name="flatten")(base.output)
+    x = keras.layers.Dense(4096, activation="relu", name="fc1")(x)
+    x = keras.layers.Dense(4096, activation="relu", name="fc2")(x)
+    return keras.Model(base.input, x, name="vgg19")
+
+
+def _load_weights_file(keras, model, path: str, top: bool):
+    try:
+        model.load_weights(path)
+        return
+    except Exception as first:  # noqa: BLE001 - Keras raises many types for a file that does not fit
+        error = first
+    if not top:  # a with-top file still fits the convolutions: load it whole, then copy them over
+        try:
+            full = keras.applications.VGG19(weights=None, include_top=True)
+            full.load_weights(path)
+            for layer in model.layers:
+                layer.set_weights(full.get_layer(layer.name).get_weights())
+            return
+        except Exception:  # noqa: BLE001
+            pass
+    raise PipelineError(f"--weights {path}: does not fit VGG19 ({reason(error, 160)}); pass Keras' "
+                        f"{KERAS_WEIGHTS_FILE[top]} or a file saved from keras.applications.VGG19") from None
+
+
+def with_precision(keras, model, precision: str):
+    """A copy of `model` computing in `precision`, its dtype policy set layer by layer: nothing
+    process-wide (Keras' global policy) is read or changed, so models built later are unaffected."""
+    policy = "float32" if precision == "float32" else f"mixed_{precision}"
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def build_backbone(layer: str, image_size: int, weights: str, seed: int, precision: str, sha256: str | None = None):
+    """The frozen VGG19 cut at `layer`, computing in `precision` (a resolved dtype name). `sha256`:
+    what the weights file must hash to (the run's key was made from it)."""
+    import keras
+    top = layer != "block5_pool"
+    path = weights_file(weights, top)
+    if path is not None and not os.path.isfile(path):
+        raise PipelineError(f"weights file {path} is gone; restore it, or pass another --weights")
+    if path is not None and sha256 is not None and file_sha256(path) != sha256:
+        raise PipelineError(f"weights file {path} changed since the cache was keyed (SHA-256 differs); restore "
+                            "it, or re-run make features (and train-head) with the new file")
+    if weights == "imagenet":
+        base = _vgg19(keras, top, image_size, weights=path)
+    else:
+        base = _vgg19(keras, top, image_size)
+        if weights == "random":
+            random_weights(base, seed)
+        else:
+            _load_weights_file(keras, base, weights, top)
+    cut = keras.Model(base.input, base.get_layer(layer).output, name=f"vgg19_{layer}")
+    model = with_precision(keras, cut, precision)
+    model.trainable = False
+    return model
+
+
+class Backbone:
+    """Callable mapper: float32 preprocessed N x S x S x 3 -> N x D features in `store_dtype`."""
+
+    def __init__(self, model, store_dtype: str):
+        self.model, self.store_dtype = model, store_dtype
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.model.predict_on_batch(batch)
+        out = np.asarray(out.numpy() if hasattr(out, "numpy") else out)
+        return out.reshape(len(batch), -1).astype(self.store_dtype)

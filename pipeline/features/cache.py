@@ -1,0 +1,205 @@
+"""The feature cache: key, the finished HDF5 file, and its reader.
+
+- key: SHA-256 of exactly the settings that change the numbers (plus FORMAT_VERSION).
+- finish: rows come from the run's journal (journal.py), are written to `<stem>.h5.tmp`,
+  `complete` is set last, then the file is fsync'd and renamed to `<stem>.h5`. A file without
+  `complete` is never read as a cache.
+- integrity: each split's features, labels and ids carry a SHA-256, and `checksum` covers every
+  attribute (provenance, class names, the splits' sums): a file edited or damaged in any of them is
+  refused (`DamagedCache`), never used.
+- lock: `<stem>.lock` (flock) so two processes never write the same cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import h5py
+import numpy as np
+
+from ..errors import PipelineError
+from ..durable import file_lock, publish, write_error
+
+FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers changes
+REBUILD = "run make features with the same settings: it moves the damaged file aside and rebuilds it"
+
+
+class DamagedCache(PipelineError):
+    """A cache file that is truncated, incomplete, edited or corrupt: refused, never used."""
+
+
+def cache_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps({"format_version": FORMAT_VERSION, **payload}, sort_keys=True).encode()).hexdigest()
+
+
+def cache_stem(cache_dir: str, dataset_name: str, layer: str, key: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", dataset_name).strip("-")
+    return os.path.join(cache_dir, f"{slug}-vgg19-{layer}-{key[:16]}")
+
+
+def writer_lock(stem: str):
+    """Hold `<stem>.lock` for the duration; a second writer stops with a clear message."""
+    return file_lock(stem + ".lock", wait=False, busy=f"another process (pid {{pid}}) is writing {stem}.h5; wait for "
+                     "it to finish and re-run (it will then be a cache hit)")
+
+
+def ids_sha256(ids: np.ndarray) -> str:
+    """SHA-256 of a split's ids as stored: integers, or UTF-8 strings each ended by a zero byte."""
+    if ids.dtype.kind in "iu":
+        return sha256_of(ids.astype("<i8"))
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(str(i).encode() + b"\0")
+    return h.hexdigest()
+
+
+def _stored(attrs: dict) -> dict:
+    """Attributes as HDF5 keeps them: dicts and lists as JSON text, scalars as they are."""
+    out = {}
+    for k, v in attrs.items():
+        if v is None:
+            raise ValueError(f"attribute {k} is None")
+        out[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+    return out
+
+
+def _checksum(root: dict, splits: dict) -> str:
+    """SHA-256 over every root attribute (but `checksum` and `complete`) and every split's attributes."""
+    plain = lambda v: v.item() if isinstance(v, np.generic) else (v.decode() if isinstance(v, bytes) else v)  # noqa: E731
+    doc = {"root": {k: plain(v) for k, v in root.items() if k not in ("checksum", "complete")},
+           "splits": {s: {k: plain(v) for k, v in a.items()} for s, a in splits.items()}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
+    """Assemble the finished file. `splits`: name -> (labels, ids, first_row); `chunks(name)` yields
+    (a, b, features) covering the split exactly once. Written to a temp file, renamed last."""
+    tmp = path + ".tmp"
+    try:
+        with h5py.File(tmp, "w") as f:
+            split_attrs = {}
+            for name, (labels, ids, first_row) in splits.items():
+                g = f.create_group(name)
+                n, h = len(labels), hashlib.sha256()
+                ds = None
+                for a, b, feats in chunks(name):
+                    if ds is None:
+                        ds = g.create_dataset("features", (n, feats.shape[1]), dtype=feats.dtype)
+                    ds[a - first_row:b - first_row] = feats
+                    h.update(memoryview(np.ascontiguousarray(feats)).cast("B"))
+                if ds is None:
+                    raise ValueError(f"split {name}: no rows to write")
+                g.create_dataset("labels", data=labels.astype(np.int64))
+                if ids.dtype == object:
+                    g.create_dataset("ids", data=ids.astype(str).astype(object), dtype=h5py.string_dtype())
+                else:
+                    g.create_dataset("ids", data=ids.astype(np.int64))
+                split_attrs[name] = {"n": n, "first_row": first_row, "features_sha256": h.hexdigest(),
+                                     "labels_sha256": sha256_of(labels.astype("<i8")), "ids_sha256": ids_sha256(ids)}
+                g.attrs.update(split_attrs[name])
+            root = _stored(provenance)
+            f.attrs.update(root)
+            f.attrs["checksum"] = _checksum(root, split_attrs)
+            f.attrs["complete"] = True  # set last: a file without it is never read as a cache
+        publish(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path) from None
+        raise
+
+
+def sha256_of(a: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
+
+
+def _read_checked(path: str):
+    """(metadata, {split: (labels, ids, split attributes)}), every checksum but the features' verified."""
+    what = f"cache {path}"
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            groups = {k: (f[k]["labels"][()], _ids(f[k]["ids"]), dict(f[k].attrs)) for k in f.keys()}
+    except (OSError, KeyError, ValueError) as e:
+        raise DamagedCache(f"{what}: truncated or corrupt ({str(e).splitlines()[0][:80]}); {REBUILD}") from None
+    if not attrs.get("complete"):
+        raise DamagedCache(f"{what}: incomplete (no 'complete' mark); {REBUILD}")
+    if attrs.get("checksum") != _checksum(attrs, {s: g[2] for s, g in groups.items()}):
+        raise DamagedCache(f"{what}: its attributes (provenance, class names or split checksums) were changed "
+                           f"after it was written; {REBUILD}")
+    for s, (labels, ids, a) in groups.items():
+        if sha256_of(labels.astype("<i8")) != a.get("labels_sha256") or ids_sha256(ids) != a.get("ids_sha256"):
+            raise DamagedCache(f"{what}: the '{s}' labels or ids fail their SHA-256 check; {REBUILD}")
+    meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
+    for k, v in meta.items():
+        if isinstance(v, str) and v[:1] in "[{":
+            meta[k] = json.loads(v)
+    meta["split_sizes"] = {s: int(g[2]["n"]) for s, g in groups.items()}
+    return meta, groups
+
+
+def _ids(ds) -> np.ndarray:
+    return ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+
+
+def read_provenance(path: str) -> dict:
+    """The file's attributes, JSON fields parsed; DamagedCache if it is not a complete, unaltered
+    cache (every checksum but the features' is verified: cheap)."""
+    return _read_checked(path)[0]
+
+
+def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool = True) -> dict:
+    """Load a finished cache: {split: (features, labels, metadata)}; features are read-only arrays
+    over the mapped file, so loading costs no copy.
+
+    Refuses an incomplete, truncated, edited or corrupt file (checksums of the attributes, labels,
+    ids and, unless `verify` is False, features), or one whose settings differ from `expect` (a dict
+    of setting -> value)."""
+    if not os.path.exists(path):
+        raise PipelineError(f"cache {path}: not found; build it with make features")
+    meta, groups = _read_checked(path)
+    for k, want in (expect or {}).items():
+        have = meta.get("settings", {}).get(k, meta.get(k))
+        if have != want:
+            raise PipelineError(f"cache {path}: built with {k}={have!r}, asked for {want!r}; run make features "
+                                "with the settings you want, or pass the matching cache")
+    out = {}
+    try:
+        with h5py.File(path, "r") as f, open(path, "rb") as raw:
+            pages = _pages(raw)
+            for name in splits or list(f.keys()):
+                if name not in f:
+                    raise PipelineError(f"cache {path}: has no '{name}' split (it has {', '.join(f.keys())}); "
+                                        f"re-run make features with --splits including {name}")
+                labels, ids, _ = groups[name]
+                out[name] = (_mapped(f[name]["features"], pages, path), labels, {**meta, "split": name, "ids": ids})
+    except (OSError, KeyError) as e:
+        raise DamagedCache(f"cache {path}: corrupt ({str(e).splitlines()[0][:80]}); {REBUILD}") from None
+    if verify:      # hashlib releases the GIL: one thread per split
+        with ThreadPoolExecutor(max(1, min(len(out), os.cpu_count() or 1))) as pool:
+            got = dict(zip(out, pool.map(sha256_of, (out[n][0] for n in out))))
+        for name in out:
+            if got[name] != groups[name][2]["features_sha256"]:
+                raise DamagedCache(f"cache {path}: '{name}' features fail their SHA-256 check; {REBUILD}")
+    return out
+
+
+def _pages(raw):
+    """The whole file mapped read-only, pages populated up front (the page cache, not a copy)."""
+    return mmap.mmap(raw.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+
+
+def _mapped(ds, pages, path) -> np.ndarray:
+    """A read-only array over the mapped file (no copy) for a contiguous, uncompressed dataset (as
+    write_cache makes them); a plain read otherwise."""
+    offset = ds.id.get_offset()
+    if offset is None or ds.chunks or ds.size == 0:
+        return ds[()]
+    if offset + ds.size * ds.dtype.itemsize > len(pages):
+        raise DamagedCache(f"cache {path}: truncated; {REBUILD}")
+    return np.frombuffer(pages, ds.dtype, ds.size, offset).reshape(ds.shape)

@@ -1,0 +1,40 @@
+"""Stage one's entry point: `extract(cfg, shards, engine)` gives the finished cache for `cfg` (a hit,
+resumed, built here, or built in shards here or on Ray); `find_cache(cfg)` the one already built."""
+from __future__ import annotations
+
+import sys
+
+from ..errors import PipelineError
+from .build import ModelCache, build_whole, existing, report_hit
+from .config import FeatureConfig
+from .plan import plan
+from .shards import build_sharded
+
+
+def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_address: str | None = None,
+            ray_actors: int | None = None, quiet: bool = False, models: ModelCache | None = None) -> str:
+    """The path of the finished cache for `cfg`. shards > 1 or engine "ray": cut each split into
+    `shards` contiguous ranges, extract each (here, or on Ray actors), merge them."""
+    if shards < 1:
+        raise PipelineError(f"--shards: expected N >= 1, got {shards}")
+    if ray_actors is not None and ray_actors < 1:
+        raise PipelineError(f"--ray-actors: expected N >= 1 (or leave it out: one per GPU, else per node), "
+                            f"got {ray_actors}")
+    if engine not in ("local", "ray"):
+        raise PipelineError(f"--engine: expected local or ray, got {engine!r}")
+    p = plan(cfg)
+    if report_hit(p):
+        return p.path
+    if p.precision != p.cfg.precision:
+        print(f"precision: {p.cfg.precision} -> {p.precision}", file=sys.stderr)
+    if shards > 1 or engine != "local":
+        return build_sharded(p, shards, engine, ray_address, ray_actors, quiet)
+    return build_whole(p, quiet, models)
+
+
+def find_cache(cfg: FeatureConfig) -> str:
+    """Path of the finished cache that `cfg` selects; PipelineError if it has not been built."""
+    p = plan(cfg)
+    if not existing(p.path, p.key, full=False):
+        raise PipelineError(f"no cache for these settings at {p.path}; build it with make features ARGS=\"...\"")
+    return p.path

@@ -1,0 +1,86 @@
+"""Stage one's plan: settings -> dataset -> fingerprint -> cache key, with no model (cheap: a cache
+hit never imports Keras). The key is built from what config.py declares keyed; `provenance` is the
+one place that assembles a file's attributes, for whole and sharded runs alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+
+from ..keras_env import keras_backend_name
+from . import backbone as bb
+from . import weights as wt
+from .cache import FORMAT_VERSION, cache_key, cache_stem
+from .config import FeatureConfig, validate
+from .dataset import Dataset
+from .fingerprint import fingerprint
+from .preprocess import PREPROCESSING
+from .sources import open_dataset
+
+BACKBONE = "keras.applications.VGG19"
+
+
+@dataclasses.dataclass
+class Plan:
+    cfg: FeatureConfig
+    dataset: Dataset
+    precision: str            # resolved compute dtype
+    weights: dict             # the weights' identity (weights.weights_identity)
+    fingerprint: str          # the dataset's (fingerprint.fingerprint)
+    key_payload: dict         # exactly what the key hashes
+    key: str
+    stem: str                 # cache path without extension
+
+    @property
+    def path(self) -> str:
+        return self.stem + ".h5"
+
+
+def key_payload(cfg: FeatureConfig, dataset_fingerprint: str, precision: str, weights: dict) -> dict:
+    """What changes the numbers: the keyed settings' values, what the resolved ones resolved to, the
+    dataset fingerprint (which the fingerprint settings shape), and the fixed parts of the method."""
+    return {"backbone": BACKBONE, "preprocessing": PREPROCESSING, "weights": weights,
+            "dataset_fingerprint": dataset_fingerprint, "precision": precision, **cfg.keyed()}
+
+
+def plan(cfg: FeatureConfig) -> Plan:
+    cfg = validate(cfg)
+    ds = open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"),
+                      cfg.on_bad_image, cfg.max_image_pixels)
+    fp = fingerprint(ds)
+    precision = bb.resolve_precision(cfg.precision)
+    weights = wt.weights_identity(cfg.weights, cfg.seed, cfg.layer != "block5_pool", cfg.cache_dir)
+    payload = key_payload(cfg, fp, precision, weights)
+    key = cache_key(payload)
+    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, ds.name, cfg.layer, key))
+
+
+def settings(p: Plan) -> dict:
+    cfg = p.cfg
+    return {**cfg.keyed(), "precision": p.precision, "precision_requested": cfg.precision, "weights": cfg.weights,
+            "seed": cfg.seed, "dataset": p.dataset.name, "splits": list(cfg.splits), "limit": cfg.limit}
+
+
+def provenance(p: Plan, ranges: dict, weights_sha256: str, **extra) -> dict:
+    """The attributes of a finished file (whole run, shard or merge): how it was made, from what."""
+    ds = p.dataset
+    return {"format_version": FORMAT_VERSION, "key": p.key, "key_payload": p.key_payload, "settings": settings(p),
+            "backbone": BACKBONE, "preprocessing": PREPROCESSING, "weights": p.weights, "dataset": ds.name,
+            "dataset_fingerprint": p.fingerprint, "source": p.cfg.data_dir or "keras.datasets",
+            "class_names": list(ds.class_names), "skipped": ds.skipped,
+            "split_sizes": {s: len(sp) for s, sp in ds.splits.items()}, "ranges": ranges, "versions": versions(),
+            "batch_size": p.cfg.batch_size, "weights_sha256": weights_sha256,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform(), "backend": keras_backend_name()}
+    for pkg in ("keras", "tensorflow", "jax", "torch", "numpy", "h5py", "opencv-python-headless"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,71 @@
+"""Stage-two settings: one block of defaults (the notebook's head), one validation place."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from ..errors import PipelineError
+
+# --- defaults: the notebook's head --------------------------------------------------------------
+HEAD = "softmax"        # softmax (Dropout -> Dense softmax, Keras' rules) | logreg (scikit-learn)
+DROPOUT = 0.5           # dropout rate before the softmax layer
+LR = 1e-3               # Adam learning rate
+BATCH_SIZE = 250        # head training batch size
+EPOCHS = 20             # passes over the training features
+PATIENCE = 3            # --early-stopping: epochs without a better val loss before stopping
+C = 1.0                 # logreg inverse regularisation strength
+MAX_ITER = 200          # logreg solver iterations
+VAL_FRACTION = 0.1      # stratified hold-out of train for model selection
+SEED = 0                # makes a run reproducible (the split, the initial weights, the dropout noise)
+RUNS_DIR = "data/runs"  # where run folders go
+# ---------------------------------------------------------------------------------------------------
+
+RANGES = {  # name: (type, check, what the check means)
+    "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (float, lambda v: 0 < v < math.inf, "> 0 and finite"),
+    "epochs": (int, lambda v: v >= 1, ">= 1"), "batch_size": (int, lambda v: v >= 1, ">= 1"),
+    "C": (float, lambda v: 0 < v < math.inf, "> 0 and finite"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
+    "val_fraction": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "patience": (int, lambda v: v >= 1, ">= 1"),
+    "seed": (int, lambda v: 0 <= v < 2 ** 32, "in 0..2^32-1"),
+}
+HEAD_PARAMS = {"softmax": ("dropout", "lr", "epochs", "batch_size"), "logreg": ("C", "max_iter")}
+
+
+def check_param(name: str, value):
+    kind, ok, what = RANGES[name]
+    try:
+        if kind is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        v = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise PipelineError(f"{name}: expected a {kind.__name__} {what}, got {value!r}") from None
+    if not ok(v):
+        raise PipelineError(f"{name}: expected {what}, got {v}; pick a value {what}")
+    return v
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """How a head command runs, whatever the head: the split, the seed, early stopping, the run folder."""
+    val_fraction: float = VAL_FRACTION
+    seed: int = SEED
+    early_stopping: bool = False
+    patience: int = PATIENCE
+    runs_dir: str = RUNS_DIR
+    name: str | None = None
+
+    def validated(self) -> "RunOptions":
+        for f in ("val_fraction", "seed", "patience"):
+            check_param(f, getattr(self, f))
+        if os.path.exists(self.runs_dir) and not os.path.isdir(self.runs_dir):
+            raise PipelineError(f"--runs-dir {self.runs_dir}: is a file, not a folder; pass a folder (created if missing)")
+        if self.name is not None and (not self.name.strip() or os.sep in self.name or self.name in (".", "..")):
+            raise PipelineError(f"--name {self.name!r}: expected a plain folder name (no {os.sep})")
+        return self
+
+
+def head_params(kind: str, values: dict) -> dict:
+    """The checked parameters of a `kind` head, from a dict holding at least them."""
+    if kind not in HEAD_PARAMS:
+        raise PipelineError(f"head: expected softmax or logreg, got {kind!r}")
+    return {p: check_param(p, values[p]) for p in HEAD_PARAMS[kind]}

@@ -1,0 +1,422 @@
+"""Stage two's training step for softmax heads, compiled with Numba: one fused pass per step
+(gather rows, standardise, dropout, forward, softmax, backward) and Adam, on every core.
+
+- The kernels own their state: `allocate()` builds a `TrainState` (weights, gradients, Adam's
+  moments, scratch) and `train_epoch` drives one pass over the data with it.
+- Two ways to split a step over cores, both into a fixed number of parts, so results do not depend
+  on the number of threads: _step_rows (small heads, e.g. the notebook's 4096 x 10) gives each
+  part a quarter of the batch, carried through start to finish in 4-row blocks while the rows are
+  in cache, and a gradient of its own (added in part order); _step_chunks (heads too big to stay in
+  a core's cache, e.g. a 24-head sweep or 25,088 conv features) gives each part CHUNK feature
+  columns: its slice of the gradient, with partial logits added in chunk order before the softmax.
+- Features are float32, or float16 passed as their uint16 bits and widened through a 65,536-entry
+  table (Numba has no float16), so a float16 cache trains without a float32 copy. Standardisation
+  (x - mean) / scale, when asked for, happens in the same pass.
+- Dropout noise is counter-based: word w of row i at key k is SplitMix64(k + i * n_words + w), four
+  16-bit draws per word; feature j is kept where its draw >= threshold. Step t of a run draws at
+  step_key(key0, t, ...), so two steps never share a counter, and one draw per feature serves every
+  group of heads (a head alone and in a sweep sees the same masks).
+- Heads live in a (G, KP, D) block: group g (one dropout rate) holds its heads' C-class weight rows
+  one after another, padded with zero rows to an even KP (the register block is 4 rows x 2 outputs).
+Compiled code is cached next to this file (`cache=True`); `python -m pipeline.heads.kernels` compiles it.
+All jitted code stays in this one file: Numba invalidates a cache only when the function's own file
+changes, so a kernel split over files could run stale code of the other after an edit.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+from numba.core import types
+from numba.extending import overload
+
+CHUNK = 512       # _step_chunks: feature columns per work item (a multiple of 4: a noise word = 4 draws)
+ROWS = 4          # rows per register block
+ROW_PARTS = 4     # _step_rows: parts of the batch (fixed, so results do not depend on the thread count)
+ROWS_KERNEL_BYTES = 256 * 1024   # heads with weights up to this size use _step_rows
+NOISE_LEVELS = 65536             # dropout rates are realised to 1/65536 (16-bit draws)
+GAMMA = np.uint64(0x9E3779B97F4A7C15)   # SplitMix64 constants
+M1, M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+HALF = np.arange(65536, dtype=np.uint64).astype(np.uint16).view(np.float16).astype(np.float32)  # float16 bits -> value
+
+
+class TrainState(NamedTuple):
+    """Everything a run of train_epoch reads and updates; made by allocate()."""
+    thr: np.ndarray        # (G,) uint16: group g keeps a feature where its draw >= thr[g]
+    scale: np.ndarray      # (G,) float32: 1 / (1 - rate), Keras' Dropout scaling
+    n_heads: np.ndarray    # (G,) int64: heads in group g
+    n_classes: int
+    by_rows: bool          # _step_rows (small heads) or _step_chunks (big ones)
+    W: np.ndarray          # (G, KP, D) float32 weights, heads' C rows one after another, zero-padded
+    b: np.ndarray          # (G, KP) float32 biases
+    gW: np.ndarray         # (P, G, KP, D) gradient parts (P = ROW_PARTS by rows, 1 by chunks)
+    gb: np.ndarray         # (P, G, KP)
+    stats: np.ndarray      # (P, G, H, 2) float64: the epoch's summed loss and number right, per head
+    words: np.ndarray      # (B, ceil(D/4)) uint64 noise words (_step_chunks)
+    zpart: np.ndarray      # (chunks, G, B4, KP) float32 partial logits (_step_chunks)
+    dz: np.ndarray         # (G, B4, KP) float32 logit gradients (_step_chunks)
+    m_W: np.ndarray        # (G*KP, D) Adam's first and second moments of W, then of b (G*KP, 1)
+    v_W: np.ndarray
+    m_b: np.ndarray
+    v_b: np.ndarray
+    alpha: np.ndarray      # (G*KP,) float32 scratch: this step's Adam step size per weight row
+    lr: np.ndarray         # (G*KP,) float64 learning rate per weight row
+    betas: np.ndarray      # (3,) float64: beta_1, beta_2, epsilon
+    mean: np.ndarray       # (D,) float32 standardisation (empty: none)
+    inv_scale: np.ndarray  # (D,) float32 1 / scale (empty: none)
+    table: np.ndarray      # HALF: float16 bits -> float32
+    keys: np.ndarray       # (steps,) uint64: the noise key each step drew at (a record)
+
+
+@njit(inline="always", cache=True)
+def padded(n_heads, n_classes):
+    """Weight rows of a group of n_heads heads: n_heads * C rounded up to even (2-output register blocks)."""
+    return (n_heads * n_classes + 1) // 2 * 2
+
+
+def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas, mean=None, scale=None) -> TrainState:
+    """The state for training W (G, KP, D), b (G, KP) in place: dropout rate and head count per group,
+    lr per weight row; mean/scale: standardise features on the fly (None: as they are)."""
+    G, KP, D = W.shape
+    thr = np.minimum(np.round(np.asarray(rates) * NOISE_LEVELS), NOISE_LEVELS - 1).astype(np.uint16)
+    drop_scale = (NOISE_LEVELS / (NOISE_LEVELS - thr.astype(np.float64))).astype(np.float32)
+    by_rows = W.nbytes <= ROWS_KERNEL_BYTES
+    parts, n_chunks = (ROW_PARTS, 0) if by_rows else (1, (D + CHUNK - 1) // CHUNK)
+    b4 = -(-batch_size // ROWS) * ROWS
+    bc = 0 if by_rows else b4
+    f32 = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    std = mean is not None
+    return TrainState(thr, drop_scale, np.asarray(n_heads, np.int64), int(n_classes), by_rows, W, b,
+                      f32(parts, G, KP, D), f32(parts, G, KP), np.zeros((parts, G, max(n_heads), 2)),
+                      np.zeros((bc and batch_size, (D + 3) // 4), np.uint64), f32(n_chunks, G, bc, KP), f32(G, bc, KP),
+                      f32(G * KP, D), f32(G * KP, D), f32(G * KP, 1), f32(G * KP, 1), f32(G * KP),
+                      np.asarray(lr_rows, np.float64), np.asarray(betas, np.float64),
+                      np.asarray(mean if std else [], np.float32),
+                      (1 / np.asarray(scale, np.float64)).astype(np.float32) if std else f32(0),
+                      HALF, np.zeros(steps, np.uint64))
+
+
+@njit(inline="always", cache=True)
+def _word(key, counter):
+    z = (key + counter) * GAMMA
+    z = (z ^ (z >> np.uint64(30))) * M1
+    z = (z ^ (z >> np.uint64(27))) * M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def _words(key, rows, n_words):
+    out = np.empty((rows, n_words), np.uint64)
+    for i in range(rows):
+        for w in range(n_words):
+            out[i, w] = _word(key, np.uint64(i * n_words + w))
+    return out
+
+
+def draws(key: int, rows: int, dim: int) -> np.ndarray:
+    """The 16-bit dropout draws a step at `key` uses for `rows` rows of `dim` features."""
+    return _words(np.uint64(key), rows, (dim + 3) // 4).view(np.uint16)[:, :dim]
+
+
+@njit(inline="always", cache=True)
+def step_key(key0, t, batch_size, n_words):
+    """Step t's key: steps t and t+1 draw from counters [k, k + B*n_words) that never overlap."""
+    return key0 + np.uint64(t) * np.uint64(batch_size * n_words)
+
+
+def _value(v, table):
+    """A stored feature as float32 (float16 arrive as their uint16 bits)."""
+
+
+@overload(_value, inline="always")
+def _value_impl(v, table):
+    if isinstance(v, types.Float):
+        return lambda v, table: v
+    return lambda v, table: table[v]
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _mask_block(X, idx, words, w0, t, r0, hi, j0, n, xm, mean, inv_scale, table):
+    """xm[i, :n] = feature j0..j0+n of row X[idx[r0+i]] (standardised when mean is not empty) where
+    its draw (words[r0+i-w0]) >= t, else 0; rows from `hi` on are 0."""
+    std = mean.shape[0] > 0
+    for i in range(ROWS):
+        r = r0 + i
+        if r < hi:
+            row = X[idx[r], j0:j0 + n]
+            draws = words[r - w0].view(np.uint16)[j0:j0 + n]
+            if std:
+                mu, inv = mean[j0:j0 + n], inv_scale[j0:j0 + n]
+                for j in range(n):
+                    v = (_value(row[j], table) - mu[j]) * inv[j]
+                    xm[i, j] = v if draws[j] >= t else np.float32(0)
+            else:
+                for j in range(n):
+                    xm[i, j] = _value(row[j], table) if draws[j] >= t else np.float32(0)
+        else:
+            for j in range(n):
+                xm[i, j] = 0
+
+@njit(inline="always", fastmath=True, cache=True)
+def _forward_block(xm, W, kp, j0, n, zp, r0):
+    """zp[r0:r0+4, :kp] = xm[:, :n] @ W[:kp, j0:j0+n].T, 4 rows x 2 outputs at a time."""
+    for k in range(0, kp, 2):
+        w0, w1 = W[k, j0:j0 + n], W[k + 1, j0:j0 + n]
+        a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = np.float32(0)
+        for j in range(n):
+            u, v = w0[j], w1[j]
+            x = xm[0, j]
+            a00 += x * u
+            a01 += x * v
+            x = xm[1, j]
+            a10 += x * u
+            a11 += x * v
+            x = xm[2, j]
+            a20 += x * u
+            a21 += x * v
+            x = xm[3, j]
+            a30 += x * u
+            a31 += x * v
+        zp[r0, k], zp[r0, k + 1], zp[r0 + 1, k], zp[r0 + 1, k + 1] = a00, a01, a10, a11
+        zp[r0 + 2, k], zp[r0 + 2, k + 1], zp[r0 + 3, k], zp[r0 + 3, k + 1] = a20, a21, a30, a31
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _backward_block(xm, dz, kp, j0, n, gW, r0, s):
+    """gW[:kp, j0:j0+n] += s * dz[r0:r0+4, :kp].T @ xm[:, :n]."""
+    for k in range(0, kp, 2):
+        g0, g1 = gW[k, j0:j0 + n], gW[k + 1, j0:j0 + n]
+        c00, c10, c20, c30 = dz[r0, k] * s, dz[r0 + 1, k] * s, dz[r0 + 2, k] * s, dz[r0 + 3, k] * s
+        c01, c11, c21, c31 = dz[r0, k + 1] * s, dz[r0 + 1, k + 1] * s, dz[r0 + 2, k + 1] * s, dz[r0 + 3, k + 1] * s
+        for j in range(n):
+            x0, x1, x2, x3 = xm[0, j], xm[1, j], xm[2, j], xm[3, j]
+            u = g0[j]
+            u += c00 * x0
+            u += c10 * x1
+            u += c20 * x2
+            u += c30 * x3
+            g0[j] = u
+            v = g1[j]
+            v += c01 * x0
+            v += c11 * x1
+            v += c21 * x2
+            v += c31 * x3
+            g1[j] = v
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _fill_words(key, words, w0, r0, r1, c0, c1, nw):
+    """words[r - w0, c0:c1] = draws of rows r0..r1-1 (batch positions), words c0..c1-1."""
+    for r in range(r0, r1):
+        for w in range(c0, c1):
+            words[r - w0, w] = _word(key, np.uint64(r * nw + w))
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _softmax_grad(z, b, s, heads, C, y, inv_n, gb, st):
+    """In place on one row: logits z * s + b -> softmax per head -> d(mean cross-entropy)/d(logits)
+    (inv_n = 1 / batch size); the row's bias gradient is added to gb, and per head its loss and
+    whether it was right to st (heads x 2)."""
+    for h in range(heads):
+        k0 = h * C
+        for k in range(k0, k0 + C):
+            z[k] = z[k] * s + b[k]
+        top, best = z[k0], k0
+        for k in range(k0 + 1, k0 + C):
+            if z[k] > top:
+                top, best = z[k], k
+        zy = z[k0 + y]
+        total = np.float32(0)
+        for k in range(k0, k0 + C):
+            z[k] = np.exp(z[k] - top)
+            total += z[k]
+        st[h, 0] += np.log(total) - (zy - top)
+        st[h, 1] += best == k0 + y
+        inv = inv_n / total
+        for k in range(k0, k0 + C):
+            z[k] *= inv
+        z[k0 + y] -= inv_n
+        for k in range(k0, k0 + C):
+            gb[k] += z[k]
+    for k in range(heads * C, z.shape[0]):
+        z[k] = 0
+
+
+@njit(fastmath=True, cache=True)
+def _rows_part(X, idx, yb, key, s, gW, gb, st, lo, hi):
+    """Rows lo..hi-1 of the batch, 4 at a time, start to finish (draws, mask, forward, softmax,
+    backward) while they are in cache; gradients summed into this part's gW, gb."""
+    D, G, KP = X.shape[1], s.W.shape[0], s.W.shape[1]
+    nw = (D + 3) // 4
+    inv_n = np.float32(1.0) / np.float32(idx.shape[0])
+    words, xm = np.empty((ROWS, nw), np.uint64), np.empty((ROWS, D), np.float32)
+    z = np.zeros((ROWS, KP), np.float32)
+    gW[...] = 0
+    gb[...] = 0
+    for r0 in range(lo, hi, ROWS):
+        _fill_words(key, words, r0, r0, min(hi, r0 + ROWS), 0, nw, nw)
+        for g in range(G):
+            kp = padded(s.n_heads[g], s.n_classes)
+            _mask_block(X, idx, words, r0, s.thr[g], r0, hi, 0, D, xm, s.mean, s.inv_scale, s.table)
+            _forward_block(xm, s.W[g], kp, 0, D, z, 0)
+            for i in range(ROWS):
+                if r0 + i < hi:
+                    _softmax_grad(z[i], s.b[g], s.scale[g], s.n_heads[g], s.n_classes, yb[r0 + i], inv_n, gb[g], st[g])
+                else:
+                    z[i] = 0
+            _backward_block(xm, z, kp, 0, D, gW[g], 0, s.scale[g])
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _step_rows(X, idx, yb, key, s):
+    """Gradients of the mean cross-entropy of every head on rows X[idx] (labels yb), split into
+    ROW_PARTS fixed parts of the batch: s.gW (P, G, KP, D), s.gb (P, G, KP); their sum is the gradient.
+    s.stats (P, G, H, 2) gains each head's summed loss and number right."""
+    P, blocks = s.gW.shape[0], (idx.shape[0] + ROWS - 1) // ROWS
+    for p in prange(P):
+        lo, hi = p * blocks // P * ROWS, min(idx.shape[0], (p + 1) * blocks // P * ROWS)
+        _rows_part(X, idx, yb, key, s, s.gW[p], s.gb[p], s.stats[p], lo, hi)
+
+
+@njit(fastmath=True, cache=True)
+def _forward_chunk(X, idx, key, s, j0, n, zp):
+    """Draws for columns j0:j0+n of every row, then each group's partial logits over them."""
+    B, nw = idx.shape[0], s.words.shape[1]
+    _fill_words(key, s.words, 0, 0, B, j0 // 4, (j0 + n + 3) // 4, nw)
+    xm = np.empty((ROWS, CHUNK), np.float32)
+    for g in range(s.W.shape[0]):
+        kp = padded(s.n_heads[g], s.n_classes)
+        for r0 in range(0, B, ROWS):
+            _mask_block(X, idx, s.words, 0, s.thr[g], r0, B, j0, n, xm, s.mean, s.inv_scale, s.table)
+            _forward_block(xm, s.W[g], kp, j0, n, zp[g], r0)
+
+
+@njit(fastmath=True, cache=True)
+def _backward_chunk(X, idx, s, j0, n):
+    """Every group's weight gradient for columns j0:j0+n."""
+    xm = np.empty((ROWS, CHUNK), np.float32)
+    gW = s.gW[0]
+    for g in range(gW.shape[0]):
+        kp = padded(s.n_heads[g], s.n_classes)
+        gW[g, :, j0:j0 + n] = 0
+        for r0 in range(0, idx.shape[0], ROWS):
+            _mask_block(X, idx, s.words, 0, s.thr[g], r0, idx.shape[0], j0, n, xm, s.mean, s.inv_scale, s.table)
+            _backward_block(xm, s.dz[g], kp, j0, n, gW[g], r0, s.scale[g])
+
+
+@njit(fastmath=True, cache=True)
+def _logit_gradients(yb, s):
+    """Sum partial logits in chunk order, then _softmax_grad row by row into s.dz."""
+    inv_n = np.float32(1.0) / np.float32(yb.shape[0])
+    s.dz[...] = 0
+    s.gb[...] = 0
+    for g in range(s.dz.shape[0]):
+        for i in range(yb.shape[0]):
+            for k in range(s.dz.shape[2]):
+                acc = np.float32(0)
+                for c in range(s.zpart.shape[0]):
+                    acc += s.zpart[c, g, i, k]
+                s.dz[g, i, k] = acc
+            _softmax_grad(s.dz[g, i], s.b[g], s.scale[g], s.n_heads[g], s.n_classes, yb[i], inv_n, s.gb[0, g],
+                          s.stats[0, g])
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _step_chunks(X, idx, yb, key, s):
+    """_step_rows' gradients and stats, for heads too big for it, split by feature columns into
+    s.gW (1, G, KP, D), s.gb (1, G, KP)."""
+    D = X.shape[1]
+    n_chunks = (D + CHUNK - 1) // CHUNK
+    for c in prange(n_chunks):
+        j0 = c * CHUNK
+        _forward_chunk(X, idx, key, s, j0, min(D, j0 + CHUNK) - j0, s.zpart[c])
+    _logit_gradients(yb, s)
+    for c in prange(n_chunks):
+        j0 = c * CHUNK
+        _backward_chunk(X, idx, s, j0, min(D, j0 + CHUNK) - j0)
+
+
+def train_step(X, idx, yb, key, s):
+    """One step's gradients (no update), by whichever split s was allocated for: for tests."""
+    (_step_rows if s.by_rows else _step_chunks)(X, idx, yb, np.uint64(key), s)
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _adam_row(p, g, m, v, a, r, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """Row r; error_model="numpy" (no ZeroDivisionError check) lets the loop vectorise."""
+    pr, mr, vr = p[r], m[r], v[r]
+    for q in range(1, g.shape[0]):
+        g[0, r] += g[q, r]
+    gr = g[0, r]
+    for j in range(p.shape[1]):
+        gj = gr[j]
+        mj = mr[j] + (gj - mr[j]) * one_minus_beta_1
+        vj = vr[j] + (gj * gj - vr[j]) * one_minus_beta_2
+        mr[j], vr[j] = mj, vj
+        pr[j] -= a * mj / (np.sqrt(vj) + epsilon)
+
+
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def adam(p, g, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """keras.optimizers.Adam's update in place on (R, n) arrays p, m, v with gradient g.sum(0), g
+    (P, R, n) (parts added in order, into g[0]); alpha (R,) is each row's lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)."""
+    for r in prange(p.shape[0]):
+        _adam_row(p, g, m, v, alpha[r], r, one_minus_beta_1, one_minus_beta_2, epsilon)
+
+
+@njit(nogil=True, error_model="numpy", cache=True)
+def adam_small(p, g, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """adam on one core, for small arrays (the biases)."""
+    for r in range(p.shape[0]):
+        _adam_row(p, g, m, v, alpha[r], r, one_minus_beta_1, one_minus_beta_2, epsilon)
+
+
+@njit(inline="always", cache=True)
+def _adam_update(s, t):
+    """Adam step t on s.W (G, KP, D) and s.b (G, KP) from the gradient parts s.gW, s.gb."""
+    (G, KP, D), P = s.W.shape, s.gW.shape[0]
+    b1, b2, eps = s.betas[0], s.betas[1], s.betas[2]
+    c = np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+    for r in range(G * KP):
+        s.alpha[r] = np.float32(s.lr[r] * c)
+    adam(s.W.reshape((G * KP, D)), s.gW.reshape((P, G * KP, D)), s.m_W, s.v_W, s.alpha,
+         np.float32(1 - b1), np.float32(1 - b2), np.float32(eps))
+    adam_small(s.b.reshape((G * KP, 1)), s.gb.reshape((P, G * KP, 1)), s.m_b, s.v_b, s.alpha,
+               np.float32(1 - b1), np.float32(1 - b2), np.float32(eps))
+
+
+@njit(nogil=True, cache=True)
+def train_epoch(X, perm, y, batch_size, key0, t, s):
+    """One pass over X[perm] in batches: a fused step and an Adam update per batch. t counts steps
+    before this epoch; returns t after it. s.stats holds the epoch's summed training loss and number
+    right per head (with dropout, as Keras reports them), by part; s.keys[t] the key step t drew at."""
+    nw = (X.shape[1] + 3) // 4
+    s.stats[...] = 0
+    for a in range(0, perm.shape[0], batch_size):
+        idx = perm[a:a + batch_size]
+        key = step_key(key0, t, batch_size, nw)
+        s.keys[t] = key
+        if s.by_rows:
+            _step_rows(X, idx, y[idx], key, s)
+        else:
+            _step_chunks(X, idx, y[idx], key, s)
+        t += 1
+        _adam_update(s, t)
+    return t
+
+
+def warm_up():
+    """Compile every kernel for float32 and float16 features (both splits in one driver): once, e.g. after install."""
+    for dtype in (np.float32, np.uint16):
+        X = np.zeros((8, 8), dtype)
+        X.flags.writeable = False
+        s = allocate(np.zeros((1, 2, 8), np.float32), np.zeros((1, 2), np.float32), [0.5], [1], 2, np.ones(2), 8, 1,
+                     (0.9, 0.999, 1e-7), np.zeros(8), np.ones(8))
+        train_epoch(X, np.arange(8), np.zeros(8, np.int64), 8, np.uint64(1), 0, s)
+    draws(0, 1, 4)
+
+
+if __name__ == "__main__":
+    warm_up()
+    print("pipeline.heads.kernels: compiled")

@@ -1,0 +1,144 @@
+"""Run folders: metrics, history, plots and the terminal summary of one trained head.
+
+A run folder is written under `<name>.tmp` and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from ..durable import publish
+from ..errors import PipelineError
+from .keras_file import write_head
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc), for honest start-up timings."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def new_run_dir(runs_dir: str, name: str | None) -> str:
+    os.makedirs(runs_dir, exist_ok=True)
+    if name:
+        path = os.path.join(runs_dir, name)
+        if os.path.exists(path):
+            raise PipelineError(f"run folder {path} exists; pass another --name (runs are never overwritten)")
+        return path
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, i = os.path.join(runs_dir, stamp), 1
+    while os.path.exists(path):
+        i += 1
+        path = os.path.join(runs_dir, f"{stamp}-{i}")
+    return path
+
+
+def evaluate(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, log loss, per-class accuracy and confusion matrix of N x C probabilities against y."""
+    from sklearn.metrics import confusion_matrix, log_loss
+    pred, labels = proba.argmax(1), np.arange(n_classes)
+    cm = confusion_matrix(y, pred, labels=labels)
+    support = cm.sum(1)
+    per_class = np.divide(np.diag(cm), support, out=np.full(n_classes, np.nan), where=support > 0)
+    return {"n": int(len(y)), "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+            "loss": float(log_loss(y, proba.astype(np.float64), labels=labels)) if len(y) else float("nan"),
+            "per_class_accuracy": [None if np.isnan(v) else float(v) for v in per_class],
+            "confusion_matrix": cm.tolist()}
+
+
+def write_history(path: str, history: list):
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_learning_curves(path: str, history: list, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, what in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            vals = [r.get(f"{split}_{what}") for r in history]
+            if any(v is not None for v in vals):
+                ax.plot(epochs, vals, style, label=split, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.88, wspace=0.25)   # tight_layout costs a draw
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(path: str, cm, class_names: list, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cm = np.asarray(cm)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * n + 2), max(4.5, 0.5 * n + 1.5)))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    fig.subplots_adjust(left=0.18, right=0.86, bottom=0.22, top=0.92)   # tight_layout costs a draw
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_run(run_dir: str, metrics: dict, history: list, class_names: list, head: dict) -> str:
+    """Write everything under `<run_dir>.tmp`, then rename (durably); `head`: write_head's arguments.
+    Nothing in a run folder is a pickle: the head is plain numbers in head.keras."""
+    tmp = run_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    t = time.perf_counter()
+    write_head(os.path.join(tmp, "head.keras"), **head)
+    write_history(os.path.join(tmp, "history.csv"), history)
+    title = f"{metrics['head']} head — test accuracy {metrics['test']['accuracy']:.1%}"
+    plot_learning_curves(os.path.join(tmp, "learning_curves.png"), history, title)
+    plot_confusion(os.path.join(tmp, "confusion_matrix.png"), metrics["test"]["confusion_matrix"], class_names,
+                   f"test confusion ({metrics['test']['n']} images)")
+    metrics["timings"]["write_s"] = time.perf_counter() - t
+    with open(os.path.join(tmp, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1, default=str)
+    publish(tmp, run_dir)
+    return run_dir
+
+
+def summary_table(metrics: dict) -> str:
+    lines = [f"{'split':<6} {'images':>7} {'loss':>8} {'accuracy':>9}"]
+    for split in ("train", "val", "test"):
+        m = metrics.get(split)
+        if m and m["n"]:
+            lines.append(f"{split:<6} {m['n']:>7} {m['loss']:>8.4f} {m['accuracy']:>9.2%}")
+    t = metrics["timings"]
+    lines.append("timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in t.items()))
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""The notebook's head on cached features, Dropout(p) -> Dense(C, softmax) trained with Adam, as a
+scikit-learn estimator (`SoftmaxHead`), and many of them trained at once (`SoftmaxSweep`).
+
+Training follows Keras' rules: Dropout(p) keeps a feature with probability 1-p and scales it by
+1/(1-p); Dense starts Glorot-uniform; the update is keras.optimizers.Adam's (tested against it).
+Each step is one fused, multi-core Numba kernel for every head at once (kernels.py): Keras' own
+`fit` spends most of its time generating dropout noise and in per-step overhead (README: bench).
+With standardize=True, features are standardised with the mean and scale of the training rows
+(a zero-variance feature gets scale 1, as in StandardScaler), on the fly, inside the same kernel.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy.special import softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import log_loss
+
+BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
+INFER_ROWS = 4096                            # rows per inference product (float16 caches widen per block)
+
+
+def glorot_uniform(fan_in, fan_out, seed):
+    """keras.initializers.GlorotUniform's distribution (Dense's default kernel initializer)."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return np.random.default_rng(seed).uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+
+
+def feature_stats(X, rows) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale (standard deviation; 1 where it is 0) of X[rows], in float64, block by block."""
+    total, sq = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for a in range(0, len(rows), INFER_ROWS):
+        block = X[rows[a:a + INFER_ROWS]].astype(np.float64)
+        total += block.sum(0)
+        sq += np.square(block).sum(0)
+    mean = total / len(rows)
+    std = np.sqrt(np.maximum(sq / len(rows) - mean ** 2, 0))
+    return mean.astype(np.float32), np.where(std > 1e-6 * np.maximum(np.abs(mean), 1), std, 1.0).astype(np.float32)
+
+
+def kernel_view(X) -> np.ndarray:
+    """X as the kernels take it, without a copy where possible: C-contiguous float32, or float16 as its
+    uint16 bits; read-only either way (one compiled signature, mapped cache or not)."""
+    X = np.asarray(X)
+    X = X.view(np.uint16) if X.dtype == np.float16 and X.flags.c_contiguous else np.ascontiguousarray(X, np.float32)
+    X = X.view()
+    X.flags.writeable = False
+    return X
+
+
+def logits(X, W, b, mean=None, scale=None) -> np.ndarray:
+    """Standardised X @ W + b (W: D x K), block by block (float16 X widened per block)."""
+    if mean is not None:                     # fold the standardisation into the product
+        W = W / scale[:, None]               # (x - mean) / scale @ W == x @ W' - mean @ W'
+        b = b - mean @ W
+    out = np.empty((len(X), W.shape[1]), np.float32)
+    for a in range(0, len(X), INFER_ROWS):
+        out[a:a + INFER_ROWS] = np.asarray(X[a:a + INFER_ROWS], np.float32) @ W + b
+    return out
+
+
+class SoftmaxSweep:
+    """K softmax heads (dropout rate p_k, learning rate lr_k) trained at once, in one pass over the data
+    per epoch: one uniform draw per feature and step serves every head (head k keeps U >= p_k), so
+    each head sees i.i.d. Bernoulli masks exactly as it would alone; heads sharing a rate share one."""
+
+    def __init__(self, dropouts=(0.5,), lrs=(1e-3,), epochs=20, batch_size=250, early_stopping=False,
+                 patience=3, standardize=False, seed=0):
+        self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
+        self.early_stopping, self.patience, self.standardize, self.seed = early_stopping, patience, standardize, seed
+
+    def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
+        """Train on X[rows] (all rows by default; rows avoid copying a big array); y: 0..C-1."""
+        from threadpoolctl import threadpool_limits
+        Xk = kernel_view(X)
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
+        y = np.array(y, np.int64)
+        self.mean_, self.scale_ = feature_stats(X, rows) if self.standardize else (None, None)
+        state = self._allocate(X.shape[1], n_classes or int(y[rows].max()) + 1, len(rows))
+        rng = np.random.Generator(np.random.SFC64(self.seed))
+        key0 = np.uint64(rng.integers(0, 2 ** 63))
+        validate = self.early_stopping and X_val is not None and len(X_val)
+        self.history_, self.best_epoch_ = [[] for _ in self.dropouts], [0] * len(self.dropouts)
+        best_loss, stale, t = np.full(len(self.dropouts), np.inf), 0, 0
+        best = (self.W_.copy(), self.b_.copy()) if validate else None
+        t0 = time.perf_counter()
+        from .kernels import train_epoch
+        with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning after a val pass slow the kernels
+            for epoch in range(1, self.epochs + 1):
+                t = train_epoch(Xk, rng.permutation(rows), y, self.batch_size, key0, t, state)
+                improved = self._end_epoch(epoch, state.stats.sum(0) / len(rows), X_val, y_val, best_loss)
+                if validate:
+                    self._keep_best(best, improved)
+                    stale = 0 if improved else stale + 1
+                    if stale >= self.patience:
+                        break
+        if validate:
+            self.W_[...], self.b_[...] = best
+        self.keys_ = state.keys[:t]
+        self.train_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _allocate(self, d, c, n_rows):
+        """Initial weights (W_, b_, groups_) and the kernels' state for them."""
+        from . import kernels
+        rates = list(dict.fromkeys(float(p) for p in self.dropouts))      # one group per dropout rate
+        self.groups_ = [[k for k, p in enumerate(self.dropouts) if float(p) == r] for r in rates]
+        n_heads = [len(ks) for ks in self.groups_]
+        G, kp = len(rates), int(kernels.padded(max(n_heads), c))
+        self.n_classes_, self.W_, self.b_ = c, np.zeros((G, kp, d), np.float32), np.zeros((G, kp), np.float32)
+        init = glorot_uniform(d, c, self.seed).T                          # every head starts where Dense(C) would
+        lr = np.zeros((G, kp))
+        for g, ks in enumerate(self.groups_):
+            for h, k in enumerate(ks):
+                self.W_[g, h * c:(h + 1) * c], lr[g, h * c:(h + 1) * c] = init, self.lrs[k]
+        steps = self.epochs * -(-n_rows // self.batch_size)
+        return kernels.allocate(self.W_, self.b_, rates, n_heads, c, lr.ravel(), self.batch_size, steps,
+                                (BETA_1, BETA_2, EPSILON), self.mean_, self.scale_)
+
+    def _place(self, k):
+        """(group, index in group) of head k."""
+        g = next(g for g, ks in enumerate(self.groups_) if k in ks)
+        return g, self.groups_[g].index(k)
+
+    def _rows(self, k):
+        """(group, row slice) of head k in W_ and b_."""
+        g, h = self._place(k)
+        return g, slice(h * self.n_classes_, (h + 1) * self.n_classes_)
+
+    def _keep_best(self, best, improved):
+        for k in improved:
+            g, r = self._rows(k)
+            best[0][g, r], best[1][g, r] = self.W_[g, r], self.b_[g, r]
+
+    def _end_epoch(self, epoch, train, Xv, yv, best_loss):
+        """Record per-head train metrics (train: G x H x (mean loss, accuracy) over the epoch's
+        batches, with dropout, as Keras reports them) and val metrics; return the heads that improved."""
+        va = None
+        if Xv is not None and len(Xv):
+            labels = np.arange(self.n_classes_)
+            va = [(log_loss(yv, pk, labels=labels), float((pk.argmax(1) == yv).mean()))
+                  for pk in self.predict_proba(Xv)]
+        improved = []
+        for k in range(len(self.dropouts)):
+            g, h = self._place(k)
+            row = {"epoch": epoch, "train_loss": float(train[g, h, 0]), "train_accuracy": float(train[g, h, 1])}
+            if va:
+                row.update(val_loss=va[k][0], val_accuracy=va[k][1])
+                if va[k][0] < best_loss[k]:
+                    best_loss[k], self.best_epoch_[k] = va[k][0], epoch
+                    improved.append(k)
+            self.history_[k].append(row)
+        return improved
+
+    def predict_proba(self, X) -> np.ndarray:
+        """K x N x C probabilities (float64; inference: no dropout), heads in the order given to __init__."""
+        c, out = self.n_classes_, np.empty((len(self.dropouts), len(X), self.n_classes_))
+        for g, ks in enumerate(self.groups_):
+            z = logits(X, self.W_[g, :len(ks) * c].T, self.b_[g, :len(ks) * c], self.mean_, self.scale_).astype(np.float64)
+            out[ks] = softmax(np.transpose(z.reshape(len(X), len(ks), c), (1, 0, 2)), axis=-1)
+        return out
+
+    def head(self, k: int, classes=None) -> "SoftmaxHead":
+        """Head k as a fitted SoftmaxHead (its own copy of the weights)."""
+        g, r = self._rows(k)
+        est = SoftmaxHead(dropout=self.dropouts[k], lr=self.lrs[k], epochs=self.epochs, batch_size=self.batch_size,
+                          early_stopping=self.early_stopping, patience=self.patience, standardize=self.standardize,
+                          seed=self.seed, classes=classes)
+        est.classes_ = np.arange(self.n_classes_) if classes is None else np.asarray(classes)
+        est.coef_, est.intercept_ = self.W_[g, r].T.copy(), self.b_[g, r].copy()
+        est.mean_, est.scale_, est.n_features_in_ = self.mean_, self.scale_, self.W_.shape[2]
+        est.history_, est.best_epoch_ = self.history_[k], self.best_epoch_[k]
+        est.train_seconds_, est.keys_ = self.train_seconds_, self.keys_
+        return est
+
+
+class SoftmaxHead(ClassifierMixin, BaseEstimator):
+    """Dropout(dropout) -> Dense(C, softmax), Adam(lr), `epochs` passes in batches of `batch_size`.
+    classes: every class the head must know (its columns), also one absent from the training rows
+    (default: those in y). Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
+    history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_."""
+
+    def __init__(self, dropout=0.5, lr=1e-3, epochs=20, batch_size=250, early_stopping=False, patience=3,
+                 standardize=False, seed=0, classes=None):
+        self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
+        self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
+        self.seed, self.classes = seed, classes
+
+    def fit(self, X, y, X_val=None, y_val=None, rows=None):
+        if self.classes is not None:
+            classes = np.unique(self.classes)
+        else:
+            classes = np.unique(y if rows is None else np.asarray(y)[rows])
+        encode = lambda v: _encode(classes, v)  # noqa: E731
+        sweep = SoftmaxSweep((self.dropout,), (self.lr,), self.epochs, self.batch_size, self.early_stopping,
+                             self.patience, self.standardize, self.seed)
+        sweep.fit(X, encode(y), X_val, None if y_val is None else encode(y_val), n_classes=len(classes), rows=rows)
+        fitted = sweep.head(0, classes)
+        self.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """N x C probabilities (float64), columns in the order of classes_."""
+        return softmax(logits(X, self.coef_, self.intercept_, self.mean_, self.scale_).astype(np.float64), axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def head_file(self) -> dict:
+        """write_head's arguments: the Dense kernel and bias, the dropout rate, the standardisation."""
+        out = {"kernel": self.coef_, "bias": self.intercept_, "dropout": float(self.dropout)}
+        if self.mean_ is not None:
+            out.update(mean=self.mean_, variance=np.square(self.scale_.astype(np.float64)))
+        return out
+
+
+def _encode(classes: np.ndarray, y) -> np.ndarray:
+    """Labels as indices into classes; ValueError for a label that is not one of them."""
+    y = np.asarray(y)
+    idx = np.searchsorted(classes, y)
+    bad = (idx >= len(classes)) | (classes[np.minimum(idx, len(classes) - 1)] != y)
+    if bad.any():
+        raise ValueError(f"label {y[bad][0]!r} is not one of the head's classes {list(classes)}")
+    return idx.astype(np.int64)

@@ -1,0 +1,160 @@
+"""Sweep: many head configurations on features loaded once, ranked on validation accuracy.
+
+Softmax configurations that share epochs and batch size train together as one `SoftmaxSweep`: one
+pass over the data per epoch for all of them. Results are ranked by the validation accuracy of the
+weights each head ends with (its best epoch's with early stopping); the best configuration's head
+is evaluated on test and written as a normal run folder `<sweep>-best`.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+import time
+import tomllib
+
+
+from ..errors import PipelineError
+from .config import HEAD_PARAMS, RunOptions, check_param
+from .data import TrainingData
+from .runs import new_run_dir
+from .softmax import SoftmaxSweep
+from .train import finish_run, fit_head, make_head
+
+TOML_KEYS = {"head", "random", "params"}
+
+
+def read_space(head: str, params: list, config: str | None, rand: int | None) -> tuple[str, dict, int | None]:
+    """(head, {param: [checked values]}, random N) from `KEY=V1,V2` strings and/or a TOML file
+    (head = ..., random = N, [params] key = [values]); every value checked here, before any work."""
+    space = {}
+    if config:
+        try:
+            with open(config, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise PipelineError(f"--config {config}: cannot read ({e}); fix the TOML") from None
+        unknown = set(doc) - TOML_KEYS
+        if unknown:
+            raise PipelineError(f"--config {config}: unknown key(s) {', '.join(sorted(unknown))}; expected "
+                                f"{', '.join(sorted(TOML_KEYS))}")
+        head, rand = doc.get("head", head), doc.get("random", rand)
+        if not isinstance(doc.get("params", {}), dict):
+            raise PipelineError(f"--config {config}: params must be a table ([params] key = [values]), got "
+                                f"{type(doc['params']).__name__}")
+        if rand is not None and (isinstance(rand, bool) or not isinstance(rand, int)):
+            raise PipelineError(f"--config {config}: random must be a whole number of configurations, got {rand!r}")
+        space = {k: v if isinstance(v, list) else [v] for k, v in doc.get("params", {}).items()}
+    for item in params:
+        key, sep, values = item.partition("=")
+        space[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not space[key.strip()]:
+            raise PipelineError(f"--param {item}: expected KEY=V1,V2,..., e.g. dropout=0.2,0.5")
+    if head not in HEAD_PARAMS:
+        raise PipelineError(f"head: expected softmax or logreg, got {head!r}")
+    for key, values in space.items():
+        if key not in HEAD_PARAMS[head]:
+            raise PipelineError(f"--param {key}: unknown for the {head} head; expected one of "
+                                f"{', '.join(HEAD_PARAMS[head])}")
+        if not values:
+            raise PipelineError(f"{key}: no values to try; give at least one, e.g. {key} = [0.5]")
+    space = {k: list(dict.fromkeys(check_param(k, v) for v in vs)) for k, vs in space.items()}
+    if not space:
+        raise PipelineError("nothing to sweep: pass --param KEY=V1,V2 or --config sweep.toml")
+    if rand is not None and int(rand) < 1:
+        raise PipelineError(f"--random: expected N >= 1, got {rand}")
+    return head, space, None if rand is None else int(rand)
+
+
+def configurations(space: dict, rand: int | None, seed: int, base: dict) -> list[dict]:
+    """The grid (or `rand` random picks of it, without repeats); unswept parameters keep their `base` value."""
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
+    grid = list(ParameterGrid(space))
+    if rand is not None and rand < len(grid):
+        grid = list(ParameterSampler(space, rand, random_state=seed))
+    return [dict(base, **point) for point in grid]
+
+
+def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
+    """Yield (config index, fitted head)."""
+    n_classes = len(data.class_names)
+    if head == "logreg":
+        for i, cfg in enumerate(configs):
+            yield i, fit_head(make_head("logreg", cfg, opts, n_classes), data)
+        return
+    groups = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault((cfg["epochs"], cfg["batch_size"]), []).append(i)
+    rv = data.rows_val
+    for (epochs, batch_size), idx in groups.items():
+        sweep = SoftmaxSweep(dropouts=[configs[i]["dropout"] for i in idx], lrs=[configs[i]["lr"] for i in idx],
+                             epochs=epochs, batch_size=batch_size, early_stopping=opts.early_stopping,
+                             patience=opts.patience, seed=opts.seed)
+        sweep.fit(data.X, data.y, data.X[rv], data.y[rv], n_classes=n_classes, rows=data.rows_train)
+        for k, i in enumerate(idx):
+            yield i, sweep.head(k, list(range(n_classes)))
+
+
+def write_table(folder: str, rows: list, keys: list):
+    cols = keys + ["val_accuracy", "val_loss", "train_accuracy", "best_epoch"]
+    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["rank"] + cols)
+        w.writeheader()
+        w.writerows({"rank": r + 1, **{c: row.get(c) for c in cols}} for r, row in enumerate(rows))
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| rank | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    lines += [f"| {r + 1} | " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for r, row in enumerate(rows)]
+    with open(os.path.join(folder, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines[:12])
+
+
+def plot_sweep(path: str, rows: list, keys: list):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [", ".join(f"{k}={r[k]}" for k in keys) for r in rows]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(rows) + 1)))
+    ax.barh(range(len(rows)), [r["val_accuracy"] for r in rows], color="tab:blue")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    lo = min(r["val_accuracy"] for r in rows)
+    ax.set_xlim(max(0, lo - 0.05), min(1, max(r["val_accuracy"] for r in rows) + 0.02))
+    ax.set_xlabel("validation accuracy")
+    ax.set_title(f"sweep: {len(rows)} configurations, best first")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base: dict, opts: RunOptions,
+              timings: dict) -> tuple[str, str]:
+    """Train every configuration, write the ranked table and plot; (sweep folder, best run folder)."""
+    if not len(data.rows_val):
+        raise PipelineError("--val-fraction 0: a sweep ranks configurations on validation data; pass --val-fraction > 0")
+    configs = configurations(space, rand, opts.seed, base)
+    folder = new_run_dir(opts.runs_dir, opts.name)              # both names checked free before any work
+    best_dir = new_run_dir(opts.runs_dir, os.path.basename(folder) + "-best")
+    t = time.perf_counter()
+    trained, rows = {}, []
+    for i, fitted in train_all(head, configs, data, opts):
+        trained[i] = fitted
+        last = fitted.history_[-1]
+        best = fitted.best_epoch_ if head == "softmax" else last["epoch"]
+        kept = fitted.history_[best - 1] if head == "softmax" and opts.early_stopping else last
+        rows.append({**configs[i], "val_accuracy": kept["val_accuracy"], "val_loss": kept["val_loss"],
+                     "train_accuracy": kept["train_accuracy"], "best_epoch": best, "_i": i})
+    timings["train_s"] = time.perf_counter() - t
+    rows.sort(key=lambda r: (-r["val_accuracy"], r["val_loss"]))
+    keys = list(space)
+    shutil.rmtree(folder + ".tmp", ignore_errors=True)
+    os.makedirs(folder + ".tmp")
+    table = write_table(folder + ".tmp", rows, keys)
+    plot_sweep(os.path.join(folder + ".tmp", "sweep.png"), rows, keys)
+    os.replace(folder + ".tmp", folder)
+    print(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}", file=sys.stderr)
+    best = rows[0]
+    params = {p: best[p] for p in HEAD_PARAMS[head]}
+    run = finish_run(data, head, params, trained[best["_i"]], opts, timings, name=os.path.basename(best_dir))
+    return folder, run

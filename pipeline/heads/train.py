@@ -1,0 +1,61 @@
+"""Stage two: train one head on cached features and write its run folder.
+
+A stratified hold-out of train (val_fraction) is for model selection; the test split is evaluated
+once, at the end, in full. Everything lands in a run folder (runs.py).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .config import RunOptions
+from .data import TrainingData
+from .logreg import LogRegHead
+from .runs import evaluate, new_run_dir, summary_table, write_run
+from .softmax import SoftmaxHead
+
+
+def make_head(kind: str, params: dict, opts: RunOptions, n_classes: int):
+    """An unfitted head of `kind` with `params`, knowing all n_classes classes."""
+    classes = list(range(n_classes))
+    if kind == "softmax":
+        return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], epochs=params["epochs"],
+                           batch_size=params["batch_size"], early_stopping=opts.early_stopping,
+                           patience=opts.patience, seed=opts.seed, classes=classes)
+    return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes)
+
+
+def fit_head(head, data: TrainingData):
+    rv = data.rows_val
+    return head.fit(data.X, data.y, data.X[rv], data.y[rv], rows=data.rows_train)
+
+
+def train_head(data: TrainingData, kind: str, params: dict, opts: RunOptions, timings: dict) -> str:
+    """Train a `kind` head with `params` on `data`; its run folder."""
+    head = fit_head(make_head(kind, params, opts, len(data.class_names)), data)
+    timings["train_s"] = head.train_seconds_
+    return finish_run(data, kind, params, head, opts, timings)
+
+
+def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptions, timings: dict,
+               name: str | None = None) -> str:
+    """Evaluate a fitted head on train/val/test, write the run folder, print the summary."""
+    t = time.perf_counter()
+    n_classes = len(data.class_names)
+    extra = {"early_stopping": opts.early_stopping, "patience": opts.patience,
+             "best_epoch": head.best_epoch_} if kind == "softmax" else {}
+    metrics = {"head": kind, "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction, **extra}}
+    proba = {}
+    for split, (X, y, rows) in data.splits().items():
+        if id(X) not in proba:  # train and val share one array: one pass over it
+            proba[id(X)] = head.predict_proba(X)
+        metrics[split] = evaluate(proba[id(X)][rows], y[rows], n_classes) if len(rows) else {"n": 0}
+    timings["evaluate_s"] = time.perf_counter() - t
+    metrics.update(class_names=data.class_names, cache=os.path.abspath(data.cache_path), provenance=data.provenance,
+                   timings=timings)
+    run_dir = write_run(new_run_dir(opts.runs_dir, name or opts.name), metrics, head.history_, data.class_names,
+                        head.head_file())
+    print(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()), file=sys.stderr)
+    print(summary_table(metrics), file=sys.stderr)
+    return run_dir

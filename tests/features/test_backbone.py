@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from pipeline.features import backbone as bb
+from pipeline.errors import PipelineError
+from pipeline.features.weights import model_weights_sha256
+
+
+@pytest.mark.parametrize("cuda,flags,want", [
+    (True, {"avx2", "avx512_bf16"}, "float16"),       # a CUDA GPU wins
+    (False, {"avx2", "fma", "avx512f"}, "float32"),    # no native bf16 (bf16 would be emulated, slower)
+    (False, {"avx512f", "avx512_bf16"}, "bfloat16"),   # AVX512-BF16
+    (False, {"amx_tile", "amx_bf16"}, "bfloat16"),     # AMX
+])
+def test_auto_precision_on_each_kind_of_machine(cuda, flags, want):
+    assert bb.resolve_precision("auto", cuda=cuda, flags=flags) == want
+    assert bb.resolve_precision("float32", cuda=cuda, flags=flags) == "float32"   # an explicit choice stays
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nflags\t: other\n")
+    assert bb.cpu_flags(str(tmp_path / "cpuinfo")) == {"fpu", "avx2", "avx512_bf16"}
+    assert bb.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_backbone_precision_stays_local_to_the_backbone():
+    """A bfloat16 backbone changes no process-wide state: Keras' dtype policy and the random seeds are
+    as before, and a model built afterwards computes in float32."""
+    import keras
+    before_policy, before_np = keras.config.dtype_policy().name, np.random.get_state()[1].copy()
+    m = bb.build_backbone("block5_pool", 32, "random", 0, "bfloat16")
+    assert m.layers[1].dtype_policy.name == "mixed_bfloat16" and m.output.dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == before_policy == "float32"
+    assert np.array_equal(np.random.get_state()[1], before_np)
+    later = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    assert later.layers[0].compute_dtype == "float32"
+    f32 = bb.build_backbone("block5_pool", 32, "random", 0, "float32")
+    assert model_weights_sha256(m) == model_weights_sha256(f32)        # same weights, only the compute dtype differs
+
+
+def test_random_weights_are_reproducible_and_glorot():
+    a = bb.build_backbone("block5_pool", 32, "random", 3, "float32")
+    b = bb.build_backbone("block5_pool", 32, "random", 3, "float32")
+    c = bb.build_backbone("block5_pool", 32, "random", 4, "float32")
+    assert model_weights_sha256(a) == model_weights_sha256(b) != model_weights_sha256(c)
+    kernel, bias = (np.asarray(w) for w in a.get_layer("block3_conv1").weights)
+    limit = np.sqrt(6 / (9 * (128 + 256)))                        # Glorot-uniform of a 3x3, 128 -> 256 conv
+    assert kernel.shape == (3, 3, 128, 256) and np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.99 * limit
+    assert abs(kernel.std() - limit / np.sqrt(3)) < 0.01 * limit and not bias.any()
+
+
+def test_fc2_at_224_has_the_notebook_shape():
+    m = bb.build_backbone("fc2", 224, "random", 0, "float32")
+    assert tuple(m.output.shape) == (None, 4096) and not m.trainable
+    assert [layer.name for layer in m.layers][-3:] == ["flatten", "fc1", "fc2"]
+
+
+def test_weights_file_that_does_not_fit(tmp_path):
+    import keras
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = str(tmp_path / "other.weights.h5")
+    other.save_weights(path)
+    with pytest.raises(PipelineError, match="does not fit VGG19"):
+        bb.build_backbone("block5_pool", 32, path, 0, "float32")
+
+
+def test_weights_file_that_fits_loads(tmp_path):
+    a = bb.build_backbone("block5_pool", 32, "random", 5, "float32")
+    path = str(tmp_path / "mine.weights.h5")
+    a.save_weights(path)
+    b = bb.build_backbone("block5_pool", 32, path, 0, "float32")
+    assert model_weights_sha256(a) == model_weights_sha256(b)
+
+
+def test_weights_file_changed_since_keyed_is_refused(tmp_path):
+    a = bb.build_backbone("block5_pool", 32, "random", 5, "float32")
+    path = str(tmp_path / "mine.weights.h5")
+    a.save_weights(path)
+    with pytest.raises(PipelineError, match="changed since the cache was keyed"):
+        bb.build_backbone("block5_pool", 32, path, 0, "float32", sha256="0" * 64)
+    with pytest.raises(PipelineError, match="is gone"):
+        bb.build_backbone("block5_pool", 32, str(tmp_path / "gone.weights.h5"), 0, "float32")
+
+
+def test_backbone_callable_casts_to_store_dtype():
+    m = bb.Backbone(bb.build_backbone("block5_pool", 32, "random", 0, "float32"), "float16")
+    out = m(np.zeros((2, 32, 32, 3), np.float32))
+    assert out.shape == (2, 512) and out.dtype == np.float16

@@ -1,0 +1,168 @@
+import io
+import os
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+from conftest import make_tar
+
+from pipeline.errors import PipelineError
+from pipeline.features.image_folders import check_images, load_image_folders, unpack
+
+
+def test_image_folders_any_mode_and_size_become_rgb(folder_dir):
+    from PIL import Image
+    Image.new("P", (17, 23), color=5).save(os.path.join(folder_dir, "train", "cat", "palette.png"))
+    ds = load_image_folders(folder_dir, ("train", "test"))
+    assert ds.class_names == ["cat", "dog", "frog"]
+    train = ds.splits["train"]
+    assert len(train) == 13 and "train/cat/palette.png" in list(train.ids)
+    for img in train.read(0, len(train)):
+        assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
+    shapes = {img.shape for img in train.read(0, len(train))}
+    assert (45, 37, 3) in shapes and (20, 28, 3) in shapes and (23, 17, 3) in shapes
+
+
+def test_image_folder_tarball_with_top_folder(folder_dir, tmp_path):
+    tar = make_tar(folder_dir, str(tmp_path / "imgs.tar.gz"), "wrapped")
+    a = load_image_folders(folder_dir, ("test",)).splits["test"]
+    b = load_image_folders(tar, ("test",), sources_dir=str(tmp_path / "src")).splits["test"]
+    assert list(a.ids) == list(b.ids)
+    assert all(np.array_equal(x, y) for x, y in zip(a.read(0, len(a)), b.read(0, len(b))))
+
+
+def test_empty_data_dir(tmp_path):
+    with pytest.raises(PipelineError, match="empty"):
+        load_image_folders(str(tmp_path), ("train",))
+
+
+def test_missing_split(folder_dir):
+    import shutil
+    shutil.rmtree(os.path.join(folder_dir, "test"))
+    with pytest.raises(PipelineError, match="no 'test' folder"):
+        load_image_folders(folder_dir, ("train", "test"))
+
+
+def test_empty_class_folder(folder_dir):
+    os.makedirs(os.path.join(folder_dir, "train", "empty"))
+    with pytest.raises(PipelineError, match="empty class folder"):
+        load_image_folders(folder_dir, ("train",))
+
+
+# --- crafted archives: nothing lands outside the archive's own folder ----------------------------------
+def crafted(path, members):
+    """A .tar.gz of (TarInfo fields, data) members."""
+    with tarfile.open(path, "w:gz") as tar:
+        for fields, data in members:
+            info = tarfile.TarInfo(fields.pop("name"))
+            for k, v in fields.items():
+                setattr(info, k, v)
+            info.size = len(data or b"")
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return str(path)
+
+
+PNG = b"\x89PNG\r\n\x1a\n not decoded"  # refused before any decoding: any bytes will do
+
+
+def link_chain():
+    """CVE-2025-4517's shape: symlinks whose resolution runs past PATH_MAX, then a write through them."""
+    d = "d" * 247
+    members = [({"name": "root/train/cat", "type": tarfile.DIRTYPE}, None)]
+    step = "root"
+    for i in range(16):
+        members.append(({"name": f"{step}/{d}", "type": tarfile.DIRTYPE}, None))
+        members.append(({"name": f"{step}/l{i}", "type": tarfile.SYMTYPE, "linkname": d}, None))
+        step = f"{step}/{d}"
+    members.append(({"name": "root/escape", "type": tarfile.SYMTYPE, "linkname": "/".join(["l0"] * 16) + "/../" * 16 + "../outside"}, None))
+    members.append(({"name": "root/escape/pwned.png"}, PNG))
+    return members
+
+
+@pytest.mark.parametrize("members,needle", [
+    ([({"name": "root/train/cat/a.png"}, PNG), ({"name": "../../outside.png"}, PNG)], "points outside"),
+    ([({"name": "/tmp/absolute-pwned.png"}, PNG)], "points outside"),
+    ([({"name": "root/train/cat", "type": tarfile.SYMTYPE, "linkname": "../../.."}, None),
+      ({"name": "root/train/cat/pwned.png"}, PNG)], "is a link"),
+    ([({"name": "root/hard", "type": tarfile.LNKTYPE, "linkname": "/etc/passwd"}, None)], "is a link"),
+    ([({"name": "root/dev", "type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}, None)], "is a special file"),
+    (link_chain(), "is a link"),
+])
+def test_crafted_archive_is_refused_and_writes_nothing_outside(tmp_path, members, needle):
+    base = tmp_path / "work"
+    base.mkdir()
+    tar = crafted(base / "evil.tar.gz", members)
+    with pytest.raises(PipelineError) as e:
+        load_image_folders(tar, ("train",), sources_dir=str(base / "cache" / "sources"))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert written == ["work", "work/cache", "work/cache/sources",
+                       *[f"work/cache/sources/{n}" for n in os.listdir(base / "cache" / "sources")],
+                       "work/evil.tar.gz"]
+    assert [n for n in os.listdir(base / "cache" / "sources") if not n.endswith(".lock")] == []  # no half tree
+    assert not os.path.exists("/tmp/absolute-pwned.png")
+
+
+def test_name_that_is_not_utf8_is_refused_with_its_bytes(folder_dir):
+    bad = os.path.join(os.fsencode(folder_dir), b"train", b"cat", b"caf\xe9.png")
+    with open(os.path.join(os.fsencode(folder_dir), b"train", b"cat", b"000.png"), "rb") as f, open(bad, "wb") as g:
+        g.write(f.read())
+    with pytest.raises(PipelineError, match=r"train/cat/caf\\xe9.png: the name is not valid UTF-8; rename it"):
+        load_image_folders(folder_dir, ("train",))
+
+
+def test_tar_member_name_that_is_not_utf8_is_refused(tmp_path):
+    tar = str(tmp_path / "t.tar.gz")
+    with tarfile.open(tar, "w:gz", format=tarfile.GNU_FORMAT, encoding="latin-1") as t:   # raw byte 0xE9 in the name
+        info = tarfile.TarInfo("root/train/cat/caf\xe9.png")
+        info.size = len(PNG)
+        t.addfile(info, io.BytesIO(PNG))
+    with pytest.raises(PipelineError, match=r"caf\\xe9.png.*not valid UTF-8"):
+        load_image_folders(tar, ("train",), sources_dir=str(tmp_path / "src"))
+
+
+def test_concurrent_unpacking_waits_and_never_deletes_a_finished_tree(folder_dir, tmp_path):
+    tar = make_tar(folder_dir, str(tmp_path / "imgs.tar.gz"), "wrapped")
+    src, results, errors = str(tmp_path / "src"), [], []
+
+    def run():
+        try:
+            results.append(unpack(tar, src))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(set(results)) == 1
+    tree = results[0]
+    files = sorted(os.path.relpath(os.path.join(d, f), tree) for d, _, fs in os.walk(tree) for f in fs)
+    assert len(files) == 25 and files[0] == ".unpacked"             # 24 images and the mark
+    inode = os.stat(tree).st_ino
+    assert unpack(tar, src) == tree and os.stat(tree).st_ino == inode   # reused, not replaced
+
+
+def test_cut_short_unpacking_is_redone(folder_dir, tmp_path):
+    tar = make_tar(folder_dir, str(tmp_path / "imgs.tar.gz"), "wrapped")
+    tree = unpack(tar, str(tmp_path / "src"))
+    os.remove(os.path.join(tree, ".unpacked"))                       # as if cut before the mark
+    os.remove(os.path.join(tree, "wrapped", "test", "cat", "000.png"))
+    assert unpack(tar, str(tmp_path / "src")) == tree
+    assert os.path.exists(os.path.join(tree, "wrapped", "test", "cat", "000.png"))
+
+
+# --- every image checked once, before any backbone work ---------------------------------------------
+def test_bad_image_fails_or_is_skipped_and_listed(folder_dir):
+    bad = os.path.join(folder_dir, "train", "cat", "bad.jpg")
+    open(bad, "wb").close()
+    with pytest.raises(PipelineError, match=r"bad image .*bad.jpg: zero-byte file.*--on-bad-image skip"):
+        check_images(load_image_folders(folder_dir, ("train", "test")))
+    ds = check_images(load_image_folders(folder_dir, ("train", "test")), on_bad_image="skip")
+    assert ds.skipped == [{"split": "train", "path": "train/cat/bad.jpg", "reason": "zero-byte file"}]
+    assert "train/cat/bad.jpg" not in list(ds.splits["train"].ids) and len(ds.splits["train"].digests) == 12
+
+
+def test_image_over_the_pixel_limit_is_a_bad_image(folder_dir):
+    ds = load_image_folders(folder_dir, ("test",), max_pixels=32 * 32 - 1)
+    with pytest.raises(PipelineError, match=r"bad image .*: 32 x 32 = 1,024 pixels, more than --max-image-pixels 1,023"):
+        check_images(ds)

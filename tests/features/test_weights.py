@@ -1,0 +1,69 @@
+import os
+
+import pytest
+
+from pipeline.features import weights as wt
+from pipeline.errors import PipelineError
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    os.makedirs(tmp_path / "kh" / "models")
+    return tmp_path / "kh"
+
+
+def test_identity_of_random_weights_is_how_they_are_drawn():
+    r0, r1 = wt.weights_identity("random", 0, True), wt.weights_identity("random", 1, True)
+    assert r0 != r1 and r0 == {"kind": "random", "seed": 0, "init": wt.RANDOM_INIT}
+
+
+def test_imagenet_identity_is_the_files_sha256_not_its_name(keras_home, tmp_path):
+    """Another file under Keras' standard name is another identity (so never a cache hit)."""
+    path = keras_home / "models" / wt.KERAS_WEIGHTS_FILE[False]
+    path.write_bytes(b"abc")
+    a = wt.weights_identity("imagenet", 0, False, str(tmp_path / "c"))
+    assert a == {"kind": "imagenet", "file": wt.KERAS_WEIGHTS_FILE[False], "sha256": wt.file_sha256(str(path))}
+    assert a["sha256"].startswith("ba7816bf")
+    path.write_bytes(b"abd")
+    assert wt.weights_identity("imagenet", 0, False, str(tmp_path / "c"))["sha256"] != a["sha256"]
+
+
+def test_file_hash_is_remembered_by_size_and_mtime(tmp_path, monkeypatch):
+    p = tmp_path / "w.h5"
+    p.write_bytes(b"x" * 1000)
+    calls = []
+    real = wt.hashlib.sha256
+    monkeypatch.setattr(wt.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    first = wt.file_sha256(str(p), str(tmp_path / "memo"))
+    assert wt.file_sha256(str(p), str(tmp_path / "memo")) == first and len(calls) == 1     # hashed once
+    p.write_bytes(b"y" * 1000)                                                        # same size, new mtime
+    assert wt.file_sha256(str(p), str(tmp_path / "memo")) != first and len(calls) == 2
+    (tmp_path / "memo" / wt.MEMO).write_text("not json")                               # a damaged memo: rehash
+    assert wt.file_sha256(str(p), str(tmp_path / "memo")) == real(b"y" * 1000).hexdigest()
+
+
+def test_imagenet_offline_names_the_file(keras_home, monkeypatch):
+    import keras
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(PipelineError) as e:
+        wt.imagenet_file(True)
+    msg = str(e.value)
+    assert "vgg19_weights_tf_dim_ordering_tf_kernels.h5" in msg and "--weights PATH" in msg and "[Errno -3]" in msg
+    assert str(keras_home / "models") in msg and "\n" not in msg
+
+
+def test_imagenet_download_goes_through_keras_with_its_checksum(keras_home, monkeypatch):
+    import keras
+    seen = {}
+
+    def fake(name, url, cache_subdir, file_hash):
+        seen.update(name=name, url=url, sub=cache_subdir, md5=file_hash)
+        return "/somewhere/" + name
+    monkeypatch.setattr(keras.utils, "get_file", fake)
+    assert wt.imagenet_file(False) == "/somewhere/" + wt.KERAS_WEIGHTS_FILE[False]
+    assert seen == {"name": wt.KERAS_WEIGHTS_FILE[False], "url": wt.KERAS_WEIGHTS_URL + wt.KERAS_WEIGHTS_FILE[False],
+                    "sub": "models", "md5": "253f8cb515780f3b799900260a226db6"}

@@ -1,0 +1,74 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.heads.keras_file import head_model, read_head, write_head
+
+
+def softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.fixture
+def parts():
+    rng = np.random.default_rng(0)
+    return {"kernel": rng.normal(size=(6, 3)).astype(np.float32), "bias": rng.normal(size=3).astype(np.float32),
+            "dropout": 0.25, "mean": rng.normal(size=6).astype(np.float32),
+            "variance": rng.uniform(0.5, 2, size=6).astype(np.float32)}
+
+
+def test_standardising_head_loads_in_keras_and_means_what_it_says(parts, tmp_path):
+    import keras
+    write_head(str(tmp_path / "h.keras"), **parts)
+    x = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
+    want = softmax(((x - parts["mean"]) / np.sqrt(parts["variance"])) @ parts["kernel"] + parts["bias"])
+    model = keras.saving.load_model(str(tmp_path / "h.keras"))
+    assert [type(layer).__name__ for layer in model.layers] == ["Normalization", "Dropout", "Dense"]
+    np.testing.assert_allclose(np.asarray(model.predict(x, verbose=0)), want, rtol=1e-5, atol=1e-6)
+    got = read_head(str(tmp_path / "h.keras"))
+    assert got["dropout"] == 0.25 and all(np.array_equal(got[k], parts[k]) for k in ("kernel", "bias", "mean", "variance"))
+    np.testing.assert_allclose(np.asarray(head_model(got).predict(x, verbose=0)), want, rtol=1e-5, atol=1e-6)
+
+
+def rewrite(path, change):
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    change(members)
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+
+
+def layer_class(members, i, name):
+    cfg = json.loads(members["config.json"])
+    cfg["config"]["layers"][i]["class_name"] = name
+    members["config.json"] = json.dumps(cfg).encode()
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda m: m.update({"extra.py": b"import os"}), "holds ["),
+    (lambda m: layer_class(m, 3, "Lambda"), "not a head this project writes"),
+    (lambda m: layer_class(m, 0, "TFSMLayer"), "not a head this project writes"),
+    (lambda m: m.update({"config.json": b"{not json"}), "not a readable .keras file"),
+    (lambda m: m.update({"model.weights.h5": b"garbage"}), "its layers or weights are not a head's"),
+])
+def test_anything_else_is_refused(parts, tmp_path, change, needle):
+    path = str(tmp_path / "h.keras")
+    write_head(path, **parts)
+    rewrite(path, change)
+    with pytest.raises(PipelineError) as e:
+        read_head(path)
+    assert needle in str(e.value) and "re-run train-head" in str(e.value)
+
+
+def test_not_a_zip_and_non_finite_weights(parts, tmp_path):
+    (tmp_path / "x.keras").write_bytes(b"plain text")
+    with pytest.raises(PipelineError, match="not a readable .keras file"):
+        read_head(str(tmp_path / "x.keras"))
+    write_head(str(tmp_path / "n.keras"), **{**parts, "bias": np.array([0, np.nan, 0], np.float32)})
+    with pytest.raises(PipelineError, match="not finite"):
+        read_head(str(tmp_path / "n.keras"))

@@ -1,0 +1,114 @@
+import numba
+import numpy as np
+import pytest
+
+from pipeline.heads import kernels
+from pipeline.heads.kernels import NOISE_LEVELS
+
+
+def test_draws_are_uniform_and_independent():
+    d = kernels.draws(12345, 200, 1001).astype(np.float64) / NOISE_LEVELS
+    assert d.shape == (200, 1001)
+    assert abs(d.mean() - 0.5) < 0.005 and abs(d.var() - 1 / 12) < 0.002
+    for p in (0.2, 0.5, 0.9):
+        assert abs((d >= p).mean() - (1 - p)) < 0.005
+    assert abs(np.corrcoef(d[:, :-1].ravel(), d[:, 1:].ravel())[0, 1]) < 0.01      # neighbouring features
+    assert abs(np.corrcoef(d[:-1].ravel(), d[1:].ravel())[0, 1]) < 0.01            # neighbouring rows
+    assert np.array_equal(kernels.draws(12345, 3, 8), kernels.draws(12345, 3, 8))
+    assert not np.array_equal(kernels.draws(12345, 3, 8), kernels.draws(12346, 3, 8))
+
+
+RATES = (0.25, 0.6)
+
+
+def problem(D, B, seed=0):
+    """Two dropout groups (rates 0.25 with 2 heads, 0.6 with 1), 3 classes, weights padded to KP."""
+    rng = np.random.default_rng(seed)
+    C, n_heads = 3, np.array([2, 1])
+    G, KP = 2, kernels.padded(2, 3)
+    X = rng.normal(size=(50, D)).astype(np.float32)
+    idx, y = rng.choice(50, B, replace=False), rng.integers(0, C, 50)
+    W = rng.normal(scale=0.1, size=(G, KP, D)).astype(np.float32)
+    b = rng.normal(scale=0.1, size=(G, KP)).astype(np.float32)
+    W[1, 3:], b[1, 3:] = 0, 0                                      # group 1's padding rows
+    thr = np.round(np.array(RATES) * NOISE_LEVELS).astype(np.uint16)
+    return X, idx, y, W, b, thr, n_heads, C
+
+
+def reference(X, idx, y, W, b, thr, n_heads, C, key):
+    """NumPy: keep feature j of row i where its draw >= the group's threshold, scale by 1 / (1 - rate)."""
+    draws = kernels.draws(key, len(idx), X.shape[1])
+    gW, gb, loss = np.zeros_like(W), np.zeros_like(b), []
+    for g in range(len(W)):
+        s = NOISE_LEVELS / (NOISE_LEVELS - float(thr[g]))
+        xm = X[idx] * (draws >= thr[g]) * s
+        for h in range(n_heads[g]):
+            r = slice(h * C, (h + 1) * C)
+            z = xm @ W[g, r].T + b[g, r]
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            loss.append(-np.log(p[np.arange(len(idx)), y[idx]]).sum())
+            p[np.arange(len(idx)), y[idx]] -= 1
+            gW[g, r], gb[g, r] = p.T @ xm / len(idx), p.sum(0) / len(idx)
+    return gW, gb, np.array(loss)
+
+
+def run(by_rows, X, idx, y, W, b, thr, n_heads, C, key):
+    """One step's gradient (summed over parts) and per-head stats, by rows or by feature chunks."""
+    s = kernels.allocate(W.copy(), b.copy(), RATES, n_heads, C, np.zeros(W.shape[0] * W.shape[1]), len(idx), 1,
+                         (0.9, 0.999, 1e-7))
+    if s.by_rows != by_rows:     # these weights are small: force the split under test
+        old = kernels.ROWS_KERNEL_BYTES
+        kernels.ROWS_KERNEL_BYTES = -1 if not by_rows else 1 << 40
+        try:
+            s = kernels.allocate(W.copy(), b.copy(), RATES, n_heads, C, np.zeros(W.shape[0] * W.shape[1]), len(idx), 1,
+                                 (0.9, 0.999, 1e-7))
+        finally:
+            kernels.ROWS_KERNEL_BYTES = old
+    assert np.array_equal(s.thr, thr) and s.by_rows == by_rows
+    Xr = X.view()
+    Xr.flags.writeable = False
+    kernels.train_step(Xr, idx, y[idx], key, s)
+    return s.gW.sum(0), s.gb.sum(0), s.stats.sum(0)
+
+
+@pytest.mark.parametrize("by_rows", [True, False])
+@pytest.mark.parametrize("D,B", [(37, 10), (1100, 9)])      # odd sizes: partial noise words, row blocks, chunks
+def test_step_gradients_match_numpy(by_rows, D, B):
+    args = problem(D, B)
+    gW, gb, stats = run(by_rows, *args, key=987654321)
+    rW, rb, rloss = reference(*args, key=987654321)
+    np.testing.assert_allclose(gW, rW, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gb, rb, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([stats[0, 0, 0], stats[0, 1, 0], stats[1, 0, 0]], rloss, rtol=1e-4)
+    assert np.all(gW[1, 3:] == 0) and np.all(gb[1, 3:] == 0)         # padding rows stay untouched
+
+
+@pytest.mark.parametrize("by_rows", [True, False])
+def test_results_do_not_depend_on_the_number_of_threads(by_rows):
+    args = problem(1100, 37)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run(by_rows, *args, key=5)
+    finally:
+        numba.set_num_threads(before)
+    many = run(by_rows, *args, key=5)
+    assert all(np.array_equal(a, b) for a, b in zip(one, many))
+
+
+def test_adam_matches_keras_adam():
+    """kernels.adam (gradient given in two parts) against keras.optimizers.Adam, step by step."""
+    import keras
+    from pipeline.heads.softmax import BETA_1, BETA_2, EPSILON
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(6, 4)).astype(np.float32)
+    grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(5)]
+    mine, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
+    var, kopt = keras.Variable(w0.copy()), keras.optimizers.Adam(3e-3)
+    for t, g in enumerate(grads, 1):
+        alpha = np.full(6, 3e-3 * np.sqrt(1 - BETA_2 ** t) / (1 - BETA_1 ** t), np.float32)
+        kernels.adam(mine, np.stack([g * 0.25, g * 0.75]), m, v, alpha, np.float32(1 - BETA_1), np.float32(1 - BETA_2),
+                     np.float32(EPSILON))
+        kopt.apply([keras.ops.convert_to_tensor(g)], [var])
+    np.testing.assert_allclose(mine, np.asarray(var), rtol=1e-5, atol=1e-7)

@@ -1,0 +1,179 @@
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss
+
+from pipeline.heads import SoftmaxHead, SoftmaxSweep
+from pipeline.features.synthetic import make_features
+
+
+@pytest.fixture(scope="module")
+def easy():
+    X, y = make_features(900, 32, 5, seed=0, separation=0.8)
+    return X[:600], y[:600], X[600:], y[600:]
+
+
+def test_softmax_head_beats_chance(easy):
+    X, y, Xv, yv = easy
+    head = SoftmaxSweep(lrs=(1e-2,), epochs=10, batch_size=50).fit(X, y, Xv, yv, n_classes=5)
+    acc = (head.predict_proba(Xv)[0].argmax(1) == yv).mean()
+    assert acc > 0.8, acc  # chance is 0.2
+    assert len(head.history_[0]) == 10 and {"train_loss", "val_accuracy"} <= set(head.history_[0][0])
+
+
+def test_batched_heads_train_like_separate_heads(easy):
+    """Head k of a batched fit follows the path of a lone fit with the same seed: same batches, same
+    dropout draws (its rate applied to them), same Adam(lr_k), whichever kernel trains the batch."""
+    X, y, _, _ = easy
+    dropouts, lrs = (0.2, 0.5, 0.5), (1e-3, 1e-2, 3e-3)
+    both = SoftmaxSweep(dropouts=dropouts, lrs=lrs, epochs=3, batch_size=100, seed=1).fit(X, y)
+    for k, (p, lr) in enumerate(zip(dropouts, lrs)):
+        alone = SoftmaxSweep(dropouts=(p,), lrs=(lr,), epochs=3, batch_size=100, seed=1).fit(X, y)
+        w_both, b_both = both.head(k).coef_, both.head(k).intercept_
+        w_alone, b_alone = alone.head(0).coef_, alone.head(0).intercept_
+        np.testing.assert_allclose(w_both, w_alone, rtol=2e-3, atol=2e-5)
+        np.testing.assert_allclose(b_both, b_alone, rtol=2e-3, atol=2e-5)
+        assert both.history_[k][-1]["train_loss"] == pytest.approx(alone.history_[0][-1]["train_loss"], rel=1e-4)
+
+
+def test_a_seed_reproduces_a_run_and_another_seed_does_not(easy):
+    X, y, _, _ = easy
+    a, b, c = (SoftmaxSweep(epochs=2, batch_size=64, seed=s).fit(X, y) for s in (3, 3, 4))
+    assert np.array_equal(a.W_, b.W_) and not np.array_equal(a.W_, c.W_)
+
+
+def test_big_heads_train_like_small_ones(monkeypatch):
+    """train_epoch_chunks (heads too big for one core's cache) learns what train_epoch_rows does."""
+    from pipeline.heads import kernels
+    X, y = make_features(400, 8192, 10, seed=2, separation=0.5)
+    big = SoftmaxSweep(epochs=2, batch_size=50).fit(X, y)
+    assert big.W_.nbytes > kernels.ROWS_KERNEL_BYTES
+    monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", big.W_.nbytes)
+    small = SoftmaxSweep(epochs=2, batch_size=50).fit(X, y)
+    np.testing.assert_allclose(big.W_, small.W_, rtol=1e-3, atol=1e-6)
+    assert big.history_[0][-1]["train_loss"] == pytest.approx(small.history_[0][-1]["train_loss"], rel=1e-4)
+
+
+def test_exported_head_is_the_notebook_head(easy, tmp_path):
+    import keras
+    from pipeline.heads.keras_file import write_head
+    X, y, Xv, _ = easy
+    heads = SoftmaxSweep(dropouts=(0.2, 0.5), lrs=(1e-3, 3e-3), epochs=2, batch_size=100).fit(X, y)
+    write_head(str(tmp_path / "h.keras"), **heads.head(1).head_file())
+    model = keras.saving.load_model(str(tmp_path / "h.keras"))
+    assert [type(layer).__name__ for layer in model.layers] == ["Dropout", "Dense"]
+    assert model.layers[0].rate == 0.5 and model.layers[1].compute_dtype == "float32"
+    np.testing.assert_allclose(np.asarray(model.predict(Xv, verbose=0)), heads.predict_proba(Xv)[1], rtol=1e-4, atol=1e-6)
+
+
+def test_early_stopping_keeps_the_best_epoch(easy):
+    X, y, Xv, yv = easy
+    head = SoftmaxSweep(lrs=(0.5,), epochs=30, batch_size=50, early_stopping=True, patience=2).fit(X, y, Xv, yv)
+    hist = head.history_[0]
+    assert len(hist) < 30
+    best = int(np.argmin([r["val_loss"] for r in hist]))
+    assert head.best_epoch_[0] == best + 1
+    assert log_loss(yv, head.predict_proba(Xv)[0].astype(np.float64)) == pytest.approx(hist[best]["val_loss"], rel=1e-4)
+
+
+
+
+def test_head_file_written_without_keras_loads_in_keras(easy, tmp_path):
+    import keras
+    from pipeline.heads.keras_file import head_model, read_head, write_head
+    X, y, Xv, _ = easy
+    heads = SoftmaxSweep(dropouts=(0.3,), lrs=(1e-2,), epochs=2, batch_size=100).fit(X, y)
+    write_head(str(tmp_path / "h.keras"), **heads.head(0).head_file())
+    model = keras.saving.load_model(str(tmp_path / "h.keras"))
+    assert [type(layer).__name__ for layer in model.layers] == ["Dropout", "Dense"] and model.layers[0].rate == 0.3
+    np.testing.assert_allclose(np.asarray(model.predict(Xv, verbose=0)), heads.predict_proba(Xv)[0], rtol=1e-4, atol=1e-6)
+    ours = head_model(read_head(str(tmp_path / "h.keras")))      # what predict builds: the same numbers
+    np.testing.assert_allclose(np.asarray(ours.predict(Xv, verbose=0)), heads.predict_proba(Xv)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_training_metrics_are_keras_style_running_means(easy):
+    """history's train_loss/accuracy: the epoch's mean over its batches, with dropout, as Keras's fit
+    reports them; without dropout and with lr ~ 0 that is the loss of the (unchanged) head."""
+    X, y, _, _ = easy
+    head = SoftmaxSweep(dropouts=(0.0,), lrs=(1e-12,), epochs=1, batch_size=64).fit(X, y)
+    p = head.predict_proba(X)[0]
+    assert head.history_[0][0]["train_loss"] == pytest.approx(log_loss(y, p.astype(np.float64)), rel=1e-4)
+    assert head.history_[0][0]["train_accuracy"] == pytest.approx((p.argmax(1) == y).mean(), abs=1e-9)
+
+
+# --- a real scikit-learn estimator ----------------------------------------------------------------------
+def test_softmax_head_is_a_scikit_learn_classifier(easy):
+    from sklearn.base import clone
+    X, y, Xv, yv = easy
+    names = np.array(["a", "b", "c", "d", "e"])[y]                 # any labels, not only 0..C-1
+    head = SoftmaxHead(lr=1e-2, epochs=5, batch_size=50)
+    assert head.get_params()["dropout"] == 0.5 and clone(head).get_params() == head.get_params()
+    head.fit(X, names)
+    p = head.predict_proba(Xv)
+    assert p.shape == (300, 5) and np.allclose(p.sum(1), 1, atol=1e-5) and list(head.classes_) == list("abcde")
+    assert (head.predict(Xv) == np.array(list("abcde"))[yv]).mean() > 0.8 and head.score(Xv, np.array(list("abcde"))[yv]) > 0.8
+    with pytest.raises(ValueError, match="not one of the head's classes"):
+        SoftmaxHead(epochs=1, classes=["a", "b"]).fit(X, names)
+
+
+def test_grid_search_pipeline_and_cross_validation_over_a_tiny_cache(syn):
+    """GridSearchCV over the softmax head's dropout, inside a Pipeline, on features from a cache."""
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline import load_cache
+    X, y, _ = load_cache(syn)["train"]
+    pipe = make_pipeline(StandardScaler(), SoftmaxHead(lr=1e-2, epochs=3, batch_size=50))
+    search = GridSearchCV(pipe, {"softmaxhead__dropout": [0.0, 0.5, 0.9]}, cv=3).fit(X, y)
+    assert search.best_params_["softmaxhead__dropout"] in (0.0, 0.5, 0.9) and search.best_score_ > 0.5  # chance: 0.25
+    assert len(search.cv_results_["mean_test_score"]) == 3
+    scores = cross_val_score(SoftmaxHead(lr=1e-2, epochs=3, batch_size=50), X, y, cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.5
+
+
+def test_sweep_head_is_the_estimator_a_lone_fit_gives(easy):
+    X, y, Xv, _ = easy
+    sweep = SoftmaxSweep(dropouts=(0.2, 0.5), lrs=(1e-3, 3e-3), epochs=2, batch_size=100, seed=4).fit(X, y)
+    alone = SoftmaxHead(dropout=0.5, lr=3e-3, epochs=2, batch_size=100, seed=4).fit(X, y)
+    np.testing.assert_allclose(sweep.head(1).predict_proba(Xv), alone.predict_proba(Xv), rtol=1e-4, atol=1e-6)
+
+
+# --- the noise schedule ------------------------------------------------------------------------------------
+def test_two_steps_never_share_a_mask_and_a_head_sees_the_same_masks_alone_and_in_a_sweep(easy):
+    from pipeline.heads import kernels
+    X, y, _, _ = easy
+    alone = SoftmaxSweep(dropouts=(0.5,), lrs=(1e-3,), epochs=3, batch_size=64, seed=9).fit(X, y)
+    sweep = SoftmaxSweep(dropouts=(0.2, 0.5, 0.5, 0.8), lrs=(1e-3, 1e-2, 1e-3, 1e-3), epochs=3, batch_size=64,
+                         seed=9).fit(X, y)
+    steps = 3 * -(-len(X) // 64)
+    assert len(alone.keys_) == steps and np.array_equal(alone.keys_, sweep.keys_)     # the same draws, step by step
+    n_words = (X.shape[1] + 3) // 4
+    counters = np.diff(alone.keys_.astype(np.int64))                                   # each step's counter range
+    assert (counters == 64 * n_words).all()                   # starts exactly where the last one ended: no overlap
+    a, b = kernels.draws(int(alone.keys_[0]), 64, X.shape[1]), kernels.draws(int(alone.keys_[1]), 64, X.shape[1])
+    assert not np.array_equal(a >= 0.5 * 65536, b >= 0.5 * 65536)
+    np.testing.assert_allclose(sweep.head(2).coef_, alone.head(0).coef_, rtol=1e-5, atol=1e-7)  # same rate, same path
+
+
+# --- float16 features and standardisation -------------------------------------------------------------------
+def test_float16_features_train_without_a_float32_copy(easy):
+    X, y, Xv, _ = easy
+    X16 = X.astype(np.float16)
+    a = SoftmaxHead(epochs=2, batch_size=50).fit(X16, y)
+    b = SoftmaxHead(epochs=2, batch_size=50).fit(X16.astype(np.float32), y)    # the same values, widened
+    assert np.array_equal(a.coef_, b.coef_)
+    np.testing.assert_allclose(a.predict_proba(Xv.astype(np.float16)), b.predict_proba(Xv), rtol=1e-2, atol=1e-3)
+
+
+def test_standardize_is_training_on_standardised_features(easy):
+    from pipeline.heads.softmax import feature_stats
+    X, y, Xv, _ = easy
+    X = X * np.linspace(0.1, 50, X.shape[1], dtype=np.float32) + 3       # unscaled, shifted columns
+    X[:, 5] = 2.0                                                       # a constant column: scale 1
+    mean, scale = feature_stats(X, np.arange(len(X)))
+    assert scale[5] == 1 and abs(mean[5] - 2) < 1e-6
+    a = SoftmaxHead(epochs=2, batch_size=50, standardize=True).fit(X, y)
+    b = SoftmaxHead(epochs=2, batch_size=50).fit((X - mean) / scale, y)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-3, atol=1e-5)
+    Xv = Xv * np.linspace(0.1, 50, X.shape[1], dtype=np.float32) + 3
+    np.testing.assert_allclose(a.predict_proba(Xv), b.predict_proba((Xv - mean) / scale), rtol=1e-3, atol=1e-5)

@@ -1,0 +1,85 @@
+import csv
+import json
+import os
+
+import pytest
+from conftest import run_captured
+
+
+
+def sweep(capsys, *args):
+    return run_captured(capsys, "sweep", *args)
+
+
+def test_grid_table_is_ranked_and_best_is_a_run(syn, tmp_path, capsys):
+    code, out, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "s", "--epochs", "3",
+                           "--batch-size", "50", "--param", "dropout=0.2,0.8", "--param", "lr=0.0001,0.03")
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "s" / "results.csv")))
+    assert len(rows) == 4
+    accs = [float(r["val_accuracy"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    assert float(rows[0]["lr"]) == 0.03  # lr 1e-4 for 3 epochs barely moves: the grid must rank it last
+    assert os.path.exists(tmp_path / "s" / "results.md") and os.path.exists(tmp_path / "s" / "sweep.png")
+    best = json.load(open(tmp_path / "s-best" / "metrics.json"))
+    assert out[-1] == str(tmp_path / "s-best")
+    assert best["hyperparameters"]["lr"] == 0.03 and best["hyperparameters"]["dropout"] == float(rows[0]["dropout"])
+    assert best["test"]["n"] == 200 and best["val"]["accuracy"] == pytest.approx(accs[0], abs=0.02)
+
+
+def test_random_subset_and_toml(syn, tmp_path, capsys):
+    toml = tmp_path / "s.toml"
+    toml.write_text('head = "logreg"\nrandom = 2\n[params]\nC = [0.01, 0.1, 1.0]\n')
+    code, out, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "t", "--config", toml)
+    assert code == 0 and len(list(csv.DictReader(open(tmp_path / "t" / "results.csv")))) == 2
+    assert os.path.exists(tmp_path / "t-best" / "head.keras") and not os.path.exists(tmp_path / "t-best" / "head.joblib")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--param", "momentum=0.9"], "--param momentum: unknown for the softmax head"),
+    (["--param", "dropout"], "expected KEY=V1,V2"),
+    (["--param", "dropout=0.5,1.2"], "dropout: expected in [0, 1), got 1.2"),
+    (["--param", "lr=-1"], "lr: expected > 0"),
+    ([], "nothing to sweep"),
+])
+def test_bad_sweeps(syn, tmp_path, capsys, args, needle):
+    code, out, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_toml_key(syn, tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('head = "softmax"\nlearning_rate = 3\n[params]\nlr = [0.1]\n')
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--config", toml)
+    assert code == 1 and "unknown key(s) learning_rate" in err
+
+
+@pytest.mark.parametrize("toml,needle", [
+    ('[params]\ndropout = []\n', "dropout: no values to try"),
+    ('params = 3\n', "params must be a table"),
+    ('random = "x"\n[params]\nlr = [0.1]\n', "random must be a whole number of configurations, got 'x'"),
+    ('random = 0\n[params]\nlr = [0.1]\n', "--random: expected N >= 1, got 0"),
+    ('[params]\nlr = [inf]\n', "lr: expected > 0 and finite, got inf"),
+    ('[params]\nepochs = [2.5]\n', "epochs: expected a int >= 1, got 2.5"),
+    ('[params\n', "cannot read"),
+])
+def test_bad_toml_is_one_line_and_leaves_no_folder(syn, tmp_path, capsys, toml, needle):
+    (tmp_path / "s.toml").write_text(toml)
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", "--config", tmp_path / "s.toml")
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
+
+
+@pytest.mark.parametrize("args,needle", [(["--param", "dropout=,"], "--param dropout=,: expected KEY=V1,V2"),
+                                         (["--param", "=0.5"], "expected KEY=V1,V2"),
+                                         (["--param", "dropout=0.5", "--seed", "-1"], "seed: expected in 0..2^32-1, got -1")])
+def test_bad_params_leave_no_folder(syn, tmp_path, capsys, args, needle):
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", *args)
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
+
+
+def test_taken_best_name_is_refused_before_training(syn, tmp_path, capsys):
+    (tmp_path / "s-best").mkdir()
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "s", "--param", "dropout=0.2,0.5")
+    assert code == 1 and "s-best exists" in err and sorted(os.listdir(tmp_path)) == ["s-best"]

@@ -1,0 +1,93 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import run_captured
+
+
+
+def train(capsys, *args):
+    return run_captured(capsys, "train-head", *args)
+
+
+def test_softmax_run_folder(syn, tmp_path, capsys):
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r1", "--epochs", "4",
+                           "--lr", "0.01", "--batch-size", "50")
+    assert code == 0 and out[-1] == str(tmp_path / "r1")
+    files = set(os.listdir(out[-1]))
+    assert files == {"metrics.json", "head.keras", "history.csv", "learning_curves.png", "confusion_matrix.png"}
+    m = json.load(open(tmp_path / "r1" / "metrics.json"))
+    assert m["hyperparameters"]["dropout"] == 0.5 and m["hyperparameters"]["epochs"] == 4
+    assert m["train"]["n"] == 540 and m["val"]["n"] == 60 and m["test"]["n"] == 200
+    assert m["test"]["accuracy"] > 0.5 and len(m["test"]["per_class_accuracy"]) == 4
+    assert np.array(m["test"]["confusion_matrix"]).sum() == 200
+    assert set(m["timings"]) >= {"startup_s", "load_s", "train_s", "evaluate_s"} and m["cache"].endswith("syn.h5")
+    assert m["provenance"]["dataset"] == "synthetic"
+    assert len(open(tmp_path / "r1" / "history.csv").read().strip().splitlines()) == 5
+    assert open(tmp_path / "r1" / "learning_curves.png", "rb").read(4) == b"\x89PNG"
+    assert "test" in err and "accuracy" in err
+
+
+def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", name, "--head", "logreg")[0] == 0
+    ma, mb = (json.load(open(tmp_path / n / "metrics.json")) for n in ("a", "b"))
+    assert os.path.exists(tmp_path / "a" / "head.keras") and ma["test"]["accuracy"] > 0.5
+    assert ma["test"] == mb["test"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dropout", "1.0"], "dropout: expected in [0, 1), got 1.0"),
+    (["--lr", "0"], "lr: expected > 0"),
+    (["--epochs", "0"], "epochs: expected >= 1"),
+    (["--val-fraction", "1.5"], "val_fraction"),
+])
+def test_values_out_of_range(syn, tmp_path, capsys, args, needle):
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_and_incomplete_cache(tmp_path, capsys):
+    code, _, err = train(capsys, "--cache", tmp_path / "nope.h5", "--runs-dir", tmp_path)
+    assert code == 1 and "not found" in err and "make features" in err
+    import h5py
+    with h5py.File(tmp_path / "half.h5", "w") as f:
+        f.attrs["key"] = "x"
+    code, _, err = train(capsys, "--cache", tmp_path / "half.h5", "--runs-dir", tmp_path)
+    assert code == 1 and "incomplete" in err
+
+
+def test_cache_selected_by_settings_says_how_to_build_it(cifar_dir, tmp_path, capsys):
+    code, _, err = train(capsys, "--data-dir", cifar_dir, "--weights", "random", "--image-size", "32",
+                         "--cache-dir", tmp_path / "c", "--runs-dir", tmp_path)
+    assert code == 1 and "no cache for these settings" in err and "make features" in err
+
+
+def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
+    args = ("--cache", syn, "--runs-dir", tmp_path, "--name", "same", "--head", "logreg", "--max-iter", "20")
+    assert train(capsys, *args)[0] == 0
+    code, _, err = train(capsys, *args)
+    assert code == 1 and "exists" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seed", "-1"], "seed: expected in 0..2^32-1, got -1"),
+    (["--lr", "inf"], "lr: expected > 0 and finite, got inf"),
+    (["--lr", "nan"], "lr: expected > 0 and finite, got nan"),
+    (["--head", "logreg", "--C", "inf"], "C: expected > 0 and finite"),
+    (["--head", "logreg", "--val-fraction", "0.999"], "--val-fraction 0.999: cannot hold out"),
+    (["--name", "a/b"], "--name 'a/b': expected a plain folder name"),
+])
+def test_bad_head_options_are_one_line(syn, tmp_path, capsys, args, needle):
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+
+
+def test_runs_dir_that_is_a_file_fails_before_training(syn, tmp_path, capsys, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    from pipeline import cli
+    from pipeline.heads import data
+    monkeypatch.setattr(data, "load_training_data", lambda *a: pytest.fail("loaded features"))
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "f")
+    assert code == 1 and "--runs-dir" in err and "is a file, not a folder" in err
