@@ -30,7 +30,14 @@ def add_feature_options(p: argparse.ArgumentParser):
     o("--limit", type=int, default=F.LIMIT, help="at most N images per split, stratified by class (default: all)")
     o("--weights", default=F.WEIGHTS, help="imagenet|random|PATH (default %(default)s)")
     o("--weights-seed", type=int, default=F.SEED, help="seed of --weights random (default %(default)s)")
-    o("--layer", default=F.LAYER, help=f"{'|'.join(F.LAYERS)} (default %(default)s)")
+    o("--layer", default=F.LAYER, help="fc2|fc1|block3_pool..block5_pool, or a comma list of layer[:pooling], all from "
+      "one forward pass, e.g. block4_pool:avg2x2,block5_pool (default %(default)s)")
+    o("--pooling", default=F.POOLING, help="conv layers without :pooling: flatten|avg|max|avg2x2 (default %(default)s)")
+    o("--views", default=F.VIEWS, help="augmented views cached per image: none, or a comma list of flip and shiftN "
+      "(default %(default)s)")
+    o("--shift-range", type=float, default=F.SHIFT_RANGE, help="shiftN: up to this fraction of width and height "
+      "(default %(default)s)")
+    o("--views-seed", type=int, default=F.VIEWS_SEED, help="seed of the shifts (default %(default)s)")
     o("--image-size", type=int, default=F.IMAGE_SIZE, help="upscale to this size (default %(default)s)")
     o("--interpolation", default=F.INTERPOLATION, help=f"{'|'.join(F.INTERPOLATIONS)} (default %(default)s)")
     o("--precision", default=F.PRECISION, help=f"{'|'.join(F.PRECISIONS)} (default %(default)s)")
@@ -43,7 +50,9 @@ def add_feature_options(p: argparse.ArgumentParser):
 
 def feature_config(args, batch_size: int = F.BATCH_SIZE) -> FeatureConfig:
     return FeatureConfig(dataset=args.dataset, data_dir=args.data_dir, splits=args.splits, limit=args.limit,
-                         weights=args.weights, seed=args.weights_seed, layer=args.layer, image_size=args.image_size,
+                         weights=args.weights, seed=args.weights_seed, layer=args.layer, pooling=args.pooling,
+                         views=args.views, shift_range=args.shift_range, views_seed=args.views_seed,
+                         image_size=args.image_size,
                          interpolation=args.interpolation, precision=args.precision, store_dtype=args.store_dtype,
                          batch_size=batch_size, cache_dir=args.cache_dir, on_bad_image=args.on_bad_image,
                          max_image_pixels=args.max_image_pixels)
@@ -58,6 +67,8 @@ def add_head_options(p: argparse.ArgumentParser):
     o("--lr", type=float, default=H.LR, help="softmax: Adam learning rate (default %(default)s)")
     o("--batch-size", type=int, default=H.BATCH_SIZE, help="softmax: rows per step (default %(default)s)")
     o("--epochs", type=int, default=H.EPOCHS, help="softmax: passes over the training rows (default %(default)s)")
+    o("--standardize", action=argparse.BooleanOptionalAction, default=H.STANDARDIZE, help="softmax: standardise "
+      "features with the training rows' mean and scale, inside the saved head (default %(default)s)")
     o("--early-stopping", action="store_true", help="softmax: stop on validation loss, keep the best epoch (default off)")
     o("--patience", type=int, default=H.PATIENCE, help="epochs without a better val loss before stopping "
       "(default %(default)s)")
@@ -105,6 +116,14 @@ def cmd_sweep(args):
     print(run_sweep(_training_data(args, opts, timings), head, space, rand, base, opts, timings)[1])
 
 
+def cmd_study(args):
+    from .study import parse_grid, run_study
+    opts = run_options(args)
+    axes, heads = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
+    base = {**head_params("softmax", vars(args)), **head_params("logreg", vars(args))}
+    print(run_study(feature_config(args, args.batch_size_features), axes, heads, base, opts, quiet=args.quiet))
+
+
 def cmd_predict(args):
     predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size)
 
@@ -132,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
         add_feature_options(p)
         add_head_options(p)
         p.set_defaults(func=func, exit_fast=True)
+    st = sub.add_parser("study", help="a grid over stage-one and head settings: each cache built once, every head "
+                        "trained on it, one table and plot")
+    add_feature_options(st)
+    add_head_options(st)
+    st.add_argument("--heads", default="softmax,logreg", help="head kinds to train on every cache (default %(default)s)")
+    st.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="an axis of the grid: a stage-one setting (interpolation, image_size, layer (specs separated "
+                         "by ;), pooling, views, ...) or a head parameter (repeatable; default: none)")
+    st.add_argument("--batch-size-features", type=int, default=F.BATCH_SIZE, help="images per forward pass "
+                    "(default %(default)s)")
+    st.add_argument("--quiet", action="store_true", help="no progress bars (default off)")
+    st.set_defaults(func=cmd_study, exit_fast=True)
     s = sub.choices["sweep"]
     s.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2",
                    help="values to try, e.g. dropout=0.2,0.5 (repeatable; default: none)")

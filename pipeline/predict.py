@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import numpy as np
 
 from .errors import PipelineError
 from .features import backbone as bb
+from .features import pooling as P
 from .features.images import BadImage, decode_image
 from .features.preprocess import upscale
 from .heads.keras_file import head_model, read_head
@@ -56,17 +58,16 @@ def end_to_end(run_info: dict):
     import keras
     s, kind = run_info["settings"], run_info["kind"]
     ident = run_info["metrics"]["provenance"].get("weights") or {}
-    base = bb.build_backbone(s["layer"], s["image_size"], s["weights"], s.get("seed", 0), s["precision"],
+    layers = P.parse_layers(s["layer"], s.get("pooling", P.POOLINGS[0]))
+    base = bb.build_backbone(layers, s["image_size"], s["weights"], s.get("seed", 0), s["precision"],
                              sha256=ident.get("sha256"))
     # VGG19's preprocessing as a fixed 1x1 convolution in float32: RGB->BGR and minus the caffe mean,
     # exactly preprocess_input's arithmetic (one nonzero term per output).
     prep = keras.layers.Conv2D(3, 1, name="vgg19_preprocess", dtype="float32", trainable=False)
     inp = keras.Input((s["image_size"], s["image_size"], 3), name="image")
-    x = base(prep(inp))
-    if len(x.shape) > 2:
-        x = keras.layers.Flatten(name="features")(x)
+    x = P.keras_pool(keras, base(prep(inp)), layers)
     out = head_model(run_info["head"])(x)
-    model = keras.Model(inp, out, name=f"vgg19_{s['layer']}_{kind}")
+    model = keras.Model(inp, out, name=re.sub(r"\W", "_", f"vgg19_{P.slug(layers)}_{kind}"))
     prep.set_weights([np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3), -np.array(CAFFE_MEAN_BGR, np.float32)])
     return model
 

@@ -1,4 +1,5 @@
-"""Mapper: the frozen VGG19 base cut at a layer, as a callable `preprocessed batch -> features`.
+"""Mapper: the frozen VGG19 with an output at each layer asked for (one forward pass for all of
+them), as a callable `preprocessed batch -> features` that pools and concatenates them (pooling.py).
 
 Keras is imported lazily, so a cache hit never pays for loading a deep-learning backend.
 """
@@ -9,6 +10,7 @@ import os
 import numpy as np
 
 from ..errors import PipelineError, reason
+from . import pooling as P
 from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
 
 
@@ -80,11 +82,13 @@ def with_precision(keras, model, precision: str):
     return copy
 
 
-def build_backbone(layer: str, image_size: int, weights: str, seed: int, precision: str, sha256: str | None = None):
-    """The frozen VGG19 cut at `layer`, computing in `precision` (a resolved dtype name). `sha256`:
+def build_backbone(layers, image_size: int, weights: str, seed: int, precision: str, sha256: str | None = None):
+    """The frozen VGG19 with one output per layer named in `layers` (a spec, see pooling.py, or its
+    parsed list), a dict {layer: tensor}, computing in `precision` (a resolved dtype name). `sha256`:
     what the weights file must hash to (the run's key was made from it)."""
     import keras
-    top = layer != "block5_pool"
+    layers = P.parse_layers(layers, P.POOLINGS[0]) if isinstance(layers, str) else layers
+    top = P.needs_top(layers)
     path = weights_file(weights, top)
     if path is not None and not os.path.isfile(path):
         raise PipelineError(f"weights file {path} is gone; restore it, or pass another --weights")
@@ -99,19 +103,28 @@ def build_backbone(layer: str, image_size: int, weights: str, seed: int, precisi
             random_weights(base, seed)
         else:
             _load_weights_file(keras, base, weights, top)
-    cut = keras.Model(base.input, base.get_layer(layer).output, name=f"vgg19_{layer}")
+    names = list(dict.fromkeys(name for name, _ in layers))
+    cut = keras.Model(base.input, {n: base.get_layer(n).output for n in names}, name="vgg19_" + "_".join(names))
     model = with_precision(keras, cut, precision)
     model.trainable = False
     return model
 
 
 class Backbone:
-    """Callable mapper: float32 preprocessed N x S x S x 3 -> N x D features in `store_dtype`."""
+    """Callable mapper: float32 preprocessed images -> features, for one or several layer specs at once
+    (`outputs`: [(parsed layers, store dtype)]), from one forward pass per view.
+    A batch is N x S x S x 3 (-> N x D each) or K x N x S x S x 3 for K views (-> N x K x D each)."""
 
-    def __init__(self, model, store_dtype: str):
-        self.model, self.store_dtype = model, store_dtype
+    def __init__(self, model, outputs: list):
+        self.model, self.outputs = model, outputs
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.model.predict_on_batch(batch)
-        out = np.asarray(out.numpy() if hasattr(out, "numpy") else out)
-        return out.reshape(len(batch), -1).astype(self.store_dtype)
+    def _one(self, x: np.ndarray) -> list:
+        raw = self.model.predict_on_batch(x)
+        raw = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in raw.items()}
+        return [P.pool(raw, layers).astype(dtype) for layers, dtype in self.outputs]
+
+    def __call__(self, batch: np.ndarray) -> list:
+        if batch.ndim == 4:
+            return self._one(batch)
+        per_view = [self._one(x) for x in batch]
+        return [np.stack([v[j] for v in per_view], axis=1) for j in range(len(self.outputs))]

@@ -1,6 +1,8 @@
-"""Stage one's builder: extract any set of contiguous row ranges of a plan into one file of the
-cache's layout (a whole cache, or a shard), resuming its journal; and whether a finished file is
-there (checked; a damaged one is moved aside so it is rebuilt).
+"""Stage one's builder: extract any set of contiguous row ranges into files of the cache's layout
+(a whole cache, or a shard), resuming their journals; several caches that share one forward pass
+(the same data, weights, image size, interpolation, precision and views, other layers or pooling)
+are built together from it. And whether a finished file is there (checked; a damaged one is moved
+aside so it is rebuilt).
 """
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ import sys
 import time
 
 from ..durable import move_aside
+from ..errors import PipelineError
 from . import backbone as bb
+from . import pooling as P
 from . import weights as wt
 from .cache import DamagedCache, load_cache, read_provenance, write_cache, writer_lock
 from .journal import Journal
 from .plan import Plan, provenance, settings
-from .runner import BackgroundWriter, extract_range
+from .runner import BackgroundWriter, extract_range, preparer
+from .views import parse_views
 
 
 def report_hit(p: Plan) -> bool:
@@ -23,10 +28,6 @@ def report_hit(p: Plan) -> bool:
         print(f"cache hit: {p.path} (same settings and data; no backbone work)", file=sys.stderr)
         return True
     return False
-
-
-def is_hit(p: Plan) -> bool:
-    return existing(p.path, p.key, full=False)
 
 
 def existing(path: str, key: str, full: bool) -> bool:
@@ -47,76 +48,115 @@ def existing(path: str, key: str, full: bool) -> bool:
     return True
 
 
+def pass_of(p: Plan) -> tuple:
+    """What one forward pass is: plans equal in this share it (their layers and pooling may differ)."""
+    c = p.cfg
+    return (p.fingerprint, p.weights.get("sha256") or (c.weights, c.seed), c.image_size, c.interpolation, p.precision,
+            c.views, c.shift_range, c.views_seed)
+
+
 class ModelCache:
-    """Build the backbone once per process (shards reuse it)."""
+    """Build the backbone once per process and pass (shards reuse it)."""
 
     def __init__(self):
         self._model = self._sig = self._sha = None
 
-    def get(self, p: Plan):
-        cfg, weights = p.cfg, p.weights
-        sig = (cfg.layer, cfg.image_size, cfg.weights, cfg.seed, p.precision, cfg.store_dtype, weights.get("sha256"))
+    def get(self, plans: list):
+        """The mapper for `plans` (one pass): an output per plan, in order."""
+        cfg = plans[0].cfg
+        layers = [P.parse_layers(p.cfg.layer, p.cfg.pooling) for p in plans]
+        union = list(dict.fromkeys(spec for specs in layers for spec in specs))
+        sig = (pass_of(plans[0]), tuple(union))
         if self._sig != sig:
             if cfg.weights == "random":
                 wt.warn_random(cfg.seed)
-            model = bb.build_backbone(cfg.layer, cfg.image_size, cfg.weights, cfg.seed, p.precision, weights.get("sha256"))
-            self._sha = weights.get("sha256") or wt.model_weights_sha256(model)
-            self._model, self._sig = bb.Backbone(model, cfg.store_dtype), sig
-        return self._model
+            model = bb.build_backbone(union, cfg.image_size, cfg.weights, cfg.seed, plans[0].precision,
+                                      plans[0].weights.get("sha256"))
+            self._sha = plans[0].weights.get("sha256") or wt.model_weights_sha256(model)
+            self._model, self._sig = model, sig
+        return bb.Backbone(self._model, [(specs, p.cfg.store_dtype) for specs, p in zip(layers, plans)])
 
-    def sha256(self, p: Plan) -> str:
+    def sha256(self, plans: list) -> str:
         """SHA-256 of the weights file (imagenet, PATH: checked when the model was built) or of the
         generated weights (random)."""
-        if p.weights.get("sha256"):
-            return p.weights["sha256"]
-        self.get(p)
+        if plans[0].weights.get("sha256"):
+            return plans[0].weights["sha256"]
+        self.get(plans)
         return self._sha
 
 
-def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: ModelCache | None = None) -> dict:
-    """Extract rows `ranges` ({split: (start, stop)}) into `<stem>.h5`, resuming `<stem>.partial`."""
-    models = models or ModelCache()
-    with writer_lock(stem):
-        if existing(stem + ".h5", p.key, full=False):
-            return {"hit": True, "images": 0}  # another process finished it while we waited
-        journal = Journal(stem, {"key": p.key, "settings": settings(p), "ranges": ranges}, p.cfg.store_dtype)
-        stats, t0 = {"images": 0, "resumed": journal.resumed}, time.perf_counter()
+def build_files(plans: list, stems: list, ranges: dict, quiet: bool = False, models: ModelCache | None = None) -> dict:
+    """Extract rows `ranges` ({split: (start, stop)}) of every plan (one pass) into `<stem>.h5`, resuming
+    each `<stem>.partial`."""
+    if len({pass_of(p) for p in plans}) != 1:
+        raise ValueError("build_files: these plans need different forward passes")
+    models, p0 = models or ModelCache(), plans[0]
+    locks = [writer_lock(stem) for stem in stems]
+    for lock in locks:
+        lock.__enter__()
+    try:
+        todo = [(p, stem) for p, stem in zip(plans, stems) if not existing(stem + ".h5", p.key, full=False)]
+        if not todo:
+            return {"hit": True, "images": 0}  # another process finished them while we waited
+        journals = [Journal(stem, {"key": p.key, "settings": settings(p), "ranges": ranges}, p.cfg.store_dtype)
+                    for p, stem in todo]
+        stats, t0 = {"images": 0}, time.perf_counter()
         for split, (start, stop) in ranges.items():
-            done = journal.done(split, start)
+            done = min(j.done(split, start) for j in journals)
             if done >= stop:
                 continue
-            model = models.get(p)
-            writer = BackgroundWriter(lambda a, b, f, s=split: journal.write(s, a, b, f))
-            note = f" (resuming at {done - start})" if done > start else ""
-            if note:
+            model = models.get([p for p, _ in todo])
+
+            def save(a, b, feats, s=split):
+                for journal, f in zip(journals, feats):
+                    journal.write(s, a, b, f)
+            if done > start:
                 print(f"{split}: resuming at row {done - start} of {stop - start}", file=sys.stderr)
-            t = extract_range(p.dataset.splits[split], done, stop, model, writer, batch_size=p.cfg.batch_size,
-                              image_size=p.cfg.image_size, interpolation=p.cfg.interpolation,
-                              desc=f"{split}{note}", quiet=quiet)
+            c = p0.cfg
+            prepare = preparer(c.image_size, c.interpolation, parse_views(c.views), c.shift_range, c.views_seed, split)
+            t = extract_range(p0.dataset.splits[split], done, stop, model, BackgroundWriter(save),
+                              batch_size=c.batch_size, prepare=prepare, quiet=quiet,
+                              desc=f"{split}" + (f" (resuming at {done - start})" if done > start else ""))
             stats["images"] += t.pop("images")
             for k, v in t.items():
                 stats[k] = stats.get(k, 0.0) + v
         stats["seconds"] = time.perf_counter() - t0
-        ds = p.dataset
-        meta = provenance(p, ranges, models.sha256(p))
-        splits = {s: (ds.splits[s].labels[a:b], ds.splits[s].ids[a:b], a) for s, (a, b) in ranges.items()}
-        write_cache(stem + ".h5", meta, splits, lambda s: journal.read(s, *ranges[s]))
-        journal.remove()
+        sha = models.sha256([p for p, _ in todo])
+        cost = {"images": stats["images"], "seconds": round(stats["seconds"], 2),        # this run's, when resumed
+                "model_s": round(stats.get("model_s", 0.0), 2), "caches_in_pass": len(todo)}
+        for (p, stem), journal in zip(todo, journals):
+            ds = p.dataset
+            splits = {s: (ds.splits[s].labels[a:b], ds.splits[s].ids[a:b], a) for s, (a, b) in ranges.items()}
+            write_cache(stem + ".h5", provenance(p, ranges, sha, extraction=cost), splits,
+                        lambda s, j=journal: j.read(s, *ranges[s]))
+            journal.remove()
         stats["hit"] = False
         return stats
+    finally:
+        for lock in reversed(locks):
+            lock.__exit__(None, None, None)
 
 
-def build_whole(p: Plan, quiet: bool = False, models: ModelCache | None = None) -> str:
-    """Extract every split of `p` in this process: the finished cache's path (built, resumed or a hit)."""
+def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: ModelCache | None = None) -> dict:
+    return build_files([p], [stem], ranges, quiet, models)
+
+
+def build_whole(plans: list, quiet: bool = False, models: ModelCache | None = None) -> list:
+    """Extract every split of `plans` (one pass) in this process: the finished caches' paths."""
     t0 = time.perf_counter()
-    stats = build_file(p, p.stem, {s: (0, len(sp)) for s, sp in p.dataset.splits.items()}, quiet=quiet, models=models)
+    p0 = plans[0]
+    if any(set(p.dataset.splits) != set(p0.dataset.splits) for p in plans):
+        raise PipelineError("caches built in one pass must have the same splits")
+    stats = build_files(plans, [p.stem for p in plans], {s: (0, len(sp)) for s, sp in p0.dataset.splits.items()},
+                        quiet=quiet, models=models)
     seconds = time.perf_counter() - t0
-    size = os.path.getsize(p.path) / 1e6
-    if stats["hit"]:
-        print(f"cache hit: {p.path} (finished by another process)", file=sys.stderr)
-    else:
-        n = stats["images"]
-        print(f"features: {n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s incl. start-up; "
-              f"model {stats.get('model_s', 0):.1f} s, waiting for input {stats.get('wait_input_s', 0):.1f} s) "
-              f"-> {p.path} ({size:.1f} MB)", file=sys.stderr)
-    return p.path
+    for p in plans:
+        size = os.path.getsize(p.path) / 1e6
+        if stats["hit"]:
+            print(f"cache hit: {p.path} (finished by another process)", file=sys.stderr)
+        else:
+            n = stats["images"]
+            print(f"features: {n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s incl. start-up; "
+                  f"model {stats.get('model_s', 0):.1f} s, waiting for input {stats.get('wait_input_s', 0):.1f} s) "
+                  f"-> {p.path} ({size:.1f} MB)", file=sys.stderr)
+    return [p.path for p in plans]

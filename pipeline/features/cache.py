@@ -88,7 +88,7 @@ def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
                 ds = None
                 for a, b, feats in chunks(name):
                     if ds is None:
-                        ds = g.create_dataset("features", (n, feats.shape[1]), dtype=feats.dtype)
+                        ds = g.create_dataset("features", (n, *feats.shape[1:]), dtype=feats.dtype)
                     ds[a - first_row:b - first_row] = feats
                     h.update(memoryview(np.ascontiguousarray(feats)).cast("B"))
                 if ds is None:

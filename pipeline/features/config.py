@@ -13,6 +13,8 @@ import dataclasses
 import os
 
 from ..errors import PipelineError
+from . import pooling as P
+from . import views as V
 
 # --- defaults: what `python -m pipeline features` does with no options -----------------
 DATASET = "cifar10"          # keras.datasets name, used when --data-dir is not given
@@ -21,7 +23,12 @@ SPLITS = ("train", "test")   # splits to extract, in this order
 LIMIT = None                 # at most this many images per split, stratified by class
 WEIGHTS = "imagenet"         # imagenet (Keras download) | random (seeded, offline) | PATH
 SEED = 0                     # seed of --weights random
-LAYER = "fc2"                # penultimate layer of VGG19: the notebook's "all but the softmax"
+LAYER = "fc2"                # penultimate layer of VGG19: the notebook's "all but the softmax"; or a comma
+                             # list of layer[:pooling], e.g. block4_pool:avg2x2,block5_pool (pooling.py)
+POOLING = "flatten"          # how a conv layer without :pooling becomes a vector: flatten|avg|max|avg2x2
+VIEWS = "none"               # augmented views cached per image: none, or e.g. flip,shift4 (views.py)
+SHIFT_RANGE = 0.125          # shiftN: up to this fraction of width and height (4 px of 32)
+VIEWS_SEED = 0               # seed of the shifts
 IMAGE_SIZE = 224             # images are upscaled to IMAGE_SIZE x IMAGE_SIZE
 INTERPOLATION = "cubic"      # OpenCV interpolation for the upscale (the notebook used cubic)
 PRECISION = "auto"           # compute dtype (Keras mixed-precision policy); auto = fastest native
@@ -34,7 +41,6 @@ MAX_IMAGE_PIXELS = 50_000_000  # larger image files are bad images (checked befo
 
 MAX_IMAGE_SIZE = 512        # --image-size upper bound: 16x CIFAR; block1 at 512 px is 64 MB per image
 DATASETS = ("cifar10", "cifar100")
-LAYERS = ("fc2", "fc1", "block5_pool")
 INTERPOLATIONS = ("cubic", "linear", "nearest", "area", "lanczos")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16")
@@ -54,7 +60,11 @@ class FeatureConfig:
     limit: int | None = setting(LIMIT, FINGERPRINT)
     weights: str = setting(WEIGHTS, RESOLVED)             # -> the file's SHA-256, or random + seed
     seed: int = setting(SEED, RESOLVED)                   # -> part of the random weights' identity
-    layer: str = setting(LAYER, KEYED)
+    layer: str = setting(LAYER, KEYED)                 # validated into one spelling, every pooling written out
+    pooling: str = setting(POOLING, RESOLVED)         # -> written into `layer`
+    views: str = setting(VIEWS, KEYED)                 # validated into one spelling
+    shift_range: float = setting(SHIFT_RANGE, KEYED)   # (set to its default when there are no shifts)
+    views_seed: int = setting(VIEWS_SEED, KEYED)       # (likewise)
     image_size: int = setting(IMAGE_SIZE, KEYED)
     interpolation: str = setting(INTERPOLATION, KEYED)
     precision: str = setting(PRECISION, RESOLVED)         # -> the dtype auto picked on this machine
@@ -81,7 +91,12 @@ def _choice(name, value, choices):
 def validate(cfg: FeatureConfig) -> FeatureConfig:
     """Check every setting once; return the config with splits normalised to a tuple."""
     _choice("dataset", cfg.dataset, DATASETS)
-    _choice("layer", cfg.layer, LAYERS)
+    layers = P.parse_layers(cfg.layer, cfg.pooling)
+    if not 0 < cfg.shift_range <= 0.5:
+        raise PipelineError(f"--shift-range: expected a fraction of the image in (0, 0.5], got {cfg.shift_range}")
+    if cfg.views_seed < 0:
+        raise PipelineError(f"--views-seed: expected a seed >= 0, got {cfg.views_seed}")
+    views = V.canonical(cfg.views)
     _choice("interpolation", cfg.interpolation, INTERPOLATIONS)
     _choice("precision", cfg.precision, PRECISIONS)
     _choice("store_dtype", cfg.store_dtype, STORE_DTYPES)
@@ -107,10 +122,18 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
     if cfg.weights not in ("imagenet", "random") and not os.path.isfile(cfg.weights):
         raise PipelineError(f"--weights: expected imagenet, random or a weights file, got {cfg.weights!r} "
                             "(no such file); check the path")
-    if cfg.weights == "imagenet" and cfg.layer != "block5_pool" and cfg.image_size != 224:
+    if cfg.weights == "imagenet" and P.needs_top(layers) and cfg.image_size != 224:
         raise PipelineError(f"--image-size {cfg.image_size}: ImageNet's fc1/fc2 weights need 224; "
-                            "use --image-size 224 or --layer block5_pool")
+                            "use --image-size 224 or conv layers (e.g. --layer block5_pool)")
+    for name, pooling in layers:
+        side = cfg.image_size // P.SIZE_LEVEL.get(name, 1)
+        if pooling == "avg2x2" and side < 2:
+            raise PipelineError(f"--layer {name}:avg2x2: its map is {side} x {side} at --image-size {cfg.image_size}; "
+                                f"use at least {2 * P.SIZE_LEVEL[name]} px or another pooling")
     if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise PipelineError(f"--data-dir {cfg.data_dir}: no such file or folder; pass the CIFAR python "
                             "folder, its .tar.gz, or an image-folder tree ROOT/{train,test}/CLASS/*.png")
-    return dataclasses.replace(cfg, splits=tuple(splits))
+    shifts = V.has_shifts(views)       # settings that change nothing are set to their defaults: no spurious new key
+    return dataclasses.replace(cfg, splits=tuple(splits), layer=P.canonical(layers), pooling=POOLING, views=views,
+                               shift_range=cfg.shift_range if shifts else SHIFT_RANGE,
+                               views_seed=cfg.views_seed if shifts else VIEWS_SEED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import PipelineError
-from .build import ModelCache, build_whole, existing, report_hit
+from .build import ModelCache, build_whole, existing, pass_of, report_hit
 from .config import FeatureConfig
 from .plan import plan
 from .shards import build_sharded
@@ -29,7 +29,27 @@ def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_addr
         print(f"precision: {p.cfg.precision} -> {p.precision}", file=sys.stderr)
     if shards > 1 or engine != "local":
         return build_sharded(p, shards, engine, ray_address, ray_actors, quiet)
-    return build_whole(p, quiet, models)
+    return build_whole([p], quiet, models)[0]
+
+
+def extract_many(cfgs: list, quiet: bool = False) -> list:
+    """The finished caches for several configurations, each built once: those that differ only in
+    layers, pooling or store dtype come out of one forward pass together. Paths in the order given."""
+    plans = [plan(c) for c in cfgs]
+    distinct = list(dict((p.key, p) for p in plans).values())
+    todo = [p for p in distinct if not report_hit(p)]
+    passes = {}
+    for p in todo:
+        passes.setdefault(pass_of(p), []).append(p)
+    done = len(distinct) - len(todo)
+    for i, group in enumerate(passes.values(), 1):
+        c = group[0].cfg
+        print(f"caches: {done} of {len(distinct)} done; pass {i} of {len(passes)} builds {len(group)} "
+              f"({c.image_size} px, {c.interpolation}, views {c.views}; layers "
+              f"{' | '.join(p.cfg.layer for p in group)})", file=sys.stderr)
+        build_whole(group, quiet)
+        done += len(group)
+    return [p.path for p in plans]
 
 
 def find_cache(cfg: FeatureConfig) -> str:

@@ -62,7 +62,7 @@ class Journal:
             x = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             return f"unreadable ({str(e).splitlines()[0][:60]})"
-        if x.ndim != 2 or x.shape[0] != b - a:
+        if x.ndim not in (2, 3) or x.shape[0] != b - a:
             return f"shape {x.shape}, expected {b - a} rows"
         if x.dtype != self.dtype:
             return f"dtype {x.dtype}, expected {self.dtype}"

@@ -12,6 +12,7 @@ import platform
 
 from ..keras_env import keras_backend_name
 from . import backbone as bb
+from . import pooling as P
 from . import weights as wt
 from .cache import FORMAT_VERSION, cache_key, cache_stem
 from .config import FeatureConfig, validate
@@ -52,10 +53,11 @@ def plan(cfg: FeatureConfig) -> Plan:
                       cfg.on_bad_image, cfg.max_image_pixels)
     fp = fingerprint(ds)
     precision = bb.resolve_precision(cfg.precision)
-    weights = wt.weights_identity(cfg.weights, cfg.seed, cfg.layer != "block5_pool", cfg.cache_dir)
+    layers = P.parse_layers(cfg.layer, cfg.pooling)
+    weights = wt.weights_identity(cfg.weights, cfg.seed, P.needs_top(layers), cfg.cache_dir)
     payload = key_payload(cfg, fp, precision, weights)
     key = cache_key(payload)
-    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, ds.name, cfg.layer, key))
+    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, ds.name, P.slug(layers), key))
 
 
 def settings(p: Plan) -> dict:

@@ -1,4 +1,4 @@
-"""Runner for stage one: reader -> upscale workers -> model -> writer, each phase timed.
+"""Runner for stage one: reader -> view/upscale workers -> model -> writer, each phase timed.
 
 `extract_range` streams any contiguous range of a split: worker threads read and upscale batches
 ahead of the model through a bounded window, a writer thread saves finished batches, so decoding,
@@ -12,9 +12,11 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from tqdm import tqdm
 
 from .preprocess import preprocess
+from .views import render
 
 PREFETCH = 4      # batches read and upscaled ahead of the model
 WORKERS = 2       # upscale threads (cv2 and numpy release the GIL)
@@ -55,16 +57,30 @@ class BackgroundWriter:
             raise self.error
 
 
-def extract_range(split, start: int, stop: int, model, writer, *, batch_size: int, image_size: int,
-                  interpolation: str, desc: str = "", quiet: bool = False) -> dict:
-    """Run images [start, stop) of `split` through `model` into `writer`; return phase timings."""
+def preparer(image_size: int, interpolation: str, views: list | None = None, shift_range: float = 0.0,
+             views_seed: int = 0, split: str = "train"):
+    """The reader-side step for a batch: (images, first row) -> the model's input: N x S x S x 3, or
+    K x N x S x S x 3 with K > 1 views (each view rendered on the small image, then upscaled)."""
+    if not views or views == ["orig"]:
+        return lambda images, first_row: preprocess(images, image_size, interpolation)
+
+    def prepare(images, first_row):
+        rendered = render(images, views, shift_range, views_seed, split, first_row)
+        return np.stack([preprocess(v, image_size, interpolation) for v in rendered])
+    return prepare
+
+
+def extract_range(split, start: int, stop: int, model, writer, *, batch_size: int, prepare, desc: str = "",
+                  quiet: bool = False) -> dict:
+    """Run images [start, stop) of `split`, made ready by `prepare` (see preparer), through `model` into
+    `writer`; return phase timings."""
     bounds = [(a, min(a + batch_size, stop)) for a in range(start, stop, batch_size)]
     timings = {"read_upscale_s": 0.0, "wait_input_s": 0.0, "model_s": 0.0, "write_s": 0.0}
     lock = threading.Lock()
 
     def load(a, b):
         t = time.perf_counter()
-        x = preprocess(split.read(a, b), image_size, interpolation)
+        x = prepare(split.read(a, b), a)
         with lock:
             timings["read_upscale_s"] += time.perf_counter() - t
         return x

@@ -19,11 +19,17 @@ def make_features(n: int, dim: int, n_classes: int, seed: int = 0, separation: f
 
 
 def write_synthetic_cache(path: str, n_train: int, n_test: int, dim: int = 4096, n_classes: int = 10,
-                          seed: int = 0, separation: float = 1.0) -> str:
+                          seed: int = 0, separation: float = 1.0, views: int = 1, dtype: str = "float32") -> str:
+    """A cache of the given size; views > 1: N x K x D, view k = the image's features plus noise."""
     data = {"train": make_features(n_train, dim, n_classes, seed, separation),
             "test": make_features(n_test, dim, n_classes, seed + 1, separation)}
+    if views > 1:
+        rng = np.random.default_rng(seed + 2)
+        data = {s: (np.stack([X] + [np.maximum(X + 0.5 * rng.standard_normal(X.shape, np.float32), 0)
+                                    for _ in range(views - 1)], axis=1), y) for s, (X, y) in data.items()}
+    data = {s: (X.astype(dtype), y) for s, (X, y) in data.items()}
     payload = {"synthetic": True, "n_train": n_train, "n_test": n_test, "dim": dim, "seed": seed,
-               "separation": separation}
+               "separation": separation, "views": views, "dtype": dtype}
     prov = {"format_version": FORMAT_VERSION, "key": cache_key(payload), "key_payload": payload,
             "settings": {"layer": "synthetic", "dataset": "synthetic"}, "dataset": "synthetic",
             "class_names": [f"class_{i}" for i in range(n_classes)],

@@ -13,6 +13,8 @@ DROPOUT = 0.5           # dropout rate before the softmax layer
 LR = 1e-3               # Adam learning rate
 BATCH_SIZE = 250        # head training batch size
 EPOCHS = 20             # passes over the training features
+STANDARDIZE = True      # softmax: standardise features with the training rows' mean and scale (conv
+                        # features are unscaled ReLU maps; without it the head overfits them)
 PATIENCE = 3            # --early-stopping: epochs without a better val loss before stopping
 C = 1.0                 # logreg inverse regularisation strength
 MAX_ITER = 200          # logreg solver iterations
@@ -21,14 +23,26 @@ SEED = 0                # makes a run reproducible (the split, the initial weigh
 RUNS_DIR = "data/runs"  # where run folders go
 # ---------------------------------------------------------------------------------------------------
 
+def boolean(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    if str(v).strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if str(v).strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(v)
+
+
+boolean.__name__ = "boolean"
 RANGES = {  # name: (type, check, what the check means)
+    "standardize": (boolean, lambda v: True, "true or false"),
     "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (float, lambda v: 0 < v < math.inf, "> 0 and finite"),
     "epochs": (int, lambda v: v >= 1, ">= 1"), "batch_size": (int, lambda v: v >= 1, ">= 1"),
     "C": (float, lambda v: 0 < v < math.inf, "> 0 and finite"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
     "val_fraction": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "patience": (int, lambda v: v >= 1, ">= 1"),
     "seed": (int, lambda v: 0 <= v < 2 ** 32, "in 0..2^32-1"),
 }
-HEAD_PARAMS = {"softmax": ("dropout", "lr", "epochs", "batch_size"), "logreg": ("C", "max_iter")}
+HEAD_PARAMS = {"softmax": ("dropout", "lr", "epochs", "batch_size", "standardize"), "logreg": ("C", "max_iter")}
 
 
 def check_param(name: str, value):

@@ -1,5 +1,11 @@
 """The features a head trains on: a cache loaded once (mapped, no copy), its train split cut into
-train and validation rows (stratified, seeded), its test split whole."""
+train and validation images (stratified, seeded), its test split whole.
+
+A cache with K augmented views per image (N x K x D) is seen as N*K rows, row i*K + k being view k
+of image i (a reshape: no copy). Heads train on every view of the training images; validation and
+test are scored on the original views (row i*K), and with test-time augmentation: the mean of the
+probabilities of an image's K views. Validation images never share an image with training rows.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,20 +18,36 @@ from ..features.cache import load_cache
 
 @dataclasses.dataclass
 class TrainingData:
-    X: np.ndarray              # the cache's train split (N x D, read-only over the mapped file)
-    y: np.ndarray
-    rows_train: np.ndarray     # rows of X the head trains on
-    rows_val: np.ndarray       # rows of X held out for model selection
+    X: np.ndarray              # the cache's train split as rows (N*K x D, read-only over the mapped file)
+    y: np.ndarray              # label of each row
+    rows_train: np.ndarray     # rows the head trains on: every view of the training images
+    rows_val: np.ndarray       # original-view rows of the validation images
     X_test: np.ndarray
     y_test: np.ndarray
     class_names: list
     cache_path: str
     provenance: dict           # the cache's attributes
+    views: int = 1             # K
+
+    def originals(self, rows) -> np.ndarray:
+        """The original-view rows among `rows`."""
+        rows = np.asarray(rows)
+        return rows[rows % self.views == 0]
 
     def splits(self) -> dict:
-        """{split: (X, y, rows)} for evaluation; train and val share one array."""
-        return {"train": (self.X, self.y, self.rows_train), "val": (self.X, self.y, self.rows_val),
-                "test": (self.X_test, self.y_test, np.arange(len(self.y_test)))}
+        """{split: (X, y, original-view rows)} for evaluation; train and val share one array."""
+        return {"train": (self.X, self.y, self.originals(self.rows_train)), "val": (self.X, self.y, self.rows_val),
+                "test": (self.X_test, self.y_test, np.arange(0, len(self.y_test), self.views))}
+
+    def tta_accuracy(self, head, rows: np.ndarray) -> float:
+        """Accuracy of `head` on the images of the original-view `rows` of X, averaging over their views."""
+        every = (np.asarray(rows)[:, None] + np.arange(self.views)).ravel()
+        p = head.predict_proba(self.X[every]).reshape(len(rows), self.views, -1).mean(1)
+        return float((p.argmax(1) == self.y[rows]).mean())
+
+    def tta(self, proba: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per image of the original-view `rows`: the mean probabilities over its K views (proba: every row)."""
+        return proba.reshape(-1, self.views, proba.shape[1])[np.asarray(rows) // self.views].mean(1)
 
 
 def validation_split(y: np.ndarray, fraction: float, seed: int):
@@ -42,15 +64,23 @@ def validation_split(y: np.ndarray, fraction: float, seed: int):
     return np.sort(train), np.sort(val)
 
 
+def as_rows(X: np.ndarray) -> np.ndarray:
+    """N x K x D -> N*K x D without a copy (2-D stays as it is); float16 stays float16."""
+    X = X.reshape(-1, X.shape[-1]) if X.ndim == 3 else X
+    return X if X.dtype == np.float16 else X.astype(np.float32, copy=False)
+
+
 def load_training_data(cache_path: str, val_fraction: float, seed: int) -> TrainingData:
     cache = load_cache(cache_path, splits=["train", "test"])
     X, y, meta = cache["train"]
     X_test, y_test, _ = cache["test"]
-    X, X_test = (a if a.dtype == np.float16 else a.astype(np.float32, copy=False) for a in (X, X_test))
-    rows_train, rows_val = validation_split(y, val_fraction, seed)
-    if len(np.unique(y[rows_train])) < 2:
-        raise PipelineError(f"--val-fraction {val_fraction}: leaves {len(rows_train)} training rows of "
-                            f"{len(np.unique(y[rows_train]))} class(es) out of {len(y)}; lower it (a head needs two "
+    K = X.shape[1] if X.ndim == 3 else 1
+    images_train, images_val = validation_split(y, val_fraction, seed)
+    if len(np.unique(y[images_train])) < 2:
+        raise PipelineError(f"--val-fraction {val_fraction}: leaves {len(images_train)} training images of "
+                            f"{len(np.unique(y[images_train]))} class(es) out of {len(y)}; lower it (a head needs two "
                             "classes to train on)")
+    rows_train = (images_train[:, None] * K + np.arange(K)).ravel()
     prov = {k: v for k, v in meta.items() if k not in ("ids", "split")}
-    return TrainingData(X, y, rows_train, rows_val, X_test, y_test, list(meta["class_names"]), cache_path, prov)
+    return TrainingData(as_rows(X), np.repeat(y, K), rows_train, images_val * K, as_rows(X_test), np.repeat(y_test, K),
+                        list(meta["class_names"]), cache_path, prov, K)

@@ -134,11 +134,13 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
 
 
 def summary_table(metrics: dict) -> str:
-    lines = [f"{'split':<6} {'images':>7} {'loss':>8} {'accuracy':>9}"]
+    tta = any((metrics.get(s) or {}).get("tta") for s in ("train", "val", "test"))
+    lines = [f"{'split':<6} {'images':>7} {'loss':>8} {'accuracy':>9}" + (f" {'TTA acc':>8}" if tta else "")]
     for split in ("train", "val", "test"):
         m = metrics.get(split)
         if m and m["n"]:
-            lines.append(f"{split:<6} {m['n']:>7} {m['loss']:>8.4f} {m['accuracy']:>9.2%}")
+            lines.append(f"{split:<6} {m['n']:>7} {m['loss']:>8.4f} {m['accuracy']:>9.2%}"
+                         + (f" {m['tta']['accuracy']:>8.2%}" if m.get("tta") else ""))
     t = metrics["timings"]
     lines.append("timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in t.items()))
     return "\n".join(lines)

@@ -66,7 +66,7 @@ class SoftmaxSweep:
     each head sees i.i.d. Bernoulli masks exactly as it would alone; heads sharing a rate share one."""
 
     def __init__(self, dropouts=(0.5,), lrs=(1e-3,), epochs=20, batch_size=250, early_stopping=False,
-                 patience=3, standardize=False, seed=0):
+                 patience=3, standardize=True, seed=0):
         self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
         self.early_stopping, self.patience, self.standardize, self.seed = early_stopping, patience, standardize, seed
 
@@ -182,7 +182,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_."""
 
     def __init__(self, dropout=0.5, lr=1e-3, epochs=20, batch_size=250, early_stopping=False, patience=3,
-                 standardize=False, seed=0, classes=None):
+                 standardize=True, seed=0, classes=None):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
         self.seed, self.classes = seed, classes

@@ -85,19 +85,20 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
         return
     groups = {}
     for i, cfg in enumerate(configs):
-        groups.setdefault((cfg["epochs"], cfg["batch_size"]), []).append(i)
+        groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"]), []).append(i)
     rv = data.rows_val
-    for (epochs, batch_size), idx in groups.items():
+    for (epochs, batch_size, standardize), idx in groups.items():
         sweep = SoftmaxSweep(dropouts=[configs[i]["dropout"] for i in idx], lrs=[configs[i]["lr"] for i in idx],
                              epochs=epochs, batch_size=batch_size, early_stopping=opts.early_stopping,
-                             patience=opts.patience, seed=opts.seed)
+                             patience=opts.patience, standardize=standardize, seed=opts.seed)
         sweep.fit(data.X, data.y, data.X[rv], data.y[rv], n_classes=n_classes, rows=data.rows_train)
         for k, i in enumerate(idx):
             yield i, sweep.head(k, list(range(n_classes)))
 
 
 def write_table(folder: str, rows: list, keys: list):
-    cols = keys + ["val_accuracy", "val_loss", "train_accuracy", "best_epoch"]
+    cols = keys + [c for c in ("val_tta_accuracy",) if c in rows[0]] + ["val_accuracy", "val_loss", "train_accuracy",
+                                                                         "best_epoch"]
     with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["rank"] + cols)
         w.writeheader()
@@ -145,8 +146,11 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
         kept = fitted.history_[best - 1] if head == "softmax" and opts.early_stopping else last
         rows.append({**configs[i], "val_accuracy": kept["val_accuracy"], "val_loss": kept["val_loss"],
                      "train_accuracy": kept["train_accuracy"], "best_epoch": best, "_i": i})
+        if data.views > 1:       # ranked as it will be reported: with test-time augmentation
+            rows[-1]["val_tta_accuracy"] = data.tta_accuracy(fitted, data.rows_val)
     timings["train_s"] = time.perf_counter() - t
-    rows.sort(key=lambda r: (-r["val_accuracy"], r["val_loss"]))
+    rank = "val_tta_accuracy" if data.views > 1 else "val_accuracy"
+    rows.sort(key=lambda r: (-r[rank], r["val_loss"]))
     keys = list(space)
     shutil.rmtree(folder + ".tmp", ignore_errors=True)
     os.makedirs(folder + ".tmp")

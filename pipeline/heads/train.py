@@ -21,7 +21,8 @@ def make_head(kind: str, params: dict, opts: RunOptions, n_classes: int):
     classes = list(range(n_classes))
     if kind == "softmax":
         return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], epochs=params["epochs"],
-                           batch_size=params["batch_size"], early_stopping=opts.early_stopping,
+                           batch_size=params["batch_size"], standardize=params["standardize"],
+                           early_stopping=opts.early_stopping,
                            patience=opts.patience, seed=opts.seed, classes=classes)
     return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes)
 
@@ -45,12 +46,15 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     n_classes = len(data.class_names)
     extra = {"early_stopping": opts.early_stopping, "patience": opts.patience,
              "best_epoch": head.best_epoch_} if kind == "softmax" else {}
-    metrics = {"head": kind, "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction, **extra}}
+    metrics = {"head": kind, "views": data.views,
+               "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction, **extra}}
     proba = {}
     for split, (X, y, rows) in data.splits().items():
         if id(X) not in proba:  # train and val share one array: one pass over it
             proba[id(X)] = head.predict_proba(X)
         metrics[split] = evaluate(proba[id(X)][rows], y[rows], n_classes) if len(rows) else {"n": 0}
+        if data.views > 1 and len(rows):      # test-time augmentation: the mean over each image's views
+            metrics[split]["tta"] = evaluate(data.tta(proba[id(X)], rows), y[rows], n_classes)
     timings["evaluate_s"] = time.perf_counter() - t
     metrics.update(class_names=data.class_names, cache=os.path.abspath(data.cache_path), provenance=data.provenance,
                    timings=timings)

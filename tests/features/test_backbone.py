@@ -29,7 +29,7 @@ def test_backbone_precision_stays_local_to_the_backbone():
     import keras
     before_policy, before_np = keras.config.dtype_policy().name, np.random.get_state()[1].copy()
     m = bb.build_backbone("block5_pool", 32, "random", 0, "bfloat16")
-    assert m.layers[1].dtype_policy.name == "mixed_bfloat16" and m.output.dtype == "bfloat16"
+    assert m.layers[1].dtype_policy.name == "mixed_bfloat16" and m.output["block5_pool"].dtype == "bfloat16"
     assert keras.config.dtype_policy().name == before_policy == "float32"
     assert np.array_equal(np.random.get_state()[1], before_np)
     later = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -51,7 +51,7 @@ def test_random_weights_are_reproducible_and_glorot():
 
 def test_fc2_at_224_has_the_notebook_shape():
     m = bb.build_backbone("fc2", 224, "random", 0, "float32")
-    assert tuple(m.output.shape) == (None, 4096) and not m.trainable
+    assert tuple(m.output["fc2"].shape) == (None, 4096) and not m.trainable
     assert [layer.name for layer in m.layers][-3:] == ["flatten", "fc1", "fc2"]
 
 
@@ -82,7 +82,19 @@ def test_weights_file_changed_since_keyed_is_refused(tmp_path):
         bb.build_backbone("block5_pool", 32, str(tmp_path / "gone.weights.h5"), 0, "float32")
 
 
-def test_backbone_callable_casts_to_store_dtype():
-    m = bb.Backbone(bb.build_backbone("block5_pool", 32, "random", 0, "float32"), "float16")
-    out = m(np.zeros((2, 32, 32, 3), np.float32))
-    assert out.shape == (2, 512) and out.dtype == np.float16
+def test_one_pass_gives_every_layer_pooled_as_asked():
+    """Several layers and poolings from one forward pass: each output equals the raw layer pooled."""
+    from pipeline.features import pooling as P
+    specs = P.parse_layers("block4_pool:avg2x2,block5_pool,block3_pool:max", "avg")
+    model = bb.build_backbone(specs, 64, "random", 0, "float32")
+    assert sorted(model.output) == ["block3_pool", "block4_pool", "block5_pool"]
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32) * 50
+    raw = {k: np.asarray(v) for k, v in model.predict_on_batch(x).items()}
+    f16, f32 = bb.Backbone(model, [(specs[1:2], "float16"), (specs, "float32")])(x)
+    assert f16.dtype == np.float16 and f16.shape == (2, 512) and f32.shape == (2, 4 * 512 + 512 + 256)
+    b4 = raw["block4_pool"]                                         # 4 x 4 x 512 at 64 px
+    np.testing.assert_allclose(f32[:, :512], b4[:, :2, :2].mean((1, 2)), rtol=1e-5)          # top-left quadrant
+    np.testing.assert_allclose(f32[:, 3 * 512:4 * 512], b4[:, 2:, 2:].mean((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(f32[:, -256:], raw["block3_pool"].max((1, 2)), rtol=1e-6)
+    views = bb.Backbone(model, [(specs, "float32")])(np.stack([x, x[:, :, ::-1]]))[0]
+    assert views.shape == (2, 2, f32.shape[1]) and np.allclose(views[:, 0], f32, rtol=1e-5, atol=1e-5)

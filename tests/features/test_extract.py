@@ -94,10 +94,49 @@ def test_features_equal_a_direct_forward_pass_at_224(cifar_dir, tmp_path, capsys
     from pipeline.features.sources import open_dataset
     images = open_dataset("cifar10", cifar_dir, ("test",), 3).splits["test"].images
     model = bb.build_backbone("fc2", 224, "random", 0, "float32")
-    want = np.asarray(model.predict_on_batch(preprocess(images, 224, "cubic")))
+    want = np.asarray(model.predict_on_batch(preprocess(images, 224, "cubic"))["fc2"])
     assert f.shape == (3, 4096) and np.abs(want).max() > 0
     # tolerance: float32 GEMMs blocked differently for batch 2 vs 3 round differently (~1e-6 relative)
     np.testing.assert_allclose(f, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_pooled_layers_and_views_in_one_cache(cifar_dir, tmp_path, capsys):
+    """block4 (2x2 quadrants) + block5 (avg) from one pass, 1 + flip + 2 shifted views per image: rows
+    are images, the view an axis; view 0 equals the cache made without views."""
+    small = ["--weights", "random", "--precision", "float32", "--quiet"]
+    base = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *small, "--image-size", "64",
+            "--layer", "block4_pool:avg2x2,block5_pool", "--pooling", "avg")
+    code, out, err = features(capsys, *base, "--views", "flip,shift2")
+    assert code == 0 and "block4_pool-avg2x2+block5_pool-avg" in out[-1]
+    f, y, meta = load_cache(out[-1])["test"]
+    assert f.shape == (6, 4, 4 * 512 + 512) and meta["settings"]["views"] == "flip,shift2"
+    assert meta["settings"]["layer"] == "block4_pool:avg2x2,block5_pool:avg" and meta["settings"]["shift_range"] == 0.125
+    plain = load_cache(features(capsys, *base)[1][-1])["test"][0]
+    assert plain.shape == (6, 2560) and np.allclose(f[:, 0], plain, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(f[:, 1], plain)
+    code, out2, err = features(capsys, *base, "--views", "shift2,flip")          # the same views, spelled otherwise
+    assert out2[-1] == out[-1] and "cache hit" in err
+    code, out3, err = features(capsys, *base, "--views", "flip,shift2", "--views-seed", "1")
+    assert out3[-1] != out[-1]
+
+
+def test_caches_that_share_a_pass_are_built_from_one(cifar_dir, tmp_path, capsys, monkeypatch):
+    from pipeline.features import FeatureConfig
+    from pipeline.features.extract import extract_many
+    calls = []
+    real = bb.build_backbone
+    monkeypatch.setattr(bb, "build_backbone", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    cfgs = [FeatureConfig(data_dir=cifar_dir, splits=("test",), weights="random", image_size=64, precision="float32",
+                          cache_dir=str(tmp_path / "c"), layer=layer, pooling=pooling)
+            for layer, pooling in (("block5_pool", "flatten"), ("block5_pool", "avg"), ("block4_pool,block5_pool", "max"))]
+    paths = extract_many(cfgs, quiet=True)
+    assert len(set(paths)) == 3 and len(calls) == 1                            # three caches, one backbone, one pass
+    one = load_cache(paths[0])["test"][0]
+    alone = load_cache(features(capsys, "--data-dir", cifar_dir, "--cache-dir", tmp_path / "alone", "--splits", "test",
+                                "--weights", "random", "--image-size", "64", "--precision", "float32", "--quiet",
+                                "--layer", "block5_pool")[1][-1])["test"][0]
+    assert np.array_equal(one, alone)
+    assert load_cache(paths[2])["test"][0].shape == (6, 1024) and extract_many(cfgs, quiet=True) == paths
 
 
 @pytest.mark.parametrize("damage", ["none", "journal"])
@@ -247,7 +286,11 @@ def test_skip_bad_images_is_recorded(folder_dir, tmp_path, capsys):
     (["--ray-actors", "-1", "--engine", "ray"], "--ray-actors: expected N >= 1"),
     (["--image-size", "10000", "--weights", "random"], "--image-size: expected 32..512"),
     (["--max-image-pixels", "0"], "--max-image-pixels: expected a positive number"),
-    (["--layer", "fc9"], "--layer: expected one of fc2, fc1, block5_pool, got 'fc9'"),
+    (["--views", "mirror"], "--views: expected none, or a comma list of flip and shiftN"),
+    (["--views", "shift2", "--shift-range", "0.9"], "--shift-range: expected a fraction of the image in (0, 0.5]"),
+    (["--layer", "block5_pool:avg2x2", "--image-size", "32", "--weights", "random"], "its map is 1 x 1"),
+    (["--layer", "block5_pool", "--pooling", "sum"], "--pooling: expected one of flatten, avg, max, avg2x2"),
+    (["--layer", "fc9"], "--layer: expected a comma list of fc1, fc2, block1_pool"),
     (["--splits", "train,val"], "--splits"),
     (["--limit", "0"], "--limit"),
     (["--weights", "/nope.h5"], "no such file"),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.features.runner import BackgroundWriter, extract_range
+from pipeline.features.runner import BackgroundWriter, extract_range, preparer
 from pipeline.features.dataset import Split
 
 
@@ -17,7 +17,7 @@ def mean_model(x):
 def test_every_row_once_in_order_for_any_range():
     split, saved = make_split(), []
     writer = BackgroundWriter(lambda a, b, f: saved.append((a, b, f)))
-    t = extract_range(split, 5, 21, mean_model, writer, batch_size=4, image_size=16, interpolation="cubic", quiet=True)
+    t = extract_range(split, 5, 21, mean_model, writer, batch_size=4, prepare=preparer(16, "cubic"), quiet=True)
     assert [(a, b) for a, b, _ in saved] == [(5, 9), (9, 13), (13, 17), (17, 21)]
     assert t["images"] == 16 and t["model_s"] >= 0 and set(t) >= {"read_upscale_s", "wait_input_s", "write_s"}
     from pipeline.features.preprocess import preprocess
@@ -30,7 +30,7 @@ def test_writer_error_reaches_the_caller():
         raise OSError(28, "No space left on device")
     writer = BackgroundWriter(save)
     with pytest.raises(OSError):
-        extract_range(make_split(), 0, 23, mean_model, writer, batch_size=4, image_size=8, interpolation="area", quiet=True)
+        extract_range(make_split(), 0, 23, mean_model, writer, batch_size=4, prepare=preparer(8, "area"), quiet=True)
 
 
 def test_model_error_still_flushes_finished_batches():
@@ -43,5 +43,5 @@ def test_model_error_still_flushes_finished_batches():
         return mean_model(x)
     with pytest.raises(KeyboardInterrupt):
         extract_range(make_split(), 0, 23, model, BackgroundWriter(lambda a, b, f: saved.append((a, b))),
-                      batch_size=4, image_size=8, interpolation="nearest", quiet=True)
+                      batch_size=4, prepare=preparer(8, "nearest"), quiet=True)
     assert saved == [(0, 4), (4, 8)]

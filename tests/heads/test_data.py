@@ -24,3 +24,34 @@ def test_training_data_maps_the_cache(syn):
     assert not data.X.flags.writeable and data.X.shape == (600, 32) and len(data.rows_val) == 60
     assert data.class_names == ["class_0", "class_1", "class_2", "class_3"] and data.provenance["dataset"] == "synthetic"
     assert set(data.splits()) == {"train", "val", "test"}
+
+
+@pytest.fixture(scope="module")
+def syn_views(tmp_path_factory):
+    from pipeline.features.synthetic import write_synthetic_cache
+    return write_synthetic_cache(str(tmp_path_factory.mktemp("v") / "v.h5"), 400, 100, dim=16, n_classes=4,
+                                 separation=1.5, views=3, dtype="float16")
+
+
+def test_views_are_rows_and_validation_never_shares_an_image_with_training(syn_views):
+    data = load_training_data(syn_views, 0.2, 0)
+    assert data.views == 3 and data.X.shape == (1200, 16) and data.X.dtype == np.float16 and len(data.y) == 1200
+    train_images, val_images = set(data.rows_train // 3), set(data.rows_val // 3)
+    assert not train_images & val_images and len(val_images) == 80 and len(data.rows_train) == 320 * 3
+    assert (data.rows_val % 3 == 0).all() and len(data.splits()["test"][2]) == 100
+    proba = np.tile(np.eye(4)[[0, 1, 2]], (100, 1))        # views 0, 1, 2 vote 0, 1, 2: the mean is a tie of 1/3
+    assert np.allclose(data.tta(proba, data.splits()["test"][2])[:, :3], 1 / 3)
+
+
+def test_train_head_reports_test_time_augmentation(syn_views, tmp_path, capsys):
+    import json
+
+    from conftest import run_captured
+    code, out, err = run_captured(capsys, "train-head", "--cache", syn_views, "--runs-dir", tmp_path, "--name", "r",
+                                  "--epochs", "20", "--lr", "0.01")
+    m = json.load(open(tmp_path / "r" / "metrics.json"))
+    assert code == 0 and m["views"] == 3 and m["test"]["n"] == 100 and m["test"]["tta"]["n"] == 100
+    assert m["test"]["tta"]["accuracy"] > 0.5 and "TTA acc" in err
+    code, out, err = run_captured(capsys, "sweep", "--cache", syn_views, "--runs-dir", tmp_path, "--name", "s",
+                                  "--epochs", "2", "--param", "dropout=0.2,0.5")
+    assert code == 0 and "val_tta_accuracy" in open(tmp_path / "s" / "results.csv").readline()

@@ -1,0 +1,115 @@
+"""Which VGG19 layers become the features, and how a conv layer's H x W x C map becomes a vector.
+
+A layer spec is a comma list of `layer[:pooling]`, e.g. `block5_pool` or
+`block4_pool:avg2x2,block5_pool:flatten`; the features are the pooled layers concatenated in that
+order, all from one forward pass. Poolings use Keras' vocabulary (`pooling="avg"|"max"` as in
+keras.applications; flatten as the notebook did) plus avg2x2, the mean of each quadrant (a 2 x 2
+spatial pyramid level: where in the image a feature fired, at 4x the channels of avg):
+
+    flatten  H*W*C     avg  C     max  C     avg2x2  4*C (quadrants: top-left, top-right, bottom-left, bottom-right)
+
+`pool` computes them with NumPy in float32 (stage one); `keras_pool` builds the same from Keras'
+own layers (predict's end-to-end model), so an exported model holds no custom code.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import PipelineError
+
+CONV_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
+DENSE_LAYERS = ("fc1", "fc2")
+POOLINGS = ("flatten", "avg", "max", "avg2x2")
+SIZE_LEVEL = {f"block{i}_pool": 2 ** i for i in range(1, 6)}     # the map is image_size // this wide
+
+
+def parse_layers(spec: str, default_pooling: str) -> list[tuple[str, str | None]]:
+    """[(layer, pooling)] from a spec (pooling None for fc1/fc2); PipelineError naming what is wrong."""
+    if default_pooling not in POOLINGS:
+        raise PipelineError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {default_pooling!r}")
+    out = []
+    for item in str(spec).split(","):
+        name, _, pooling = item.strip().partition(":")
+        if name in DENSE_LAYERS and not pooling:
+            out.append((name, None))
+        elif name in CONV_LAYERS:
+            pooling = pooling or default_pooling
+            if pooling not in POOLINGS:
+                raise PipelineError(f"--layer {item.strip()}: pooling expected one of {', '.join(POOLINGS)}, got "
+                                    f"{pooling!r}")
+            out.append((name, pooling))
+        else:
+            raise PipelineError(f"--layer: expected a comma list of {', '.join(DENSE_LAYERS + CONV_LAYERS)} (conv "
+                                f"layers may add :{'|'.join(POOLINGS)}), got {item.strip()!r}")
+    if len(set(out)) != len(out):
+        raise PipelineError(f"--layer {spec}: names a layer with the same pooling twice; list each once")
+    return out
+
+
+def canonical(layers: list) -> str:
+    """The spec with every pooling written out (what the key holds)."""
+    return ",".join(name if pooling is None else f"{name}:{pooling}" for name, pooling in layers)
+
+
+def slug(layers: list) -> str:
+    """A file-name part: block4_pool-avg2x2+block5_pool (flatten and fc layers without a suffix)."""
+    return "+".join(name if pooling in (None, "flatten") else f"{name}-{pooling}" for name, pooling in layers)
+
+
+def needs_top(layers: list) -> bool:
+    return any(pooling is None for _, pooling in layers)
+
+
+def _quadrants(h: int, w: int):
+    return [(slice(0, h // 2), slice(0, w // 2)), (slice(0, h // 2), slice(w // 2, w)),
+            (slice(h // 2, h), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))]
+
+
+def pool(outputs: dict, layers: list) -> np.ndarray:
+    """N x D float32 features from the raw layer outputs ({layer name: N x H x W x C or N x C})."""
+    parts = []
+    for name, pooling in layers:
+        x = np.asarray(outputs[name], np.float32)
+        if pooling is None or pooling == "flatten":
+            parts.append(x.reshape(len(x), -1))
+        elif pooling == "avg":
+            parts.append(x.mean((1, 2)))
+        elif pooling == "max":
+            parts.append(x.max((1, 2)))
+        else:
+            parts.append(np.concatenate([x[:, r, c].mean((1, 2)) for r, c in _quadrants(*x.shape[1:3])], 1))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, 1)
+
+
+def keras_pool(keras, tensors: dict, layers: list):
+    """The same features from Keras tensors ({layer name: tensor}), built from Keras' own layers."""
+    L, parts = keras.layers, []
+    for name, pooling in layers:
+        x, tag = tensors[name], f"{name}_{pooling or 'dense'}"
+        if pooling is None:
+            parts.append(L.Activation("linear", dtype="float32", name=f"{tag}_float32")(x))
+        elif pooling == "flatten":
+            parts.append(L.Flatten(dtype="float32", name=tag)(x))
+        elif pooling == "avg":
+            parts.append(L.GlobalAveragePooling2D(dtype="float32", name=tag)(x))
+        elif pooling == "max":
+            parts.append(L.GlobalMaxPooling2D(dtype="float32", name=tag)(x))
+        else:
+            h, w = x.shape[1], x.shape[2]
+            for q, (r, c) in enumerate(_quadrants(h, w)):
+                crop = L.Cropping2D(((r.start, h - r.stop), (c.start, w - c.stop)), dtype="float32", name=f"{tag}_q{q}_crop")(x)
+                parts.append(L.GlobalAveragePooling2D(dtype="float32", name=f"{tag}_q{q}")(crop))
+    return parts[0] if len(parts) == 1 else L.Concatenate(dtype="float32", name="features")(parts)
+
+
+def feature_dim(layers: list, image_size: int) -> int:
+    """Width of the pooled features at this image size (VGG19: 64..512 channels, 4096 for fc1/fc2)."""
+    channels = {"block1_pool": 64, "block2_pool": 128, "block3_pool": 256, "block4_pool": 512, "block5_pool": 512}
+    total = 0
+    for name, pooling in layers:
+        if pooling is None:
+            total += 4096
+            continue
+        side, c = image_size // SIZE_LEVEL[name], channels[name]
+        total += {"flatten": side * side * c, "avg": c, "max": c, "avg2x2": 4 * c}[pooling]
+    return total

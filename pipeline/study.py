@@ -1,0 +1,233 @@
+"""`python -m pipeline study`: a grid over stage-one settings (interpolation x image size x layers and
+pooling x views ...) and head settings, each distinct cache built once (or a hit; caches that differ
+only in layers or pooling share one forward pass), every head configuration trained on it, and one
+table (results.csv, results.md) and one plot (study.png): validation and test accuracy with a 95%
+interval against cost (extraction img/s, cache MB, head seconds).
+
+The best configuration is chosen on validation (with test-time augmentation when the cache has
+views), never on test; its head is written as a run folder `<study>-best`. A killed study resumes:
+built caches are hits and every finished (cache, head) row is kept in `<study>/rows/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from .durable import write_json
+from .errors import PipelineError
+from .features import FeatureConfig
+from .features.cache import read_provenance
+from .features.config import validate
+from .features.extract import extract_many
+from .heads.config import HEAD_PARAMS, RunOptions, check_param
+from .heads.data import load_training_data
+from .heads.runs import evaluate
+from .heads.train import finish_run
+
+FEATURE_AXES = ("interpolation", "image_size", "layer", "pooling", "views", "shift_range", "views_seed",
+                "store_dtype", "precision", "limit")
+Z95 = 1.959964
+
+
+def wilson(acc: float, n: int) -> tuple[float, float]:
+    """95% Wilson interval of an accuracy measured on n images."""
+    if not n:
+        return float("nan"), float("nan")
+    centre = (acc + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 * np.sqrt(acc * (1 - acc) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
+    return float(centre - half), float(centre + half)
+
+
+def parse_grid(items: list, heads: list) -> tuple[dict, dict]:
+    """({stage-one setting: [values]}, {head: {param: [values]}}) from `KEY=V1,V2` items; `heads` the kinds."""
+    features, params = {}, {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key, values = key.strip().replace("-", "_"), [v.strip() for v in values.split(";" if key.strip() == "layer" else ",")
+                                                       if v.strip()]
+        if not sep or not values:
+            raise PipelineError(f"--grid {item}: expected KEY=V1,V2 (layer specs separated by ;), e.g. "
+                                "interpolation=cubic,area")
+        if key in FEATURE_AXES:
+            kind = type(getattr(FeatureConfig(), key)) if key != "limit" else int
+            try:
+                features[key] = [kind(v) if kind in (int, float) else v for v in values]
+            except ValueError:
+                raise PipelineError(f"--grid {item}: expected {kind.__name__} values for {key}") from None
+        elif any(key in HEAD_PARAMS[h] for h in heads):
+            params[key] = values
+        else:
+            raise PipelineError(f"--grid {key}: unknown; expected a stage-one setting ({', '.join(FEATURE_AXES)}) "
+                                f"or a parameter of the {'/'.join(heads)} head(s)")
+    head_grids = {}
+    for h in heads:
+        if h not in HEAD_PARAMS:
+            raise PipelineError(f"--heads: expected softmax and/or logreg, got {h!r}")
+        head_grids[h] = {k: [check_param(k, v) for v in vs] for k, vs in params.items() if k in HEAD_PARAMS[h]}
+    return features, head_grids
+
+
+def feature_configs(base: FeatureConfig, axes: dict) -> list:
+    """Every combination of the stage-one axes on top of `base`, each validated (one line if not)."""
+    from sklearn.model_selection import ParameterGrid
+    return [validate(dataclasses.replace(base, **point)) for point in ParameterGrid(axes)] if axes else [validate(base)]
+
+
+def head_configs(head_grids: dict, base_params: dict) -> list:
+    from sklearn.model_selection import ParameterGrid
+    out = []
+    for kind, grid in head_grids.items():
+        base = {p: base_params[p] for p in HEAD_PARAMS[kind]}
+        out += [(kind, {**base, **point}) for point in ParameterGrid(grid)] if grid else [(kind, base)]
+    return out
+
+
+def _tag(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, object]:
+    """Train one head; its row of metrics (val and test, original view and averaged over views)."""
+    from .heads.train import fit_head, make_head
+    t = time.perf_counter()
+    head = fit_head(make_head(kind, params, opts, len(data.class_names)), data)
+    seconds = time.perf_counter() - t
+    row = {"head": kind, **{f"head_{k}": v for k, v in params.items()}, "head_s": round(seconds, 2)}
+    n_classes = len(data.class_names)
+    for split, (X, y, rows) in data.splits().items():
+        if split == "train" or not len(rows):
+            continue
+        every = (rows[:, None] + np.arange(data.views)).ravel()
+        p = head.predict_proba(X[every]).reshape(len(rows), data.views, -1)
+        m = evaluate(p[:, 0], y[rows], n_classes)
+        row.update({f"{split}_n": m["n"], f"{split}_accuracy": m["accuracy"], f"{split}_loss": m["loss"]})
+        if data.views > 1:
+            row[f"{split}_tta_accuracy"] = evaluate(p.mean(1), y[rows], n_classes)["accuracy"]
+    return row, head
+
+
+def _cache_row(path: str, cfg: FeatureConfig) -> dict:
+    meta = read_provenance(path)
+    cost = meta.get("extraction") or {}
+    n = sum(meta["split_sizes"].values())
+    return {**{k: getattr(cfg, k) for k in FEATURE_AXES}, "cache": os.path.basename(path),
+            "cache_mb": round(os.path.getsize(path) / 1e6, 1), "features": meta.get("key_payload", {}).get("layer"),
+            "extract_img_per_s": round(cost["images"] / cost["seconds"], 2) if cost.get("seconds") and cost.get("images") == n
+            else None, "caches_in_pass": cost.get("caches_in_pass")}
+
+
+def run_study(base: FeatureConfig, axes: dict, heads: list, base_params: dict, opts: RunOptions, quiet=False) -> str:
+    """Build (or hit) every cache of the grid, train every head on each, write the table and plot."""
+    cfgs = feature_configs(base, axes)
+    configs = head_configs(heads, base_params)
+    name = opts.name or "study-" + _tag([[dataclasses.asdict(c) for c in cfgs], configs, opts.seed, opts.val_fraction])
+    folder = os.path.join(opts.runs_dir, name)
+    os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
+    print(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)", file=sys.stderr)
+    paths = extract_many(cfgs, quiet=quiet)                 # each distinct cache once; shared passes together
+    rows = []
+    for i, (cfg, path) in enumerate(zip(cfgs, paths), 1):
+        print(f"study: heads on cache {i}/{len(cfgs)} {os.path.basename(path)}", file=sys.stderr)
+        crow, data = _cache_row(path, cfg), None
+        for kind, params in configs:
+            row_file = os.path.join(folder, "rows", f"{crow['cache'][:-3]}-{_tag([kind, params])}.json")
+            if os.path.exists(row_file):
+                with open(row_file) as f:
+                    rows.append(json.load(f))
+                continue
+            data = data or load_training_data(path, opts.val_fraction, opts.seed)
+            row, _ = run_head(data, kind, params, opts)
+            rows.append({**crow, **row, "views_k": data.views})
+            write_json(row_file, rows[-1])
+    key = lambda r: r.get("val_tta_accuracy") or r["val_accuracy"]  # noqa: E731 - selected as it is reported
+    rows.sort(key=lambda r: -key(r))
+    for r in rows:
+        for split in ("val", "test"):
+            acc = r.get(f"{split}_tta_accuracy") or r[f"{split}_accuracy"]
+            r[f"{split}_ci95"] = [round(v, 4) for v in wilson(acc, r[f"{split}_n"])]
+    write_tables(folder, rows)
+    plot_study(os.path.join(folder, "study.png"), rows)
+    best = rows[0]
+    data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed)
+    params = {k[5:]: v for k, v in best.items() if k.startswith("head_") and k != "head_s"}
+    _, head = run_head(data, best["head"], params, opts)
+    best_dir = os.path.join(opts.runs_dir, f"{name}-best")
+    if not os.path.exists(best_dir):
+        finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best")
+    print(f"study: best on validation: {describe(best)} -> {best_dir}", file=sys.stderr)
+    return folder
+
+
+def describe(row: dict) -> str:
+    acc = row.get("test_tta_accuracy") or row["test_accuracy"]
+    lo, hi = row["test_ci95"]
+    return (f"{row['head']} on {row['cache']}: test {acc:.1%} (95% {lo:.1%}..{hi:.1%}"
+            f"{', TTA' if row.get('test_tta_accuracy') else ''})")
+
+
+COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "val_accuracy", "val_tta_accuracy", "test_accuracy",
+           "test_tta_accuracy", "test_ci95", "extract_img_per_s", "cache_mb", "head_s"]
+
+
+def _fmt(col: str, v) -> str:
+    if v is None or v == "":
+        return ""
+    if col.endswith("accuracy"):
+        return f"{v:.1%}"
+    if col.endswith("ci95"):
+        return f"{v[0]:.1%}..{v[1]:.1%}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def write_tables(folder: str, rows: list):
+    """results.csv (every field) and results.md (the columns people compare), best on validation first."""
+    import csv
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["rank"] + keys)
+        w.writeheader()
+        w.writerows({"rank": i + 1, **r} for i, r in enumerate(rows))
+    params = sorted(k for k in {k for r in rows for k in r if k.startswith("head_") and k != "head_s"}
+                    if len({json.dumps(r.get(k)) for r in rows if k in r}) > 1 or k == "head_C")
+    cols = [c for c in COLUMNS[:5] + params + COLUMNS[5:] if any(r.get(c) not in (None, "") for r in rows)]
+    lines = ["| rank | " + " | ".join(c.removeprefix("head_") if c in params else c for c in cols) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    lines += [f"| {i + 1} | " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |" for i, r in enumerate(rows)]
+    with open(os.path.join(folder, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_study(path: str, rows: list):
+    """Validation and test accuracy (95% intervals) against extraction cost, one point per row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, xkey, xlabel in ((axes[0], "extract_img_per_s", "extraction (images/s, log)"),
+                             (axes[1], "cache_mb", "cache size (MB, log)")):
+        for split, marker, colour in (("val", "o", "tab:blue"), ("test", "s", "tab:orange")):
+            pts = [(r[xkey], r.get(f"{split}_tta_accuracy") or r[f"{split}_accuracy"], r[f"{split}_ci95"])
+                   for r in rows if r.get(xkey)]
+            if pts:
+                x, y, ci = zip(*pts)
+                err = np.abs(np.array(ci).T - np.array(y))
+                ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, alpha=0.7, capsize=2, label=split)
+        best = rows[0]
+        if best.get(xkey):
+            ax.annotate("best on val", (best[xkey], best.get("test_tta_accuracy") or best["test_accuracy"]),
+                        textcoords="offset points", xytext=(8, -12), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (TTA where the cache has views), 95% interval")
+    axes[0].legend()
+    fig.suptitle(f"study: {len(rows)} configurations")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
