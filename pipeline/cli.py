@@ -130,7 +130,7 @@ def cmd_predict(args):
 
 def cmd_bench(args):
     bench.run(images=args.images, full=args.full, image_size=args.image_size, head_rows=args.head_rows,
-              head_dim=args.head_dim, out_dir=args.out_dir, readme=args.update_readme)
+              head_dim=args.head_dim, conv_dim=args.conv_dim, out_dir=args.out_dir, readme=args.update_readme)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--head-rows", type=int, default=bench.HEAD_ROWS, help="rows of the synthetic stage-two cache "
                    "(default %(default)s)")
     b.add_argument("--head-dim", type=int, default=bench.HEAD_DIM, help="its feature width (default %(default)s)")
+    b.add_argument("--conv-dim", type=int, default=bench.CONV_DIM, help="width of the float16 conv-feature cache "
+                   "(default %(default)s)")
     b.add_argument("--out-dir", default="data/bench", help="where results go (default %(default)s)")
     b.add_argument("--update-readme", action="store_true", help="write the table into README.md (default off)")
     b.set_defaults(func=cmd_bench)

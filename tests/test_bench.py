@@ -9,7 +9,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\n")
     monkeypatch.chdir(tmp_path)
-    code = run_cli("bench", "--images", "32", "--image-size", "32", "--head-rows", "400", "--head-dim", "16",
+    code = run_cli("bench", "--images", "32", "--image-size", "32", "--head-rows", "400", "--head-dim", "16", "--conv-dim", "24",
                    "--out-dir", tmp_path / "b", "--update-readme")
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -18,8 +18,8 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys, monkeypatch):
     for key in ("bare_float32", "bare_bfloat16", "end_to_end_float32", "end_to_end_bfloat16", "notebook_float32"):
         assert s1[key] > 0
     assert s1["flops_per_image"] > 1e8 and result["matmul_gflops"]["float32"] > 0 and result["memory_gbps"] > 0
-    assert {"softmax", "logreg", "sweep24"} <= set(s2) and s2["softmax"]["train_s"] > 0
+    assert {"softmax", "logreg", "sweep24", "softmax_conv"} <= set(s2) and s2["softmax"]["train_s"] > 0
     md = open(os.path.join(tmp_path / "b", [f for f in os.listdir(tmp_path / "b") if f.endswith(".md")][0])).read()
-    assert "| end to end / bare, float32 |" in md and md.count("\n|") >= 15
+    assert "| end to end / bare, float32 |" in md and md.count("\n|") >= 16
     text = readme.read_text()
     assert "old" not in text and "| measure | value | target |" in text

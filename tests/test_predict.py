@@ -148,3 +148,28 @@ def test_predict_bad_inputs(cached, tmp_path, capsys):
     assert "missing head.keras" in capsys.readouterr().err
     assert run_cli("predict", "--run", tmp_path, tmp_path / "bad.png") == 1
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_predict_with_pooled_layers_views_and_a_float16_cache(tmp_path, capsys):
+    """Conv layers pooled (quadrants and average) from a float16 cache with flipped views: the exported
+    end-to-end model (Keras' own pooling layers) gives what the head gives on the cached original view."""
+    from conftest import write_image_folders
+    data = write_image_folders(str(tmp_path / "imgs"), per_class=8)
+    args = ["--data-dir", data, "--cache-dir", tmp_path / "c", "--weights", "random", "--image-size", "64",
+            "--precision", "float32", "--store-dtype", "float16", "--layer", "block4_pool:avg2x2,block5_pool:avg",
+            "--views", "flip", "--quiet"]
+    assert run_cli("features", *args) == 0
+    cache = capsys.readouterr().out.strip().splitlines()[-1]
+    X, y, meta = load_cache(cache)["test"]
+    assert X.dtype == np.float16 and X.shape == (24, 2, 4 * 512 + 512)
+    assert run_cli("train-head", "--cache", cache, "--runs-dir", tmp_path / "runs", "--name", "r", "--epochs", "3",
+                   "--val-fraction", "0.2") == 0
+    capsys.readouterr()
+    paths = [os.path.join(data, i) for i in meta["ids"]]
+    assert run_cli("predict", "--run", tmp_path / "runs" / "r", *paths) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    head = head_model(read_head(str(tmp_path / "runs" / "r" / "head.keras")))
+    want = np.asarray(head.predict(X[:, 0].astype(np.float32), verbose=0))
+    got = [float(line.split("\t")[2]) for line in lines]
+    agree = [line.split("\t")[1] == meta["class_names"][int(w.argmax())] for line, w in zip(lines, want)]
+    assert np.mean(agree) >= 0.9 and np.allclose(got, want.max(1), atol=0.02)   # float16 rounding of the cache

@@ -35,7 +35,8 @@ def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_addr
 def extract_many(cfgs: list, quiet: bool = False) -> list:
     """The finished caches for several configurations, each built once: those that differ only in
     layers, pooling or store dtype come out of one forward pass together. Paths in the order given."""
-    plans = [plan(c) for c in cfgs]
+    datasets = {}
+    plans = [plan(c, datasets) for c in cfgs]
     distinct = list(dict((p.key, p) for p in plans).values())
     todo = [p for p in distinct if not report_hit(p)]
     passes = {}

@@ -15,7 +15,7 @@ from . import backbone as bb
 from . import pooling as P
 from . import weights as wt
 from .cache import FORMAT_VERSION, cache_key, cache_stem
-from .config import FeatureConfig, validate
+from .config import FINGERPRINT, FeatureConfig, validate
 from .dataset import Dataset
 from .fingerprint import fingerprint
 from .preprocess import PREPROCESSING
@@ -47,11 +47,17 @@ def key_payload(cfg: FeatureConfig, dataset_fingerprint: str, precision: str, we
             "dataset_fingerprint": dataset_fingerprint, "precision": precision, **cfg.keyed()}
 
 
-def plan(cfg: FeatureConfig) -> Plan:
+def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
+    """The plan for `cfg`; `datasets` (optional) remembers datasets already opened and fingerprinted, by
+    the settings that decide them, so many plans on the same data decode its images once."""
     cfg = validate(cfg)
-    ds = open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"),
-                      cfg.on_bad_image, cfg.max_image_pixels)
-    fp = fingerprint(ds)
+    which = tuple(getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata["key"] == FINGERPRINT)
+    memo = {} if datasets is None else datasets
+    if which not in memo:
+        ds = open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"),
+                          cfg.on_bad_image, cfg.max_image_pixels)
+        memo[which] = (ds, fingerprint(ds))
+    ds, fp = memo[which]
     precision = bb.resolve_precision(cfg.precision)
     layers = P.parse_layers(cfg.layer, cfg.pooling)
     weights = wt.weights_identity(cfg.weights, cfg.seed, P.needs_top(layers), cfg.cache_dir)

@@ -288,6 +288,7 @@ def test_skip_bad_images_is_recorded(folder_dir, tmp_path, capsys):
     (["--max-image-pixels", "0"], "--max-image-pixels: expected a positive number"),
     (["--views", "mirror"], "--views: expected none, or a comma list of flip and shiftN"),
     (["--views", "shift2", "--shift-range", "0.9"], "--shift-range: expected a fraction of the image in (0, 0.5]"),
+    (["--views", "shift2", "--views-seed", "-1"], "--views-seed: expected a seed >= 0, got -1"),
     (["--layer", "block5_pool:avg2x2", "--image-size", "32", "--weights", "random"], "its map is 1 x 1"),
     (["--layer", "block5_pool", "--pooling", "sum"], "--pooling: expected one of flatten, avg, max, avg2x2"),
     (["--layer", "fc9"], "--layer: expected a comma list of fc1, fc2, block1_pool"),

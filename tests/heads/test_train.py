@@ -86,7 +86,6 @@ def test_bad_head_options_are_one_line(syn, tmp_path, capsys, args, needle):
 
 def test_runs_dir_that_is_a_file_fails_before_training(syn, tmp_path, capsys, monkeypatch):
     (tmp_path / "f").write_text("x")
-    from pipeline import cli
     from pipeline.heads import data
     monkeypatch.setattr(data, "load_training_data", lambda *a: pytest.fail("loaded features"))
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "f")
