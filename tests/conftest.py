@@ -114,3 +114,11 @@ def syn(tmp_path_factory):
     from pipeline.features.synthetic import write_synthetic_cache
     return write_synthetic_cache(str(tmp_path_factory.mktemp("c") / "syn.h5"), 600, 200, dim=32, n_classes=4,
                                  separation=0.8)
+
+
+@pytest.fixture(scope="module")
+def easy():
+    """600 train and 300 validation rows of 32 separable features, 5 classes (in memory)."""
+    from pipeline.features.synthetic import make_features
+    X, y = make_features(900, 32, 5, seed=0, separation=0.8)
+    return X[:600], y[:600], X[600:], y[600:]

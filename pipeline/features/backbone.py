@@ -19,9 +19,12 @@ def has_cuda_gpu() -> bool:
         and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
+CPUINFO = "/proc/cpuinfo"    # where --precision auto reads this CPU's flags
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set:
     try:
-        with open(cpuinfo) as f:
+        with open(cpuinfo or CPUINFO) as f:
             line = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return set()

@@ -6,6 +6,7 @@ aside so it is rebuilt).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -91,10 +92,9 @@ def build_files(plans: list, stems: list, ranges: dict, quiet: bool = False, mod
     if len({pass_of(p) for p in plans}) != 1:
         raise ValueError("build_files: these plans need different forward passes")
     models, p0 = models or ModelCache(), plans[0]
-    locks = [writer_lock(stem) for stem in stems]
-    for lock in locks:
-        lock.__enter__()
-    try:
+    with contextlib.ExitStack() as held:
+        for stem in stems:
+            held.enter_context(writer_lock(stem))
         todo = [(p, stem) for p, stem in zip(plans, stems) if not existing(stem + ".h5", p.key, full=False)]
         if not todo:
             return {"hit": True, "images": 0}  # another process finished them while we waited
@@ -132,9 +132,6 @@ def build_files(plans: list, stems: list, ranges: dict, quiet: bool = False, mod
             journal.remove()
         stats["hit"] = False
         return stats
-    finally:
-        for lock in reversed(locks):
-            lock.__exit__(None, None, None)
 
 
 def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: ModelCache | None = None) -> dict:

@@ -58,25 +58,21 @@ class FeatureConfig:
     data_dir: str | None = setting(DATA_DIR, FINGERPRINT)
     splits: tuple = setting(SPLITS, FINGERPRINT)
     limit: int | None = setting(LIMIT, FINGERPRINT)
-    weights: str = setting(WEIGHTS, RESOLVED)             # -> the file's SHA-256, or random + seed
-    seed: int = setting(SEED, RESOLVED)                   # -> part of the random weights' identity
-    layer: str = setting(LAYER, KEYED)                 # validated into one spelling, every pooling written out
-    pooling: str = setting(POOLING, RESOLVED)         # -> written into `layer`
-    views: str = setting(VIEWS, KEYED)                 # validated into one spelling
-    shift_range: float = setting(SHIFT_RANGE, KEYED)   # (set to its default when there are no shifts)
-    views_seed: int = setting(VIEWS_SEED, KEYED)       # (likewise)
+    weights: str = setting(WEIGHTS, RESOLVED)           # -> the file's SHA-256, or random + seed
+    seed: int = setting(SEED, RESOLVED)                 # -> part of the random weights' identity
+    layer: str = setting(LAYER, KEYED)                  # validated into one spelling, every pooling written out
+    pooling: str = setting(POOLING, RESOLVED)           # -> written into `layer`
+    views: str = setting(VIEWS, KEYED)                  # validated into one spelling
+    shift_range: float = setting(SHIFT_RANGE, KEYED)    # (set to its default when there are no shifts)
+    views_seed: int = setting(VIEWS_SEED, KEYED)        # (likewise)
     image_size: int = setting(IMAGE_SIZE, KEYED)
     interpolation: str = setting(INTERPOLATION, KEYED)
-    precision: str = setting(PRECISION, RESOLVED)         # -> the dtype auto picked on this machine
+    precision: str = setting(PRECISION, RESOLVED)       # -> the dtype auto picked on this machine
     store_dtype: str = setting(STORE_DTYPE, KEYED)
     batch_size: int = setting(BATCH_SIZE, NOT_KEYED)
     cache_dir: str = setting(CACHE_DIR, NOT_KEYED)
     on_bad_image: str = setting(ON_BAD_IMAGE, FINGERPRINT)     # skipped images are left out of the data
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, FINGERPRINT)
-
-    @staticmethod
-    def key_role(name: str) -> str:
-        return {f.name: f.metadata.get("key") for f in dataclasses.fields(FeatureConfig)}[name]
 
     def keyed(self) -> dict:
         """The settings whose values are in the key, by name."""
@@ -89,7 +85,8 @@ def _choice(name, value, choices):
 
 
 def validate(cfg: FeatureConfig) -> FeatureConfig:
-    """Check every setting once; return the config with splits normalised to a tuple."""
+    """Check every setting once (one line naming the option if wrong); return the config in one spelling:
+    splits a tuple, layer and views canonical, settings that change nothing set to their defaults."""
     _choice("dataset", cfg.dataset, DATASETS)
     layers = P.parse_layers(cfg.layer, cfg.pooling)
     if not 0 < cfg.shift_range <= 0.5:

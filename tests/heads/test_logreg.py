@@ -1,14 +1,6 @@
 import numpy as np
-import pytest
 
-from pipeline.features.synthetic import make_features
 from pipeline.heads import LogRegHead
-
-
-@pytest.fixture(scope="module")
-def easy():
-    X, y = make_features(900, 32, 5, seed=0, separation=0.8)
-    return X[:600], y[:600], X[600:], y[600:]
 
 
 def test_logreg_beats_chance_and_records_its_fit(easy):

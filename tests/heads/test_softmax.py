@@ -3,13 +3,6 @@ import pytest
 from sklearn.metrics import log_loss
 
 from pipeline.heads import SoftmaxHead, SoftmaxSweep
-from pipeline.features.synthetic import make_features
-
-
-@pytest.fixture(scope="module")
-def easy():
-    X, y = make_features(900, 32, 5, seed=0, separation=0.8)
-    return X[:600], y[:600], X[600:], y[600:]
 
 
 def test_softmax_head_beats_chance(easy):
@@ -42,7 +35,8 @@ def test_a_seed_reproduces_a_run_and_another_seed_does_not(easy):
 
 
 def test_big_heads_train_like_small_ones(monkeypatch):
-    """train_epoch_chunks (heads too big for one core's cache) learns what train_epoch_rows does."""
+    """_step_chunks (heads too big for one core's cache) learns what _step_rows does."""
+    from pipeline.features.synthetic import make_features
     from pipeline.heads import kernels
     X, y = make_features(400, 8192, 10, seed=2, separation=0.5)
     big = SoftmaxSweep(epochs=2, batch_size=50).fit(X, y)
