@@ -65,19 +65,20 @@ def pytest_addoption(parser):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def simulated_cpu(request):
-    """With --cpu-bf16 yes|no, precision detection sees that CPU instead of this machine's."""
+def simulated_cpu(request, tmp_path_factory):
+    """With --cpu-bf16 yes|no, precision detection reads a /proc/cpuinfo of that CPU instead of this machine's."""
     choice = request.config.getoption("--cpu-bf16")
     if choice == "host":
         yield
         return
     from pipeline.features import backbone
-    real = backbone.cpu_flags
-    backbone.cpu_flags = lambda *a: {"avx512f", "avx512_bf16"} if choice == "yes" else {"avx2", "fma"}
+    fake = tmp_path_factory.mktemp("cpu") / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f" + (" avx512_bf16\n" if choice == "yes" else "\n"))
+    real, backbone.CPUINFO = backbone.CPUINFO, str(fake)
     try:
         yield
     finally:
-        backbone.cpu_flags = real
+        backbone.CPUINFO = real
 
 
 @pytest.fixture
