@@ -19,6 +19,7 @@ from sklearn.metrics import log_loss
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
 INFER_ROWS = 4096                            # rows per inference product (float16 caches widen per block)
+STATS_ROWS = 256                             # rows per block of the standardisation statistics
 
 
 def glorot_uniform(fan_in, fan_out, seed):
@@ -28,12 +29,13 @@ def glorot_uniform(fan_in, fan_out, seed):
 
 
 def feature_stats(X, rows) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale (standard deviation; 1 where it is 0) of X[rows], in float64, block by block."""
+    """Mean and scale (standard deviation; 1 where it is 0) of X[rows], summed in float64 over float32
+    blocks of STATS_ROWS rows (small blocks stay in cache)."""
     total, sq = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for a in range(0, len(rows), INFER_ROWS):
-        block = X[rows[a:a + INFER_ROWS]].astype(np.float64)
-        total += block.sum(0)
-        sq += np.square(block).sum(0)
+    for a in range(0, len(rows), STATS_ROWS):
+        block = np.asarray(X[rows[a:a + STATS_ROWS]], np.float32)
+        total += block.sum(0, dtype=np.float64)
+        sq += np.einsum("ij,ij->j", block, block, dtype=np.float64)
     mean = total / len(rows)
     std = np.sqrt(np.maximum(sq / len(rows) - mean ** 2, 0))
     return mean.astype(np.float32), np.where(std > 1e-6 * np.maximum(np.abs(mean), 1), std, 1.0).astype(np.float32)
