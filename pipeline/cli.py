@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_head_options(st)
     st.add_argument("--heads", default="softmax,logreg", help="head kinds to train on every cache (default %(default)s)")
     st.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                    help="an axis of the grid: a stage-one setting (interpolation, image_size, layer (specs separated "
-                         "by ;), pooling, views, ...) or a head parameter (repeatable; default: none)")
+                    help="an axis of the grid: a stage-one setting (interpolation, image_size, layer, pooling, views, "
+                         "...; layer and views values separated by ;) or a head parameter (repeatable; default: none)")
     st.add_argument("--batch-size-features", type=int, default=F.BATCH_SIZE, help="images per forward pass "
                     "(default %(default)s)")
     st.add_argument("--quiet", action="store_true", help="no progress bars (default off)")

@@ -32,6 +32,7 @@ from .heads.train import finish_run
 
 FEATURE_AXES = ("interpolation", "image_size", "layer", "pooling", "views", "shift_range", "views_seed",
                 "store_dtype", "precision", "limit")
+LISTS = ("layer", "views")      # settings whose values are comma lists: grid values separated by ;
 Z95 = 1.959964
 
 
@@ -49,11 +50,11 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict]:
     features, params = {}, {}
     for item in items:
         key, sep, values = item.partition("=")
-        key, values = key.strip().replace("-", "_"), [v.strip() for v in values.split(";" if key.strip() == "layer" else ",")
-                                                       if v.strip()]
+        key = key.strip().replace("-", "_")
+        values = [v.strip() for v in values.split(";" if key in LISTS else ",") if v.strip()]
         if not sep or not values:
-            raise PipelineError(f"--grid {item}: expected KEY=V1,V2 (layer specs separated by ;), e.g. "
-                                "interpolation=cubic,area")
+            raise PipelineError(f"--grid {item}: expected KEY=V1,V2 ({' and '.join(LISTS)} values separated by ;), "
+                                "e.g. interpolation=cubic,area")
         if key in FEATURE_AXES:
             kind = type(getattr(FeatureConfig(), key)) if key != "limit" else int
             try:

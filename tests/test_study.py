@@ -17,7 +17,7 @@ def data(tmp_path_factory):
 
 
 GRID = ["--grid", "interpolation=cubic,area", "--grid", "layer=block5_pool;block4_pool:avg,block5_pool:max",
-        "--grid", "views=none,flip", "--grid", "dropout=0.2,0.5"]
+        "--grid", "views=none;flip", "--grid", "dropout=0.2,0.5"]
 
 
 def study(capsys, root, data, *extra):
