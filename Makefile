@@ -6,7 +6,7 @@ ARGS   ?=
 STAMP  := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 
-.PHONY: all install install-ray kernels features train-head sweep bench test clean
+.PHONY: all install install-ray kernels features train-head sweep study bench test clean
 all: features train-head
 
 $(STAMP): pyproject.toml
@@ -36,6 +36,9 @@ train-head: $(KERNELS)
 
 sweep: $(KERNELS)
 	$(PY) -m pipeline sweep $(ARGS)
+
+study: $(KERNELS)
+	$(PY) -m pipeline study $(ARGS)
 
 bench: $(KERNELS)
 	$(PY) -m pipeline bench $(ARGS)
