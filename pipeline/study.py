@@ -154,12 +154,11 @@ def run_study(base: FeatureConfig, axes: dict, heads: list, base_params: dict, o
             r[f"{split}_ci95"] = [round(v, 4) for v in wilson(acc, r[f"{split}_n"])]
     write_tables(folder, rows)
     plot_study(os.path.join(folder, "study.png"), rows)
-    best = rows[0]
-    data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed)
-    params = {k[5:]: v for k, v in best.items() if k.startswith("head_") and k != "head_s"}
-    _, head = run_head(data, best["head"], params, opts)
-    best_dir = os.path.join(opts.runs_dir, f"{name}-best")
-    if not os.path.exists(best_dir):
+    best, best_dir = rows[0], os.path.join(opts.runs_dir, f"{name}-best")
+    if not os.path.exists(best_dir):           # the best head as a run folder, ready for predict
+        data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed)
+        params = {k[5:]: v for k, v in best.items() if k.startswith("head_") and k != "head_s"}
+        _, head = run_head(data, best["head"], params, opts)
         finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best")
     print(f"study: best on validation: {describe(best)} -> {best_dir}", file=sys.stderr)
     return folder
