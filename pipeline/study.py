@@ -204,30 +204,40 @@ def write_tables(folder: str, rows: list):
 
 
 def plot_study(path: str, rows: list):
-    """Validation and test accuracy (95% intervals) against extraction cost, one point per row."""
+    """Validation (hollow) and test (filled) accuracy with 95% intervals against cost: extraction speed
+    coloured by interpolation, cache size coloured by layers; marker: head (o softmax, s logreg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, xkey, xlabel in ((axes[0], "extract_img_per_s", "extraction (images/s, log)"),
-                             (axes[1], "cache_mb", "cache size (MB, log)")):
-        for split, marker, colour in (("val", "o", "tab:blue"), ("test", "s", "tab:orange")):
-            pts = [(r[xkey], r.get(f"{split}_tta_accuracy") or r[f"{split}_accuracy"], r[f"{split}_ci95"])
-                   for r in rows if r.get(xkey)]
-            if pts:
-                x, y, ci = zip(*pts)
-                err = np.abs(np.array(ci).T - np.array(y))
-                ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, alpha=0.7, capsize=2, label=split)
+    acc = lambda r, split: r.get(f"{split}_tta_accuracy") or r[f"{split}_accuracy"]  # noqa: E731
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=True)
+    for ax, xkey, group, xlabel in ((axes[0], "extract_img_per_s", "interpolation", "extraction, images/s (log)"),
+                                    (axes[1], "cache_mb", "layer", "cache size, MB (log)")):
+        names = list(dict.fromkeys(str(r[group]) for r in rows))
+        colours = dict(zip(names, plt.cm.tab10.colors))
+        for i, r in enumerate(rows):
+            if not r.get(xkey):
+                continue
+            c, m = colours[str(r[group])], "o" if r["head"] == "softmax" else "s"
+            jitter = 1 + 0.04 * (i % 7 - 3) / 3                 # points that share x stay apart
+            for split, face, off in (("val", "none", 0.985), ("test", c, 1.0)):
+                y, (lo, hi) = acc(r, split), r[f"{split}_ci95"]
+                ax.errorbar(r[xkey] * jitter * off, y, yerr=[[y - lo], [hi - y]], fmt=m, mfc=face, mec=c, ecolor=c,
+                            alpha=0.6, capsize=2, ms=5)
+        for name in names:
+            ax.plot([], [], "o", color=colours[name], label=f"{group} {name}"[:60])
+        ax.plot([], [], "ko", mfc="none", label="validation (hollow)")
+        ax.plot([], [], "ks", label="logreg (square)")
         best = rows[0]
         if best.get(xkey):
-            ax.annotate("best on val", (best[xkey], best.get("test_tta_accuracy") or best["test_accuracy"]),
-                        textcoords="offset points", xytext=(8, -12), fontsize=8)
+            ax.annotate("best on validation", (best[xkey], acc(best, "test")), textcoords="offset points",
+                        xytext=(-20, 14), fontsize=8, arrowprops={"arrowstyle": "->"})
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (TTA where the cache has views), 95% interval")
-    axes[0].legend()
-    fig.suptitle(f"study: {len(rows)} configurations")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("accuracy (mean over views where the cache has them), 95% interval")
+    fig.suptitle(f"study: {len(rows)} configurations ({rows[0]['test_n']} test images)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
