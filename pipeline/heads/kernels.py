@@ -418,5 +418,8 @@ def warm_up():
 
 
 if __name__ == "__main__":
-    warm_up()
+    # Compile through the module as the program imports it: run as a script this file is `__main__`, and
+    # Numba keys the cache by TrainState's class, so `__main__.TrainState` entries would never serve it.
+    from pipeline.heads import kernels
+    kernels.warm_up()
     print("pipeline.heads.kernels: compiled")
