@@ -75,6 +75,7 @@ class SoftmaxSweep:
     def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
         """Train on X[rows] (all rows by default; rows avoid copying a big array); y: 0..C-1."""
         from threadpoolctl import threadpool_limits
+        t0 = time.perf_counter()
         Xk = kernel_view(X)
         rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
         y = np.array(y, np.int64)
@@ -86,7 +87,6 @@ class SoftmaxSweep:
         self.history_, self.best_epoch_ = [[] for _ in self.dropouts], [0] * len(self.dropouts)
         best_loss, stale, t = np.full(len(self.dropouts), np.inf), 0, 0
         best = (self.W_.copy(), self.b_.copy()) if validate else None
-        t0 = time.perf_counter()
         from .kernels import train_epoch
         with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning after a val pass slow the kernels
             for epoch in range(1, self.epochs + 1):
