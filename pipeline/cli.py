@@ -65,6 +65,8 @@ def add_head_options(p: argparse.ArgumentParser):
       "StandardScaler + LogisticRegression (default %(default)s)")
     o("--dropout", type=float, default=H.DROPOUT, help="softmax: dropout rate (default %(default)s)")
     o("--lr", type=float, default=H.LR, help="softmax: Adam learning rate (default %(default)s)")
+    o("--l2", type=float, default=H.L2, help="softmax: L2 penalty on the Dense kernel, Keras' "
+      "kernel_regularizer=L2(l2) (default %(default)s: none)")
     o("--batch-size", type=int, default=H.BATCH_SIZE, help="softmax: rows per step (default %(default)s)")
     o("--epochs", type=int, default=H.EPOCHS, help="softmax: passes over the training rows (default %(default)s)")
     o("--standardize", action=argparse.BooleanOptionalAction, default=H.STANDARDIZE, help="softmax: standardise "

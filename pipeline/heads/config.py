@@ -11,6 +11,7 @@ from ..errors import PipelineError
 HEAD = "softmax"        # softmax (Dropout -> Dense softmax, Keras' rules) | logreg (scikit-learn)
 DROPOUT = 0.5           # dropout rate before the softmax layer
 LR = 1e-3               # Adam learning rate
+L2 = 0.0                # softmax: L2 penalty on the Dense kernel (Keras' kernel_regularizer=L2(l2)); 0: none
 BATCH_SIZE = 250        # head training batch size
 EPOCHS = 20             # passes over the training features
 STANDARDIZE = True      # softmax: standardise features with the training rows' mean and scale (conv
@@ -37,12 +38,13 @@ boolean.__name__ = "boolean"
 RANGES = {  # name: (type, check, what the check means)
     "standardize": (boolean, lambda v: True, "true or false"),
     "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (float, lambda v: 0 < v < math.inf, "> 0 and finite"),
+    "l2": (float, lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     "epochs": (int, lambda v: v >= 1, ">= 1"), "batch_size": (int, lambda v: v >= 1, ">= 1"),
     "C": (float, lambda v: 0 < v < math.inf, "> 0 and finite"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
     "val_fraction": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "patience": (int, lambda v: v >= 1, ">= 1"),
     "seed": (int, lambda v: 0 <= v < 2 ** 32, "in 0..2^32-1"),
 }
-HEAD_PARAMS = {"softmax": ("dropout", "lr", "epochs", "batch_size", "standardize"), "logreg": ("C", "max_iter")}
+HEAD_PARAMS = {"softmax": ("dropout", "lr", "l2", "epochs", "batch_size", "standardize"), "logreg": ("C", "max_iter")}
 
 
 def check_param(name: str, value):

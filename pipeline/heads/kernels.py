@@ -62,6 +62,7 @@ class TrainState(NamedTuple):
     v_b: np.ndarray
     alpha: np.ndarray      # (G*KP,) float32 scratch: this step's Adam step size per weight row
     lr: np.ndarray         # (G*KP,) float64 learning rate per weight row
+    decay: np.ndarray      # (G*KP,) float32 2 * l2 per weight row: Keras' L2 kernel_regularizer's gradient
     betas: np.ndarray      # (3,) float64: beta_1, beta_2, epsilon
     mean: np.ndarray       # (D,) float32 standardisation (empty: none)
     inv_scale: np.ndarray  # (D,) float32 1 / scale (empty: none)
@@ -75,9 +76,10 @@ def padded(n_heads, n_classes):
     return (n_heads * n_classes + 1) // 2 * 2
 
 
-def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas, mean=None, scale=None) -> TrainState:
+def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas, mean=None, scale=None,
+             l2_rows=None) -> TrainState:
     """The state for training W (G, KP, D), b (G, KP) in place: dropout rate and head count per group,
-    lr per weight row; mean/scale: standardise features on the fly (None: as they are)."""
+    lr (and L2 penalty, default none) per weight row; mean/scale: standardise features on the fly (None: as they are)."""
     G, KP, D = W.shape
     thr = np.minimum(np.round(np.asarray(rates) * NOISE_LEVELS), NOISE_LEVELS - 1).astype(np.uint16)
     drop_scale = (NOISE_LEVELS / (NOISE_LEVELS - thr.astype(np.float64))).astype(np.float32)
@@ -91,7 +93,9 @@ def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas,
                       f32(parts, G, KP, D), f32(parts, G, KP), np.zeros((parts, G, max(n_heads), 2)),
                       np.zeros((bc and batch_size, (D + 3) // 4), np.uint64), f32(n_chunks, G, bc, KP), f32(G, bc, KP),
                       f32(G * KP, D), f32(G * KP, D), f32(G * KP, 1), f32(G * KP, 1), f32(G * KP),
-                      np.asarray(lr_rows, np.float64), np.asarray(betas, np.float64),
+                      np.asarray(lr_rows, np.float64),
+                      (2 * np.asarray(l2_rows if l2_rows is not None else np.zeros(G * KP), np.float64)).astype(np.float32),
+                      np.asarray(betas, np.float64),
                       np.asarray(mean if std else [], np.float32),
                       (1 / np.asarray(scale, np.float64)).astype(np.float32) if std else f32(0),
                       HALF, np.zeros(steps, np.uint64))
@@ -343,14 +347,15 @@ def train_step(X, idx, yb, key, s):
 
 
 @njit(inline="always", error_model="numpy", cache=True)
-def _adam_row(p, g, m, v, a, r, one_minus_beta_1, one_minus_beta_2, epsilon):
-    """Row r; error_model="numpy" (no ZeroDivisionError check) lets the loop vectorise."""
+def _adam_row(p, g, m, v, a, d, r, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """Row r, its gradient plus d * p (an L2 penalty; d = 0: none); error_model="numpy" (no
+    ZeroDivisionError check) lets the loop vectorise."""
     pr, mr, vr = p[r], m[r], v[r]
     for q in range(1, g.shape[0]):
         g[0, r] += g[q, r]
     gr = g[0, r]
     for j in range(p.shape[1]):
-        gj = gr[j]
+        gj = gr[j] + d * pr[j]
         mj = mr[j] + (gj - mr[j]) * one_minus_beta_1
         vj = vr[j] + (gj * gj - vr[j]) * one_minus_beta_2
         mr[j], vr[j] = mj, vj
@@ -358,18 +363,19 @@ def _adam_row(p, g, m, v, a, r, one_minus_beta_1, one_minus_beta_2, epsilon):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def adam(p, g, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
-    """keras.optimizers.Adam's update in place on (R, n) arrays p, m, v with gradient g.sum(0), g
-    (P, R, n) (parts added in order, into g[0]); alpha (R,) is each row's lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)."""
+def adam(p, g, m, v, alpha, decay, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """keras.optimizers.Adam's update in place on (R, n) arrays p, m, v with gradient g.sum(0) + decay * p, g
+    (P, R, n) (parts added in order, into g[0]); alpha (R,) is each row's lr * sqrt(1 - beta_2^t) / (1 - beta_1^t),
+    decay (R,) each row's 2 * l2."""
     for r in prange(p.shape[0]):
-        _adam_row(p, g, m, v, alpha[r], r, one_minus_beta_1, one_minus_beta_2, epsilon)
+        _adam_row(p, g, m, v, alpha[r], decay[r], r, one_minus_beta_1, one_minus_beta_2, epsilon)
 
 
 @njit(nogil=True, error_model="numpy", cache=True)
 def adam_small(p, g, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
-    """adam on one core, for small arrays (the biases)."""
+    """adam on one core without a penalty, for small arrays (the biases: Keras regularises the kernel only)."""
     for r in range(p.shape[0]):
-        _adam_row(p, g, m, v, alpha[r], r, one_minus_beta_1, one_minus_beta_2, epsilon)
+        _adam_row(p, g, m, v, alpha[r], np.float32(0), r, one_minus_beta_1, one_minus_beta_2, epsilon)
 
 
 @njit(inline="always", cache=True)
@@ -380,7 +386,7 @@ def _adam_update(s, t):
     c = np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
     for r in range(G * KP):
         s.alpha[r] = np.float32(s.lr[r] * c)
-    adam(s.W.reshape((G * KP, D)), s.gW.reshape((P, G * KP, D)), s.m_W, s.v_W, s.alpha,
+    adam(s.W.reshape((G * KP, D)), s.gW.reshape((P, G * KP, D)), s.m_W, s.v_W, s.alpha, s.decay,
          np.float32(1 - b1), np.float32(1 - b2), np.float32(eps))
     adam_small(s.b.reshape((G * KP, 1)), s.gb.reshape((P, G * KP, 1)), s.m_b, s.v_b, s.alpha,
                np.float32(1 - b1), np.float32(1 - b2), np.float32(eps))

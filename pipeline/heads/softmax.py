@@ -63,14 +63,15 @@ def logits(X, W, b, mean=None, scale=None) -> np.ndarray:
 
 
 class SoftmaxSweep:
-    """K softmax heads (dropout rate p_k, learning rate lr_k) trained at once, in one pass over the data
+    """K softmax heads (dropout rate p_k, learning rate lr_k, L2 penalty l2_k) trained at once, in one pass over the data
     per epoch: one uniform draw per feature and step serves every head (head k keeps U >= p_k), so
     each head sees i.i.d. Bernoulli masks exactly as it would alone; heads sharing a rate share one."""
 
     def __init__(self, dropouts=(0.5,), lrs=(1e-3,), epochs=20, batch_size=250, early_stopping=False,
-                 patience=3, standardize=True, seed=0):
+                 patience=3, standardize=True, seed=0, l2s=None):
         self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
         self.early_stopping, self.patience, self.standardize, self.seed = early_stopping, patience, standardize, seed
+        self.l2s = l2s                       # None: no penalty on any head
 
     def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
         """Train on X[rows] (all rows by default; rows avoid copying a big array); y: 0..C-1."""
@@ -112,13 +113,17 @@ class SoftmaxSweep:
         G, kp = len(rates), int(kernels.padded(max(n_heads), c))
         self.n_classes_, self.W_, self.b_ = c, np.zeros((G, kp, d), np.float32), np.zeros((G, kp), np.float32)
         init = glorot_uniform(d, c, self.seed).T                          # every head starts where Dense(C) would
-        lr = np.zeros((G, kp))
+        lr, l2 = np.zeros((G, kp)), np.zeros((G, kp))
         for g, ks in enumerate(self.groups_):
             for h, k in enumerate(ks):
                 self.W_[g, h * c:(h + 1) * c], lr[g, h * c:(h + 1) * c] = init, self.lrs[k]
+                l2[g, h * c:(h + 1) * c] = self._l2(k)
         steps = self.epochs * -(-n_rows // self.batch_size)
         return kernels.allocate(self.W_, self.b_, rates, n_heads, c, lr.ravel(), self.batch_size, steps,
-                                (BETA_1, BETA_2, EPSILON), self.mean_, self.scale_)
+                                (BETA_1, BETA_2, EPSILON), self.mean_, self.scale_, l2.ravel())
+
+    def _l2(self, k) -> float:
+        return 0.0 if self.l2s is None else float(self.l2s[k])
 
     def _place(self, k):
         """(group, index in group) of head k."""
@@ -168,7 +173,7 @@ class SoftmaxSweep:
         g, r = self._rows(k)
         est = SoftmaxHead(dropout=self.dropouts[k], lr=self.lrs[k], epochs=self.epochs, batch_size=self.batch_size,
                           early_stopping=self.early_stopping, patience=self.patience, standardize=self.standardize,
-                          seed=self.seed, classes=classes)
+                          seed=self.seed, classes=classes, l2=self._l2(k))
         est.classes_ = np.arange(self.n_classes_) if classes is None else np.asarray(classes)
         est.coef_, est.intercept_ = self.W_[g, r].T.copy(), self.b_[g, r].copy()
         est.mean_, est.scale_, est.n_features_in_ = self.mean_, self.scale_, self.W_.shape[2]
@@ -178,16 +183,16 @@ class SoftmaxSweep:
 
 
 class SoftmaxHead(ClassifierMixin, BaseEstimator):
-    """Dropout(dropout) -> Dense(C, softmax), Adam(lr), `epochs` passes in batches of `batch_size`.
+    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2)), Adam(lr), `epochs` passes in batches of `batch_size`.
     classes: every class the head must know (its columns), also one absent from the training rows
     (default: those in y). Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
     history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_."""
 
     def __init__(self, dropout=0.5, lr=1e-3, epochs=20, batch_size=250, early_stopping=False, patience=3,
-                 standardize=True, seed=0, classes=None):
+                 standardize=True, seed=0, classes=None, l2=0.0):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
-        self.seed, self.classes = seed, classes
+        self.seed, self.classes, self.l2 = seed, classes, l2
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None):
         if self.classes is not None:
@@ -196,7 +201,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             classes = np.unique(y if rows is None else np.asarray(y)[rows])
         encode = lambda v: _encode(classes, v)  # noqa: E731
         sweep = SoftmaxSweep((self.dropout,), (self.lr,), self.epochs, self.batch_size, self.early_stopping,
-                             self.patience, self.standardize, self.seed)
+                             self.patience, self.standardize, self.seed, (self.l2,))
         sweep.fit(X, encode(y), X_val, None if y_val is None else encode(y_val), n_classes=len(classes), rows=rows)
         fitted = sweep.head(0, classes)
         self.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})

@@ -89,6 +89,7 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
     rv = data.rows_val
     for (epochs, batch_size, standardize), idx in groups.items():
         sweep = SoftmaxSweep(dropouts=[configs[i]["dropout"] for i in idx], lrs=[configs[i]["lr"] for i in idx],
+                             l2s=[configs[i]["l2"] for i in idx],
                              epochs=epochs, batch_size=batch_size, early_stopping=opts.early_stopping,
                              patience=opts.patience, standardize=standardize, seed=opts.seed)
         sweep.fit(data.X, data.y, data.X[rv], data.y[rv], n_classes=n_classes, rows=data.rows_train)

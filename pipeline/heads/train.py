@@ -20,7 +20,7 @@ def make_head(kind: str, params: dict, opts: RunOptions, n_classes: int):
     """An unfitted head of `kind` with `params`, knowing all n_classes classes."""
     classes = list(range(n_classes))
     if kind == "softmax":
-        return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], epochs=params["epochs"],
+        return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], l2=params["l2"], epochs=params["epochs"],
                            batch_size=params["batch_size"], standardize=params["standardize"],
                            early_stopping=opts.early_stopping,
                            patience=opts.patience, seed=opts.seed, classes=classes)

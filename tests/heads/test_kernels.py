@@ -101,20 +101,23 @@ def test_results_do_not_depend_on_the_number_of_threads(by_rows):
     assert all(np.array_equal(a, b) for a, b in zip(one, many))
 
 
-def test_adam_matches_keras_adam():
-    """kernels.adam (gradient given in two parts) against keras.optimizers.Adam, step by step."""
+@pytest.mark.parametrize("l2", [0.0, 0.05])
+def test_adam_matches_keras_adam(l2):
+    """kernels.adam (gradient given in two parts, an L2 penalty per row) against keras.optimizers.Adam on
+    the gradient plus that of keras.regularizers.L2(l2) (l2 * sum(w^2): 2 * l2 * w), step by step."""
     import keras
     from pipeline.heads.softmax import BETA_1, BETA_2, EPSILON
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(6, 4)).astype(np.float32)
+    assert np.isclose(float(keras.regularizers.L2(0.05)(w0)), 0.05 * np.square(w0.astype(np.float64)).sum(), rtol=1e-5)
     grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(5)]
     mine, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
     var, kopt = keras.Variable(w0.copy()), keras.optimizers.Adam(3e-3)
     for t, g in enumerate(grads, 1):
         alpha = np.full(6, 3e-3 * np.sqrt(1 - BETA_2 ** t) / (1 - BETA_1 ** t), np.float32)
-        kernels.adam(mine, np.stack([g * 0.25, g * 0.75]), m, v, alpha, np.float32(1 - BETA_1), np.float32(1 - BETA_2),
-                     np.float32(EPSILON))
-        kopt.apply([keras.ops.convert_to_tensor(g)], [var])
+        kernels.adam(mine, np.stack([g * 0.25, g * 0.75]), m, v, alpha, np.full(6, 2 * l2, np.float32),
+                     np.float32(1 - BETA_1), np.float32(1 - BETA_2), np.float32(EPSILON))
+        kopt.apply([keras.ops.convert_to_tensor(g + 2 * l2 * np.asarray(var))], [var])
     np.testing.assert_allclose(mine, np.asarray(var), rtol=1e-5, atol=1e-7)
 
 

@@ -171,3 +171,19 @@ def test_standardize_is_training_on_standardised_features(easy):
     np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-3, atol=1e-5)
     Xv = Xv * np.linspace(0.1, 50, X.shape[1], dtype=np.float32) + 3
     np.testing.assert_allclose(a.predict_proba(Xv), b.predict_proba((Xv - mean) / scale), rtol=1e-3, atol=1e-5)
+
+
+# --- L2 penalty ---------------------------------------------------------------------------------------------
+def test_l2_penalty_shrinks_the_kernel_only_and_trains_alike_alone_and_in_a_sweep(easy):
+    """l2 is Keras' kernel_regularizer=L2(l2) (its Adam step is tested in test_kernels): it shrinks the
+    kernel, not the bias; l2=0 is the head without it; each head of a sweep keeps its own l2."""
+    X, y, _, _ = easy
+    kw = dict(dropout=0.5, lr=3e-2, epochs=5, batch_size=100, seed=2)
+    zero, strong = (SoftmaxHead(**kw, l2=l2).fit(X, y) for l2 in (0.0, 0.5))
+    assert np.array_equal(SoftmaxHead(**kw).fit(X, y).coef_, zero.coef_)
+    assert np.linalg.norm(strong.coef_) < 0.5 * np.linalg.norm(zero.coef_)
+    assert abs(strong.intercept_).max() > 0.01                                       # the bias is free
+    sweep = SoftmaxSweep(dropouts=(0.5, 0.5), lrs=(3e-2, 3e-2), l2s=(0.0, 0.5), epochs=5, batch_size=100, seed=2).fit(X, y)
+    np.testing.assert_allclose(sweep.head(0).coef_, zero.coef_, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sweep.head(1).coef_, strong.coef_, rtol=1e-5, atol=1e-7)
+    assert sweep.head(1).get_params()["l2"] == 0.5

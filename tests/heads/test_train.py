@@ -75,6 +75,7 @@ def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
     (["--seed", "-1"], "seed: expected in 0..2^32-1, got -1"),
     (["--lr", "inf"], "lr: expected > 0 and finite, got inf"),
     (["--lr", "nan"], "lr: expected > 0 and finite, got nan"),
+    (["--l2", "-0.1"], "l2: expected >= 0 and finite, got -0.1"),
     (["--head", "logreg", "--C", "inf"], "C: expected > 0 and finite"),
     (["--head", "logreg", "--val-fraction", "0.999"], "--val-fraction 0.999: cannot hold out"),
     (["--name", "a/b"], "--name 'a/b': expected a plain folder name"),
