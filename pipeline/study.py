@@ -104,8 +104,7 @@ def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, obj
     for split, (X, y, rows) in data.splits().items():
         if split == "train" or not len(rows):
             continue
-        every = (rows[:, None] + np.arange(data.views)).ravel()
-        p = head.predict_proba(X[every]).reshape(len(rows), data.views, -1)
+        p = data.view_proba(head, X, rows)
         m = evaluate(p[:, 0], y[rows], n_classes)
         row.update({f"{split}_n": m["n"], f"{split}_accuracy": m["accuracy"], f"{split}_loss": m["loss"]})
         if data.views > 1:

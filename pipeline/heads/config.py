@@ -15,7 +15,7 @@ L2 = 0.0                # softmax: L2 penalty on the Dense kernel (Keras' kernel
 BATCH_SIZE = 250        # head training batch size
 EPOCHS = 20             # passes over the training features
 STANDARDIZE = True      # softmax: standardise features with the training rows' mean and scale (conv
-                        # features are unscaled ReLU maps; without it the head overfits them)
+                        # features are unscaled ReLU maps; without it the probabilities are far too sure)
 PATIENCE = 3            # --early-stopping: epochs without a better val loss before stopping
 C = 1.0                 # logreg inverse regularisation strength
 MAX_ITER = 200          # logreg solver iterations

@@ -79,7 +79,8 @@ def padded(n_heads, n_classes):
 def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas, mean=None, scale=None,
              l2_rows=None) -> TrainState:
     """The state for training W (G, KP, D), b (G, KP) in place: dropout rate and head count per group,
-    lr (and L2 penalty, default none) per weight row; mean/scale: standardise features on the fly (None: as they are)."""
+    lr (and L2 penalty, default none) per weight row; mean/scale: standardise features on the fly (None:
+    as they are)."""
     G, KP, D = W.shape
     thr = np.minimum(np.round(np.asarray(rates) * NOISE_LEVELS), NOISE_LEVELS - 1).astype(np.uint16)
     drop_scale = (NOISE_LEVELS / (NOISE_LEVELS - thr.astype(np.float64))).astype(np.float32)
@@ -94,7 +95,7 @@ def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas,
                       np.zeros((bc and batch_size, (D + 3) // 4), np.uint64), f32(n_chunks, G, bc, KP), f32(G, bc, KP),
                       f32(G * KP, D), f32(G * KP, D), f32(G * KP, 1), f32(G * KP, 1), f32(G * KP),
                       np.asarray(lr_rows, np.float64),
-                      (2 * np.asarray(l2_rows if l2_rows is not None else np.zeros(G * KP), np.float64)).astype(np.float32),
+                      f32(G * KP) if l2_rows is None else (2 * np.asarray(l2_rows)).astype(np.float32),
                       np.asarray(betas, np.float64),
                       np.asarray(mean if std else [], np.float32),
                       (1 / np.asarray(scale, np.float64)).astype(np.float32) if std else f32(0),
