@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import PipelineError
 from ..durable import file_lock, publish, write_error
+from ..hdf5_layout import LayoutError, check_file, check_tree
 
 FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers changes
 REBUILD = "run make features with the same settings: it moves the damaged file aside and rebuilds it"
@@ -118,27 +119,93 @@ def sha256_of(a: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
 
 
+FEATURE_DTYPES = (np.float16, np.float32)
+EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
+
+
+def _check_schema(f: h5py.File):
+    """The cache's content model from metadata alone: train and/or test groups of features (N x D or
+    N x K x D, float16 or float32), labels (N integers) and ids (N integers or strings); views on
+    both splits or neither, one feature width. LayoutError if not."""
+    splits = list(f.keys())
+    if not splits or not set(splits) <= {"train", "test"}:
+        raise LayoutError(f"holds {splits}, expected train and/or test groups")
+    shapes = set()
+    for s in splits:
+        g = f[s]
+        if not isinstance(g, h5py.Group) or set(g.keys()) != {"features", "labels", "ids"}:
+            raise LayoutError(f"'{s}' holds {sorted(g.keys()) if isinstance(g, h5py.Group) else 'data'}, expected "
+                              "features, labels and ids")
+        x, y, ids = g["features"], g["labels"], g["ids"]
+        if x.dtype not in FEATURE_DTYPES or x.ndim not in (2, 3) or not x.shape[0] or 0 in x.shape:
+            raise LayoutError(f"'{s}' features are {x.dtype} {x.shape}, expected N x D or N x K x D float16/float32")
+        if y.dtype.kind not in "iu" or y.shape != x.shape[:1]:
+            raise LayoutError(f"'{s}' labels are {y.dtype} {y.shape}, expected {x.shape[0]} integers")
+        if (ids.dtype.kind not in "iu" and not h5py.check_string_dtype(ids.dtype)) or ids.shape != x.shape[:1]:
+            raise LayoutError(f"'{s}' ids are {ids.dtype} {ids.shape}, expected {x.shape[0]} integers or strings")
+        shapes.add(x.shape[1:])
+    if len(shapes) > 1:
+        raise LayoutError(f"the splits' rows differ in shape {sorted(shapes)} (views on one split only, or two widths)")
+
+
+def _check_content(attrs: dict, groups: dict):
+    """What the checksums cannot vouch for (a crafted file carries valid sums of its own): attribute
+    types, labels within the class names, split sizes. LayoutError if not."""
+    names = attrs.get("class_names")
+    if isinstance(names, str):
+        try:
+            names = json.loads(names)
+        except ValueError:
+            names = None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise LayoutError("class_names is not a list of names")
+    for k in ("settings", "key_payload"):
+        if k in attrs and not (isinstance(attrs[k], str) and attrs[k].startswith("{")):
+            raise LayoutError(f"attribute {k} is not a JSON object")
+    for s, (labels, ids, a) in groups.items():
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+            raise LayoutError(f"'{s}' labels {labels.min()}..{labels.max()} fall outside the {len(names)} class names")
+        if not isinstance(a.get("n"), (int, np.integer)) or int(a["n"]) != len(labels):
+            raise LayoutError(f"'{s}' says n={a.get('n')!r} but holds {len(labels)} rows")
+
+
 def _read_checked(path: str):
-    """(metadata, {split: (labels, ids, split attributes)}), every checksum but the features' verified."""
+    """(metadata, {split: (labels, ids, split attributes)}), the file's layout and content model
+    checked before any data is read, every checksum but the features' verified."""
     what = f"cache {path}"
     try:
+        size = check_file(path)
         with h5py.File(path, "r") as f:
+            check_tree(f, size)         # links, external/virtual storage, sizes: metadata only
+            _check_schema(f)
             attrs = dict(f.attrs)
             groups = {k: (f[k]["labels"][()], _ids(f[k]["ids"]), dict(f[k].attrs)) for k in f.keys()}
-    except (OSError, KeyError, ValueError) as e:
+    except LayoutError as e:
+        raise DamagedCache(f"{what}: refused, {e}; {REBUILD}") from None
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise DamagedCache(f"{what}: truncated or corrupt ({str(e).splitlines()[0][:80]}); {REBUILD}") from None
     if not attrs.get("complete"):
         raise DamagedCache(f"{what}: incomplete (no 'complete' mark); {REBUILD}")
-    if attrs.get("checksum") != _checksum(attrs, {s: g[2] for s, g in groups.items()}):
-        raise DamagedCache(f"{what}: its attributes (provenance, class names or split checksums) were changed "
-                           f"after it was written; {REBUILD}")
+    try:
+        if attrs.get("checksum") != _checksum(attrs, {s: g[2] for s, g in groups.items()}):
+            raise DamagedCache(f"{what}: its attributes (provenance, class names or split checksums) were changed "
+                               f"after it was written; {REBUILD}")
+    except (TypeError, ValueError) as e:     # attributes json cannot write (an array, bytes that are not text)
+        raise DamagedCache(f"{what}: refused, unreadable attributes ({type(e).__name__}); {REBUILD}") from None
     for s, (labels, ids, a) in groups.items():
         if sha256_of(labels.astype("<i8")) != a.get("labels_sha256") or ids_sha256(ids) != a.get("ids_sha256"):
             raise DamagedCache(f"{what}: the '{s}' labels or ids fail their SHA-256 check; {REBUILD}")
+    try:
+        _check_content(attrs, groups)
+    except LayoutError as e:
+        raise DamagedCache(f"{what}: refused, {e}; {REBUILD}") from None
     meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
     for k, v in meta.items():
         if isinstance(v, str) and v[:1] in "[{":
-            meta[k] = json.loads(v)
+            try:
+                meta[k] = json.loads(v)
+            except ValueError:
+                raise DamagedCache(f"{what}: refused, attribute {k} is not valid JSON; {REBUILD}") from None
     meta["split_sizes"] = {s: int(g[2]["n"]) for s, g in groups.items()}
     return meta, groups
 
@@ -182,11 +249,26 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
         raise DamagedCache(f"cache {path}: corrupt ({str(e).splitlines()[0][:80]}); {REBUILD}") from None
     if verify:      # hashlib releases the GIL: one thread per split
         with ThreadPoolExecutor(max(1, min(len(out), os.cpu_count() or 1))) as pool:
-            got = dict(zip(out, pool.map(sha256_of, (out[n][0] for n in out))))
+            got = dict(zip(out, pool.map(_digest_finite, (out[n][0] for n in out))))
         for name in out:
-            if got[name] != groups[name][2]["features_sha256"]:
+            if got[name][0] != groups[name][2]["features_sha256"]:
                 raise DamagedCache(f"cache {path}: '{name}' features fail their SHA-256 check; {REBUILD}")
+            if not got[name][1]:
+                raise DamagedCache(f"cache {path}: refused, '{name}' features hold inf or NaN; {REBUILD}")
     return out
+
+
+def _digest_finite(a: np.ndarray, block_bytes: int = 16 << 20) -> tuple[str, bool]:
+    """(SHA-256 of a's bytes, whether every value is finite), in one pass over blocks of rows (the
+    finiteness from the exponent bits: all ones is inf or NaN)."""
+    h, finite = hashlib.sha256(), True
+    bits, mask = EXPONENT[a.dtype]
+    step = max(1, block_bytes // max(1, a[:1].nbytes))
+    for i in range(0, len(a), step):
+        block = np.ascontiguousarray(a[i:i + step])
+        h.update(memoryview(block).cast("B"))
+        finite = finite and not ((block.view(bits) & mask) == mask).any()
+    return h.hexdigest(), finite
 
 
 def _pages(raw):

@@ -22,10 +22,16 @@ import zipfile
 import h5py
 import numpy as np
 
+from ..durable import publish
 from ..errors import PipelineError
+from ..hdf5_layout import LayoutError, check_tree
 
-MEMBERS = {"metadata.json", "config.json", "model.weights.h5"}
-MAX_CONFIG_BYTES = 64 << 20     # mean and variance of 25,088 features are ~1 MB of JSON
+# what a head file may hold, each member's cap: the config's mean and variance of 27,136 features are
+# ~0.7 MB of JSON; a kernel of 200,704 features x 100 classes is 80 MB
+MEMBER_BYTES = {"metadata.json": 1 << 20, "config.json": 16 << 20, "model.weights.h5": 256 << 20}
+MAX_EXPANSION = 50              # a member may expand at most this many times (plus 1 MB): zip bombs
+MAX_KERNEL_VALUES = 64 << 20    # D x C of the Dense kernel (256 MB of float32)
+WEIGHTS = {"layers/dense/vars/0": 2, "layers/dense/vars/1": 1}   # dataset -> rank: nothing else is read
 
 
 def _dtype():
@@ -85,25 +91,31 @@ def write_head(path: str, kernel: np.ndarray, bias: np.ndarray, dropout: float |
         z.writestr("metadata.json", json.dumps(meta))
         z.writestr("config.json", json.dumps(head_config(dim, n_classes, dropout, mean, variance)))
         z.writestr("model.weights.h5", weights.getvalue())
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def read_head(path: str) -> dict:
     """{kernel, bias, dropout, mean, variance} of a head file written by `write_head`; PipelineError
     (one line) for anything else. Reads JSON and numeric HDF5 datasets only: nothing is unpickled,
-    deserialised into objects, or run."""
+    deserialised into objects, or run. Every size is checked before it is read: members against
+    their caps and expansion, datasets against the weights file (no external, virtual or linked data)."""
     def refuse(why):
         return PipelineError(f"head file {path}: {why}; re-run train-head to write it again")
     try:
         with zipfile.ZipFile(path) as z:
             infos = {i.filename: i for i in z.infolist()}
-            if set(infos) != MEMBERS:
-                raise refuse(f"holds {sorted(infos)}, expected {sorted(MEMBERS)}")
-            if infos["config.json"].file_size > MAX_CONFIG_BYTES:
-                raise refuse("config.json is too large")
+            if set(infos) != set(MEMBER_BYTES):
+                raise refuse(f"holds {sorted(infos)[:5]}, expected {sorted(MEMBER_BYTES)}")
+            for name, cap in MEMBER_BYTES.items():
+                i = infos[name]
+                if i.file_size > cap or i.file_size > MAX_EXPANSION * i.compress_size + (1 << 20):
+                    raise refuse(f"{name} declares {i.file_size:,} bytes ({i.compress_size:,} stored); at most "
+                                 f"{cap:,}, expanding at most {MAX_EXPANSION}x")
             config = json.loads(z.read("config.json"))
             weights = z.read("model.weights.h5")
-    except (OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+    except RecursionError:
+        raise refuse("config.json is nested too deeply") from None
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError, NotImplementedError, EOFError) as e:
         raise refuse(f"not a readable .keras file ({str(e)[:60]})") from None
     try:
         layers = config["config"]["layers"]
@@ -115,23 +127,45 @@ def read_head(path: str) -> dict:
         if not ok or layers[-1]["config"]["activation"] != "softmax":
             raise refuse("not a head this project writes (Input, [Normalization], [Dropout], Dense softmax)")
         by_kind = {k: layer["config"] for (_, k), layer in zip(kinds, layers)}
-        with h5py.File(io.BytesIO(weights), "r") as f:
-            kernel = np.asarray(f["layers/dense/vars/0"][()], np.float32)
-            bias = np.asarray(f["layers/dense/vars/1"][()], np.float32)
+        kernel, bias = _read_weights(weights)
         head = {"kernel": kernel, "bias": bias, "dropout": by_kind.get("Dropout", {}).get("rate"),
                 "mean": None, "variance": None}
         if "Normalization" in by_kind:
             head["mean"] = np.asarray(by_kind["Normalization"]["mean"], np.float32)
             head["variance"] = np.asarray(by_kind["Normalization"]["variance"], np.float32)
-    except (KeyError, TypeError, ValueError, OSError, IndexError) as e:
+    except LayoutError as e:
+        raise refuse(f"model.weights.h5 refused: {e}") from None
+    except (KeyError, TypeError, ValueError, OSError, IndexError, AttributeError) as e:
         raise refuse(f"its layers or weights are not a head's ({type(e).__name__})") from None
-    d, c = kernel.shape if kernel.ndim == 2 else (0, 0)
+    d, c = kernel.shape
     stats_ok = head["mean"] is None or head["mean"].shape == head["variance"].shape == (d,)
-    if not d or bias.shape != (c,) or not stats_ok:
+    if not d or not c or bias.shape != (c,) or not stats_ok:
         raise refuse(f"inconsistent shapes: kernel {kernel.shape}, bias {bias.shape}")
     if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
         raise refuse("its weights are not finite")
+    if head["mean"] is not None and not (np.isfinite(head["mean"]).all() and np.isfinite(head["variance"]).all()
+                                         and (head["variance"] >= 0).all()):
+        raise refuse("its standardisation has a non-finite mean or a negative or non-finite variance")
+    rate = head["dropout"]
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1):
+        raise refuse(f"its dropout rate is {rate!r}, expected a number in [0, 1)")
     return head
+
+
+def _read_weights(weights: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The Dense kernel and bias from model.weights.h5's bytes, the layout checked first."""
+    with h5py.File(io.BytesIO(weights), "r") as f:
+        datasets = check_tree(f, len(weights))
+        extra = set(datasets) - set(WEIGHTS)
+        if extra or len(datasets) != len(WEIGHTS):
+            raise LayoutError(f"holds datasets {sorted(datasets)[:4]}, expected {sorted(WEIGHTS)}")
+        for name, rank in WEIGHTS.items():
+            ds = datasets[name]
+            if ds.dtype.kind != "f" or ds.ndim != rank or np.prod(ds.shape, dtype=np.float64) > MAX_KERNEL_VALUES:
+                raise LayoutError(f"{name} is {ds.dtype} {ds.shape}, expected a float array of rank {rank} with at "
+                                  f"most {MAX_KERNEL_VALUES:,} values")
+        return (np.asarray(datasets["layers/dense/vars/0"][()], np.float32),
+                np.asarray(datasets["layers/dense/vars/1"][()], np.float32))
 
 
 def head_model(head: dict):

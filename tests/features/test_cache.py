@@ -95,3 +95,108 @@ def test_split_without_rows_is_not_written(tmp_path):
     with pytest.raises(ValueError, match="no rows"):
         write_cache(str(tmp_path / "e.h5"), PROV, {"train": (np.zeros(0, int), np.zeros(0, int), 0)}, lambda s: iter(()))
     assert os.listdir(tmp_path) == []
+
+
+def forge(path, make_features, labels=(0, 1, 0, 1), class_names=("a", "b"), test=None, **attrs):
+    """A cache whose checksums are all valid (as a crafted file's would be) around `make_features(group)`,
+    which creates the train features and returns the bytes they will read as."""
+    import hashlib
+    from pipeline.features.cache import _checksum, _stored, ids_sha256, sha256_of
+    with h5py.File(path, "w") as f:
+        sums = {}
+        for split, make in (("train", make_features), ("test", test)):
+            if make is None:
+                continue
+            g = f.create_group(split)
+            data = make(g)
+            y, ids = np.asarray(labels, np.int64), np.arange(len(labels))
+            g.create_dataset("labels", data=y)
+            g.create_dataset("ids", data=ids)
+            sums[split] = {"n": len(y), "first_row": 0, "features_sha256": hashlib.sha256(data).hexdigest(),
+                           "labels_sha256": sha256_of(y.astype("<i8")), "ids_sha256": ids_sha256(ids)}
+            g.attrs.update(sums[split])
+        root = _stored({"key": "k", "settings": {"layer": "fc2"}, "class_names": class_names if isinstance(class_names, int) else list(class_names),
+                         **attrs})
+        f.attrs.update(root)
+        f.attrs["checksum"] = _checksum(root, sums)
+        f.attrs["complete"] = True
+    return path
+
+
+def plain(x):
+    def make(g):
+        g.create_dataset("features", data=x)
+        return np.ascontiguousarray(x).tobytes()
+    return make
+
+
+def test_forged_but_plain_cache_loads(tmp_path):
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    out = load_cache(forge(str(tmp_path / "c.h5"), plain(x), test=plain(x)))
+    assert np.array_equal(out["train"][0], x)      # the helper itself makes a loadable cache
+
+
+def test_data_from_another_file_is_refused_before_it_is_read(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(16, dtype=np.float32).tobytes())
+
+    def external(g):
+        g.create_dataset("features", (4, 4), "f4", external=[(str(secret), 0, 64)])
+        return secret.read_bytes()                  # a forger can sum the target's bytes
+    with pytest.raises(DamagedCache, match="external storage"):
+        load_cache(forge(str(tmp_path / "e.h5"), external))
+    with pytest.raises(DamagedCache, match="not in the file"):     # 100 KB declaring 40 GB: refused unread
+        load_cache(forge(str(tmp_path / "big.h5"), lambda g: (g.create_dataset("features", (10 ** 6, 10 ** 4), "f4"), b"")[1],
+                         labels=[0] * 10 ** 6))
+
+
+def test_a_fifo_or_an_unknown_file_is_refused_unread(tmp_path):
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("load_cache blocked on a FIFO")
+    os.mkfifo(tmp_path / "fifo.h5")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(DamagedCache, match="not a regular file"):
+            load_cache(str(tmp_path / "fifo.h5"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("weights", data=np.zeros(3))
+    with pytest.raises(DamagedCache, match="expected train and/or test groups"):
+        load_cache(str(tmp_path / "other.h5"))
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"labels": (0, 5, 0, 1)}, "outside the 2 class names"),
+    ({"class_names": 5}, "class_names is not a list"),
+    ({"settings": 3}, "settings is not a JSON object"),
+    ({"test": plain(np.zeros((4, 2, 4), np.float32))}, "differ in shape"),        # views on test only
+])
+def test_inconsistent_content_with_valid_checksums_is_refused(tmp_path, kw, needle):
+    x = np.zeros((4, 4), np.float32)
+    kw = {"test": plain(x), **kw}
+    with pytest.raises(DamagedCache, match=needle):
+        load_cache(forge(str(tmp_path / "c.h5"), plain(x), **kw))
+
+
+@pytest.mark.parametrize("x,needle", [(np.zeros((4, 4), np.int32), "expected N x D"),
+                                      (np.array([[0, np.inf]] * 4, np.float16), "inf or NaN"),
+                                      (np.array([[np.nan, 0]] * 4, np.float32), "inf or NaN")])
+def test_feature_dtypes_and_values(tmp_path, x, needle):
+    with pytest.raises(DamagedCache, match=needle):
+        load_cache(forge(str(tmp_path / "c.h5"), plain(x)))
+
+
+def test_train_head_on_a_crafted_cache_is_one_line(tmp_path, capsys):
+    from tests.conftest import run_captured
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(64))
+    path = forge(str(tmp_path / "e.h5"), lambda g: (g.create_dataset("features", (4, 4), "f4",
+                                                                     external=[(str(secret), 0, 64)]), bytes(64))[1])
+    code, out, err = run_captured(capsys, "train-head", "--cache", path, "--runs-dir", tmp_path / "runs")
+    assert code == 1 and err.count("\n") == 1 and "external storage" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")

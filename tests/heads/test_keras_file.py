@@ -72,3 +72,63 @@ def test_not_a_zip_and_non_finite_weights(parts, tmp_path):
     write_head(str(tmp_path / "n.keras"), **{**parts, "bias": np.array([0, np.nan, 0], np.float32)})
     with pytest.raises(PipelineError, match="not finite"):
         read_head(str(tmp_path / "n.keras"))
+
+
+def weights_h5(make) -> bytes:
+    import io
+    import h5py
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        v = f.create_group("layers/dense/vars")
+        make(v)
+    return buf.getvalue()
+
+
+def refused(path, needle):
+    with pytest.raises(PipelineError) as e:
+        read_head(path)
+    assert needle in str(e.value) and "re-run train-head" in str(e.value), str(e.value)
+
+
+def test_weights_from_elsewhere_or_too_big_are_refused_before_reading(parts, tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.ones(18, np.float32).tobytes())
+    path = str(tmp_path / "h.keras")
+    cases = {
+        "external storage": lambda v: (v.create_dataset("0", (6, 3), "f4", external=[(str(secret), 0, 72)]),
+                                       v.create_dataset("1", data=np.zeros(3, np.float32))),
+        "not in the file": lambda v: (v.create_dataset("0", (10 ** 5, 10 ** 4), "f4"),
+                                      v.create_dataset("1", data=np.zeros(3, np.float32))),
+        "expected ['layers/dense/vars/0'": lambda v: v.create_dataset("0", data=np.zeros((6, 3), np.float32)),
+        "at most": lambda v: (v.create_dataset("0", data=np.zeros((1, 3), np.float32)),
+                              v.create_dataset("1", data=np.zeros((3, 3), np.float32))),
+    }
+    for needle, make in cases.items():
+        write_head(path, **parts)
+        rewrite(path, lambda m: m.update({"model.weights.h5": weights_h5(make)}))
+        refused(path, needle)
+
+
+def test_zip_bombs_and_deep_json_are_refused(parts, tmp_path):
+    path = str(tmp_path / "h.keras")
+    write_head(path, **parts)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:          # 300 MB of zeros in ~300 KB
+        z.writestr("metadata.json", members["metadata.json"])
+        z.writestr("config.json", members["config.json"])
+        z.writestr("model.weights.h5", members["model.weights.h5"] + bytes(300 << 20))
+    refused(path, "model.weights.h5 declares")
+    write_head(path, **parts)
+    rewrite(path, lambda m: m.update({"config.json": b"[" * 100_000 + b"]" * 100_000}))
+    refused(path, "nested too deeply")
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"mean": np.full(6, np.inf, np.float32)}, "non-finite mean"),
+    ({"variance": -np.ones(6, np.float32)}, "negative"),
+    ({"dropout": 1.5}, "dropout rate is 1.5"),
+])
+def test_impossible_numbers_are_refused(parts, tmp_path, change, needle):
+    write_head(str(tmp_path / "h.keras"), **{**parts, **change})
+    refused(str(tmp_path / "h.keras"), needle)
