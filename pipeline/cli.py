@@ -120,6 +120,10 @@ def cmd_sweep(args):
 
 def cmd_study(args):
     from .study import parse_grid, run_study
+    for flag, value in (("--cache", args.cache), ("--head", args.head)):
+        if value is not None:
+            raise PipelineError(f"study: {flag} is not a study option (caches come from the feature options and "
+                                "--grid, head kinds from --heads); remove it")
     opts = run_options(args)
     axes, heads = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
     base = {**head_params("softmax", vars(args)), **head_params("logreg", vars(args))}
@@ -164,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--batch-size-features", type=int, default=F.BATCH_SIZE, help="images per forward pass "
                     "(default %(default)s)")
     st.add_argument("--quiet", action="store_true", help="no progress bars (default off)")
-    st.set_defaults(func=cmd_study, exit_fast=True)
+    st.set_defaults(func=cmd_study, exit_fast=True, head=None)     # --head given to study is refused
     s = sub.choices["sweep"]
     s.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2",
                    help="values to try, e.g. dropout=0.2,0.5 (repeatable; default: none)")

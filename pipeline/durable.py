@@ -8,6 +8,8 @@ import errno
 import fcntl
 import json
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 
 from .errors import PipelineError
@@ -50,9 +52,21 @@ def publish(tmp: str, final: str):
 
 
 def write_bytes(path: str, data: bytes):
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    publish(path + ".tmp", path)
+    """Write `path` whole or not at all: a temp file of this writer's own beside it, fsync'd, renamed."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)[:80]}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        publish(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str, text: str):
+    write_bytes(path, text.encode())
 
 
 def write_json(path: str, obj):
@@ -75,3 +89,52 @@ def move_aside(path: str) -> str:
         target = f"{path}.corrupt-{i}"
     os.replace(path, target)
     return target
+
+
+def incomplete_dir(final: str) -> str:
+    """A new, empty folder beside `final`, this writer's own (never another run's, never a name a user
+    could pick: hidden, random), to fill and then `claim_dir` as `final`."""
+    parent, name = os.path.split(os.path.abspath(final))
+    return tempfile.mkdtemp(dir=parent, prefix=f".{name[:80]}.", suffix=".incomplete")
+
+
+def claim_dir(tmp: str, final: str, replace: bool = False):
+    """Rename the finished folder `tmp` to `final`, its files and the rename fsync'd. A `final` that
+    holds anything is never half-overwritten: FileExistsError, or with replace=True the old folder is
+    moved aside whole, the new one renamed in, and the old one removed."""
+    for entry in os.scandir(tmp):
+        if entry.is_file(follow_symlinks=False):
+            fsync_path(entry.path)
+    fsync_path(tmp)
+    aside = None
+    if replace and os.path.exists(final):
+        aside = incomplete_dir(final)
+        os.rename(final, os.path.join(aside, "old"))
+    try:
+        os.rename(tmp, final)      # onto an empty folder it succeeds; onto a non-empty one it fails
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise FileExistsError(errno.EEXIST, "taken", final) from None
+        raise
+    fsync_path(os.path.dirname(os.path.abspath(final)))
+    if aside:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def folder_or_missing(path: str, what: str) -> str:
+    """`path` if it is a folder, or can be made one (its first existing ancestor is a folder); one line if not."""
+    if not path or not str(path).strip():
+        raise PipelineError(f"{what}: empty; pass a folder (created if missing)")
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        raise PipelineError(f"{what} {path}: {p} is a file, not a folder; pass a folder (created if missing)")
+    return path
+
+
+def head_params(kind: str, values: dict) -> dict:
+    """The checked parameters of a `kind` head, from a dict holding at least them."""
+    if kind not in HEAD_PARAMS:
+        raise PipelineError(f"head: expected softmax or logreg, got {kind!r}")
+    return {p: check_param(p, values[p]) for p in HEAD_PARAMS[kind]}

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .durable import write_json
+from .durable import write_json, write_text
 from .errors import PipelineError
 from .features import FeatureConfig
 from .features.cache import read_provenance
@@ -27,7 +27,7 @@ from .features.config import validate
 from .features.extract import extract_many
 from .heads.config import HEAD_PARAMS, RunOptions, check_param
 from .heads.data import load_training_data
-from .heads.runs import evaluate
+from .heads.runs import KIND_FILE, evaluate, folder_kind, plain_text
 from .heads.train import finish_run
 
 FEATURE_AXES = ("interpolation", "image_size", "layer", "pooling", "views", "shift_range", "views_seed",
@@ -66,18 +66,22 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict]:
         else:
             raise PipelineError(f"--grid {key}: unknown; expected a stage-one setting ({', '.join(FEATURE_AXES)}) "
                                 f"or a parameter of the {'/'.join(heads)} head(s)")
+    if not heads:
+        raise PipelineError("--heads: expected softmax and/or logreg, got none")
     head_grids = {}
     for h in heads:
         if h not in HEAD_PARAMS:
             raise PipelineError(f"--heads: expected softmax and/or logreg, got {h!r}")
-        head_grids[h] = {k: [check_param(k, v) for v in vs] for k, vs in params.items() if k in HEAD_PARAMS[h]}
+        head_grids[h] = {k: list(dict.fromkeys(check_param(k, v) for v in vs))    # 0.5 and .5 are one value
+                         for k, vs in params.items() if k in HEAD_PARAMS[h]}
     return features, head_grids
 
 
 def feature_configs(base: FeatureConfig, axes: dict) -> list:
     """Every combination of the stage-one axes on top of `base`, each validated (one line if not)."""
     from sklearn.model_selection import ParameterGrid
-    return [validate(dataclasses.replace(base, **point)) for point in ParameterGrid(axes)] if axes else [validate(base)]
+    cfgs = [validate(dataclasses.replace(base, **point)) for point in ParameterGrid(axes)] if axes else [validate(base)]
+    return list({_tag(dataclasses.asdict(c)): c for c in cfgs}.values())    # spellings of one setting: once
 
 
 def head_configs(head_grids: dict, base_params: dict) -> list:
@@ -86,11 +90,24 @@ def head_configs(head_grids: dict, base_params: dict) -> list:
     for kind, grid in head_grids.items():
         base = {p: base_params[p] for p in HEAD_PARAMS[kind]}
         out += [(kind, {**base, **point}) for point in ParameterGrid(grid)] if grid else [(kind, base)]
-    return out
+    return list({_tag(c): c for c in out}.values())
 
 
 def _tag(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def row_settings(kind: str, opts: RunOptions) -> dict:
+    """The run options that change a head's row: the validation split and seed, and for softmax early stopping."""
+    out = {"seed": opts.seed, "val_fraction": opts.val_fraction}
+    if kind == "softmax":
+        out.update(early_stopping=opts.early_stopping, patience=opts.patience if opts.early_stopping else None)
+    return out
+
+
+def row_tag(cache: str, kind: str, params: dict, opts: RunOptions) -> str:
+    """A finished row's key: the cache (its file name holds its key), the head and everything that changes it."""
+    return _tag([cache, kind, params, row_settings(kind, opts)])
 
 
 def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, object]:
@@ -122,13 +139,39 @@ def _cache_row(path: str, cfg: FeatureConfig) -> dict:
             else None, "caches_in_pass": cost.get("caches_in_pass")}
 
 
-def run_study(base: FeatureConfig, axes: dict, heads: list, base_params: dict, opts: RunOptions, quiet=False) -> str:
+def _check_folders(folder: str, best_dir: str, name: str):
+    """Refuse, before any work, names that hold something other than this study (a sweep, a run)."""
+    kind = folder_kind(folder)
+    if kind not in (None, "study"):
+        raise PipelineError(f"--name {name}: {folder} holds a {kind if kind != 'other' else 'folder'} that is not a "
+                            "study; pass another --name")
+    best = folder_kind(best_dir)
+    if best not in (None, "run") or (best == "run" and _study_of(best_dir)[0] != name):
+        raise PipelineError(f"--name {name}: {best_dir} exists and is not this study's best run; pass another --name")
+
+
+def _study_of(run_dir: str):
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            m = json.load(f)
+        return m.get("study"), m.get("study_row")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+
+
+def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, opts: RunOptions, quiet=False) -> str:
     """Build (or hit) every cache of the grid, train every head on each, write the table and plot."""
+    if opts.val_fraction == 0:
+        raise PipelineError("--val-fraction 0: a study chooses its best configuration on validation data; pass "
+                            "--val-fraction > 0")
     cfgs = feature_configs(base, axes)
     configs = head_configs(heads, base_params)
-    name = opts.name or "study-" + _tag([[dataclasses.asdict(c) for c in cfgs], configs, opts.seed, opts.val_fraction])
-    folder = os.path.join(opts.runs_dir, name)
+    name = opts.name or "study-" + _tag([[dataclasses.asdict(c) for c in cfgs], configs,
+                                         sorted(row_settings("softmax", opts).items())])
+    folder, best_dir = os.path.join(opts.runs_dir, name), os.path.join(opts.runs_dir, f"{name}-best")
+    _check_folders(folder, best_dir, name)
     os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
+    write_json(os.path.join(folder, KIND_FILE), {"kind": "study"})
     print(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)", file=sys.stderr)
     paths = extract_many(cfgs, quiet=quiet)                 # each distinct cache once; shared passes together
     rows = []
@@ -136,15 +179,14 @@ def run_study(base: FeatureConfig, axes: dict, heads: list, base_params: dict, o
         print(f"study: heads on cache {i}/{len(cfgs)} {os.path.basename(path)}", file=sys.stderr)
         crow, data = _cache_row(path, cfg), None
         for kind, params in configs:
-            row_file = os.path.join(folder, "rows", f"{crow['cache'][:-3]}-{_tag([kind, params])}.json")
-            if os.path.exists(row_file):
-                with open(row_file) as f:
-                    rows.append(json.load(f))
-                continue
-            data = data or load_training_data(path, opts.val_fraction, opts.seed)
-            row, _ = run_head(data, kind, params, opts)
-            rows.append({**crow, **row, "views_k": data.views})
-            write_json(row_file, rows[-1])
+            tag = row_tag(crow["cache"], kind, params, opts)
+            row = _finished_row(os.path.join(folder, "rows", f"{tag}.json"), tag)
+            if row is None:
+                data = data or load_training_data(path, opts.val_fraction, opts.seed)
+                row, _ = run_head(data, kind, params, opts)
+                row = {**crow, **row, "views_k": data.views, "row": tag}
+                write_json(os.path.join(folder, "rows", f"{tag}.json"), row)
+            rows.append(row)
     key = lambda r: r.get("val_tta_accuracy") or r["val_accuracy"]  # noqa: E731 - selected as it is reported
     rows.sort(key=lambda r: -key(r))
     for r in rows:
@@ -153,14 +195,25 @@ def run_study(base: FeatureConfig, axes: dict, heads: list, base_params: dict, o
             r[f"{split}_ci95"] = [round(v, 4) for v in wilson(acc, r[f"{split}_n"])]
     write_tables(folder, rows)
     plot_study(os.path.join(folder, "study.png"), rows)
-    best, best_dir = rows[0], os.path.join(opts.runs_dir, f"{name}-best")
-    if not os.path.exists(best_dir):           # the best head as a run folder, ready for predict
+    best = rows[0]
+    if _study_of(best_dir) != (name, best["row"]):   # the best head as a run folder, ready for predict
         data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed)
         params = {k[5:]: v for k, v in best.items() if k.startswith("head_") and k != "head_s"}
         _, head = run_head(data, best["head"], params, opts)
-        finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best")
+        finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best",
+                   replace=True, more={"study": name, "study_row": best["row"]})
     print(f"study: best on validation: {describe(best)} -> {best_dir}", file=sys.stderr)
     return folder
+
+
+def _finished_row(path: str, tag: str) -> dict | None:
+    """The row saved at `path` if it is one (its tag matches), else None: it is trained again."""
+    try:
+        with open(path) as f:
+            row = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return row if isinstance(row, dict) and row.get("row") == tag else None
 
 
 def describe(row: dict) -> str:
@@ -187,33 +240,33 @@ def _fmt(col: str, v) -> str:
 def write_tables(folder: str, rows: list):
     """results.csv (every field) and results.md (the columns people compare), best on validation first."""
     import csv
+    import io
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["rank"] + keys)
-        w.writeheader()
-        w.writerows({"rank": i + 1, **r} for i, r in enumerate(rows))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["rank"] + keys)
+    w.writeheader()
+    w.writerows({"rank": i + 1, **r} for i, r in enumerate(rows))
+    write_text(os.path.join(folder, "results.csv"), buf.getvalue())
     params = sorted(k for k in {k for r in rows for k in r if k.startswith("head_") and k != "head_s"}
                     if len({json.dumps(r.get(k)) for r in rows if k in r}) > 1 or k == "head_C")
     cols = [c for c in COLUMNS[:5] + params + COLUMNS[5:] if any(r.get(c) not in (None, "") for r in rows)]
     lines = ["| rank | " + " | ".join(c.removeprefix("head_") if c in params else c for c in cols) + " |",
              "|" + "---|" * (len(cols) + 1)]
     lines += [f"| {i + 1} | " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |" for i, r in enumerate(rows)]
-    with open(os.path.join(folder, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(folder, "results.md"), "\n".join(lines) + "\n")
 
 
+@plain_text
 def plot_study(path: str, rows: list):
     """Validation (hollow) and test (filled) accuracy with 95% intervals against cost: extraction speed
     coloured by interpolation, cache size coloured by layers; marker: head (o softmax, s logreg)."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     acc = lambda r, split: r.get(f"{split}_tta_accuracy") or r[f"{split}_accuracy"]  # noqa: E731
     fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=True)
     for ax, xkey, group, xlabel in ((axes[0], "extract_img_per_s", "interpolation", "extraction, images/s (log)"),
                                     (axes[1], "cache_mb", "layer", "cache size, MB (log)")):
         names = list(dict.fromkeys(str(r[group]) for r in rows))
-        colours = dict(zip(names, plt.cm.tab10.colors))
+        colours = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}     # any number of values
         for i, r in enumerate(rows):
             if not r.get(xkey):
                 continue

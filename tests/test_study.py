@@ -59,3 +59,90 @@ def test_bad_grids_are_one_line(data, capsys, grid, needle):
 def test_wilson_interval():
     lo, hi = wilson(0.8, 1000)
     assert 0.774 < lo < 0.775 and 0.823 < hi < 0.824          # about +-2.5 points on 1,000 images
+
+
+def small_study(capsys, root, data, name, *extra, grid=("--grid", "dropout=0.2,0.5")):
+    return run_captured(capsys, "study", "--data-dir", data, "--weights", "random", "--image-size", "32",
+                        "--precision", "float32", "--cache-dir", root / "c", "--runs-dir", root / "runs", "--name", name,
+                        "--epochs", "2", "--val-fraction", "0.5", "--quiet", "--heads", "softmax", *grid, *extra)
+
+
+def best_row(root, name):
+    rows = list(csv.DictReader(open(root / "runs" / name / "results.csv")))
+    return rows[0]["row"], json.load(open(root / "runs" / f"{name}-best" / "metrics.json"))["study_row"]
+
+
+def test_rows_are_reused_only_with_the_same_settings_and_best_follows_the_study(data, capsys):
+    d, root = data
+    assert small_study(capsys, root, d, "keyed")[0] == 0
+    rows = root / "runs" / "keyed" / "rows"
+    assert len(os.listdir(rows)) == 2
+    first, best = best_row(root, "keyed")
+    assert first == best
+    for extra in (["--seed", "1"], ["--val-fraction", "0.4"], ["--early-stopping"], ["--early-stopping", "--patience", "2"]):
+        code, _, err = small_study(capsys, root, d, "keyed", *extra)     # the last --val-fraction counts
+        assert code == 0, err
+        first, best = best_row(root, "keyed")
+        assert first == best                                   # -best holds the study's best as it now stands
+    assert len(os.listdir(rows)) == 2 * 5                      # every changed setting trained its rows anew
+    assert small_study(capsys, root, d, "keyed", grid=("--grid", "dropout=0.2,0.5,0.9"))[0] == 0
+    first, best = best_row(root, "keyed")
+    assert first == best and len(os.listdir(rows)) == 11
+
+
+def test_row_keys_hold_every_setting_that_changes_a_row():
+    from pipeline.heads.config import RunOptions
+    from pipeline.study import row_tag
+    base = RunOptions()
+    tags = {row_tag("c.h5", "softmax", {"dropout": 0.5}, o) for o in (
+        base, RunOptions(seed=1), RunOptions(val_fraction=0.2), RunOptions(early_stopping=True),
+        RunOptions(early_stopping=True, patience=5))}
+    assert len(tags) == 5
+    assert row_tag("c.h5", "softmax", {"dropout": 0.5}, RunOptions(patience=5)) == row_tag(
+        "c.h5", "softmax", {"dropout": 0.5}, base)             # patience without early stopping changes nothing
+
+
+def test_a_name_that_holds_something_else_is_refused(data, capsys, syn):
+    d, root = data
+    runs = root / "runs"
+    assert run_captured(capsys, "sweep", "--cache", syn, "--runs-dir", runs, "--name", "sw", "--param",
+                        "dropout=0.2,0.5", "--epochs", "2")[0] == 0
+    before = open(runs / "sw" / "results.csv").read()
+    code, _, err = small_study(capsys, root, d, "sw")
+    assert code == 1 and "not a study" in err and len(err.strip().splitlines()) == 1
+    assert open(runs / "sw" / "results.csv").read() == before
+    (runs / "own-best").mkdir()
+    (runs / "own-best" / "metrics.json").write_text("{}")      # a run of someone else's under the best's name
+    code, _, err = small_study(capsys, root, d, "own")
+    assert code == 1 and "not this study's best" in err
+
+
+@pytest.mark.parametrize("extra,needle", [(["--val-fraction", "0"], "--val-fraction 0"),
+                                          (["--heads", ","], "--heads: expected softmax and/or logreg, got none"),
+                                          (["--cache", "x.h5"], "study: --cache is not a study option"),
+                                          (["--head", "logreg"], "study: --head is not a study option")])
+def test_study_refuses_up_front(data, capsys, extra, needle):
+    d, root = data
+    code, _, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
+                                "--runs-dir", root / "up", *extra)
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and not (root / "up").exists()
+
+
+def test_spellings_of_one_setting_are_one_configuration():
+    from pipeline.features import FeatureConfig
+    from pipeline.study import feature_configs, head_configs, parse_grid
+    axes, heads = parse_grid(["views=flip,shift2;shift2,flip", "dropout=0.5,.5,0.50", "image_size=32,32"], ["softmax"])
+    assert len(feature_configs(FeatureConfig(weights="random"), axes)) == 1
+    from pipeline.heads.config import HEAD_PARAMS
+    base = {p: v for p, v in {"dropout": 0.5, "lr": 1e-3, "l2": 0.0, "epochs": 2, "batch_size": 250,
+                              "standardize": True}.items() if p in HEAD_PARAMS["softmax"]}
+    assert len(head_configs(heads, base)) == 1
+
+
+def test_the_plot_takes_any_number_of_layer_values(tmp_path):
+    from pipeline.study import plot_study
+    rows = [{"layer": f"l{i}", "interpolation": "cubic", "head": "softmax", "extract_img_per_s": 10.0 + i,
+             "cache_mb": 1.0 + i, "val_accuracy": 0.5, "test_accuracy": 0.5, "val_ci95": [0.4, 0.6],
+             "test_ci95": [0.4, 0.6], "test_n": 10} for i in range(14)]
+    plot_study(str(tmp_path / "s.png"), rows)
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from ..durable import folder_or_missing
 from ..errors import PipelineError
 from . import pooling as P
 from . import views as V
@@ -114,8 +115,7 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
         raise PipelineError(f"--weights-seed: expected a seed >= 0, got {cfg.seed}")
     if cfg.max_image_pixels < 1:
         raise PipelineError(f"--max-image-pixels: expected a positive number, got {cfg.max_image_pixels}")
-    if os.path.exists(cfg.cache_dir) and not os.path.isdir(cfg.cache_dir):
-        raise PipelineError(f"--cache-dir {cfg.cache_dir}: is a file, not a folder; pass a folder (created if missing)")
+    folder_or_missing(cfg.cache_dir, "--cache-dir")
     if cfg.weights not in ("imagenet", "random") and not os.path.isfile(cfg.weights):
         raise PipelineError(f"--weights: expected imagenet, random or a weights file, got {cfg.weights!r} "
                             "(no such file); check the path")

@@ -5,6 +5,7 @@ import dataclasses
 import math
 import os
 
+from ..durable import folder_or_missing
 from ..errors import PipelineError
 
 # --- defaults: the notebook's head --------------------------------------------------------------
@@ -73,11 +74,16 @@ class RunOptions:
     def validated(self) -> "RunOptions":
         for f in ("val_fraction", "seed", "patience"):
             check_param(f, getattr(self, f))
-        if os.path.exists(self.runs_dir) and not os.path.isdir(self.runs_dir):
-            raise PipelineError(f"--runs-dir {self.runs_dir}: is a file, not a folder; pass a folder (created if missing)")
-        if self.name is not None and (not self.name.strip() or os.sep in self.name or self.name in (".", "..")):
-            raise PipelineError(f"--name {self.name!r}: expected a plain folder name (no {os.sep})")
+        folder_or_missing(self.runs_dir, "--runs-dir")
+        if self.name is not None and (not self.name.strip() or os.sep in self.name or self.name in (".", "..")
+                                      or self.name.startswith(".") or len(self.name.encode()) > MAX_NAME_BYTES
+                                      or not self.name.isprintable()):
+            raise PipelineError(f"--name {self.name[:80]!r}: expected a plain folder name (no {os.sep}, not hidden, "
+                                f"printable, at most {MAX_NAME_BYTES} bytes)")
         return self
+
+
+MAX_NAME_BYTES = 200   # a run, sweep or study name: with "-best" and a temp suffix, within NAME_MAX (255)
 
 
 def head_params(kind: str, values: dict) -> dict:

@@ -1,11 +1,13 @@
 """Run folders: metrics, history, plots and the terminal summary of one trained head.
 
-A run folder is written under `<name>.tmp` and renamed into place when complete.
+A run folder is written in a hidden folder of its own and renamed into place when complete: two
+runs never share a temp folder, and a name already taken is never half-overwritten.
 """
 from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -13,9 +15,28 @@ import time
 
 import numpy as np
 
-from ..durable import publish
+from ..durable import claim_dir, incomplete_dir
 from ..errors import PipelineError
 from .keras_file import write_head
+
+
+KIND_FILE = "kind.json"     # in a sweep's or a study's folder: {"kind": "sweep"|"study", ...}
+
+
+def folder_kind(path: str) -> str | None:
+    """What a folder in the runs dir holds: "sweep" or "study" (its kind.json), "run" (metrics.json),
+    "other" (anything else), None when it does not exist or is empty."""
+    if not os.path.isdir(path):
+        return "other" if os.path.exists(path) else None
+    try:
+        with open(os.path.join(path, KIND_FILE)) as f:
+            kind = json.load(f).get("kind")
+        return kind if kind in ("sweep", "study") else "other"
+    except (OSError, ValueError, AttributeError):
+        pass
+    if os.path.isfile(os.path.join(path, "metrics.json")):
+        return "run"
+    return "other" if os.listdir(path) else None
 
 
 def process_age() -> float:
@@ -45,6 +66,18 @@ def new_run_dir(runs_dir: str, name: str | None) -> str:
     return path
 
 
+def plain_text(plot):
+    """A plotting function run with Matplotlib's Agg backend and every label plain text (a class folder
+    named `$\\foo$` is a name, not mathtext to parse), settings restored after."""
+    @functools.wraps(plot)
+    def wrapped(*args, **kwargs):
+        import matplotlib
+        matplotlib.use("Agg")
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+    return wrapped
+
+
 def evaluate(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
     """Accuracy, log loss, per-class accuracy and confusion matrix of N x C probabilities against y."""
     from sklearn.metrics import confusion_matrix, log_loss
@@ -66,9 +99,8 @@ def write_history(path: str, history: list):
         w.writerows(history)
 
 
+@plain_text
 def plot_learning_curves(path: str, history: list, title: str):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -88,9 +120,8 @@ def plot_learning_curves(path: str, history: list, title: str):
     plt.close(fig)
 
 
+@plain_text
 def plot_confusion(path: str, cm, class_names: list, title: str):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     cm = np.asarray(cm)
     n = len(class_names)
@@ -113,24 +144,43 @@ def plot_confusion(path: str, cm, class_names: list, title: str):
     plt.close(fig)
 
 
-def write_run(run_dir: str, metrics: dict, history: list, class_names: list, head: dict) -> str:
-    """Write everything under `<run_dir>.tmp`, then rename (durably); `head`: write_head's arguments.
+def write_run(run_dir: str, metrics: dict, history: list, class_names: list, head: dict, auto_name: bool = False,
+              replace: bool = False) -> str:
+    """Write everything in a temp folder of this run's own, then claim `run_dir` (durably); `head`:
+    write_head's arguments. auto_name: `run_dir` is a timestamp, so if another run took it meanwhile
+    this one takes `<run_dir>-2`, ...; replace: swap out what `run_dir` holds (a study's best).
     Nothing in a run folder is a pickle: the head is plain numbers in head.keras."""
-    tmp = run_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    t = time.perf_counter()
-    write_head(os.path.join(tmp, "head.keras"), **head)
-    write_history(os.path.join(tmp, "history.csv"), history)
-    title = f"{metrics['head']} head — test accuracy {metrics['test']['accuracy']:.1%}"
-    plot_learning_curves(os.path.join(tmp, "learning_curves.png"), history, title)
-    plot_confusion(os.path.join(tmp, "confusion_matrix.png"), metrics["test"]["confusion_matrix"], class_names,
-                   f"test confusion ({metrics['test']['n']} images)")
-    metrics["timings"]["write_s"] = time.perf_counter() - t
-    with open(os.path.join(tmp, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1, default=str)
-    publish(tmp, run_dir)
-    return run_dir
+    tmp = incomplete_dir(run_dir)
+    try:
+        t = time.perf_counter()
+        write_head(os.path.join(tmp, "head.keras"), **head)
+        write_history(os.path.join(tmp, "history.csv"), history)
+        title = f"{metrics['head']} head — test accuracy {metrics['test']['accuracy']:.1%}"
+        plot_learning_curves(os.path.join(tmp, "learning_curves.png"), history, title)
+        plot_confusion(os.path.join(tmp, "confusion_matrix.png"), metrics["test"]["confusion_matrix"], class_names,
+                       f"test confusion ({metrics['test']['n']} images)")
+        metrics["timings"]["write_s"] = time.perf_counter() - t
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1, default=str)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return claim(tmp, run_dir, auto_name, replace)
+
+
+def claim(tmp: str, folder: str, auto_name: bool = False, replace: bool = False) -> str:
+    """Publish the finished `tmp` as `folder` (or, auto_name, the next free `<folder>-N`)."""
+    final, i = folder, 1
+    while True:
+        try:
+            claim_dir(tmp, final, replace)
+            return final
+        except FileExistsError:
+            if not auto_name:
+                raise PipelineError(f"{folder} was created by another run while this one worked; this one's results "
+                                    f"are kept in {tmp} (rename it to keep them), or pass another --name") from None
+            i += 1
+            final = f"{folder}-{i}"
 
 
 def summary_table(metrics: dict) -> str:

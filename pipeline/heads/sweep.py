@@ -18,7 +18,8 @@ import tomllib
 from ..errors import PipelineError
 from .config import HEAD_PARAMS, RunOptions, check_param
 from .data import TrainingData
-from .runs import new_run_dir
+from ..durable import incomplete_dir, write_json
+from .runs import KIND_FILE, claim, new_run_dir, plain_text
 from .softmax import SoftmaxSweep
 from .train import finish_run, fit_head, make_head
 
@@ -112,9 +113,8 @@ def write_table(folder: str, rows: list, keys: list):
     return "\n".join(lines[:12])
 
 
+@plain_text
 def plot_sweep(path: str, rows: list, keys: list):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = [", ".join(f"{k}={r[k]}" for k in keys) for r in rows]
     fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(rows) + 1)))
@@ -153,11 +153,16 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
     rank = "val_tta_accuracy" if data.views > 1 else "val_accuracy"
     rows.sort(key=lambda r: (-r[rank], r["val_loss"]))
     keys = list(space)
-    shutil.rmtree(folder + ".tmp", ignore_errors=True)
-    os.makedirs(folder + ".tmp")
-    table = write_table(folder + ".tmp", rows, keys)
-    plot_sweep(os.path.join(folder + ".tmp", "sweep.png"), rows, keys)
-    os.replace(folder + ".tmp", folder)
+    tmp = incomplete_dir(folder)
+    try:
+        table = write_table(tmp, rows, keys)
+        plot_sweep(os.path.join(tmp, "sweep.png"), rows, keys)
+        write_json(os.path.join(tmp, KIND_FILE), {"kind": "sweep", "head": head, "space": space})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    folder = claim(tmp, folder, auto_name=opts.name is None)
+    best_dir = folder + "-best"
     print(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}", file=sys.stderr)
     best = rows[0]
     params = {p: best[p] for p in HEAD_PARAMS[head]}

@@ -40,8 +40,9 @@ def train_head(data: TrainingData, kind: str, params: dict, opts: RunOptions, ti
 
 
 def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptions, timings: dict,
-               name: str | None = None) -> str:
-    """Evaluate a fitted head on train/val/test, write the run folder, print the summary."""
+               name: str | None = None, replace: bool = False, more: dict | None = None) -> str:
+    """Evaluate a fitted head on train/val/test, write the run folder, print the summary. replace: the
+    folder `name` is swapped out if it exists (a study's best); more: more fields for metrics.json."""
     t = time.perf_counter()
     n_classes = len(data.class_names)
     extra = {"early_stopping": opts.early_stopping, "patience": opts.patience,
@@ -57,9 +58,11 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
             metrics[split]["tta"] = evaluate(data.tta(proba[id(X)], rows), y[rows], n_classes)
     timings["evaluate_s"] = time.perf_counter() - t
     metrics.update(class_names=data.class_names, cache=os.path.abspath(data.cache_path), provenance=data.provenance,
-                   timings=timings)
-    run_dir = write_run(new_run_dir(opts.runs_dir, name or opts.name), metrics, head.history_, data.class_names,
-                        head.head_file())
+                   timings=timings, **(more or {}))
+    name = name or opts.name
+    folder = os.path.join(opts.runs_dir, name) if replace else new_run_dir(opts.runs_dir, name)
+    run_dir = write_run(folder, metrics, head.history_, data.class_names, head.head_file(), auto_name=name is None,
+                        replace=replace)
     print(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()), file=sys.stderr)
     print(summary_table(metrics), file=sys.stderr)
     return run_dir

@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 
@@ -30,3 +31,34 @@ def test_summary_and_plot(tmp_path):
     plot_confusion(str(tmp_path / "c.png"), [[3, 1], [0, 4]], ["cat", "dog"], "t")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert 0 <= process_age() < 3600
+
+
+def _run_args(tag):
+    m = {"head": "softmax", "test": {"accuracy": 0.5, "n": 2, "confusion_matrix": [[1, 0], [1, 0]]}, "timings": {},
+         "tag": tag}
+    head = {"kernel": np.full((3, 2), tag, np.float32), "bias": np.zeros(2, np.float32)}
+    return m, [{"epoch": 1, "train_loss": 1.0}], ["a", "b"], head
+
+
+def test_runs_finishing_together_never_share_a_folder(tmp_path):
+    """Two runs finishing in the same second with one name: each writes its own temp folder; one
+    takes the name, the other the next (timestamp names) or keeps its results aside (--name)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from pipeline.heads.keras_file import read_head
+    from pipeline.heads.runs import write_run
+    target = str(tmp_path / "20260101-000000")
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda t: write_run(target, *_run_args(t), auto_name=True), range(4)))
+    assert sorted(done) == sorted([target] + [f"{target}-{i}" for i in range(2, 5)])
+    for folder in done:                                   # each folder pairs its own metrics and head
+        tag = json.load(open(f"{folder}/metrics.json"))["tag"]
+        assert read_head(f"{folder}/head.keras")["kernel"][0, 0] == tag
+    with pytest.raises(PipelineError, match="created by another run") as e:
+        write_run(target, *_run_args(9))                  # a chosen name that was taken meanwhile
+    kept = str(e.value).split("kept in ")[1].split(" ")[0]
+    assert json.load(open(f"{kept}/metrics.json"))["tag"] == 9 and json.load(open(f"{target}/metrics.json"))["tag"] != 9
+
+
+def test_plot_labels_are_plain_text(tmp_path):
+    plot_confusion(str(tmp_path / "c.png"), [[3, 1], [0, 4]], ["$\\foo$", "a$b"], "t $\\bar$")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -91,3 +91,29 @@ def test_runs_dir_that_is_a_file_fails_before_training(syn, tmp_path, capsys, mo
     monkeypatch.setattr(data, "load_training_data", lambda *a: pytest.fail("loaded features"))
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "f")
     assert code == 1 and "--runs-dir" in err and "is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--name", "n" * 240], "at most 200 bytes"),
+    (["--name", "tab\there"], "printable"),
+    (["--runs-dir", ""], "--runs-dir: empty"),
+])
+def test_names_and_paths_are_checked_before_training(syn, tmp_path, capsys, args, needle):
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+
+
+def test_runs_dir_under_a_file_fails_before_training(syn, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "f" / "sub")
+    assert code == 1 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_finished_run_named_like_a_temp_folder_is_kept(syn, tmp_path, capsys):
+    kept = tmp_path / "X.tmp"
+    kept.mkdir()
+    (kept / "metrics.json").write_text("{}")
+    assert train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "X", "--head", "logreg",
+                 "--max-iter", "20")[0] == 0
+    assert (kept / "metrics.json").read_text() == "{}" and (tmp_path / "X" / "head.keras").exists()
+    assert sorted(os.listdir(tmp_path)) == ["X", "X.tmp"]        # no temp folder left behind
