@@ -46,6 +46,8 @@ def add_feature_options(p: argparse.ArgumentParser):
     o("--on-bad-image", default=F.ON_BAD_IMAGE, help="fail|skip (default %(default)s)")
     o("--max-image-pixels", type=int, default=F.MAX_IMAGE_PIXELS,
       help="image files with more pixels are bad images, refused before decoding (default %(default)s)")
+    o("--max-archive-bytes", type=int, default=F.MAX_ARCHIVE_BYTES, help="an image-folder .tar.gz may expand to at "
+      "most this many bytes, checked before anything is unpacked (default %(default)s)")
 
 
 def feature_config(args, batch_size: int = F.BATCH_SIZE) -> FeatureConfig:
@@ -55,7 +57,7 @@ def feature_config(args, batch_size: int = F.BATCH_SIZE) -> FeatureConfig:
                          image_size=args.image_size,
                          interpolation=args.interpolation, precision=args.precision, store_dtype=args.store_dtype,
                          batch_size=batch_size, cache_dir=args.cache_dir, on_bad_image=args.on_bad_image,
-                         max_image_pixels=args.max_image_pixels)
+                         max_image_pixels=args.max_image_pixels, max_archive_bytes=args.max_archive_bytes)
 
 
 def add_head_options(p: argparse.ArgumentParser):

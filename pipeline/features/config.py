@@ -38,6 +38,7 @@ BATCH_SIZE = 32              # images per forward pass
 CACHE_DIR = "data/features"  # where caches are written
 ON_BAD_IMAGE = "fail"        # fail: stop at an unreadable image; skip: leave it out and list it
 MAX_IMAGE_PIXELS = 50_000_000  # larger image files are bad images (checked before decoding; 50 MP = 150 MB decoded)
+MAX_ARCHIVE_BYTES = 4 << 30    # an image-folder .tar.gz may expand to at most this much (checked before unpacking)
 # ------------------------------------------------------------------------------------------
 
 MAX_IMAGE_SIZE = 512        # --image-size upper bound: 16x CIFAR; block1 at 512 px is 64 MB per image
@@ -74,6 +75,7 @@ class FeatureConfig:
     cache_dir: str = setting(CACHE_DIR, NOT_KEYED)
     on_bad_image: str = setting(ON_BAD_IMAGE, FINGERPRINT)     # skipped images are left out of the data
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, FINGERPRINT)
+    max_archive_bytes: int = setting(MAX_ARCHIVE_BYTES, NOT_KEYED)   # a run reads the same data or stops
 
     def keyed(self) -> dict:
         """The settings whose values are in the key, by name."""
@@ -115,6 +117,8 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
         raise PipelineError(f"--weights-seed: expected a seed >= 0, got {cfg.seed}")
     if cfg.max_image_pixels < 1:
         raise PipelineError(f"--max-image-pixels: expected a positive number, got {cfg.max_image_pixels}")
+    if cfg.max_archive_bytes < 1:
+        raise PipelineError(f"--max-archive-bytes: expected a positive number, got {cfg.max_archive_bytes}")
     folder_or_missing(cfg.cache_dir, "--cache-dir")
     if cfg.weights not in ("imagenet", "random") and not os.path.isfile(cfg.weights):
         raise PipelineError(f"--weights: expected imagenet, random or a weights file, got {cfg.weights!r} "

@@ -1,9 +1,13 @@
 """Reader for image-folder trees ROOT/{train,test}/CLASS/*.png (a folder, or a .tar.gz of one).
 
-A tarball is unpacked once into `<cache-dir>/sources/`, member by member: only regular files and
+A tarball is unpacked once into `<cache-dir>/sources/<name>-<its SHA-256>`, keyed by content (a
+tarball replaced under the same name is another tree), member by member: only regular files and
 folders, names normalised and kept inside the folder (no links, devices, absolute paths or `..`),
-under a lock, so concurrent runs wait for one unpacking and never delete a finished tree. Every
-image is decoded once before any backbone work: bad ones stop the run or are skipped and listed.
+every member's size, their total and their count capped, all checked in a first pass over the
+headers before anything is written; under a lock, so concurrent runs wait for one unpacking and
+never delete a finished tree. A folder tree is read as it is: regular files only, links only where
+they stay inside the tree. Class names are the folder names in Unicode NFC, printable. Every image is
+decoded once before any backbone work: bad ones stop the run or are skipped and listed.
 """
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ import hashlib
 import os
 import posixpath
 import shutil
+import stat
+import sys
 import tarfile
 import tempfile
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,9 +28,13 @@ import numpy as np
 from ..errors import PipelineError, reason
 from .dataset import Dataset, Split
 from ..durable import file_lock, publish
+from ..hashing import file_sha256
+from .config import MAX_ARCHIVE_BYTES
 from .images import IMAGE_EXTS, BadImage, decode_image
 
 UNPACKED = ".unpacked"   # written last inside an unpacked tree: the tree is whole
+MAX_MEMBER_BYTES = 256 << 20     # one archive member (a 50-megapixel BMP is 150 MB)
+MAX_MEMBERS = 1_000_000          # members in one archive (each costs an inode and a header)
 
 
 def shown(path: str) -> str:
@@ -55,44 +66,63 @@ def _member_name(tar_path: str, m: tarfile.TarInfo) -> str | None:
     return _utf8(name, f"{tar_path}: member {m.name}")
 
 
-def _unpack(tar_path: str, dest: str):
-    """Regular files and folders of the archive under dest, nothing else and nowhere else."""
-    os.makedirs(dest)
+def _members(tar_path: str, max_bytes: int):
+    """(member, name) of every file or folder of the archive, each checked (name, kind, size) and the
+    total and count capped as they come: the first bad header stops it, before anything is written."""
+    total, count = 0, 0
     with tarfile.open(tar_path, "r:*") as tar:
         for m in tar:
+            tar.members = []            # tarfile keeps every header it read: a million of them is gigabytes
+            count += 1
             name = _member_name(tar_path, m)
-            if name is None:
-                continue
-            target = os.path.join(dest, name)
-            if m.isdir():
-                os.makedirs(target, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with tar.extractfile(m) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+            total += m.size if m.isfile() else 0
+            if m.isfile() and m.size > MAX_MEMBER_BYTES or total > max_bytes or count > MAX_MEMBERS:
+                raise PipelineError(
+                    f"{tar_path}: member {shown(m.name)} takes it past a cap ({m.size:,} bytes; {total:,} bytes and "
+                    f"{count:,} members so far; caps: {MAX_MEMBER_BYTES:,} per member, --max-archive-bytes "
+                    f"{max_bytes:,} in all, {MAX_MEMBERS:,} members); nothing was unpacked: raise "
+                    "--max-archive-bytes if the archive is meant, or pass the unpacked folder")
+            if name is not None:
+                yield tar, m, name
+
+
+def _unpack(tar_path: str, dest: str, max_bytes: int):
+    """Regular files and folders of the archive under dest, nothing else and nowhere else; every
+    header checked in a first pass before anything is written."""
+    for _ in _members(tar_path, max_bytes):
+        pass
+    os.makedirs(dest)
+    for tar, m, name in _members(tar_path, max_bytes):
+        target = os.path.join(dest, name)
+        if m.isdir():
+            os.makedirs(target, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with tar.extractfile(m) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
     with open(os.path.join(dest, UNPACKED), "w"):
         pass
 
 
-def unpack(tar_path: str, sources_dir: str | None) -> str:
-    """The folder an image-folder tarball unpacks to, unpacked now if needed (keyed by path, size, mtime)."""
-    st = os.stat(tar_path)
-    tag = hashlib.sha256(f"{os.path.abspath(tar_path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+def unpack(tar_path: str, sources_dir: str | None, max_bytes: int = MAX_ARCHIVE_BYTES) -> str:
+    """The folder an image-folder tarball unpacks to, unpacked now if needed (keyed by the archive's
+    SHA-256, remembered by its path, size, mtime, ctime and inode)."""
     try:
         if sources_dir is None:
             out = tempfile.mkdtemp(prefix="pipeline-images-")
             atexit.register(shutil.rmtree, out, True)
             os.rmdir(out)
-            _unpack(tar_path, out)      # on failure, the atexit hook removes what was written
+            _unpack(tar_path, out, max_bytes)      # on failure, the atexit hook removes what was written
             return out
-        out = os.path.join(sources_dir, f"{os.path.basename(tar_path).split('.')[0]}-{tag}")
+        tag = file_sha256(tar_path, sources_dir)[:16]
+        out = os.path.join(sources_dir, f"{os.path.basename(tar_path).split('.')[0][:64]}-{tag}")
         with file_lock(out + ".lock", wait=True):     # a second run waits here, then finds the tree whole
             if os.path.exists(os.path.join(out, UNPACKED)):
                 return out
             for stale in (out, out + ".tmp"):         # cut short (no mark): nobody else holds the lock
                 shutil.rmtree(stale, ignore_errors=True)
             try:
-                _unpack(tar_path, out + ".tmp")
+                _unpack(tar_path, out + ".tmp", max_bytes)
             except BaseException:
                 shutil.rmtree(out + ".tmp", ignore_errors=True)
                 raise
@@ -107,8 +137,37 @@ def _listdir(path: str) -> list:
     return sorted(_utf8(e, os.path.join(path, e)) for e in os.listdir(path) if not e.startswith("."))
 
 
-def load_image_folders(path: str, splits, sources_dir: str | None = None, max_pixels: int | None = None) -> Dataset:
-    root = unpack(path, sources_dir) if os.path.isfile(path) else path
+def _inside(root: str, path: str, want_dir: bool) -> bool:
+    """Whether `path` is a folder (want_dir) or a regular file, itself or through links that stay under
+    `root`; PipelineError for a link out of the tree or a FIFO, device or socket (never opened)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise PipelineError(f"{shown(path)}: cannot read ({e.strerror}); fix or remove it") from None
+    if os.path.islink(path) and os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) != \
+            os.path.realpath(root):
+        raise PipelineError(f"{shown(path)}: a link out of --data-dir (to {shown(os.path.realpath(path))}); copy what "
+                            "it points to into the tree, or remove it")
+    if stat.S_ISDIR(st.st_mode):
+        return want_dir
+    if not stat.S_ISREG(st.st_mode):
+        raise PipelineError(f"{shown(path)}: not a regular file (a FIFO, device or socket); remove it")
+    return not want_dir
+
+
+def class_name(folder: str, where: str) -> str:
+    """A class folder's name as the class is called: Unicode NFC; printable (a TAB or newline would
+    forge lines in predict's output), else PipelineError."""
+    name = unicodedata.normalize("NFC", folder)
+    if not name.isprintable():
+        raise PipelineError(f"{shown(where)}: the class folder's name holds a TAB, newline or other control "
+                            "character; rename it")
+    return name
+
+
+def load_image_folders(path: str, splits, sources_dir: str | None = None, max_pixels: int | None = None,
+                       max_archive_bytes: int = MAX_ARCHIVE_BYTES) -> Dataset:
+    root = unpack(path, sources_dir, max_archive_bytes) if os.path.isfile(path) else path
     entries = _listdir(root)
     if not {"train", "test"} & set(entries) and len(entries) == 1 and os.path.isdir(os.path.join(root, entries[0])):
         root = os.path.join(root, entries[0])  # a tree wrapped in one top folder, as tarballs often are
@@ -123,21 +182,31 @@ def load_image_folders(path: str, splits, sources_dir: str | None = None, max_pi
         sdir = os.path.join(root, s)
         if not os.path.isdir(sdir):
             raise PipelineError(f"--data-dir {path}: no '{s}' folder; add {s}/CLASS/*.png or pass --splits without {s}")
-        classes = [c for c in _listdir(sdir) if os.path.isdir(os.path.join(sdir, c))]
+        classes = [c for c in _listdir(sdir) if _inside(root, os.path.join(sdir, c), want_dir=True)]
         if not classes:
             raise PipelineError(f"{sdir}: no class folders; expected {s}/CLASS/*.png")
         found[s] = {}
         for c in classes:
-            files = [f for f in _listdir(os.path.join(sdir, c)) if f.lower().endswith(IMAGE_EXTS)]
+            cdir = os.path.join(sdir, c)
+            files = [f for f in _listdir(cdir) if f.lower().endswith(IMAGE_EXTS) and _inside(root, os.path.join(cdir, f),
+                                                                                          want_dir=False)]
             if not files:
-                raise PipelineError(f"{os.path.join(sdir, c)}: empty class folder (no {', '.join(IMAGE_EXTS)} files); "
+                raise PipelineError(f"{cdir}: empty class folder (no {', '.join(IMAGE_EXTS)} files); "
                                     "add images or remove the folder")
-            found[s][c] = files
+            name = class_name(c, cdir)
+            if name in found[s]:
+                raise PipelineError(f"{shown(cdir)}: two class folders of {s} are both called {name!r} (Unicode "
+                                    "normalisation); merge them")
+            found[s][name] = (c, files)
     class_names = sorted(set().union(*(set(v) for v in found.values())))
+    for c in class_names:
+        if len(found) > 1 and any(c not in by_class for by_class in found.values()):
+            print(f"warning: class {c!r} is only in {', '.join(s for s in found if c in found[s])}; check the folder "
+                  "names (the same class must have the same name in every split)", file=sys.stderr)
     ds = Dataset(f"imagefolder:{os.path.basename(os.path.abspath(path)).split('.')[0]}", class_names)
     for s, by_class in found.items():
-        rel = [f"{s}/{c}/{f}" for c in sorted(by_class) for f in by_class[c]]
-        labels = np.array([class_names.index(c) for c in sorted(by_class) for _ in by_class[c]], dtype=np.int64)
+        rel = [f"{s}/{by_class[c][0]}/{f}" for c in sorted(by_class) for f in by_class[c][1]]
+        labels = np.array([class_names.index(c) for c in sorted(by_class) for _ in by_class[c][1]], dtype=np.int64)
         ds.splits[s] = Split(s, labels, np.array(rel, dtype=object), paths=[os.path.join(root, r) for r in rel],
                              **({"max_pixels": max_pixels} if max_pixels else {}))
     return ds

@@ -1,11 +1,15 @@
 """One image file -> RGB uint8 pixels, refusing what is not a whole image or is too large.
 
-The size is read from the file's header (PNG, JPEG, BMP, WebP) before anything is decoded, so a
-small file that would decode to gigabytes (a 770 KB PNG of 16000 x 16000) is refused at once.
+The format is what the file's first bytes say, whatever its name: PNG, JPEG, BMP or WebP, whose
+headers give the size, read before anything is decoded (the whole file is scanned for a JPEG's
+frame header), so a small file that would decode to gigabytes (a 770 KB PNG of 16000 x 16000) is
+refused at once. Any other format (TIFF, GIF, AVIF, ... named .png or not) is refused unread:
+OpenCV would decode it in full first.
 """
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 import cv2
@@ -67,6 +71,8 @@ def _jpeg_size(data: bytes):
         if marker in _JPEG_SOF:
             h, w = struct.unpack(">HH", data[i + 5:i + 9])
             return w, h
+        if marker == 0xDA:                           # scan data before any frame header: not a JPEG we read
+            return None
         i += 2 + length
     return None
 
@@ -75,19 +81,22 @@ def decode_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read one image file as RGB uint8, whatever its mode; BadImage if it is not a whole image or
     has more than `max_pixels` pixels (checked from the header before decoding where it says)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):      # a FIFO would block the read forever
+            raise BadImage(path, "not a regular file")
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise BadImage(path, f"cannot read ({e.strerror})") from None
     if data.size == 0:
         raise BadImage(path, "zero-byte file")
     raw = data.tobytes()
-    size = header_size(raw[:65536])
-    if size is not None:
-        _check_pixels(path, *size, max_pixels)
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".jpg", ".jpeg") and not raw.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+    size = header_size(raw)
+    if size is None:
+        raise BadImage(path, "not a PNG, JPEG, BMP or WebP file whose header gives its size (whatever its name "
+                             "says); convert it to PNG")
+    _check_pixels(path, *size, max_pixels)
+    if raw[:2] == b"\xff\xd8" and not raw.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
         raise BadImage(path, "truncated JPEG (no end-of-image marker)")
-    if ext == ".png" and b"IEND" not in raw[-16:]:
+    if raw[:4] == b"\x89PNG" and b"IEND" not in raw[-16:]:
         raise BadImage(path, "truncated PNG (no IEND chunk)")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # grayscale, RGBA and palette all become 3-channel
     if img is None:

@@ -55,7 +55,7 @@ def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
     memo = {} if datasets is None else datasets
     if which not in memo:
         ds = open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"),
-                          cfg.on_bad_image, cfg.max_image_pixels)
+                          cfg.on_bad_image, cfg.max_image_pixels, cfg.max_archive_bytes)
         memo[which] = (ds, fingerprint(ds))
     ds, fp = memo[which]
     precision = bb.resolve_precision(cfg.precision)

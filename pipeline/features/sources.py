@@ -12,6 +12,7 @@ import os
 
 from .cifar_batches import load_cifar_batches
 from ..errors import PipelineError, reason
+from .config import MAX_ARCHIVE_BYTES
 from .dataset import Dataset, stratified_indices
 from .image_folders import check_images, load_image_folders
 from ..keras_env import keras_home
@@ -53,13 +54,15 @@ def load_keras_dataset(name: str, splits) -> Dataset:
 
 
 def open_dataset(dataset: str, data_dir: str | None, splits, limit: int | None, sources_dir: str | None = None,
-                 on_bad_image: str = "fail", max_pixels: int | None = None) -> Dataset:
+                 on_bad_image: str = "fail", max_pixels: int | None = None, max_archive_bytes: int | None = None
+                 ) -> Dataset:
     """The boundary of stage one's reader: pick the source, select splits and the stratified limit,
     and check every image file (bad ones stop the run, or are left out and listed with "skip")."""
     if data_dir is None:
         ds = load_keras_dataset(dataset, splits)
     else:
-        ds = load_cifar_batches(data_dir, splits) or load_image_folders(data_dir, splits, sources_dir, max_pixels)
+        ds = load_cifar_batches(data_dir, splits) or load_image_folders(data_dir, splits, sources_dir, max_pixels,
+                                                                                     max_archive_bytes or MAX_ARCHIVE_BYTES)
     for s, split in ds.splits.items():
         ds.splits[s] = split.subset(stratified_indices(split.labels, limit))
     return check_images(ds, on_bad_image)

@@ -1,20 +1,19 @@
 """Which VGG19 weights a run uses, as the cache key sees them: Keras' ImageNet file (fetched through
 Keras' own downloader, MD5-checked as Keras checks it), a weights file, or seeded random weights.
 
-A file's identity is its SHA-256, hashed once and remembered by path, size, mtime, ctime and inode
-(`<cache-dir>/weights-sha256.json`), so another file under the same name is never a cache hit.
+A file's identity is its SHA-256 (hashing.file_sha256: hashed once, remembered by path, size, mtime,
+ctime and inode), so another file under the same name is never a cache hit.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 
 import numpy as np
 
 from ..errors import PipelineError, reason
-from ..durable import write_json
+from ..hashing import file_sha256
 from ..keras_env import keras_home
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
@@ -22,7 +21,6 @@ KERAS_WEIGHTS_FILE = {True: "vgg19_weights_tf_dim_ordering_tf_kernels.h5",      
                       False: "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"}  # convolutions only
 KERAS_WEIGHTS_MD5 = {True: "cbe5617147190e668d6c5d5026f83318", False: "253f8cb515780f3b799900260a226db6"}
 RANDOM_INIT = "glorot_uniform kernels, zero biases; numpy PCG64, weights in model order"
-MEMO = "weights-sha256.json"
 
 
 def imagenet_file(top: bool) -> str:
@@ -38,30 +36,6 @@ def imagenet_file(top: bool) -> str:
         raise PipelineError(f"could not fetch the ImageNet VGG19 weights ({reason(e)}); put {name} (from "
                             f"{KERAS_WEIGHTS_URL}) at {path}, or pass --weights PATH (or --weights random for an "
                             "offline smoke run)") from None
-
-
-def file_sha256(path: str, memo_dir: str | None = None) -> str:
-    """SHA-256 of a file; with memo_dir, remembered there by path, size, mtime, ctime and inode."""
-    st = os.stat(path)
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    memo_path, memo, key = None, {}, os.path.abspath(path)
-    if memo_dir is not None:
-        memo_path = os.path.join(memo_dir, MEMO)
-        try:
-            with open(memo_path) as f:
-                memo = json.load(f)
-            if memo.get(key, {}).get("stamp") == stamp:
-                return memo[key]["sha256"]
-        except (OSError, ValueError, AttributeError):
-            memo = {}
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    if memo_path is not None:
-        os.makedirs(memo_dir, exist_ok=True)
-        write_json(memo_path, {**memo, key: {"stamp": stamp, "sha256": h.hexdigest()}})
-    return h.hexdigest()
 
 
 def weights_file(weights: str, top: bool) -> str | None:

@@ -98,9 +98,9 @@ def test_crafted_archive_is_refused_and_writes_nothing_outside(tmp_path, members
     assert needle in str(e.value) and "\n" not in str(e.value)
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert written == ["work", "work/cache", "work/cache/sources",
-                       *[f"work/cache/sources/{n}" for n in os.listdir(base / "cache" / "sources")],
+                       *sorted(f"work/cache/sources/{n}" for n in os.listdir(base / "cache" / "sources")),
                        "work/evil.tar.gz"]
-    assert [n for n in os.listdir(base / "cache" / "sources") if not n.endswith(".lock")] == []  # no half tree
+    assert [n for n in os.listdir(base / "cache" / "sources") if not n.endswith((".lock", "sha256.json"))] == []  # no half tree
     assert not os.path.exists("/tmp/absolute-pwned.png")
 
 
@@ -166,3 +166,86 @@ def test_image_over_the_pixel_limit_is_a_bad_image(folder_dir):
     ds = load_image_folders(folder_dir, ("test",), max_pixels=32 * 32 - 1)
     with pytest.raises(PipelineError, match=r"bad image .*: 32 x 32 = 1,024 pixels, more than --max-image-pixels 1,023"):
         check_images(ds)
+
+
+def _bmp_tree(root, classes, value):
+    import cv2
+    for split in ("train", "test"):
+        for c in classes:
+            os.makedirs(os.path.join(root, split, c), exist_ok=True)
+            for j in range(2):
+                cv2.imwrite(os.path.join(root, split, c, f"{j}.bmp"), np.full((8, 8, 3), value + j, np.uint8))
+    return root
+
+
+def test_a_tarball_replaced_with_the_same_size_and_mtime_is_unpacked_again(tmp_path):
+    """cp -p / rsync -t / mv over the old archive: same path, size and mtime; other images and classes."""
+    old, new = str(tmp_path / "a.tar"), str(tmp_path / "b.tar")
+    for out, classes, value in ((old, ("cat", "dog"), 10), (new, ("cow", "pig"), 200)):
+        with tarfile.open(out, "w") as tar:        # plain tar of same-size BMPs: byte-for-byte the same size
+            tar.add(_bmp_tree(str(tmp_path / os.path.basename(out)[0]), classes, value), arcname="t")
+    assert os.path.getsize(old) == os.path.getsize(new)
+    st = os.stat(old)
+    src = str(tmp_path / "src")
+    assert load_image_folders(old, ("train",), sources_dir=src).class_names == ["cat", "dog"]
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, old)
+    ds = load_image_folders(old, ("train",), sources_dir=src)
+    assert ds.class_names == ["cow", "pig"] and ds.splits["train"].read(0, 1)[0][0, 0, 0] == 200
+
+
+def test_archives_are_capped_before_anything_is_written(folder_dir, tmp_path, monkeypatch):
+    from pipeline.features import image_folders
+    tar = make_tar(folder_dir, str(tmp_path / "imgs.tar.gz"), "t")
+    src = tmp_path / "src"
+    with pytest.raises(PipelineError, match="--max-archive-bytes 1,000 in all") as e:
+        load_image_folders(tar, ("train",), sources_dir=str(src), max_archive_bytes=1000)
+    assert "\n" not in str(e.value) and not [n for n in os.listdir(src) if not n.endswith((".lock", ".json"))]
+    monkeypatch.setattr(image_folders, "MAX_MEMBER_BYTES", 100)
+    with pytest.raises(PipelineError, match="100 per member"):
+        load_image_folders(tar, ("train",), sources_dir=str(src))
+    monkeypatch.setattr(image_folders, "MAX_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(image_folders, "MAX_MEMBERS", 5)
+    with pytest.raises(PipelineError, match="5 members"):
+        load_image_folders(tar, ("train",), sources_dir=str(src))
+    assert not [n for n in os.listdir(src) if not n.endswith((".lock", ".json"))]
+
+
+def test_a_fifo_a_link_out_or_a_tab_in_a_class_name_is_one_line(folder_dir, tmp_path):
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("blocked on a FIFO")
+    os.mkfifo(os.path.join(folder_dir, "train", "cat", "zz.png"))
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(PipelineError, match="not a regular file"):
+            load_image_folders(folder_dir, ("train",))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    os.remove(os.path.join(folder_dir, "train", "cat", "zz.png"))
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(open(os.path.join(folder_dir, "train", "cat", "000.png"), "rb").read())
+    os.symlink(outside, os.path.join(folder_dir, "train", "cat", "link.png"))
+    with pytest.raises(PipelineError, match="a link out of --data-dir"):
+        load_image_folders(folder_dir, ("train",))
+    os.remove(os.path.join(folder_dir, "train", "cat", "link.png"))
+    os.symlink(os.path.join(folder_dir, "train", "cat", "000.png"), os.path.join(folder_dir, "train", "cat", "in.png"))
+    assert "train/cat/in.png" in list(load_image_folders(folder_dir, ("train",)).splits["train"].ids)  # inside: fine
+    os.rename(os.path.join(folder_dir, "train", "dog"), os.path.join(folder_dir, "train", "d\tog"))
+    with pytest.raises(PipelineError, match="TAB, newline"):
+        load_image_folders(folder_dir, ("train",))
+
+
+def test_class_names_are_nfc_and_a_class_in_one_split_is_named(folder_dir, capsys):
+    import unicodedata
+    for split, form in (("train", "NFD"), ("test", "NFC")):
+        os.rename(os.path.join(folder_dir, split, "frog"), os.path.join(folder_dir, split, unicodedata.normalize(form, "café")))
+    ds = load_image_folders(folder_dir, ("train", "test"))
+    assert ds.class_names == ["café", "cat", "dog"] and "warning" not in capsys.readouterr().err
+    os.rename(os.path.join(folder_dir, "test", "dog"), os.path.join(folder_dir, "test", "dogs"))
+    load_image_folders(folder_dir, ("train", "test"))
+    err = capsys.readouterr().err
+    assert "class 'dog' is only in train" in err and "class 'dogs' is only in test" in err

@@ -56,8 +56,9 @@ def test_pixel_limit_can_be_raised(tmp_path):
 
 
 @pytest.mark.parametrize("name,content,reason", [
-    ("x.jpg", b"", "zero-byte"), ("x.jpg", b"not an image at all", "truncated JPEG"),
-    ("g.bmp", b"BM garbage", "not a readable image")])
+    ("x.jpg", b"", "zero-byte"), ("x.jpg", b"not an image at all", "not a PNG, JPEG, BMP or WebP"),
+    ("g.bmp", b"BM garbage", "not a PNG, JPEG, BMP or WebP"),
+    ("t.jpg", cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()[:-20], "truncated JPEG")])
 def test_bad_image_files(tmp_path, name, content, reason):
     p = tmp_path / name
     p.write_bytes(content)
@@ -70,3 +71,38 @@ def test_truncated_png(tmp_path):
     (tmp_path / "t.png").write_bytes(buf.tobytes()[:-30])
     with pytest.raises(BadImage, match="truncated PNG"):
         decode_image(str(tmp_path / "t.png"))
+
+
+def _jpeg_with_late_frame_header(w, h) -> bytes:
+    """A valid JPEG of w x h whose frame header (SOF) comes after 70 KB of comment segments."""
+    ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    data = buf.tobytes()
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC2):                # find SOF0/SOF2 and patch its size
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    data = data[:i + 5] + h.to_bytes(2, "big") + w.to_bytes(2, "big") + data[i + 9:]
+    comment = b"\xff\xfe" + (65535).to_bytes(2, "big") + b"x" * 65533
+    return data[:2] + comment * 2 + data[2:]
+
+
+def test_the_real_format_decides_and_the_whole_header_is_read(tmp_path):
+    late = tmp_path / "late.jpg"
+    late.write_bytes(_jpeg_with_late_frame_header(20000, 20000))       # 400 MP declared after 128 KB
+    with pytest.raises(BadImage, match="20000 x 20000"):
+        decode_image(str(late))
+    for ext in (".tiff", ".gif"):                                       # formats OpenCV decodes, named .png
+        ok, buf = cv2.imencode(ext, np.zeros((16, 16, 3), np.uint8)) if ext == ".tiff" else (True, np.frombuffer(
+            b"GIF89a\x10\x00\x10\x00\x00\x00\x00;", np.uint8))
+        (tmp_path / f"x{ext}.png").write_bytes(buf.tobytes())
+        with pytest.raises(BadImage, match="not a PNG, JPEG, BMP or WebP"):
+            decode_image(str(tmp_path / f"x{ext}.png"))
+    ok, buf = cv2.imencode(".png", np.zeros((4, 6, 3), np.uint8))
+    (tmp_path / "png.jpg").write_bytes(buf.tobytes())                   # a PNG named .jpg is read as a PNG
+    assert decode_image(str(tmp_path / "png.jpg")).shape == (4, 6, 3)
+
+
+def test_a_fifo_is_refused_unopened(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "f.png")
+    with pytest.raises(BadImage, match="not a regular file"):
+        decode_image(str(tmp_path / "f.png"))

@@ -29,20 +29,6 @@ def test_imagenet_identity_is_the_files_sha256_not_its_name(keras_home, tmp_path
     assert wt.weights_identity("imagenet", 0, False, str(tmp_path / "c"))["sha256"] != a["sha256"]
 
 
-def test_file_hash_is_remembered_by_size_and_mtime(tmp_path, monkeypatch):
-    p = tmp_path / "w.h5"
-    p.write_bytes(b"x" * 1000)
-    calls = []
-    real = wt.hashlib.sha256
-    monkeypatch.setattr(wt.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
-    first = wt.file_sha256(str(p), str(tmp_path / "memo"))
-    assert wt.file_sha256(str(p), str(tmp_path / "memo")) == first and len(calls) == 1     # hashed once
-    p.write_bytes(b"y" * 1000)                                                        # same size, new mtime
-    assert wt.file_sha256(str(p), str(tmp_path / "memo")) != first and len(calls) == 2
-    (tmp_path / "memo" / wt.MEMO).write_text("not json")                               # a damaged memo: rehash
-    assert wt.file_sha256(str(p), str(tmp_path / "memo")) == real(b"y" * 1000).hexdigest()
-
-
 def test_imagenet_offline_names_the_file(keras_home, monkeypatch):
     import keras
 
