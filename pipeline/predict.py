@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import PipelineError
 from .features import backbone as bb
+from .features.config import FeatureConfig, validate
 from .features import pooling as P
 from .features.images import BadImage, decode_image
 from .features.preprocess import upscale
@@ -25,20 +26,34 @@ BATCH_SIZE = 32   # images per forward pass
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg19.preprocess_input (caffe mode)
 
 
+MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
+RUN_SETTINGS = {"layer": str, "image_size": int, "interpolation": str, "precision": str, "weights": str}
+
+
 def read_run(run: str) -> dict:
-    """What predict needs from a run folder (which may come from anyone): checked, one line if not."""
+    """What predict needs from a run folder (which may come from anyone), checked as strictly as a
+    cache: sizes before reading, every setting the model is built from (types, ranges, as `features`
+    accepts them), the head's width against those settings' features, printable class names."""
+    def refuse(why):
+        return PipelineError(f"--run {run}: {why}; pass a folder written by train-head or sweep")
     metrics_path = os.path.join(run, "metrics.json")
     if not os.path.isfile(metrics_path):
-        raise PipelineError(f"--run {run}: no metrics.json; pass a folder written by train-head or sweep")
+        raise refuse("no metrics.json")
+    if os.path.getsize(metrics_path) > MAX_METRICS_BYTES:
+        raise refuse(f"metrics.json is larger than {MAX_METRICS_BYTES:,} bytes")
     try:
         with open(metrics_path) as f:
             metrics = json.load(f)
         settings = metrics["provenance"]["settings"]
-        names = [str(n) for n in metrics["class_names"]]
-        kind = str(metrics["head"])
+        names, kind = metrics["class_names"], metrics["head"]
+    except RecursionError:
+        raise refuse("metrics.json is nested too deeply") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PipelineError(f"--run {run}: metrics.json is not a run's ({type(e).__name__}: {str(e)[:60]}); pass a "
-                            "folder written by train-head or sweep") from None
+        raise refuse(f"metrics.json is not a run's ({type(e).__name__}: {str(e)[:60]})") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.isprintable() for n in names):
+        raise refuse("its class names are not a list of printable names (a TAB or newline would forge output lines)")
+    if kind not in ("softmax", "logreg"):
+        raise refuse(f"its head is {str(kind)[:40]!r}, expected softmax or logreg")
     head_file = os.path.join(run, "head.keras")
     if not os.path.isfile(head_file):
         old = " (head.joblib is an older version's pickle: never loaded; re-run train-head)" \
@@ -47,11 +62,36 @@ def read_run(run: str) -> dict:
     if not isinstance(settings, dict) or "image_size" not in settings:
         raise PipelineError(f"--run {run}: its cache has no backbone settings (a synthetic cache?); "
                             "predict needs a run trained on make features output")
+    settings = _checked_settings(settings, refuse)
     head = read_head(head_file)
-    if head["kernel"].shape[1] != len(names):
-        raise PipelineError(f"--run {run}: head.keras has {head['kernel'].shape[1]} classes but metrics.json names "
+    d, c = head["kernel"].shape
+    if c != len(names):
+        raise PipelineError(f"--run {run}: head.keras has {c} classes but metrics.json names "
                             f"{len(names)}; re-run train-head")
+    want = P.feature_dim(P.parse_layers(settings["layer"], P.POOLINGS[0]), settings["image_size"])
+    if d != want:
+        raise refuse(f"head.keras takes {d} features but layer {settings['layer']} at {settings['image_size']} px "
+                     f"gives {want}")
     return {"metrics": metrics, "head": head, "settings": settings, "class_names": names, "kind": kind}
+
+
+def _checked_settings(settings: dict, refuse) -> dict:
+    """The backbone settings of a run, typed and validated as `features` validates its options."""
+    for k, kind in {**RUN_SETTINGS, "seed": int}.items():
+        v = settings.get(k, 0 if k == "seed" else None)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise refuse(f"setting {k} is {str(v)[:40]!r}, expected a{'n' if kind is int else ''} "
+                         f"{kind.__name__}")
+    if settings["precision"] not in ("float32", "bfloat16", "float16"):
+        raise refuse(f"setting precision is {settings['precision'][:20]!r}, expected float32, bfloat16 or float16")
+    try:
+        cfg = validate(FeatureConfig(layer=settings["layer"], pooling=settings.get("pooling", P.POOLINGS[0]),
+                                     image_size=settings["image_size"], interpolation=settings["interpolation"],
+                                     weights=settings["weights"], seed=settings.get("seed", 0),
+                                     precision=settings["precision"]))
+    except PipelineError as e:
+        raise refuse(f"its settings: {str(e)[:160]}") from None
+    return {**settings, "layer": cfg.layer, "pooling": P.POOLINGS[0], "seed": cfg.seed}
 
 
 def end_to_end(run_info: dict):

@@ -173,3 +173,29 @@ def test_predict_with_pooled_layers_views_and_a_float16_cache(tmp_path, capsys):
     got = [float(line.split("\t")[2]) for line in lines]
     agree = [line.split("\t")[1] == meta["class_names"][int(w.argmax())] for line, w in zip(lines, want)]
     assert np.mean(agree) >= 0.9 and np.allclose(got, want.max(1), atol=0.02)   # float16 rounding of the cache
+
+
+def _edit_settings(m, **kw):
+    m["provenance"]["settings"].update(kw)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda m: _edit_settings(m, image_size=1024), "--image-size: expected 32..512"),
+    (lambda m: _edit_settings(m, image_size="32"), "setting image_size is '32', expected an int"),
+    (lambda m: m["provenance"]["settings"].pop("interpolation"), "setting interpolation is 'None', expected a str"),
+    (lambda m: _edit_settings(m, layer="block5_pool:avg"), "head.keras takes"),          # width 512 vs the head's
+    (lambda m: _edit_settings(m, precision="float64"), "expected float32, bfloat16 or float16"),
+    (lambda m: m.update(class_names=["cat\tx", "dog", "frog"]), "printable"),
+    (lambda m: m.update(head=["softmax"]), "expected softmax or logreg"),
+])
+def test_a_run_folder_is_validated_like_a_cache(cached, tmp_path, capsys, monkeypatch, change, needle):
+    root, data, cache = cached
+    run = shutil.copytree(train(root, cache, "logreg", "run-settings") if not os.path.exists(
+        root / "runs" / "run-settings") else root / "runs" / "run-settings", tmp_path / "r")
+    m = json.load(open(run / "metrics.json"))
+    change(m)
+    (run / "metrics.json").write_text(json.dumps(m))
+    monkeypatch.setattr(bb, "build_backbone", lambda *a, **k: pytest.fail("backbone built"))
+    capsys.readouterr()
+    code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

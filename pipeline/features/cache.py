@@ -37,9 +37,16 @@ def cache_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps({"format_version": FORMAT_VERSION, **payload}, sort_keys=True).encode()).hexdigest()
 
 
+MAX_SLUG = 96   # characters of the dataset and layers in a file name (NAME_MAX is 255 bytes with suffixes)
+
+
 def cache_stem(cache_dir: str, dataset_name: str, layer: str, key: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", dataset_name).strip("-")
-    return os.path.join(cache_dir, f"{slug}-vgg19-{layer}-{key[:16]}")
+    """`<cache_dir>/<dataset>-vgg19-<layers>-<key16>`; a long dataset or layer part is cut and ends in a
+    hash of itself, so any valid layer list makes a valid file name."""
+    slug = f"{re.sub(r'[^A-Za-z0-9_-]+', '-', dataset_name).strip('-')}-vgg19-{layer}"
+    if len(slug) > MAX_SLUG:
+        slug = f"{slug[:MAX_SLUG - 13]}-{hashlib.sha256(slug.encode()).hexdigest()[:12]}"
+    return os.path.join(cache_dir, f"{slug}-{key[:16]}")
 
 
 def writer_lock(stem: str):

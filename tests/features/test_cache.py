@@ -200,3 +200,12 @@ def test_train_head_on_a_crafted_cache_is_one_line(tmp_path, capsys):
     code, out, err = run_captured(capsys, "train-head", "--cache", path, "--runs-dir", tmp_path / "runs")
     assert code == 1 and err.count("\n") == 1 and "external storage" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
+
+
+def test_file_names_stay_short_for_any_layer_list():
+    from pipeline.features.cache import cache_stem
+    from pipeline.features.pooling import CONV_LAYERS, POOLINGS, parse_layers, slug
+    every = ",".join(f"{layer}:{p}" for layer in CONV_LAYERS for p in POOLINGS[:3])       # 15 items, all valid
+    name = os.path.basename(cache_stem("c", "imagefolder:" + "x" * 200, slug(parse_layers(every, "flatten")), "k" * 64))
+    assert len(name.encode()) + len(".partial.h5.tmp") < 255 and name.endswith("-" + "k" * 16)
+    assert cache_stem("c", "cifar10", "fc2", "k" * 64) == os.path.join("c", "cifar10-vgg19-fc2-" + "k" * 16)
