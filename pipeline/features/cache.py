@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import PipelineError
 from ..durable import file_lock, publish, write_error
+from ..finite import block_finite
 from ..hdf5_layout import LayoutError, check_file, check_tree
 
 FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers changes
@@ -127,7 +128,6 @@ def sha256_of(a: np.ndarray) -> str:
 
 
 FEATURE_DTYPES = (np.float16, np.float32)
-EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
 
 
 def _check_schema(f: h5py.File):
@@ -267,14 +267,13 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
 
 def _digest_finite(a: np.ndarray, block_bytes: int = 16 << 20) -> tuple[str, bool]:
     """(SHA-256 of a's bytes, whether every value is finite), in one pass over blocks of rows (the
-    finiteness from the exponent bits: all ones is inf or NaN)."""
+    finiteness from the exponent bits: finite.py)."""
     h, finite = hashlib.sha256(), True
-    bits, mask = EXPONENT[a.dtype]
     step = max(1, block_bytes // max(1, a[:1].nbytes))
     for i in range(0, len(a), step):
         block = np.ascontiguousarray(a[i:i + step])
         h.update(memoryview(block).cast("B"))
-        finite = finite and not ((block.view(bits) & mask) == mask).any()
+        finite = finite and block_finite(block)
     return h.hexdigest(), finite
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import unicodedata
 
 import numpy as np
 
@@ -116,7 +117,10 @@ def load_cifar_batches(path: str, splits) -> Dataset | None:
         if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names) or len(names) < 2:
             raise PipelineError(f"{path}:{prefix}{meta_file}: expected a list of class names under {names_key}; "
                                 "re-download the official files")
-        class_names = [n.decode(errors="replace") for n in names]
+        class_names = [unicodedata.normalize("NFC", n.decode(errors="replace")) for n in names]
+        if not all(n.isprintable() for n in class_names):
+            raise PipelineError(f"{path}:{prefix}{meta_file}: a class name holds a TAB, newline or other control "
+                                "character; re-download the official files")
     ds = Dataset(name, class_names)
     for s in splits:
         xs, ys = [], []

@@ -8,15 +8,25 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import log_loss
 
+from sklearn.utils.validation import check_is_fitted
+
+from .validation import LOGREG, check_inputs
+
 
 class LogRegHead(ClassifierMixin, BaseEstimator):
     """classes: the columns of predict_proba (default: the classes in y). Fitted: classes_, model_
     (the scikit-learn pipeline), history_ (one row: iterations, train and val metrics), train_seconds_."""
 
+    _parameter_constraints = LOGREG
+
     def __init__(self, C=1.0, max_iter=200, seed=0, classes=None):
         self.C, self.max_iter, self.seed, self.classes = C, max_iter, seed, classes
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None):
+        self._validate_params()
+        X, y = check_inputs(self, X, y)
+        if X_val is not None:
+            X_val = check_inputs(self, X_val, reset=False)
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -30,8 +40,8 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
                                                                          random_state=self.seed))
         self.model_.fit(X, y)
         self.train_seconds_ = time.perf_counter() - t
-        self.n_features_in_ = X.shape[1]
-        row = {"epoch": int(self.model_[-1].n_iter_.max()), **self._point("train", X, y)}
+        self.n_iter_ = self.model_[-1].n_iter_
+        row = {"epoch": int(self.n_iter_.max()), **self._point("train", X, y)}
         if X_val is not None and len(X_val):
             row.update(self._point("val", X_val, y_val))
         self.history_ = [row]
@@ -44,13 +54,16 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities, columns in the order of classes_ (0 for a class absent from training)."""
+        check_is_fitted(self)
+        X = check_inputs(self, X, reset=False)
         p = self.model_.predict_proba(np.asarray(X, np.float32))
         out = np.zeros((len(X), len(self.classes_)), np.float64)
         out[:, np.searchsorted(self.classes_, self.model_.classes_)] = p
         return out / out.sum(1, keepdims=True)     # float32 inputs give float32 sums: exact in float64
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)           # checks it is fitted first
+        return self.classes_[proba.argmax(1)]
 
     def head_file(self) -> dict:
         """The fitted model as a softmax head over classes_ (write_head's arguments): the scaler as

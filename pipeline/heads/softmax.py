@@ -17,6 +17,10 @@ from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import log_loss
 
+from sklearn.utils.validation import check_is_fitted
+
+from .validation import SOFTMAX, check_inputs
+
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
 INFER_ROWS = 4096                            # rows per inference product (float16 caches widen per block)
 STATS_ROWS = 256                             # rows per block of the standardisation statistics
@@ -188,6 +192,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     (default: those in y). Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
     history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_."""
 
+    _parameter_constraints = SOFTMAX       # checked in fit, scikit-learn's way: one line naming the parameter
+
     def __init__(self, dropout=0.5, lr=1e-3, epochs=20, batch_size=250, early_stopping=False, patience=3,
                  standardize=True, seed=0, classes=None, l2=0.0):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
@@ -195,6 +201,10 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         self.seed, self.classes, self.l2 = seed, classes, l2
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None):
+        self._validate_params()
+        X, y = check_inputs(self, X, y)
+        if X_val is not None:
+            X_val = check_inputs(self, X_val, reset=False)
         if self.classes is not None:
             classes = np.unique(self.classes)
         else:
@@ -209,10 +219,13 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities (float64), columns in the order of classes_."""
+        check_is_fitted(self)
+        X = check_inputs(self, X, reset=False)
         return softmax(logits(X, self.coef_, self.intercept_, self.mean_, self.scale_).astype(np.float64), axis=1)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)           # checks it is fitted first
+        return self.classes_[proba.argmax(1)]
 
     def head_file(self) -> dict:
         """write_head's arguments: the Dense kernel and bias, the dropout rate, the standardisation."""

@@ -1,0 +1,51 @@
+"""The heads' one validation place, scikit-learn's way. Parameter ranges as `_parameter_constraints`
+(checked by `BaseEstimator._validate_params` in `fit`), so a Python user gets the same one-line
+refusal as the CLI ("The 'dropout' parameter of SoftmaxHead must be a float in the range [0.0, 1.0).
+Got -0.5 instead."); inputs through `validate_data` (2-D, no sparse or complex data, as many labels as
+rows, the fitted width at predict time, classification targets) with finiteness checked from the
+raw bits (finite.py: a mapped float16 cache is neither copied nor widened).
+"""
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
+
+from ..finite import all_finite
+
+POSITIVE_FINITE = [Interval(Real, 0, np.inf, closed="neither")]
+SEED = [Interval(Integral, 0, 2 ** 32 - 1, closed="both")]
+AT_LEAST_ONE = [Interval(Integral, 1, None, closed="left")]
+CLASSES = ["array-like", None]
+
+SOFTMAX = {
+    "dropout": [Interval(Real, 0, 1, closed="left")],      # 1.0 would scale kept features by 1/0
+    "lr": POSITIVE_FINITE,
+    "l2": [Interval(Real, 0, np.inf, closed="left")],
+    "epochs": AT_LEAST_ONE,
+    "batch_size": AT_LEAST_ONE,
+    "early_stopping": ["boolean"],
+    "patience": AT_LEAST_ONE,
+    "standardize": ["boolean"],
+    "seed": SEED,
+    "classes": CLASSES,
+}
+LOGREG = {"C": POSITIVE_FINITE, "max_iter": AT_LEAST_ONE, "seed": SEED, "classes": CLASSES}
+
+
+def check_inputs(est, X, y="no_validation", reset: bool = True):
+    """X, or (X, y) when y is given (None included: fit requires it), as the estimator takes them:
+    float32 or float16 kept as they are (no copy of a mapped cache), anything else as float32;
+    ValueError/TypeError naming what is wrong."""
+    kw = {"reset": reset, "dtype": (np.float32, np.float16), "ensure_all_finite": False}
+    only_x = isinstance(y, str) and y == "no_validation"
+    out = validate_data(est, X, y, **kw)
+    X, y = (out, None) if only_x else out
+    if not only_x:
+        check_classification_targets(y)
+    if not all_finite(X):
+        raise ValueError(f"Input X contains NaN or infinity; {type(est).__name__} needs finite features")
+    return X if only_x else (X, y)
