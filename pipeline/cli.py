@@ -67,8 +67,8 @@ def add_head_options(p: argparse.ArgumentParser):
       "StandardScaler + LogisticRegression (default %(default)s)")
     o("--dropout", type=float, default=H.DROPOUT, help="softmax: dropout rate (default %(default)s)")
     o("--lr", type=float, default=H.LR, help="softmax: Adam learning rate (default %(default)s)")
-    o("--l2", type=float, default=H.L2, help="softmax: L2 penalty on the Dense kernel, Keras' "
-      "kernel_regularizer=L2(l2) (default %(default)s: none)")
+    o("--l2", default=H.L2, help="softmax: L2 penalty on the Dense kernel, Keras' kernel_regularizer=L2(l2), or "
+      "auto: chosen on validation, then refit on train + validation (default %(default)s: none)")
     o("--batch-size", type=int, default=H.BATCH_SIZE, help="softmax: rows per step (default %(default)s)")
     o("--epochs", type=int, default=H.EPOCHS, help="softmax: passes over the training rows (default %(default)s)")
     o("--standardize", action=argparse.BooleanOptionalAction, default=H.STANDARDIZE, help="softmax: standardise "
@@ -76,7 +76,8 @@ def add_head_options(p: argparse.ArgumentParser):
     o("--early-stopping", action="store_true", help="softmax: stop on validation loss, keep the best epoch (default off)")
     o("--patience", type=int, default=H.PATIENCE, help="epochs without a better val loss before stopping "
       "(default %(default)s)")
-    o("--C", type=float, default=H.C, dest="C", help="logreg: inverse regularisation strength (default %(default)s)")
+    o("--C", default=H.C, dest="C", help="logreg: inverse regularisation strength, or auto: chosen on the validation "
+      "split over a log grid, then refit on train + validation (the linear-probe protocol) (default %(default)s)")
     o("--max-iter", type=int, default=H.MAX_ITER, help="logreg: solver iterations (default %(default)s)")
     o("--val-fraction", type=float, default=H.VAL_FRACTION, help="stratified hold-out of train for model selection "
       "(default %(default)s)")

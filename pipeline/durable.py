@@ -129,7 +129,8 @@ def folder_or_missing(path: str, what: str) -> str:
     while not os.path.exists(p):
         p = os.path.dirname(p)
     if not os.path.isdir(p):
-        raise PipelineError(f"{what} {path}: {p} is a file, not a folder; pass a folder (created if missing)")
+        where = "" if p == os.path.abspath(path) else f"{p} "
+        raise PipelineError(f"{what} {path}: {where}is a file, not a folder; pass a folder (created if missing)")
     return path
 
 

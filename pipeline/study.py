@@ -112,7 +112,7 @@ def row_tag(cache: str, kind: str, params: dict, opts: RunOptions) -> str:
 
 def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, object]:
     """Train one head; its row of metrics (val and test, original view and averaged over views)."""
-    from .heads.train import fit_head, make_head
+    from .heads.train import fit_head, make_head, split_proba
     t = time.perf_counter()
     head = fit_head(make_head(kind, params, opts, len(data.class_names)), data)
     seconds = time.perf_counter() - t
@@ -121,11 +121,14 @@ def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, obj
     for split, (X, y, rows) in data.splits().items():
         if split == "train" or not len(rows):
             continue
-        p = data.view_proba(head, X, rows)
-        m = evaluate(p[:, 0], y[rows], n_classes)
+        p, tta = split_proba(head, data, split, X, rows)
+        m = evaluate(p, y[rows], n_classes)
         row.update({f"{split}_n": m["n"], f"{split}_accuracy": m["accuracy"], f"{split}_loss": m["loss"]})
-        if data.views > 1:
-            row[f"{split}_tta_accuracy"] = evaluate(p.mean(1), y[rows], n_classes)["accuracy"]
+        if tta is not None:
+            row[f"{split}_tta_accuracy"] = evaluate(tta, y[rows], n_classes)["accuracy"]
+    for name in ("C", "l2"):
+        if (getattr(head, "selection_", None) or {}).get(f"chosen_{name}") is not None:
+            row[f"{name}_chosen"] = head.selection_[f"chosen_{name}"]
     return row, head
 
 
@@ -224,7 +227,7 @@ def describe(row: dict) -> str:
 
 
 COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "val_accuracy", "val_tta_accuracy", "test_accuracy",
-           "test_tta_accuracy", "test_ci95", "extract_img_per_s", "cache_mb", "head_s"]
+           "test_tta_accuracy", "test_ci95", "C_chosen", "l2_chosen", "extract_img_per_s", "cache_mb", "head_s"]
 
 
 def _fmt(col: str, v) -> str:

@@ -12,13 +12,15 @@ from ..errors import PipelineError
 HEAD = "softmax"        # softmax (Dropout -> Dense softmax, Keras' rules) | logreg (scikit-learn)
 DROPOUT = 0.5           # dropout rate before the softmax layer
 LR = 1e-3               # Adam learning rate
-L2 = 0.0                # softmax: L2 penalty on the Dense kernel (Keras' kernel_regularizer=L2(l2)); 0: none
+L2 = 0.0                # softmax: L2 penalty on the Dense kernel (Keras' kernel_regularizer=L2(l2)); 0: none;
+                        # auto: chosen on validation from softmax.L2_GRID, then refit on train + validation
 BATCH_SIZE = 250        # head training batch size
 EPOCHS = 20             # passes over the training features
 STANDARDIZE = True      # softmax: standardise features with the training rows' mean and scale (conv
                         # features are unscaled ReLU maps; without it the probabilities are far too sure)
 PATIENCE = 3            # --early-stopping: epochs without a better val loss before stopping
-C = 1.0                 # logreg inverse regularisation strength
+C = 1.0                 # logreg inverse regularisation strength, or auto: chosen on validation, then refit
+                        # on train + validation (the linear-probe protocol)
 MAX_ITER = 200          # logreg solver iterations
 VAL_FRACTION = 0.1      # stratified hold-out of train for model selection
 SEED = 0                # makes a run reproducible (the split, the initial weights, the dropout noise)
@@ -36,12 +38,20 @@ def boolean(v) -> bool:
 
 
 boolean.__name__ = "boolean"
+
+
+def number_or_auto(v):
+    """A number, or "auto" (chosen on validation: logreg's C, softmax's l2)."""
+    return "auto" if str(v).strip().lower() == "auto" else float(v)
+
+
+number_or_auto.__name__ = "number (or auto)"
 RANGES = {  # name: (type, check, what the check means)
     "standardize": (boolean, lambda v: True, "true or false"),
     "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (float, lambda v: 0 < v < math.inf, "> 0 and finite"),
-    "l2": (float, lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+    "l2": (number_or_auto, lambda v: v == "auto" or 0 <= v < math.inf, ">= 0 and finite"),
     "epochs": (int, lambda v: v >= 1, ">= 1"), "batch_size": (int, lambda v: v >= 1, ">= 1"),
-    "C": (float, lambda v: 0 < v < math.inf, "> 0 and finite"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
+    "C": (number_or_auto, lambda v: v == "auto" or 0 < v < math.inf, "> 0 and finite"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
     "val_fraction": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "patience": (int, lambda v: v >= 1, ">= 1"),
     "seed": (int, lambda v: 0 <= v < 2 ** 32, "in 0..2^32-1"),
 }

@@ -39,11 +39,14 @@ class TrainingData:
         return {"train": (self.X, self.y, self.originals(self.rows_train)), "val": (self.X, self.y, self.rows_val),
                 "test": (self.X_test, self.y_test, np.arange(0, len(self.y_test), self.views))}
 
+    def views_of(self, rows) -> np.ndarray:
+        """Every view's row of the images of the original-view `rows`, image by image."""
+        return (np.asarray(rows)[:, None] + np.arange(self.views)).ravel()
+
     def view_proba(self, head, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """len(rows) x K x C: `head`'s probabilities for every view of the images of the original-view
         `rows` of X (view 0 the original)."""
-        every = (np.asarray(rows)[:, None] + np.arange(self.views)).ravel()
-        return head.predict_proba(X[every]).reshape(len(rows), self.views, -1)
+        return head.predict_proba(X[self.views_of(rows)]).reshape(len(rows), self.views, -1)
 
     def tta_accuracy(self, head, rows: np.ndarray) -> float:
         """Accuracy of `head` on the images of the original-view `rows` of X, averaging over their views."""

@@ -1,5 +1,11 @@
 """Logistic regression on cached features: StandardScaler + LogisticRegression (scikit-learn), as an
-estimator that knows every class of the cache, also one absent from its training rows."""
+estimator that knows every class of the cache, also one absent from its training rows.
+
+C="auto" is the published linear-probe protocol (Kornblith et al. 2019; CLIP; DINOv2's
+log_regression): the L2 strength chosen on the validation split over a log grid (coarse, then a
+finer step around the best; each fit warm-started from the previous one, strong to weak), then the
+model refit on train + validation with the chosen C. The test split plays no part in the choice.
+"""
 from __future__ import annotations
 
 import time
@@ -7,48 +13,115 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import log_loss
-
 from sklearn.utils.validation import check_is_fitted
 
 from .validation import LOGREG, check_inputs
 
+C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))   # half-decade steps, 1e-4 .. 1e2
+C_FINE = 10 ** 0.25                                         # then the quarter-decades around the best
+
 
 class LogRegHead(ClassifierMixin, BaseEstimator):
-    """classes: the columns of predict_proba (default: the classes in y). Fitted: classes_, model_
-    (the scikit-learn pipeline), history_ (one row: iterations, train and val metrics), train_seconds_."""
+    """C: inverse L2 strength, or "auto" (chosen on X_val over `C_GRID`, then refit on train +
+    validation). classes: the columns of predict_proba (default: the classes in y). Fitted: classes_,
+    model_ (the scikit-learn pipeline), C_ (the C used), selection_ (C="auto": the grid, the validation
+    curve, the choice), val_proba_ (C="auto": validation probabilities before the refit), history_,
+    n_iter_, train_seconds_."""
 
     _parameter_constraints = LOGREG
 
     def __init__(self, C=1.0, max_iter=200, seed=0, classes=None):
         self.C, self.max_iter, self.seed, self.classes = C, max_iter, seed, classes
 
-    def fit(self, X, y, X_val=None, y_val=None, rows=None):
+    def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
+        """Train on X[rows] (default all rows). C="auto": choose C on (X_val, y_val), then refit on
+        X[refit_rows] (default: X[rows] and X_val), e.g. every view of the train and validation images."""
         self._validate_params()
         X, y = check_inputs(self, X, y)
+        if X_val is not None and len(X_val) == 0:
+            X_val = y_val = None                  # no validation split
         if X_val is not None:
             X_val = check_inputs(self, X_val, reset=False)
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
         y = np.asarray(y)
-        if rows is not None:
-            X, y = X[rows], y[rows]
-        X = np.asarray(X, np.float32)
-        self.classes_ = np.unique(y if self.classes is None else self.classes)
+        self.classes_ = np.unique((y if rows is None else y[rows]) if self.classes is None else self.classes)
         t = time.perf_counter()
-        self.model_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter,
-                                                                         random_state=self.seed))
-        self.model_.fit(X, y)
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        if self.C == "auto":
+            if X_val is None or not len(X_val):
+                raise ValueError("C='auto' chooses C on validation data; pass X_val and y_val (--val-fraction > 0)")
+            self.C_, self.selection_, self.val_proba_, start = self._select(X[rows], y[rows], X_val, np.asarray(y_val))
+            if refit_rows is None:
+                Xr, yr = np.concatenate([np.asarray(X[rows], np.float32), X_val]), np.concatenate([y[rows], y_val])
+            else:
+                Xr, yr = X[np.asarray(refit_rows)], y[np.asarray(refit_rows)]
+            self.model_ = self._fit(Xr, yr, self.C_, start)
+        else:
+            self.C_ = float(self.C)
+            Xr, yr = X[rows], y[rows]
+            self.model_ = self._fit(Xr, yr, self.C_)
         self.train_seconds_ = time.perf_counter() - t
         self.n_iter_ = self.model_[-1].n_iter_
-        row = {"epoch": int(self.n_iter_.max()), **self._point("train", X, y)}
+        row = {"epoch": int(self.n_iter_.max()), **self._point("train", Xr, yr)}
         if X_val is not None and len(X_val):
-            row.update(self._point("val", X_val, y_val))
+            row.update(self._point("val", X_val, y_val, self.val_proba_ if self.C == "auto" else None))
         self.history_ = [row]
         return self
 
-    def _point(self, split, X, y):
-        p = self.predict_proba(X)
+    def _fit(self, X, y, C, start=None):
+        """StandardScaler + LogisticRegression(C) on X (float32, standardised in place of a copy)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+        scaler = StandardScaler(copy=False)
+        Z = scaler.fit_transform(np.array(X, np.float32))
+        scaler.set_params(copy=True)              # from now on it never writes into a caller's array
+        lr = LogisticRegression(C=C, max_iter=self.max_iter, random_state=self.seed, warm_start=start is not None)
+        if start is not None:
+            lr.coef_, lr.intercept_ = start
+        lr.fit(Z, y)
+        return Pipeline([("standardscaler", scaler), ("logisticregression", lr)])
+
+    def _select(self, X, y, X_val, y_val):
+        """(chosen C, the selection record, validation probabilities at the chosen C, its coefficients)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+        scaler = StandardScaler(copy=False)
+        Z = scaler.fit_transform(np.array(X, np.float32))
+        Zv = scaler.transform(np.array(X_val, np.float32))
+        lr = LogisticRegression(max_iter=self.max_iter, random_state=self.seed, warm_start=True)
+        curve = {}
+
+        def score(c):
+            t = time.perf_counter()
+            lr.set_params(C=c).fit(Z, y)
+            p = self._columns(lr.predict_proba(Zv), lr.classes_)
+            curve[c] = {"C": c, "val_accuracy": float((self.classes_[p.argmax(1)] == y_val).mean()),
+                        "val_loss": float(log_loss(y_val, p, labels=self.classes_)), "n_iter": int(lr.n_iter_.max()),
+                        "seconds": round(time.perf_counter() - t, 2), "proba": p,
+                        "coef": (lr.coef_.copy(), lr.intercept_.copy())}
+
+        def best():
+            return max(curve.values(), key=lambda r: (r["val_accuracy"], -r["val_loss"]))["C"]
+        for c in C_GRID:                          # strong to weak: each fit starts where the last ended
+            score(c)
+        coarse = best()
+        for c in (coarse / C_FINE, coarse * C_FINE):
+            lr.coef_, lr.intercept_ = curve[coarse]["coef"]
+            score(c)
+        chosen = best()
+        record = {"protocol": "C chosen on validation, refit on train + validation", "grid": sorted(curve),
+                  "curve": [{k: v for k, v in curve[c].items() if k not in ("proba", "coef")} for c in sorted(curve)],
+                  "chosen_C": chosen, "coarse_C": coarse}
+        return chosen, record, curve[chosen]["proba"], curve[chosen]["coef"]
+
+    def _columns(self, p, fitted_classes):
+        """Probabilities with a column per class of classes_ (0 for a class absent from training)."""
+        out = np.zeros((len(p), len(self.classes_)), np.float64)
+        out[:, np.searchsorted(self.classes_, fitted_classes)] = p
+        return out / out.sum(1, keepdims=True)     # float32 inputs give float32 sums: exact in float64
+
+    def _point(self, split, X, y, proba=None):
+        p = self.predict_proba(X) if proba is None else proba
         return {f"{split}_loss": log_loss(y, p, labels=self.classes_),
                 f"{split}_accuracy": float((self.classes_[p.argmax(1)] == np.asarray(y)).mean())}
 
@@ -56,10 +129,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         """N x C probabilities, columns in the order of classes_ (0 for a class absent from training)."""
         check_is_fitted(self)
         X = check_inputs(self, X, reset=False)
-        p = self.model_.predict_proba(np.asarray(X, np.float32))
-        out = np.zeros((len(X), len(self.classes_)), np.float64)
-        out[:, np.searchsorted(self.classes_, self.model_.classes_)] = p
-        return out / out.sum(1, keepdims=True)     # float32 inputs give float32 sums: exact in float64
+        return self._columns(self.model_.predict_proba(np.asarray(X, np.float32)), self.model_.classes_)
 
     def predict(self, X) -> np.ndarray:
         proba = self.predict_proba(X)           # checks it is fitted first

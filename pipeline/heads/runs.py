@@ -121,6 +121,34 @@ def plot_learning_curves(path: str, history: list, title: str):
 
 
 @plain_text
+def plot_validation_curve(path: str, selection: dict):
+    """Validation accuracy and loss against the regularisation (logreg's C, softmax's l2; log scale),
+    the chosen value marked: how the protocol chose."""
+    import matplotlib.pyplot as plt
+    param = "C" if "chosen_C" in selection else "l2"
+    curve, chosen = selection["curve"], selection[f"chosen_{param}"]
+    cs = [r[param] for r in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(cs, [r["val_accuracy"] for r in curve], "-o", markersize=3, label="validation accuracy")
+    ax.axvline(chosen, color="tab:red", ls="--", label=f"chosen {param} = {chosen:.3g}")
+    if param == "C":
+        ax.set_xscale("log")
+    else:                                   # the penalty grid starts at 0
+        ax.set_xscale("symlog", linthresh=min(c for c in cs if c > 0))
+    ax.set_xlabel("C (inverse L2 strength)" if param == "C" else "l2 (L2 penalty on the kernel)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    loss = ax.twinx()
+    loss.plot(cs, [r["val_loss"] for r in curve], "-s", color="tab:gray", markersize=3, alpha=0.6, label="validation loss")
+    loss.set_ylabel("loss")
+    ax.legend(loc="lower center", fontsize=8)
+    ax.set_title(f"{param} chosen on validation, then refit on train + validation")
+    fig.subplots_adjust(left=0.1, right=0.88, bottom=0.14, top=0.9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@plain_text
 def plot_confusion(path: str, cm, class_names: list, title: str):
     import matplotlib.pyplot as plt
     cm = np.asarray(cm)
@@ -159,6 +187,8 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
         plot_learning_curves(os.path.join(tmp, "learning_curves.png"), history, title)
         plot_confusion(os.path.join(tmp, "confusion_matrix.png"), metrics["test"]["confusion_matrix"], class_names,
                        f"test confusion ({metrics['test']['n']} images)")
+        if metrics.get("selection"):
+            plot_validation_curve(os.path.join(tmp, "validation_curve.png"), metrics["selection"])
         metrics["timings"]["write_s"] = time.perf_counter() - t
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1, default=str)

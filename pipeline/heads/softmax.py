@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from .validation import SOFTMAX, check_inputs
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
+L2_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # l2="auto": the penalties tried, all at once
 INFER_ROWS = 4096                            # rows per inference product (float16 caches widen per block)
 STATS_ROWS = 256                             # rows per block of the standardisation statistics
 
@@ -200,9 +201,14 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
         self.seed, self.classes, self.l2 = seed, classes, l2
 
-    def fit(self, X, y, X_val=None, y_val=None, rows=None):
+    def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
+        """Train on X[rows] (default all rows). l2="auto": every L2_GRID penalty trained at once, the
+        best on (X_val, y_val) chosen, then one head refit with it on X[refit_rows] (default: X[rows]
+        and X_val), for the epochs it was chosen at."""
         self._validate_params()
         X, y = check_inputs(self, X, y)
+        if X_val is not None and len(X_val) == 0:
+            X_val = y_val = None                  # no validation split
         if X_val is not None:
             X_val = check_inputs(self, X_val, reset=False)
         if self.classes is not None:
@@ -210,12 +216,45 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         else:
             classes = np.unique(y if rows is None else np.asarray(y)[rows])
         encode = lambda v: _encode(classes, v)  # noqa: E731
-        sweep = SoftmaxSweep((self.dropout,), (self.lr,), self.epochs, self.batch_size, self.early_stopping,
-                             self.patience, self.standardize, self.seed, (self.l2,))
-        sweep.fit(X, encode(y), X_val, None if y_val is None else encode(y_val), n_classes=len(classes), rows=rows)
+        yk, yv = encode(y), None if y_val is None else encode(y_val)
+        l2, epochs, early = self.l2, self.epochs, self.early_stopping
+        if self.l2 == "auto":
+            l2, epochs = self._select(X, yk, X_val, yv, len(classes), rows)
+            early = False                              # the refit has no validation data left
+            if refit_rows is None:
+                X = np.concatenate([np.asarray(X[rows if rows is not None else slice(None)]), X_val])
+                yk, rows = np.concatenate([yk if rows is None else yk[rows], yv]), None
+            else:
+                rows = refit_rows
+        sweep = SoftmaxSweep((self.dropout,), (self.lr,), epochs, self.batch_size, early,
+                             self.patience, self.standardize, self.seed, (l2,))
+        sweep.fit(X, yk, None if self.l2 == "auto" else X_val, None if self.l2 == "auto" else yv,
+                  n_classes=len(classes), rows=rows)
         fitted = sweep.head(0, classes)
         self.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+        self.l2_ = float(l2)
+        if self.l2 == "auto":
+            self.history_ = self.selection_.pop("history")
         return self
+
+    def _select(self, X, y, X_val, y_val, n_classes, rows):
+        """(chosen penalty, epochs to refit for): every L2_GRID head trained at once on X[rows], scored on
+        (X_val, y_val); sets selection_ (the grid, the validation curve, the choice) and val_proba_."""
+        if X_val is None or not len(X_val):
+            raise ValueError("l2='auto' chooses the penalty on validation data; pass X_val and y_val (--val-fraction > 0)")
+        n = len(L2_GRID)
+        grid = SoftmaxSweep((self.dropout,) * n, (self.lr,) * n, self.epochs, self.batch_size, self.early_stopping,
+                            self.patience, self.standardize, self.seed, L2_GRID)
+        grid.fit(X, y, X_val, y_val, n_classes=n_classes, rows=rows)
+        proba, labels = grid.predict_proba(X_val), np.arange(n_classes)
+        curve = [{"l2": l2, "val_accuracy": float((p.argmax(1) == y_val).mean()),
+                  "val_loss": float(log_loss(y_val, p, labels=labels)), "best_epoch": grid.best_epoch_[k]}
+                 for k, (l2, p) in enumerate(zip(L2_GRID, proba))]
+        k = max(range(n), key=lambda i: (curve[i]["val_accuracy"], -curve[i]["val_loss"]))
+        self.val_proba_ = proba[k]
+        self.selection_ = {"protocol": "l2 chosen on validation, refit on train + validation", "grid": list(L2_GRID),
+                           "curve": curve, "chosen_l2": L2_GRID[k], "history": grid.history_[k]}
+        return L2_GRID[k], (grid.best_epoch_[k] or self.epochs) if self.early_stopping else self.epochs
 
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities (float64), columns in the order of classes_."""

@@ -9,6 +9,9 @@ import os
 import sys
 import time
 
+import numpy as np
+
+from ..errors import PipelineError
 from .config import RunOptions
 from .data import TrainingData
 from .logreg import LogRegHead
@@ -28,8 +31,27 @@ def make_head(kind: str, params: dict, opts: RunOptions, n_classes: int):
 
 
 def fit_head(head, data: TrainingData):
-    rv = data.rows_val
-    return head.fit(data.X, data.y, data.X[rv], data.y[rv], rows=data.rows_train)
+    """Fit on every view of the training images; validation on the original views. A logreg head
+    with C="auto" refits on every view of the training and validation images."""
+    rv, kw = data.rows_val, {}
+    if "auto" in (getattr(head, "C", None), getattr(head, "l2", None)):
+        kw["refit_rows"] = np.sort(np.concatenate([data.rows_train, data.views_of(rv)]))
+    try:
+        return head.fit(data.X, data.y, data.X[rv], data.y[rv], rows=data.rows_train, **kw)
+    except ValueError as e:      # the estimator's own checks (scikit-learn's InvalidParameterError is one)
+        raise PipelineError(f"{str(e).splitlines()[0]}; change the option") from None
+
+
+def split_proba(head, data: TrainingData, split: str, X, rows, every_row_proba=None):
+    """Probabilities of `head` for the original-view `rows` of a split (N x C) and, with views, their
+    mean over each image's views (or None). Validation of a head refit on train + validation is
+    scored as it was chosen: before the refit (original views; no TTA)."""
+    if split == "val" and getattr(head, "val_proba_", None) is not None:
+        return head.val_proba_, None
+    if every_row_proba is not None:
+        return every_row_proba[rows], data.tta(every_row_proba, rows) if data.views > 1 else None
+    p = data.view_proba(head, X, rows)
+    return p[:, 0], p.mean(1) if data.views > 1 else None
 
 
 def train_head(data: TrainingData, kind: str, params: dict, opts: RunOptions, timings: dict) -> str:
@@ -51,11 +73,17 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
                "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction, **extra}}
     proba = {}
     for split, (X, y, rows) in data.splits().items():
+        if not len(rows):
+            metrics[split] = {"n": 0}
+            continue
         if id(X) not in proba:  # train and val share one array: one pass over it
             proba[id(X)] = head.predict_proba(X)
-        metrics[split] = evaluate(proba[id(X)][rows], y[rows], n_classes) if len(rows) else {"n": 0}
-        if data.views > 1 and len(rows):      # test-time augmentation: the mean over each image's views
-            metrics[split]["tta"] = evaluate(data.tta(proba[id(X)], rows), y[rows], n_classes)
+        p, tta = split_proba(head, data, split, X, rows, proba[id(X)])
+        metrics[split] = evaluate(p, y[rows], n_classes)
+        if tta is not None:                   # test-time augmentation: the mean over each image's views
+            metrics[split]["tta"] = evaluate(tta, y[rows], n_classes)
+    if getattr(head, "selection_", None):
+        metrics["selection"] = head.selection_
     timings["evaluate_s"] = time.perf_counter() - t
     metrics.update(class_names=data.class_names, cache=os.path.abspath(data.cache_path), provenance=data.provenance,
                    timings=timings, **(more or {}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
@@ -24,7 +24,7 @@ CLASSES = ["array-like", None]
 SOFTMAX = {
     "dropout": [Interval(Real, 0, 1, closed="left")],      # 1.0 would scale kept features by 1/0
     "lr": POSITIVE_FINITE,
-    "l2": [Interval(Real, 0, np.inf, closed="left")],
+    "l2": [Interval(Real, 0, np.inf, closed="left"), StrOptions({"auto"})],
     "epochs": AT_LEAST_ONE,
     "batch_size": AT_LEAST_ONE,
     "early_stopping": ["boolean"],
@@ -33,7 +33,7 @@ SOFTMAX = {
     "seed": SEED,
     "classes": CLASSES,
 }
-LOGREG = {"C": POSITIVE_FINITE, "max_iter": AT_LEAST_ONE, "seed": SEED, "classes": CLASSES}
+LOGREG = {"C": [*POSITIVE_FINITE, StrOptions({"auto"})], "max_iter": AT_LEAST_ONE, "seed": SEED, "classes": CLASSES}
 
 
 def check_inputs(est, X, y="no_validation", reset: bool = True):

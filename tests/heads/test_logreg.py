@@ -24,3 +24,35 @@ def test_float16_features(easy):
     X, y, Xv, yv = easy
     head = LogRegHead().fit(X.astype(np.float16), y)
     assert (head.predict(Xv.astype(np.float16)) == yv).mean() > 0.8
+
+
+def test_predicting_never_writes_into_the_callers_array(easy):
+    X, y, Xv, yv = easy
+    before = Xv.copy()
+    LogRegHead().fit(X, y, Xv, yv).predict_proba(Xv)
+    assert np.array_equal(Xv, before)
+
+
+def test_the_protocol_chooses_C_on_validation_only_and_refits_on_train_and_validation(easy):
+    X, y, Xv, yv = easy
+    head = LogRegHead(C="auto").fit(X, y, Xv, yv)
+    sel = head.selection_
+    assert head.C_ == sel["chosen_C"] and len(sel["curve"]) == 15 and sel["grid"] == sorted(sel["grid"])
+    best = max(sel["curve"], key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert best["C"] == head.C_
+    refit = LogRegHead(C=head.C_).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
+    np.testing.assert_allclose(head.predict_proba(Xv), refit.predict_proba(Xv), atol=0.02)   # refit on train+val (lbfgs tolerance)
+    assert head.history_[0]["val_accuracy"] == float((head.val_proba_.argmax(1) == yv).mean())  # before the refit
+
+
+def test_the_chosen_C_does_not_depend_on_test_data(easy):
+    """The protocol sees no test data at all: what changes test labels cannot change the choice."""
+    X, y, Xv, yv = easy
+    from pipeline.heads.data import TrainingData
+    from pipeline.heads.train import fit_head
+    chosen = []
+    for test_labels in (np.zeros(50, int), np.arange(50) % 5):
+        data = TrainingData(np.concatenate([X, Xv]), np.concatenate([y, yv]), np.arange(600), np.arange(600, 900),
+                            X[:50], test_labels, [str(i) for i in range(5)], "x.h5", {})
+        chosen.append(fit_head(LogRegHead(C="auto"), data).C_)
+    assert chosen[0] == chosen[1]

@@ -187,3 +187,16 @@ def test_l2_penalty_shrinks_the_kernel_only_and_trains_alike_alone_and_in_a_swee
     np.testing.assert_allclose(sweep.head(0).coef_, zero.coef_, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(sweep.head(1).coef_, strong.coef_, rtol=1e-5, atol=1e-7)
     assert sweep.head(1).get_params()["l2"] == 0.5
+
+
+def test_l2_auto_chooses_on_validation_and_refits_on_train_and_validation(easy):
+    from pipeline.heads.softmax import L2_GRID
+    X, y, Xv, yv = easy
+    head = SoftmaxHead(l2="auto", epochs=5).fit(X, y, Xv, yv)
+    sel = head.selection_
+    assert sel["grid"] == list(L2_GRID) and len(sel["curve"]) == len(L2_GRID)
+    best = max(sel["curve"], key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert head.l2_ == sel["chosen_l2"] == best["l2"]
+    alone = SoftmaxHead(l2=head.l2_, epochs=5).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
+    np.testing.assert_allclose(head.coef_, alone.coef_, rtol=1e-5, atol=1e-6)      # the refit is that head, alone
+    assert float((head.val_proba_.argmax(1) == yv).mean()) == best["val_accuracy"]

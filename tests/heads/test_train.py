@@ -117,3 +117,25 @@ def test_a_finished_run_named_like_a_temp_folder_is_kept(syn, tmp_path, capsys):
                  "--max-iter", "20")[0] == 0
     assert (kept / "metrics.json").read_text() == "{}" and (tmp_path / "X" / "head.keras").exists()
     assert sorted(os.listdir(tmp_path)) == ["X", "X.tmp"]        # no temp folder left behind
+
+
+def test_logreg_protocol_run_records_its_choice(syn, tmp_path, capsys):
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "p", "--head", "logreg", "--C", "auto")
+    assert code == 0, err
+    m = json.load(open(tmp_path / "p" / "metrics.json"))
+    sel = m["selection"]
+    assert sel["chosen_C"] in sel["grid"] and len(sel["curve"]) == len(sel["grid"]) == 15
+    assert m["hyperparameters"]["C"] == "auto" and (tmp_path / "p" / "validation_curve.png").exists()
+    chosen = next(r for r in sel["curve"] if r["C"] == sel["chosen_C"])
+    assert m["val"]["accuracy"] == chosen["val_accuracy"]          # val as it was chosen, before the refit
+
+
+def test_softmax_l2_auto_run_and_bad_auto_values(syn, tmp_path, capsys):
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "s", "--l2", "auto", "--epochs", "3")
+    assert code == 0, err
+    m = json.load(open(tmp_path / "s" / "metrics.json"))
+    assert m["selection"]["chosen_l2"] in m["selection"]["grid"] and (tmp_path / "s" / "validation_curve.png").exists()
+    for args, needle in ((["--C", "often", "--head", "logreg"], "C: expected a number (or auto)"),
+                         (["--l2", "auto", "--val-fraction", "0"], "l2='auto' chooses the penalty on validation data")):
+        code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "x", *args)
+        assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
