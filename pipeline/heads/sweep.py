@@ -86,6 +86,9 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
         return
     groups = {}
     for i, cfg in enumerate(configs):
+        if cfg["l2"] == "auto":              # its own grid of penalties, then a refit: trained alone
+            yield i, fit_head(make_head("softmax", cfg, opts, n_classes), data)
+            continue
         groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"]), []).append(i)
     rv = data.rows_val
     for (epochs, batch_size, standardize), idx in groups.items():

@@ -83,3 +83,11 @@ def test_taken_best_name_is_refused_before_training(syn, tmp_path, capsys):
     (tmp_path / "s-best").mkdir()
     code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "s", "--param", "dropout=0.2,0.5")
     assert code == 1 and "s-best exists" in err and sorted(os.listdir(tmp_path)) == ["s-best"]
+
+
+def test_auto_values_in_a_sweep(syn, tmp_path, capsys):
+    for args in (["--param", "l2=auto,0", "--epochs", "2"], ["--head", "logreg", "--param", "C=auto,1"]):
+        code, out, err = run_captured(capsys, "sweep", "--cache", syn, "--runs-dir", tmp_path, *args)
+        assert code == 0, err
+        rows = open(out[-1].removesuffix("-best") + "/results.csv").read()
+        assert "auto" in rows
