@@ -81,6 +81,8 @@ def add_head_options(p: argparse.ArgumentParser):
     o("--max-iter", type=int, default=H.MAX_ITER, help="logreg: solver iterations (default %(default)s)")
     o("--val-fraction", type=float, default=H.VAL_FRACTION, help="stratified hold-out of train for model selection "
       "(default %(default)s)")
+    o("--train-images", type=int, default=None, help="train on a stratified subset of this many training images, "
+      "validation unchanged (default: all)")
     o("--seed", type=int, default=H.SEED, help="seed of the split, initial weights and dropout (default %(default)s)")
     o("--name", default=None, help="run folder name (default: a timestamp)")
     o("--runs-dir", default=H.RUNS_DIR, help="where run folders go (default %(default)s)")
@@ -88,7 +90,8 @@ def add_head_options(p: argparse.ArgumentParser):
 
 def run_options(args) -> RunOptions:
     return RunOptions(val_fraction=args.val_fraction, seed=args.seed, early_stopping=args.early_stopping,
-                      patience=args.patience, runs_dir=args.runs_dir, name=args.name).validated()
+                      patience=args.patience, runs_dir=args.runs_dir, name=args.name,
+                      train_images=args.train_images).validated()
 
 
 def cmd_features(args):
@@ -99,7 +102,8 @@ def cmd_features(args):
 def _training_data(args, opts: RunOptions, timings: dict):
     from .heads.data import load_training_data
     t = time.perf_counter()
-    data = load_training_data(args.cache or find_cache(feature_config(args)), opts.val_fraction, opts.seed)
+    data = load_training_data(args.cache or find_cache(feature_config(args)), opts.val_fraction, opts.seed,
+                              opts.train_images)
     timings["load_s"] = time.perf_counter() - t
     return data
 
@@ -128,9 +132,10 @@ def cmd_study(args):
             raise PipelineError(f"study: {flag} is not a study option (caches come from the feature options and "
                                 "--grid, head kinds from --heads); remove it")
     opts = run_options(args)
-    axes, heads = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
+    axes, heads, sizes = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
     base = {**head_params("softmax", vars(args)), **head_params("logreg", vars(args))}
-    print(run_study(feature_config(args, args.batch_size_features), axes, heads, base, opts, quiet=args.quiet))
+    print(run_study(feature_config(args, args.batch_size_features), axes, heads, base, opts, quiet=args.quiet,
+                    train_sizes=sizes))
 
 
 def cmd_predict(args):

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import sys
 import time
 
-import numpy as np
-
-from .durable import write_json, write_text
+from .durable import write_json
 from .errors import PipelineError
 from .features import FeatureConfig
 from .features.cache import read_provenance
@@ -27,27 +26,17 @@ from .features.config import validate
 from .features.extract import extract_many
 from .heads.config import HEAD_PARAMS, RunOptions, check_param
 from .heads.data import load_training_data
-from .heads.runs import KIND_FILE, evaluate, folder_kind, plain_text
+from .heads.runs import KIND_FILE, evaluate, folder_kind
 from .heads.train import finish_run
+from .study_report import accuracy, describe, plot_learning_curve, plot_study, wilson, write_tables
 
 FEATURE_AXES = ("interpolation", "image_size", "layer", "pooling", "views", "shift_range", "views_seed",
                 "store_dtype", "precision", "limit")
 LISTS = ("layer", "views")      # settings whose values are comma lists: grid values separated by ;
-Z95 = 1.959964
-
-
-def wilson(acc: float, n: int) -> tuple[float, float]:
-    """95% Wilson interval of an accuracy measured on n images."""
-    if not n:
-        return float("nan"), float("nan")
-    centre = (acc + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
-    half = Z95 * np.sqrt(acc * (1 - acc) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
-    return float(centre - half), float(centre + half)
-
-
-def parse_grid(items: list, heads: list) -> tuple[dict, dict]:
-    """({stage-one setting: [values]}, {head: {param: [values]}}) from `KEY=V1,V2` items; `heads` the kinds."""
-    features, params = {}, {}
+def parse_grid(items: list, heads: list) -> tuple[dict, dict, list]:
+    """({stage-one setting: [values]}, {head: {param: [values]}}, [training-set sizes]) from `KEY=V1,V2`
+    items; `heads` the kinds. train_images=N1,N2 is a learning curve: heads on stratified subsets."""
+    features, params, sizes = {}, {}, []
     for item in items:
         key, sep, values = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -55,7 +44,9 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict]:
         if not sep or not values:
             raise PipelineError(f"--grid {item}: expected KEY=V1,V2 ({' and '.join(LISTS)} values separated by ;), "
                                 "e.g. interpolation=cubic,area")
-        if key in FEATURE_AXES:
+        if key == "train_images":
+            sizes = sorted(set(check_param(key, v) for v in values))
+        elif key in FEATURE_AXES:
             kind = type(getattr(FeatureConfig(), key)) if key != "limit" else int
             try:
                 features[key] = [kind(v) if kind in (int, float) else v for v in values]
@@ -74,7 +65,7 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict]:
             raise PipelineError(f"--heads: expected softmax and/or logreg, got {h!r}")
         head_grids[h] = {k: list(dict.fromkeys(check_param(k, v) for v in vs))    # 0.5 and .5 are one value
                          for k, vs in params.items() if k in HEAD_PARAMS[h]}
-    return features, head_grids
+    return features, head_grids, sizes
 
 
 def feature_configs(base: FeatureConfig, axes: dict) -> list:
@@ -100,6 +91,8 @@ def _tag(obj) -> str:
 def row_settings(kind: str, opts: RunOptions) -> dict:
     """The run options that change a head's row: the validation split and seed, and for softmax early stopping."""
     out = {"seed": opts.seed, "val_fraction": opts.val_fraction}
+    if opts.train_images is not None:
+        out["train_images"] = opts.train_images
     if kind == "softmax":
         out.update(early_stopping=opts.early_stopping, patience=opts.patience if opts.early_stopping else None)
     return out
@@ -162,45 +155,54 @@ def _study_of(run_dir: str):
         return None, None
 
 
-def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, opts: RunOptions, quiet=False) -> str:
-    """Build (or hit) every cache of the grid, train every head on each, write the table and plot."""
+def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, opts: RunOptions, quiet=False,
+              train_sizes: list | None = None) -> str:
+    """Build (or hit) every cache of the grid, train every head on each (on each training-set size of
+    `train_sizes`: a learning curve), write the table and plots."""
     if opts.val_fraction == 0:
         raise PipelineError("--val-fraction 0: a study chooses its best configuration on validation data; pass "
                             "--val-fraction > 0")
     cfgs = feature_configs(base, axes)
     configs = head_configs(heads, base_params)
+    sizes = train_sizes or [opts.train_images]
     name = opts.name or "study-" + _tag([[dataclasses.asdict(c) for c in cfgs], configs,
-                                         sorted(row_settings("softmax", opts).items())])
+                                         sorted(row_settings("softmax", opts).items())] + ([sizes] if train_sizes else []))
     folder, best_dir = os.path.join(opts.runs_dir, name), os.path.join(opts.runs_dir, f"{name}-best")
     _check_folders(folder, best_dir, name)
     os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
     write_json(os.path.join(folder, KIND_FILE), {"kind": "study"})
-    print(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)", file=sys.stderr)
+    print(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)"
+          + (f" x {len(sizes)} training-set sizes" if train_sizes else ""), file=sys.stderr)
     paths = extract_many(cfgs, quiet=quiet)                 # each distinct cache once; shared passes together
     rows = []
     for i, (cfg, path) in enumerate(zip(cfgs, paths), 1):
         print(f"study: heads on cache {i}/{len(cfgs)} {os.path.basename(path)}", file=sys.stderr)
         crow, data = _cache_row(path, cfg), None
-        for kind, params in configs:
-            tag = row_tag(crow["cache"], kind, params, opts)
+        for size, (kind, params) in itertools.product(sizes, configs):
+            o = dataclasses.replace(opts, train_images=size)
+            tag = row_tag(crow["cache"], kind, params, o)
             row = _finished_row(os.path.join(folder, "rows", f"{tag}.json"), tag)
             if row is None:
                 data = data or load_training_data(path, opts.val_fraction, opts.seed)
-                row, _ = run_head(data, kind, params, opts)
-                row = {**crow, **row, "views_k": data.views, "row": tag}
+                part = data.with_train_images(size, opts.seed)
+                row, _ = run_head(part, kind, params, o)
+                row = {**crow, **row, "views_k": data.views, "train_images": size,
+                       "train_n": len(part.originals(part.rows_train)), "row": tag}
                 write_json(os.path.join(folder, "rows", f"{tag}.json"), row)
             rows.append(row)
-    key = lambda r: r.get("val_tta_accuracy") or r["val_accuracy"]  # noqa: E731 - selected as it is reported
-    rows.sort(key=lambda r: -key(r))
+    rows.sort(key=lambda r: -accuracy(r, "val"))          # selected as it is reported
     for r in rows:
         for split in ("val", "test"):
-            acc = r.get(f"{split}_tta_accuracy") or r[f"{split}_accuracy"]
-            r[f"{split}_ci95"] = [round(v, 4) for v in wilson(acc, r[f"{split}_n"])]
+            r[f"{split}_ci95"] = [round(v, 4) for v in wilson(accuracy(r, split), r[f"{split}_n"])]
     write_tables(folder, rows)
     plot_study(os.path.join(folder, "study.png"), rows)
+    if len(sizes) > 1:
+        plot_learning_curve(os.path.join(folder, "learning_curve.png"), rows)
     best = rows[0]
     if _study_of(best_dir) != (name, best["row"]):   # the best head as a run folder, ready for predict
-        data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed)
+        opts = dataclasses.replace(opts, train_images=best.get("train_images"))
+        data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed,
+                                  opts.train_images)
         params = {k[5:]: v for k, v in best.items() if k.startswith("head_") and k != "head_s"}
         _, head = run_head(data, best["head"], params, opts)
         finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best",
@@ -217,82 +219,3 @@ def _finished_row(path: str, tag: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return row if isinstance(row, dict) and row.get("row") == tag else None
-
-
-def describe(row: dict) -> str:
-    acc = row.get("test_tta_accuracy") or row["test_accuracy"]
-    lo, hi = row["test_ci95"]
-    return (f"{row['head']} on {row['cache']}: test {acc:.1%} (95% {lo:.1%}..{hi:.1%}"
-            f"{', TTA' if row.get('test_tta_accuracy') else ''})")
-
-
-COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "val_accuracy", "val_tta_accuracy", "test_accuracy",
-           "test_tta_accuracy", "test_ci95", "C_chosen", "l2_chosen", "extract_img_per_s", "cache_mb", "head_s"]
-
-
-def _fmt(col: str, v) -> str:
-    if v is None or v == "":
-        return ""
-    if col.endswith("accuracy"):
-        return f"{v:.1%}"
-    if col.endswith("ci95"):
-        return f"{v[0]:.1%}..{v[1]:.1%}"
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def write_tables(folder: str, rows: list):
-    """results.csv (every field) and results.md (the columns people compare), best on validation first."""
-    import csv
-    import io
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["rank"] + keys)
-    w.writeheader()
-    w.writerows({"rank": i + 1, **r} for i, r in enumerate(rows))
-    write_text(os.path.join(folder, "results.csv"), buf.getvalue())
-    params = sorted(k for k in {k for r in rows for k in r if k.startswith("head_") and k != "head_s"}
-                    if len({json.dumps(r.get(k)) for r in rows if k in r}) > 1 or k == "head_C")
-    cols = [c for c in COLUMNS[:5] + params + COLUMNS[5:] if any(r.get(c) not in (None, "") for r in rows)]
-    lines = ["| rank | " + " | ".join(c.removeprefix("head_") if c in params else c for c in cols) + " |",
-             "|" + "---|" * (len(cols) + 1)]
-    lines += [f"| {i + 1} | " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |" for i, r in enumerate(rows)]
-    write_text(os.path.join(folder, "results.md"), "\n".join(lines) + "\n")
-
-
-@plain_text
-def plot_study(path: str, rows: list):
-    """Validation (hollow) and test (filled) accuracy with 95% intervals against cost: extraction speed
-    coloured by interpolation, cache size coloured by layers; marker: head (o softmax, s logreg)."""
-    import matplotlib.pyplot as plt
-    acc = lambda r, split: r.get(f"{split}_tta_accuracy") or r[f"{split}_accuracy"]  # noqa: E731
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=True)
-    for ax, xkey, group, xlabel in ((axes[0], "extract_img_per_s", "interpolation", "extraction, images/s (log)"),
-                                    (axes[1], "cache_mb", "layer", "cache size, MB (log)")):
-        names = list(dict.fromkeys(str(r[group]) for r in rows))
-        colours = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}     # any number of values
-        for i, r in enumerate(rows):
-            if not r.get(xkey):
-                continue
-            c, m = colours[str(r[group])], "o" if r["head"] == "softmax" else "s"
-            jitter = 1 + 0.04 * (i % 7 - 3) / 3                 # points that share x stay apart
-            for split, face, off in (("val", "none", 0.985), ("test", c, 1.0)):
-                y, (lo, hi) = acc(r, split), r[f"{split}_ci95"]
-                ax.errorbar(r[xkey] * jitter * off, y, yerr=[[y - lo], [hi - y]], fmt=m, mfc=face, mec=c, ecolor=c,
-                            alpha=0.6, capsize=2, ms=5)
-        for name in names:
-            ax.plot([], [], "o", color=colours[name], label=f"{group} {name}"[:60])
-        ax.plot([], [], "ko", mfc="none", label="validation (hollow)")
-        ax.plot([], [], "ks", label="logreg (square)")
-        best = rows[0]
-        if best.get(xkey):
-            ax.annotate("best on validation", (best[xkey], acc(best, "test")), textcoords="offset points",
-                        xytext=(-20, 14), fontsize=8, arrowprops={"arrowstyle": "->"})
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    axes[0].set_ylabel("accuracy (mean over views where the cache has them), 95% interval")
-    fig.suptitle(f"study: {len(rows)} configurations ({rows[0]['test_n']} test images)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -6,7 +6,6 @@ import os
 import pytest
 from conftest import run_captured, write_cifar10
 
-from pipeline.study import wilson
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +53,6 @@ def test_bad_grids_are_one_line(data, capsys, grid, needle):
     code, out, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
                                   "--runs-dir", root / "bad", "--grid", grid)
     assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
-
-
-def test_wilson_interval():
-    lo, hi = wilson(0.8, 1000)
-    assert 0.774 < lo < 0.775 and 0.823 < hi < 0.824          # about +-2.5 points on 1,000 images
 
 
 def small_study(capsys, root, data, name, *extra, grid=("--grid", "dropout=0.2,0.5")):
@@ -131,7 +125,7 @@ def test_study_refuses_up_front(data, capsys, extra, needle):
 def test_spellings_of_one_setting_are_one_configuration():
     from pipeline.features import FeatureConfig
     from pipeline.study import feature_configs, head_configs, parse_grid
-    axes, heads = parse_grid(["views=flip,shift2;shift2,flip", "dropout=0.5,.5,0.50", "image_size=32,32"], ["softmax"])
+    axes, heads, _ = parse_grid(["views=flip,shift2;shift2,flip", "dropout=0.5,.5,0.50", "image_size=32,32"], ["softmax"])
     assert len(feature_configs(FeatureConfig(weights="random"), axes)) == 1
     from pipeline.heads.config import HEAD_PARAMS
     base = {p: v for p, v in {"dropout": 0.5, "lr": 1e-3, "l2": 0.0, "epochs": 2, "batch_size": 250,
@@ -139,10 +133,12 @@ def test_spellings_of_one_setting_are_one_configuration():
     assert len(head_configs(heads, base)) == 1
 
 
-def test_the_plot_takes_any_number_of_layer_values(tmp_path):
-    from pipeline.study import plot_study
-    rows = [{"layer": f"l{i}", "interpolation": "cubic", "head": "softmax", "extract_img_per_s": 10.0 + i,
-             "cache_mb": 1.0 + i, "val_accuracy": 0.5, "test_accuracy": 0.5, "val_ci95": [0.4, 0.6],
-             "test_ci95": [0.4, 0.6], "test_n": 10} for i in range(14)]
-    plot_study(str(tmp_path / "s.png"), rows)
-    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+def test_a_grid_over_training_images_is_a_learning_curve(data, capsys):
+    d, root = data
+    code, _, err = small_study(capsys, root, d, "curve", grid=("--grid", "train_images=10,20,1000"))
+    assert code == 0, err
+    rows = list(csv.DictReader(open(root / "runs" / "curve" / "results.csv")))
+    assert sorted(int(r["train_n"]) for r in rows) == [10, 20, 30]          # 1000 is more than there are: all 30
+    assert os.path.exists(root / "runs" / "curve" / "learning_curve.png")
+    m = json.load(open(root / "runs" / "curve-best" / "metrics.json"))
+    assert m["train"]["n"] == int(rows[0]["train_n"])                      # the best run trained as its row did

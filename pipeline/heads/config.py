@@ -54,6 +54,7 @@ RANGES = {  # name: (type, check, what the check means)
     "C": (number_or_auto, lambda v: v == "auto" or 0 < v < math.inf, "> 0 and finite"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
     "val_fraction": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "patience": (int, lambda v: v >= 1, ">= 1"),
     "seed": (int, lambda v: 0 <= v < 2 ** 32, "in 0..2^32-1"),
+    "train_images": (int, lambda v: v >= 1, ">= 1"),
 }
 HEAD_PARAMS = {"softmax": ("dropout", "lr", "l2", "epochs", "batch_size", "standardize"), "logreg": ("C", "max_iter")}
 
@@ -80,9 +81,10 @@ class RunOptions:
     patience: int = PATIENCE
     runs_dir: str = RUNS_DIR
     name: str | None = None
+    train_images: int | None = None     # a stratified subset of the training images (a learning curve)
 
     def validated(self) -> "RunOptions":
-        for f in ("val_fraction", "seed", "patience"):
+        for f in ("val_fraction", "seed", "patience") + (("train_images",) if self.train_images is not None else ()):
             check_param(f, getattr(self, f))
         folder_or_missing(self.runs_dir, "--runs-dir")
         if self.name is not None and (not self.name.strip() or os.sep in self.name or self.name in (".", "..")

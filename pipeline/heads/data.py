@@ -52,6 +52,12 @@ class TrainingData:
         """Accuracy of `head` on the images of the original-view `rows` of X, averaging over their views."""
         return float((self.view_proba(head, self.X, rows).mean(1).argmax(1) == self.y[rows]).mean())
 
+    def with_train_images(self, n: int | None, seed: int) -> "TrainingData":
+        """The same data training on a stratified, seeded subset of n of its training images."""
+        images = self.originals(self.rows_train) // self.views
+        keep = subset(images, self.y[::self.views], n, seed)       # row i*K is image i
+        return dataclasses.replace(self, rows_train=self.views_of(keep * self.views))
+
     def tta(self, proba: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Per image of the original-view `rows`: the mean probabilities over its K views (proba: every row)."""
         return proba.reshape(-1, self.views, proba.shape[1])[np.asarray(rows) // self.views].mean(1)
@@ -71,13 +77,28 @@ def validation_split(y: np.ndarray, fraction: float, seed: int):
     return np.sort(train), np.sort(val)
 
 
+def subset(images: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """A stratified, seeded subset of n of `images` (all of them when n is None or not smaller)."""
+    if n is None or n >= len(images):
+        return images
+    from sklearn.model_selection import train_test_split
+    try:
+        keep, _ = train_test_split(images, train_size=n, stratify=y[images], random_state=seed)
+    except ValueError as e:
+        raise PipelineError(f"--train-images {n}: cannot take a stratified {n} of {len(images)} training images "
+                            f"({str(e).splitlines()[0][:90]}); raise it") from None
+    return np.sort(keep)
+
+
 def as_rows(X: np.ndarray) -> np.ndarray:
     """N x K x D -> N*K x D without a copy (2-D stays as it is); float16 stays float16."""
     X = X.reshape(-1, X.shape[-1]) if X.ndim == 3 else X
     return X if X.dtype == np.float16 else X.astype(np.float32, copy=False)
 
 
-def load_training_data(cache_path: str, val_fraction: float, seed: int) -> TrainingData:
+def load_training_data(cache_path: str, val_fraction: float, seed: int, train_images: int | None = None) -> TrainingData:
+    """The cache's features as a head trains on them; train_images: a stratified, seeded subset of the
+    training images (after the validation split, which stays the same: a learning curve on one cache)."""
     cache = load_cache(cache_path, splits=["train", "test"])
     X, y, meta = cache["train"]
     X_test, y_test, _ = cache["test"]
@@ -87,6 +108,7 @@ def load_training_data(cache_path: str, val_fraction: float, seed: int) -> Train
         raise PipelineError(f"--val-fraction {val_fraction}: leaves {len(images_train)} training images of "
                             f"{len(np.unique(y[images_train]))} class(es) out of {len(y)}; lower it (a head needs two "
                             "classes to train on)")
+    images_train = subset(images_train, y, train_images, seed)
     rows_train = (images_train[:, None] * K + np.arange(K)).ravel()
     prov = {k: v for k, v in meta.items() if k not in ("ids", "split")}
     return TrainingData(as_rows(X), np.repeat(y, K), rows_train, images_val * K, as_rows(X_test), np.repeat(y_test, K),

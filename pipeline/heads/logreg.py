@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
-from .validation import LOGREG, check_inputs
+from .validation import LOGREG, check_fit, check_inputs
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))   # half-decade steps, 1e-4 .. 1e2
 C_FINE = 10 ** 0.25                                         # then the quarter-decades around the best
@@ -36,12 +36,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
         """Train on X[rows] (default all rows). C="auto": choose C on (X_val, y_val), then refit on
         X[refit_rows] (default: X[rows] and X_val), e.g. every view of the train and validation images."""
-        self._validate_params()
-        X, y = check_inputs(self, X, y)
-        if X_val is not None and len(X_val) == 0:
-            X_val = y_val = None                  # no validation split
-        if X_val is not None:
-            X_val = check_inputs(self, X_val, reset=False)
+        X, y, X_val, y_val = check_fit(self, X, y, X_val, y_val)
         y = np.asarray(y)
         self.classes_ = np.unique((y if rows is None else y[rows]) if self.classes is None else self.classes)
         t = time.perf_counter()

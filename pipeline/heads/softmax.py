@@ -19,7 +19,7 @@ from sklearn.metrics import log_loss
 
 from sklearn.utils.validation import check_is_fitted
 
-from .validation import SOFTMAX, check_inputs
+from .validation import SOFTMAX, check_fit, check_inputs
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
 L2_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # l2="auto": the penalties tried, all at once
@@ -205,12 +205,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         """Train on X[rows] (default all rows). l2="auto": every L2_GRID penalty trained at once, the
         best on (X_val, y_val) chosen, then one head refit with it on X[refit_rows] (default: X[rows]
         and X_val), for the epochs it was chosen at."""
-        self._validate_params()
-        X, y = check_inputs(self, X, y)
-        if X_val is not None and len(X_val) == 0:
-            X_val = y_val = None                  # no validation split
-        if X_val is not None:
-            X_val = check_inputs(self, X_val, reset=False)
+        X, y, X_val, y_val = check_fit(self, X, y, X_val, y_val)
         if self.classes is not None:
             classes = np.unique(self.classes)
         else:

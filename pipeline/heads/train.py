@@ -70,7 +70,8 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     extra = {"early_stopping": opts.early_stopping, "patience": opts.patience,
              "best_epoch": head.best_epoch_} if kind == "softmax" else {}
     metrics = {"head": kind, "views": data.views,
-               "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction, **extra}}
+               "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction,
+                                   "train_images": opts.train_images, **extra}}
     proba = {}
     for split, (X, y, rows) in data.splits().items():
         if not len(rows):

@@ -49,3 +49,14 @@ def check_inputs(est, X, y="no_validation", reset: bool = True):
     if not all_finite(X):
         raise ValueError(f"Input X contains NaN or infinity; {type(est).__name__} needs finite features")
     return X if only_x else (X, y)
+
+
+def check_fit(est, X, y, X_val=None, y_val=None):
+    """What `fit` starts with: the parameters checked, then the inputs (an empty validation split is none)."""
+    est._validate_params()
+    X, y = check_inputs(est, X, y)
+    if X_val is not None and len(X_val) == 0:
+        X_val = y_val = None
+    if X_val is not None:
+        X_val = check_inputs(est, X_val, reset=False)
+    return X, y, X_val, y_val

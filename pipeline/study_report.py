@@ -1,0 +1,136 @@
+"""The study's report: results.csv and results.md (best on validation first), study.png (accuracy
+with 95% intervals against cost) and, for a grid over training-set sizes, learning_curve.png."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .durable import write_text
+from .heads.runs import plain_text
+
+Z95 = 1.959964
+
+
+def wilson(acc: float, n: int) -> tuple[float, float]:
+    """95% Wilson interval of an accuracy measured on n images."""
+    if not n:
+        return float("nan"), float("nan")
+    centre = (acc + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 * np.sqrt(acc * (1 - acc) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
+    return float(centre - half), float(centre + half)
+
+
+def accuracy(row: dict, split: str) -> float:
+    """A row's accuracy as it is reported: averaged over views where the cache has them."""
+    return row.get(f"{split}_tta_accuracy") or row[f"{split}_accuracy"]
+
+
+def describe(row: dict) -> str:
+    acc = accuracy(row, "test")
+    lo, hi = row["test_ci95"]
+    return (f"{row['head']} on {row['cache']}: test {acc:.1%} (95% {lo:.1%}..{hi:.1%}"
+            f"{', TTA' if row.get('test_tta_accuracy') else ''})")
+
+
+COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "train_n", "val_accuracy", "val_tta_accuracy", "test_accuracy",
+           "test_tta_accuracy", "test_ci95", "C_chosen", "l2_chosen", "extract_img_per_s", "cache_mb", "head_s"]
+
+
+def _fmt(col: str, v) -> str:
+    if v is None or v == "":
+        return ""
+    if col.endswith("accuracy"):
+        return f"{v:.1%}"
+    if col.endswith("ci95"):
+        return f"{v[0]:.1%}..{v[1]:.1%}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def write_tables(folder: str, rows: list):
+    """results.csv (every field) and results.md (the columns people compare), best on validation first."""
+    import csv
+    import io
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["rank"] + keys)
+    w.writeheader()
+    w.writerows({"rank": i + 1, **r} for i, r in enumerate(rows))
+    write_text(os.path.join(folder, "results.csv"), buf.getvalue())
+    params = sorted(k for k in {k for r in rows for k in r if k.startswith("head_") and k != "head_s"}
+                    if len({json.dumps(r.get(k)) for r in rows if k in r}) > 1 or k == "head_C")
+    cols = [c for c in COLUMNS[:5] + params + COLUMNS[5:] if any(r.get(c) not in (None, "") for r in rows)]
+    lines = ["| rank | " + " | ".join(c.removeprefix("head_") if c in params else c for c in cols) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    lines += [f"| {i + 1} | " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |" for i, r in enumerate(rows)]
+    write_text(os.path.join(folder, "results.md"), "\n".join(lines) + "\n")
+
+
+@plain_text
+def plot_study(path: str, rows: list):
+    """Validation (hollow) and test (filled) accuracy with 95% intervals against cost: extraction speed
+    coloured by interpolation, cache size coloured by layers; marker: head (o softmax, s logreg)."""
+    import matplotlib.pyplot as plt
+    acc = accuracy
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=True)
+    for ax, xkey, group, xlabel in ((axes[0], "extract_img_per_s", "interpolation", "extraction, images/s (log)"),
+                                    (axes[1], "cache_mb", "layer", "cache size, MB (log)")):
+        names = list(dict.fromkeys(str(r[group]) for r in rows))
+        colours = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}     # any number of values
+        for i, r in enumerate(rows):
+            if not r.get(xkey):
+                continue
+            c, m = colours[str(r[group])], "o" if r["head"] == "softmax" else "s"
+            jitter = 1 + 0.04 * (i % 7 - 3) / 3                 # points that share x stay apart
+            for split, face, off in (("val", "none", 0.985), ("test", c, 1.0)):
+                y, (lo, hi) = acc(r, split), r[f"{split}_ci95"]
+                ax.errorbar(r[xkey] * jitter * off, y, yerr=[[y - lo], [hi - y]], fmt=m, mfc=face, mec=c, ecolor=c,
+                            alpha=0.6, capsize=2, ms=5)
+        for name in names:
+            ax.plot([], [], "o", color=colours[name], label=f"{group} {name}"[:60])
+        ax.plot([], [], "ko", mfc="none", label="validation (hollow)")
+        ax.plot([], [], "ks", label="logreg (square)")
+        best = rows[0]
+        if best.get(xkey):
+            ax.annotate("best on validation", (best[xkey], acc(best, "test")), textcoords="offset points",
+                        xytext=(-20, 14), fontsize=8, arrowprops={"arrowstyle": "->"})
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("accuracy (mean over views where the cache has them), 95% interval")
+    fig.suptitle(f"study: {len(rows)} configurations ({rows[0]['test_n']} test images)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@plain_text
+def plot_learning_curve(path: str, rows: list):
+    """Test accuracy (95% interval) against the number of training images, a line per cache and head
+    configuration: what more data buys."""
+    import matplotlib.pyplot as plt
+    lines = {}
+    for r in rows:
+        key = (r["cache"], r["head"], json.dumps({k: v for k, v in r.items() if k.startswith("head_") and k != "head_s"},
+                                                sort_keys=True))
+        lines.setdefault(key, []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, ((cache, head, params), pts) in enumerate(lines.items()):
+        pts.sort(key=lambda r: r["train_n"])
+        x = [r["train_n"] for r in pts]
+        y = [accuracy(r, "test") for r in pts]
+        lo = [v - r["test_ci95"][0] for v, r in zip(y, pts)]
+        hi = [r["test_ci95"][1] - v for v, r in zip(y, pts)]
+        label = f"{head} {params if params != '{}' else ''} {cache}"[:90]
+        ax.errorbar(x, y, yerr=[lo, hi], fmt="-o", ms=4, capsize=2, color=plt.cm.tab20(i % 20), label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (log)")
+    ax.set_ylabel("test accuracy (mean over views where the cache has them), 95% interval")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title(f"learning curve ({rows[0]['test_n']} test images)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,15 @@
+"""The study's report: intervals, the plots."""
+from pipeline.study_report import plot_study, wilson
+
+
+def test_wilson_interval():
+    lo, hi = wilson(0.8, 1000)
+    assert 0.774 < lo < 0.775 and 0.823 < hi < 0.824          # about +-2.5 points on 1,000 images
+
+
+def test_the_plot_takes_any_number_of_layer_values(tmp_path):
+    rows = [{"layer": f"l{i}", "interpolation": "cubic", "head": "softmax", "extract_img_per_s": 10.0 + i,
+             "cache_mb": 1.0 + i, "val_accuracy": 0.5, "test_accuracy": 0.5, "val_ci95": [0.4, 0.6],
+             "test_ci95": [0.4, 0.6], "test_n": 10} for i in range(14)]
+    plot_study(str(tmp_path / "s.png"), rows)
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
