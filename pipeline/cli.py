@@ -29,7 +29,7 @@ def add_feature_options(p: argparse.ArgumentParser):
     o("--splits", default=",".join(F.SPLITS), help="comma list of train,test (default %(default)s)")
     o("--limit", type=int, default=F.LIMIT, help="at most N images per split, stratified by class (default: all)")
     o("--weights", default=F.WEIGHTS, help="imagenet|random|PATH (default %(default)s)")
-    o("--weights-seed", type=int, default=F.SEED, help="seed of --weights random (default %(default)s)")
+    o("--weights-seed", type=int, default=F.WEIGHTS_SEED, help="seed of --weights random (default %(default)s)")
     o("--layer", default=F.LAYER, help="fc2|fc1|block3_pool..block5_pool, or a comma list of layer[:pooling], all from "
       "one forward pass, e.g. block4_pool:avg2x2,block5_pool (default %(default)s)")
     o("--pooling", default=F.POOLING, help="conv layers without :pooling: flatten|avg|max|avg2x2 (default %(default)s)")
@@ -52,12 +52,21 @@ def add_feature_options(p: argparse.ArgumentParser):
 
 def feature_config(args, batch_size: int = F.BATCH_SIZE) -> FeatureConfig:
     return FeatureConfig(dataset=args.dataset, data_dir=args.data_dir, splits=args.splits, limit=args.limit,
-                         weights=args.weights, seed=args.weights_seed, layer=args.layer, pooling=args.pooling,
+                         weights=args.weights, weights_seed=args.weights_seed, layer=args.layer, pooling=args.pooling,
                          views=args.views, shift_range=args.shift_range, views_seed=args.views_seed,
                          image_size=args.image_size,
                          interpolation=args.interpolation, precision=args.precision, store_dtype=args.store_dtype,
                          batch_size=batch_size, cache_dir=args.cache_dir, on_bad_image=args.on_bad_image,
                          max_image_pixels=args.max_image_pixels, max_archive_bytes=args.max_archive_bytes)
+
+
+def add_run_options(p: argparse.ArgumentParser):
+    """Options every command that may build features takes, meaning the same everywhere, so that
+    `make ARGS="..."` can hand one set of options to both stages."""
+    p.add_argument("--batch-size", type=int, default=F.BATCH_SIZE, dest="forward_batch_size",
+                   help="images per forward pass of stage one (not in the key; unused by heads on a built cache) "
+                        "(default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary tables (default off)")
 
 
 def add_head_options(p: argparse.ArgumentParser):
@@ -69,7 +78,8 @@ def add_head_options(p: argparse.ArgumentParser):
     o("--lr", type=float, default=H.LR, help="softmax: Adam learning rate (default %(default)s)")
     o("--l2", default=H.L2, help="softmax: L2 penalty on the Dense kernel, Keras' kernel_regularizer=L2(l2), or "
       "auto: chosen on validation, then refit on train + validation (default %(default)s: none)")
-    o("--batch-size", type=int, default=H.BATCH_SIZE, help="softmax: rows per step (default %(default)s)")
+    o("--head-batch-size", type=int, default=H.BATCH_SIZE, dest="batch_size", help="softmax: rows per step "
+      "(default %(default)s)")
     o("--epochs", type=int, default=H.EPOCHS, help="softmax: passes over the training rows (default %(default)s)")
     o("--standardize", action=argparse.BooleanOptionalAction, default=H.STANDARDIZE, help="softmax: standardise "
       "features with the training rows' mean and scale, inside the saved head (default %(default)s)")
@@ -91,11 +101,11 @@ def add_head_options(p: argparse.ArgumentParser):
 def run_options(args) -> RunOptions:
     return RunOptions(val_fraction=args.val_fraction, seed=args.seed, early_stopping=args.early_stopping,
                       patience=args.patience, runs_dir=args.runs_dir, name=args.name,
-                      train_images=args.train_images).validated()
+                      train_images=args.train_images, quiet=args.quiet).validated()
 
 
 def cmd_features(args):
-    print(extract(feature_config(args, args.batch_size), shards=args.shards, engine=args.engine,
+    print(extract(feature_config(args, args.forward_batch_size), shards=args.shards, engine=args.engine,
                   ray_address=args.ray_address, ray_actors=args.ray_actors, quiet=args.quiet))  # last stdout line
 
 
@@ -134,7 +144,7 @@ def cmd_study(args):
     opts = run_options(args)
     axes, heads, sizes = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
     base = {**head_params("softmax", vars(args)), **head_params("logreg", vars(args))}
-    print(run_study(feature_config(args, args.batch_size_features), axes, heads, base, opts, quiet=args.quiet,
+    print(run_study(feature_config(args, args.forward_batch_size), axes, heads, base, opts, quiet=args.quiet,
                     train_sizes=sizes))
 
 
@@ -152,18 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("features", help="stage one: extract and cache VGG19 features")
     add_feature_options(f)
-    f.add_argument("--batch-size", type=int, default=F.BATCH_SIZE, help="images per forward pass (default %(default)s)")
+    add_run_options(f)
     f.add_argument("--shards", type=int, default=1, help="cut each split into N contiguous shards (default 1)")
     f.add_argument("--engine", default="local", choices=("local", "ray"), help="run shards here or on Ray (default local)")
     f.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local Ray)")
     f.add_argument("--ray-actors", type=int, default=None, help="Ray actors (default: one per GPU, else one per node)")
-    f.add_argument("--quiet", action="store_true", help="no progress bars (default off)")
     f.set_defaults(func=cmd_features)
     for name, func, help_ in (("train-head", cmd_train_head, "stage two: train a head on cached features"),
                               ("sweep", cmd_sweep, "train many heads at once and compare them")):
         p = sub.add_parser(name, help=help_)
         add_feature_options(p)
         add_head_options(p)
+        add_run_options(p)
         p.set_defaults(func=func, exit_fast=True)
     st = sub.add_parser("study", help="a grid over stage-one and head settings: each cache built once, every head "
                         "trained on it, one table and plot")
@@ -173,9 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="an axis of the grid: a stage-one setting (interpolation, image_size, layer, pooling, views, "
                          "...; layer and views values separated by ;) or a head parameter (repeatable; default: none)")
-    st.add_argument("--batch-size-features", type=int, default=F.BATCH_SIZE, help="images per forward pass "
-                    "(default %(default)s)")
-    st.add_argument("--quiet", action="store_true", help="no progress bars (default off)")
+    add_run_options(st)
     st.set_defaults(func=cmd_study, exit_fast=True, head=None)     # --head given to study is refused
     s = sub.choices["sweep"]
     s.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2",

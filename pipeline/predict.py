@@ -77,8 +77,9 @@ def read_run(run: str) -> dict:
 
 def _checked_settings(settings: dict, refuse) -> dict:
     """The backbone settings of a run, typed and validated as `features` validates its options."""
-    for k, kind in {**RUN_SETTINGS, "seed": int}.items():
-        v = settings.get(k, 0 if k == "seed" else None)
+    settings = {**settings, "weights_seed": settings.get("weights_seed", settings.get("seed", 0))}   # older runs: seed
+    for k, kind in {**RUN_SETTINGS, "weights_seed": int}.items():
+        v = settings.get(k)
         if not isinstance(v, kind) or isinstance(v, bool):
             raise refuse(f"setting {k} is {str(v)[:40]!r}, expected a{'n' if kind is int else ''} "
                          f"{kind.__name__}")
@@ -87,11 +88,11 @@ def _checked_settings(settings: dict, refuse) -> dict:
     try:
         cfg = validate(FeatureConfig(layer=settings["layer"], pooling=settings.get("pooling", P.POOLINGS[0]),
                                      image_size=settings["image_size"], interpolation=settings["interpolation"],
-                                     weights=settings["weights"], seed=settings.get("seed", 0),
+                                     weights=settings["weights"], weights_seed=settings["weights_seed"],
                                      precision=settings["precision"]))
     except PipelineError as e:
         raise refuse(f"its settings: {str(e)[:160]}") from None
-    return {**settings, "layer": cfg.layer, "pooling": P.POOLINGS[0], "seed": cfg.seed}
+    return {**settings, "layer": cfg.layer, "pooling": P.POOLINGS[0]}
 
 
 def end_to_end(run_info: dict):
@@ -99,7 +100,7 @@ def end_to_end(run_info: dict):
     s, kind = run_info["settings"], run_info["kind"]
     ident = run_info["metrics"]["provenance"].get("weights") or {}
     layers = P.parse_layers(s["layer"], s.get("pooling", P.POOLINGS[0]))
-    base = bb.build_backbone(layers, s["image_size"], s["weights"], s.get("seed", 0), s["precision"],
+    base = bb.build_backbone(layers, s["image_size"], s["weights"], s["weights_seed"], s["precision"],
                              sha256=ident.get("sha256"))
     # VGG19's preprocessing as a fixed 1x1 convolution in float32: RGB->BGR and minus the caffe mean,
     # exactly preprocess_input's arithmetic (one nonzero term per output).

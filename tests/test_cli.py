@@ -13,3 +13,21 @@ def test_every_option_has_help_with_its_default(command):
         if isinstance(action, argparse._HelpAction) or not action.option_strings or action.required:
             continue
         assert action.help and "default" in action.help, f"{command} {action.option_strings[0]}: {action.help!r}"
+
+
+def test_make_args_mean_one_thing_in_both_stages(syn, tmp_path, capsys):
+    """`make ARGS="..."` hands the same options to features and train-head: --batch-size is stage one's
+    forward-pass size everywhere (the head's is --head-batch-size) and --quiet works for both."""
+    from conftest import run_captured
+    args = parse("train-head", "--batch-size", "64", "--quiet")
+    assert args.forward_batch_size == 64 and args.batch_size == 250 and args.quiet
+    assert parse("features", "--batch-size", "64").forward_batch_size == 64
+    assert parse("train-head", "--head-batch-size", "50").batch_size == 50
+    code, out, err = run_captured(capsys, "train-head", "--cache", syn, "--runs-dir", tmp_path, "--batch-size", "7",
+                                  "--quiet", "--epochs", "2")
+    assert code == 0 and "accuracy" not in err and out[-1].startswith(str(tmp_path))
+
+
+def parse(*argv):
+    from pipeline.cli import build_parser
+    return build_parser().parse_args(list(argv))

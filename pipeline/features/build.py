@@ -7,6 +7,8 @@ aside so it is rebuilt).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -16,6 +18,7 @@ from ..errors import PipelineError
 from . import backbone as bb
 from . import pooling as P
 from . import weights as wt
+from .config import KEYED
 from .cache import DamagedCache, load_cache, read_provenance, write_cache, writer_lock
 from .journal import Journal
 from .plan import Plan, provenance, settings
@@ -50,10 +53,12 @@ def existing(path: str, key: str, full: bool) -> bool:
 
 
 def pass_of(p: Plan) -> tuple:
-    """What one forward pass is: plans equal in this share it (their layers and pooling may differ)."""
-    c = p.cfg
-    return (p.fingerprint, p.weights.get("sha256") or (c.weights, c.seed), c.image_size, c.interpolation, p.precision,
-            c.views, c.shift_range, c.views_seed)
+    """What one forward pass is: plans equal in this share it. Derived from the settings' declarations:
+    the data (fingerprint), the weights and the compute dtype as they resolved, and the value of every
+    keyed setting that does not declare shares_pass (layers, pooling and store dtype do)."""
+    split = [f.name for f in dataclasses.fields(p.cfg) if f.metadata["key"] == KEYED and not f.metadata["shares_pass"]]
+    return (p.fingerprint, json.dumps(p.weights, sort_keys=True), p.precision,
+            *((name, getattr(p.cfg, name)) for name in split))
 
 
 class ModelCache:
@@ -70,8 +75,8 @@ class ModelCache:
         sig = (pass_of(plans[0]), tuple(union))
         if self._sig != sig:
             if cfg.weights == "random":
-                wt.warn_random(cfg.seed)
-            model = bb.build_backbone(union, cfg.image_size, cfg.weights, cfg.seed, plans[0].precision,
+                wt.warn_random(cfg.weights_seed)
+            model = bb.build_backbone(union, cfg.image_size, cfg.weights, cfg.weights_seed, plans[0].precision,
                                       plans[0].weights.get("sha256"))
             self._sha = plans[0].weights.get("sha256") or wt.model_weights_sha256(model)
             self._model, self._sig = model, sig

@@ -23,7 +23,7 @@ DATA_DIR = None              # offline input: CIFAR python batches or image fold
 SPLITS = ("train", "test")   # splits to extract, in this order
 LIMIT = None                 # at most this many images per split, stratified by class
 WEIGHTS = "imagenet"         # imagenet (Keras download) | random (seeded, offline) | PATH
-SEED = 0                     # seed of --weights random
+WEIGHTS_SEED = 0             # seed of --weights random
 LAYER = "fc2"                # penultimate layer of VGG19: the notebook's "all but the softmax"; or a comma
                              # list of layer[:pooling], e.g. block4_pool:avg2x2,block5_pool (pooling.py)
 POOLING = "flatten"          # how a conv layer without :pooling becomes a vector: flatten|avg|max|avg2x2
@@ -50,8 +50,11 @@ KNOWN_SPLITS = ("train", "test")
 KEYED, RESOLVED, FINGERPRINT, NOT_KEYED = "keyed", "resolved", "fingerprint", "not keyed"
 
 
-def setting(default, key_role: str):
-    return dataclasses.field(default=default, metadata={"key": key_role})
+def setting(default, key_role: str, shares_pass: bool = False):
+    """A stage-one setting: its default, how it enters the cache key, and whether configurations that
+    differ only in it can come out of one forward pass (shares_pass; a new setting splits passes
+    unless it says so)."""
+    return dataclasses.field(default=default, metadata={"key": key_role, "shares_pass": shares_pass})
 
 
 @dataclasses.dataclass
@@ -61,21 +64,21 @@ class FeatureConfig:
     splits: tuple = setting(SPLITS, FINGERPRINT)
     limit: int | None = setting(LIMIT, FINGERPRINT)
     weights: str = setting(WEIGHTS, RESOLVED)           # -> the file's SHA-256, or random + seed
-    seed: int = setting(SEED, RESOLVED)                 # -> part of the random weights' identity
-    layer: str = setting(LAYER, KEYED)                  # validated into one spelling, every pooling written out
-    pooling: str = setting(POOLING, RESOLVED)           # -> written into `layer`
+    weights_seed: int = setting(WEIGHTS_SEED, RESOLVED)  # -> part of the random weights' identity
+    layer: str = setting(LAYER, KEYED, shares_pass=True)    # validated into one spelling, every pooling written out
+    pooling: str = setting(POOLING, RESOLVED, shares_pass=True)   # -> written into `layer`
     views: str = setting(VIEWS, KEYED)                  # validated into one spelling
     shift_range: float = setting(SHIFT_RANGE, KEYED)    # (set to its default when there are no shifts)
     views_seed: int = setting(VIEWS_SEED, KEYED)        # (likewise)
     image_size: int = setting(IMAGE_SIZE, KEYED)
     interpolation: str = setting(INTERPOLATION, KEYED)
     precision: str = setting(PRECISION, RESOLVED)       # -> the dtype auto picked on this machine
-    store_dtype: str = setting(STORE_DTYPE, KEYED)
-    batch_size: int = setting(BATCH_SIZE, NOT_KEYED)
-    cache_dir: str = setting(CACHE_DIR, NOT_KEYED)
+    store_dtype: str = setting(STORE_DTYPE, KEYED, shares_pass=True)
+    batch_size: int = setting(BATCH_SIZE, NOT_KEYED, shares_pass=True)
+    cache_dir: str = setting(CACHE_DIR, NOT_KEYED, shares_pass=True)
     on_bad_image: str = setting(ON_BAD_IMAGE, FINGERPRINT)     # skipped images are left out of the data
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, FINGERPRINT)
-    max_archive_bytes: int = setting(MAX_ARCHIVE_BYTES, NOT_KEYED)   # a run reads the same data or stops
+    max_archive_bytes: int = setting(MAX_ARCHIVE_BYTES, NOT_KEYED, shares_pass=True)   # the same data or a stop
 
     def keyed(self) -> dict:
         """The settings whose values are in the key, by name."""
@@ -113,8 +116,8 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
     if not 32 <= cfg.image_size <= MAX_IMAGE_SIZE:
         raise PipelineError(f"--image-size: expected 32..{MAX_IMAGE_SIZE} (VGG19 halves it five times; larger needs "
                             f"more memory than a batch should), got {cfg.image_size}")
-    if cfg.seed < 0:
-        raise PipelineError(f"--weights-seed: expected a seed >= 0, got {cfg.seed}")
+    if cfg.weights_seed < 0:
+        raise PipelineError(f"--weights-seed: expected a seed >= 0, got {cfg.weights_seed}")
     if cfg.max_image_pixels < 1:
         raise PipelineError(f"--max-image-pixels: expected a positive number, got {cfg.max_image_pixels}")
     if cfg.max_archive_bytes < 1:

@@ -60,7 +60,7 @@ def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
     ds, fp = memo[which]
     precision = bb.resolve_precision(cfg.precision)
     layers = P.parse_layers(cfg.layer, cfg.pooling)
-    weights = wt.weights_identity(cfg.weights, cfg.seed, P.needs_top(layers), cfg.cache_dir)
+    weights = wt.weights_identity(cfg.weights, cfg.weights_seed, P.needs_top(layers), cfg.cache_dir)
     payload = key_payload(cfg, fp, precision, weights)
     key = cache_key(payload)
     return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, ds.name, P.slug(layers), key))
@@ -69,7 +69,7 @@ def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
 def settings(p: Plan) -> dict:
     cfg = p.cfg
     return {**cfg.keyed(), "precision": p.precision, "precision_requested": cfg.precision, "weights": cfg.weights,
-            "seed": cfg.seed, "dataset": p.dataset.name, "splits": list(cfg.splits), "limit": cfg.limit}
+            "weights_seed": cfg.weights_seed, "dataset": p.dataset.name, "splits": list(cfg.splits), "limit": cfg.limit}
 
 
 def provenance(p: Plan, ranges: dict, weights_sha256: str, **extra) -> dict:

@@ -82,6 +82,7 @@ class RunOptions:
     runs_dir: str = RUNS_DIR
     name: str | None = None
     train_images: int | None = None     # a stratified subset of the training images (a learning curve)
+    quiet: bool = False                 # no summary table on the terminal
 
     def validated(self) -> "RunOptions":
         for f in ("val_fraction", "seed", "patience") + (("train_images",) if self.train_images is not None else ()):

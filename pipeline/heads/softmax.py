@@ -90,18 +90,23 @@ class SoftmaxSweep:
         rng = np.random.Generator(np.random.SFC64(self.seed))
         key0 = np.uint64(rng.integers(0, 2 ** 63))
         validate = self.early_stopping and X_val is not None and len(X_val)
-        self.history_, self.best_epoch_ = [[] for _ in self.dropouts], [0] * len(self.dropouts)
-        best_loss, stale, t = np.full(len(self.dropouts), np.inf), 0, 0
+        H = len(self.dropouts)
+        self.history_, self.best_epoch_ = [[] for _ in range(H)], [0] * H
+        best_loss, stale, active, t = np.full(H, np.inf), np.zeros(H, np.int64), np.ones(H, bool), 0
         best = (self.W_.copy(), self.b_.copy()) if validate else None
         from .kernels import train_epoch
         with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning after a val pass slow the kernels
             for epoch in range(1, self.epochs + 1):
                 t = train_epoch(Xk, rng.permutation(rows), y, self.batch_size, key0, t, state)
-                improved = self._end_epoch(epoch, state.stats.sum(0) / len(rows), X_val, y_val, best_loss)
+                improved = self._end_epoch(epoch, state.stats.sum(0) / len(rows), X_val, y_val, best_loss, active)
                 if validate:
                     self._keep_best(best, improved)
-                    stale = 0 if improved else stale + 1
-                    if stale >= self.patience:
+                    for k in np.flatnonzero(active):      # each head its own patience, as it would alone
+                        stale[k] = 0 if k in improved else stale[k] + 1
+                        if stale[k] >= self.patience:
+                            active[k] = False
+                            self._freeze(state, k)
+                    if not active.any():
                         break
         if validate:
             self.W_[...], self.b_[...] = best
@@ -145,8 +150,14 @@ class SoftmaxSweep:
             g, r = self._rows(k)
             best[0][g, r], best[1][g, r] = self.W_[g, r], self.b_[g, r]
 
-    def _end_epoch(self, epoch, train, Xv, yv, best_loss):
-        """Record per-head train metrics (train: G x H x (mean loss, accuracy) over the epoch's
+    def _freeze(self, state, k):
+        """Head k stopped early: its learning rate 0 from now on (its weights stay; the shared dropout
+        draws, and so every other head's path, do not change)."""
+        g, r = self._rows(k)
+        state.lr.reshape(self.W_.shape[:2])[g, r] = 0.0
+
+    def _end_epoch(self, epoch, train, Xv, yv, best_loss, active):
+        """Record the active heads' train metrics (train: G x H x (mean loss, accuracy) over the epoch's
         batches, with dropout, as Keras reports them) and val metrics; return the heads that improved."""
         va = None
         if Xv is not None and len(Xv):
@@ -154,7 +165,7 @@ class SoftmaxSweep:
             va = [(log_loss(yv, pk, labels=labels), float((pk.argmax(1) == yv).mean()))
                   for pk in self.predict_proba(Xv)]
         improved = []
-        for k in range(len(self.dropouts)):
+        for k in np.flatnonzero(active):
             g, h = self._place(k)
             row = {"epoch": epoch, "train_loss": float(train[g, h, 0]), "train_accuracy": float(train[g, h, 1])}
             if va:

@@ -93,5 +93,6 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     run_dir = write_run(folder, metrics, head.history_, data.class_names, head.head_file(), auto_name=name is None,
                         replace=replace)
     print(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()), file=sys.stderr)
-    print(summary_table(metrics), file=sys.stderr)
+    if not opts.quiet:
+        print(summary_table(metrics), file=sys.stderr)
     return run_dir

@@ -13,23 +13,36 @@ def base(cifar_dir, tmp_path):
                          cache_dir=str(tmp_path / "c"))
 
 
-CHANGES = {"layer": "fc1", "image_size": 40, "interpolation": "area", "store_dtype": "float16",  # keyed
-           "weights_seed": None, "seed": 1, "precision": "bfloat16",                               # resolved
-           "limit": 3, "splits": ("test",),                                                        # fingerprint
-           "batch_size": 7, "cache_dir": None}                                                     # not keyed
+# every field: (settings the change needs in both configs, the change); a field in neither dict fails
+CHANGES = {"layer": ({}, "fc1"), "image_size": ({}, 40), "interpolation": ({}, "area"),             # keyed
+           "store_dtype": ({}, "float16"), "views": ({}, "flip"),
+           "shift_range": ({"views": "shift2"}, 0.25), "views_seed": ({"views": "shift2"}, 3),
+           "weights_seed": ({}, 1), "precision": ({}, "bfloat16"),                                   # resolved
+           "pooling": ({"layer": "block5_pool"}, "avg"), "weights": ({}, "WEIGHTS_FILE"),
+           "limit": ({}, 3), "splits": ({}, ("test",)), "data_dir": ({}, "OTHER_DATA"),             # fingerprint
+           "batch_size": ({}, 7), "cache_dir": ({}, "OTHER_DIR"), "max_archive_bytes": ({}, 10)}    # not keyed
+EXEMPT = {  # fields whose change alone cannot move the key on these data, and where that is tested instead
+    "dataset": "read only without --data-dir (Keras' download: no network in tests)",
+    "on_bad_image": "changes the key through the images it leaves out: test_extract's skip test",
+    "max_image_pixels": "changes the key through the images it refuses: test_extract's skip test",
+}
 
 
 def test_the_key_follows_the_declared_roles(base, tmp_path):
-    """Changing a keyed, resolved or fingerprint setting changes the key; a not-keyed one does not."""
-    key = plan(base).key
+    """Changing a keyed, resolved or fingerprint setting changes the key; a not-keyed one does not.
+    Every field is either changed here or exempt with a reason: a new field fails until it is listed."""
+    from conftest import write_cifar10
+    (tmp_path / "w.h5").write_bytes(b"weights")
+    values = {"WEIGHTS_FILE": str(tmp_path / "w.h5"), "OTHER_DIR": str(tmp_path / "other"),
+              "OTHER_DATA": write_cifar10(str(tmp_path / "d2"), seed=1).rsplit("/", 1)[0]}
     for f in dataclasses.fields(FeatureConfig):
-        value = CHANGES.get(f.name)
-        if value is None:
-            value = str(tmp_path / "other") if f.name == "cache_dir" else None
-        if value is None:
+        assert (f.name in CHANGES) != (f.name in EXEMPT), f"{f.name}: list it in CHANGES or EXEMPT"
+        if f.name in EXEMPT:
             continue
-        other = plan(dataclasses.replace(base, **{f.name: value})).key
-        assert (other == key) == (f.metadata["key"] == C.NOT_KEYED), f.name
+        needs, value = CHANGES[f.name]
+        one = dataclasses.replace(base, **needs)
+        other = dataclasses.replace(one, **{f.name: values.get(value, value) if isinstance(value, str) else value})
+        assert (plan(other).key == plan(one).key) == (f.metadata["key"] == C.NOT_KEYED), f.name
 
 
 def test_payload_is_exactly_the_keyed_settings_plus_what_resolved(base):
@@ -40,3 +53,24 @@ def test_payload_is_exactly_the_keyed_settings_plus_what_resolved(base):
     prov = provenance(p, {"train": (0, 30)}, "f" * 64, merged_from_shards=2)
     assert prov["key"] == p.key and prov["settings"]["precision_requested"] == "float32"
     assert prov["merged_from_shards"] == 2 and prov["split_sizes"] == {"train": 30, "test": 6}
+
+
+def test_every_setting_that_changes_the_forward_pass_splits_passes(base):
+    """pass_of is derived from the declarations: configurations differing in a keyed setting share a
+    forward pass only if it declares shares_pass (layers, pooling, store dtype); a new keyed setting
+    splits passes unless it says otherwise."""
+    from pipeline.features.build import pass_of
+    one = dataclasses.replace(base, layer="block5_pool")
+    for f in dataclasses.fields(FeatureConfig):
+        if f.name not in CHANGES or f.name in ("data_dir", "weights"):
+            continue
+        needs, value = CHANGES[f.name]
+        if value in ("OTHER_DIR",):
+            value = "/tmp/other-cache-dir"
+        a = dataclasses.replace(one, **needs)
+        b = dataclasses.replace(a, **{f.name: value})
+        shared = pass_of(plan(a)) == pass_of(plan(b))
+        changes_numbers = f.metadata["key"] != C.NOT_KEYED
+        assert shared == (f.metadata["shares_pass"] or not changes_numbers), f.name
+    assert {f.name for f in dataclasses.fields(FeatureConfig) if f.metadata["shares_pass"] and f.metadata["key"] != C.NOT_KEYED} \
+        == {"layer", "pooling", "store_dtype"}

@@ -200,3 +200,17 @@ def test_l2_auto_chooses_on_validation_and_refits_on_train_and_validation(easy):
     alone = SoftmaxHead(l2=head.l2_, epochs=5).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
     np.testing.assert_allclose(head.coef_, alone.coef_, rtol=1e-5, atol=1e-6)      # the refit is that head, alone
     assert float((head.val_proba_.argmax(1) == yv).mean()) == best["val_accuracy"]
+
+
+def test_early_stopping_in_a_sweep_stops_each_head_where_it_would_stop_alone(easy):
+    """Each head its own patience: a fast head stops (and keeps its best epoch) at the epoch it would
+    alone, while a slow one trains on; before, one counter made the fast head train past its stop."""
+    X, y, Xv, yv = easy
+    kw = {"epochs": 30, "batch_size": 50, "early_stopping": True, "patience": 2, "seed": 3}
+    sweep = SoftmaxSweep(dropouts=(0.5, 0.5), lrs=(0.3, 1e-4), **kw).fit(X, y, Xv, yv, n_classes=5)
+    lens = [len(h) for h in sweep.history_]
+    assert lens[0] < lens[1]                                   # the fast head stopped first
+    for k, lr in enumerate((0.3, 1e-4)):
+        alone = SoftmaxHead(lr=lr, **kw).fit(X, y, Xv, yv)
+        assert len(alone.history_) == lens[k] and alone.best_epoch_ == sweep.best_epoch_[k]
+        np.testing.assert_allclose(sweep.head(k).coef_, alone.coef_, rtol=1e-5, atol=1e-6)

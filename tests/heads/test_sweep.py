@@ -13,7 +13,7 @@ def sweep(capsys, *args):
 
 def test_grid_table_is_ranked_and_best_is_a_run(syn, tmp_path, capsys):
     code, out, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "s", "--epochs", "3",
-                           "--batch-size", "50", "--param", "dropout=0.2,0.8", "--param", "lr=0.0001,0.03")
+                           "--head-batch-size", "50", "--param", "dropout=0.2,0.8", "--param", "lr=0.0001,0.03")
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "s" / "results.csv")))
     assert len(rows) == 4

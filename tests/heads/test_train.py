@@ -13,7 +13,7 @@ def train(capsys, *args):
 
 def test_softmax_run_folder(syn, tmp_path, capsys):
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r1", "--epochs", "4",
-                           "--lr", "0.01", "--batch-size", "50")
+                           "--lr", "0.01", "--head-batch-size", "50")
     assert code == 0 and out[-1] == str(tmp_path / "r1")
     files = set(os.listdir(out[-1]))
     assert files == {"metrics.json", "head.keras", "history.csv", "learning_curves.png", "confusion_matrix.png"}
