@@ -24,6 +24,7 @@ import numpy as np
 from .errors import PipelineError
 from .features import FeatureConfig
 from .features import backbone as bb
+from .features.precision import resolve_precision
 from .keras_env import keras_backend_name
 
 # --- defaults: finish in under 10 minutes on a 2-core CPU; --full runs larger --------------------
@@ -100,7 +101,7 @@ def stage_one(n: int, size: int, repeats: int, tmp: str) -> dict:
     data = fake_cifar(os.path.join(tmp, "cifar"), n)
     images = open_dataset("cifar10", data, ("train",), None).splits["train"].images
     x = preprocess(images[:BATCH], size, "cubic")
-    out = {"auto_precision": bb.resolve_precision("auto")}
+    out = {"auto_precision": resolve_precision("auto", memo_dir=os.path.join(tmp, "probe"))}   # measured afresh
     for prec in ("float32", "bfloat16"):
         model = bb.build_backbone("fc2", size, "random", 0, prec)
         out.setdefault("flops_per_image", model_flops(model))
@@ -178,7 +179,9 @@ def table(r: dict) -> str:
         ("notebook approach (cv2 loop + predict), float32", f"{s1['notebook_float32']:.2f} img/s", ""),
         ("end to end / bare, float32", f"{s1['end_to_end_float32'] / s1['bare_float32']:.2f}", ">= 0.9"),
         ("bare / roofline, float32", f"{s1['bare_float32'] / roof32:.2f}", ">= 0.85"),
-        ("bfloat16 / float32, end to end", f"{s1['end_to_end_bfloat16'] / s1['end_to_end_float32']:.2f}", ">= 1.8"),
+        ("bfloat16 / float32, end to end", f"{s1['end_to_end_bfloat16'] / s1['end_to_end_float32']:.2f}", ""),
+        (f"auto (= {auto}) / the faster of float32 and bfloat16, end to end",
+         f"{s1[f'end_to_end_{auto}'] / max(s1['end_to_end_float32'], s1['end_to_end_bfloat16']):.2f}", ">= 0.97"),
         (f"end to end (auto = {auto}) / notebook approach", f"{s1[f'end_to_end_{auto}'] / s1['notebook_float32']:.2f}", ">= 1.8"),
         (f"train-head softmax, 20 epochs, {s2['rows']:,} x {s2['dim']:,}: wall (start-up / load / train)",
          _split(s2["softmax"]), "< 12 s"),

@@ -71,14 +71,22 @@ def simulated_cpu(request, tmp_path_factory):
     if choice == "host":
         yield
         return
-    from pipeline.features import backbone
+    from pipeline.features import precision
     fake = tmp_path_factory.mktemp("cpu") / "cpuinfo"
     fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f" + (" avx512_bf16\n" if choice == "yes" else "\n"))
-    real, backbone.CPUINFO = backbone.CPUINFO, str(fake)
+    real, precision.CPUINFO = precision.CPUINFO, str(fake)
     try:
         yield
     finally:
-        backbone.CPUINFO = real
+        precision.CPUINFO = real
+
+
+@pytest.fixture(autouse=True)
+def measured_precision(monkeypatch):
+    """auto's probe answers without timing anything (as on a CPU where bfloat16 is the faster), so no
+    test depends on the speed of the machine it runs on; test_precision.py measures for real."""
+    from pipeline.features import precision
+    monkeypatch.setattr(precision, "measure", lambda: {"float32": 1.0, "bfloat16": 2.0})
 
 
 @pytest.fixture

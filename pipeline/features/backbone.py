@@ -11,35 +11,8 @@ import numpy as np
 
 from ..errors import PipelineError, reason
 from . import pooling as P
+from .precision import cpu_flags, has_cuda_gpu, resolve_precision  # noqa: F401 - re-exported
 from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
-
-
-def has_cuda_gpu() -> bool:
-    return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus")) \
-        and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
-
-
-CPUINFO = "/proc/cpuinfo"    # where --precision auto reads this CPU's flags
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set:
-    try:
-        with open(cpuinfo or CPUINFO) as f:
-            line = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return set()
-    return set(line.partition(":")[2].split())
-
-
-def resolve_precision(precision: str, cuda: bool | None = None, flags: set | None = None) -> str:
-    """auto = the fastest the hardware runs natively: float16 on CUDA, bfloat16 on CPUs with native
-    bf16 (AVX512-BF16 or AMX), else float32. `cuda` and `flags` default to this machine's."""
-    if precision != "auto":
-        return precision
-    if has_cuda_gpu() if cuda is None else cuda:
-        return "float16"
-    flags = cpu_flags() if flags is None else flags
-    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
 
 
 def _vgg19(keras, top: bool, image_size: int, weights=None):

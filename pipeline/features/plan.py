@@ -18,6 +18,7 @@ from .cache import FORMAT_VERSION, cache_key, cache_stem
 from .config import FINGERPRINT, FeatureConfig, validate
 from .dataset import Dataset
 from .fingerprint import fingerprint
+from .precision import resolve_precision
 from .preprocess import PREPROCESSING
 from .sources import open_dataset
 
@@ -58,7 +59,7 @@ def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
                           cfg.on_bad_image, cfg.max_image_pixels, cfg.max_archive_bytes)
         memo[which] = (ds, fingerprint(ds))
     ds, fp = memo[which]
-    precision = bb.resolve_precision(cfg.precision)
+    precision = resolve_precision(cfg.precision, memo_dir=cfg.cache_dir)
     layers = P.parse_layers(cfg.layer, cfg.pooling)
     weights = wt.weights_identity(cfg.weights, cfg.weights_seed, P.needs_top(layers), cfg.cache_dir)
     payload = key_payload(cfg, fp, precision, weights)

@@ -6,23 +6,6 @@ from pipeline.errors import PipelineError
 from pipeline.features.weights import model_weights_sha256
 
 
-@pytest.mark.parametrize("cuda,flags,want", [
-    (True, {"avx2", "avx512_bf16"}, "float16"),       # a CUDA GPU wins
-    (False, {"avx2", "fma", "avx512f"}, "float32"),    # no native bf16 (bf16 would be emulated, slower)
-    (False, {"avx512f", "avx512_bf16"}, "bfloat16"),   # AVX512-BF16
-    (False, {"amx_tile", "amx_bf16"}, "bfloat16"),     # AMX
-])
-def test_auto_precision_on_each_kind_of_machine(cuda, flags, want):
-    assert bb.resolve_precision("auto", cuda=cuda, flags=flags) == want
-    assert bb.resolve_precision("float32", cuda=cuda, flags=flags) == "float32"   # an explicit choice stays
-
-
-def test_cpu_flags_read_from_cpuinfo(tmp_path):
-    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nflags\t: other\n")
-    assert bb.cpu_flags(str(tmp_path / "cpuinfo")) == {"fpu", "avx2", "avx512_bf16"}
-    assert bb.cpu_flags(str(tmp_path / "missing")) == set()
-
-
 def test_backbone_precision_stays_local_to_the_backbone():
     """A bfloat16 backbone changes no process-wide state: Keras' dtype policy and the random seeds are
     as before, and a model built afterwards computes in float32."""

@@ -40,8 +40,9 @@ def test_auto_precision_is_resolved_recorded_and_keyed(cifar_dir, tmp_path, caps
     """--precision auto on a CPU without and with native bf16 (simulated): the resolved dtype is what
     the backbone computes in, what the file records, and what the key holds (an explicit request for
     the same dtype is a hit)."""
-    monkeypatch.setattr(bb, "cpu_flags", lambda *a: flags)
-    monkeypatch.setattr(bb, "has_cuda_gpu", lambda: False)
+    from pipeline.features import precision
+    monkeypatch.setattr(precision, "cpu_flags", lambda *a: flags)
+    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
     small = [a for a in SMALL if a not in ("--precision", "float32")]
     args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", "--limit", "2", *small)
     code, out, err = features(capsys, *args, "--precision", "auto")

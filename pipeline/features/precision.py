@@ -1,0 +1,121 @@
+"""Which dtype the backbone computes in (`--precision auto`).
+
+auto = float16 on a CUDA GPU. On a CPU: float32 unless its flags say native bf16 (AVX512-BF16 or
+AMX; without them bfloat16 is emulated, ~0.2x float32), and then whichever of float32 and bfloat16 a
+short probe measures faster here, because a flag does not tell: bfloat16 is ~2x float32 on an AMD
+EPYC with AVX512-BF16 and ~0.6x on an Intel Xeon with AVX512-BF16 but no AMX. The probe runs
+VGG19-shaped convolutions (two 3x3, 512-channel layers on a 28x28 map, block4's shape at 224 px) in
+each dtype for about a second, once per machine: its answer is remembered by CPU model, flags, core
+count, backend and versions in `<cache-dir>/precision-probe.json`, and said once on the terminal.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from ..durable import write_json
+from ..keras_env import keras_backend_name
+
+CPUINFO = "/proc/cpuinfo"      # where auto reads this CPU's flags and model
+MEMO = "precision-probe.json"
+PROBE_SECONDS = 0.5            # timed per dtype, after a warm-up
+NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}
+measure = None                 # a function () -> {dtype: rate} to use instead of the probe (tests); None: probe
+
+
+def has_cuda_gpu() -> bool:
+    return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus")) \
+        and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
+
+
+def _cpuinfo_field(name: str, cpuinfo: str | None) -> str:
+    try:
+        with open(cpuinfo or CPUINFO) as f:
+            return next((line for line in f if line.startswith(name)), "").partition(":")[2].strip()
+    except OSError:
+        return ""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set:
+    return set(_cpuinfo_field("flags", cpuinfo).split())
+
+
+def machine(flags: set) -> dict:
+    """What the probe's answer depends on: this CPU, its flags, the cores, the backend and versions."""
+    versions = {}
+    for pkg in ("keras", "tensorflow", "jax", "torch"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {"cpu": _cpuinfo_field("model name", None), "flags": hashlib.sha256(" ".join(sorted(flags)).encode())
+            .hexdigest()[:16], "cores": os.cpu_count(), "backend": keras_backend_name(), "versions": versions}
+
+
+def resolve_precision(precision: str, cuda: bool | None = None, flags: set | None = None,
+                      memo_dir: str | None = None) -> str:
+    """The dtype `precision` means here: itself, or for auto the fastest this machine runs (above).
+    `cuda` and `flags` default to this machine's; memo_dir keeps the probe's answer."""
+    if precision != "auto":
+        return precision
+    if has_cuda_gpu() if cuda is None else cuda:
+        return "float16"
+    flags = cpu_flags() if flags is None else flags
+    if not NATIVE_BF16 & flags:
+        return "float32"
+    rates = probe_rates(flags, memo_dir)
+    return "bfloat16" if rates["bfloat16"] > rates["float32"] else "float32"
+
+
+def probe_rates(flags: set, memo_dir: str | None) -> dict:
+    """{float32: rate, bfloat16: rate} on this machine: remembered, or measured now (and remembered)."""
+    ident = machine(flags)
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(memo_dir, MEMO) if memo_dir else None
+    memo = {}
+    if path:
+        try:
+            with open(path) as f:
+                memo = json.load(f)
+            rates = memo[key]["rates"]
+            if {"float32", "bfloat16"} <= set(rates) and all(isinstance(v, (int, float)) for v in rates.values()):
+                return rates
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            memo = memo if isinstance(memo, dict) else {}
+    rates = (measure or measure_rates)()
+    choice = "bfloat16" if rates["bfloat16"] > rates["float32"] else "float32"
+    print(f"precision auto: {choice} on this CPU (probe: float32 {rates['float32']:.1f}, bfloat16 "
+          f"{rates['bfloat16']:.1f} images/s of VGG19 block4; measured once, remembered in "
+          f"{path or 'no file'})", file=sys.stderr)
+    if path:
+        os.makedirs(memo_dir, exist_ok=True)
+        write_json(path, {**memo, key: {"machine": ident, "rates": rates, "choice": choice,
+                                        "measured": datetime.datetime.now(datetime.timezone.utc).isoformat()}})
+    return rates
+
+
+def measure_rates(seconds: float = PROBE_SECONDS) -> dict:
+    """Images/s of two VGG19 block4-shaped 3x3 convolutions (28 x 28 x 512, batch 8) in float32 and in
+    bfloat16, each dtype local to its own layers (no global policy)."""
+    import keras
+    x = np.random.default_rng(0).random((8, 28, 28, 512), dtype=np.float32)
+    rates = {}
+    for dtype in ("float32", "bfloat16"):
+        policy = "float32" if dtype == "float32" else "mixed_bfloat16"
+        model = keras.Sequential([keras.Input((28, 28, 512)),
+                                  keras.layers.Conv2D(512, 3, padding="same", activation="relu", dtype=policy),
+                                  keras.layers.Conv2D(512, 3, padding="same", activation="relu", dtype=policy)])
+        model.predict_on_batch(x)                        # build and trace outside the timing
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds or n < 2:
+            model.predict_on_batch(x)
+            n += 1
+        rates[dtype] = n * len(x) / (time.perf_counter() - t)
+    return rates

@@ -1,0 +1,47 @@
+"""--precision auto: the hardware's native dtypes, and between float32 and bfloat16 a measurement."""
+import json
+
+import pytest
+
+from pipeline.features import precision as pr
+
+
+@pytest.mark.parametrize("cuda,flags,want", [
+    (True, {"avx2", "avx512_bf16"}, "float16"),       # a CUDA GPU wins
+    (False, {"avx2", "fma", "avx512f"}, "float32"),    # no native bf16 (bf16 would be emulated, slower)
+    (False, {"avx512f", "avx512_bf16"}, "bfloat16"),   # AVX512-BF16
+    (False, {"amx_tile", "amx_bf16"}, "bfloat16"),     # AMX
+])
+def test_auto_precision_on_each_kind_of_machine(cuda, flags, want):
+    assert pr.resolve_precision("auto", cuda=cuda, flags=flags) == want
+    assert pr.resolve_precision("float32", cuda=cuda, flags=flags) == "float32"   # an explicit choice stays
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nflags\t: other\n")
+    assert pr.cpu_flags(str(tmp_path / "cpuinfo")) == {"fpu", "avx2", "avx512_bf16"}
+    assert pr.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+@pytest.mark.parametrize("rates,want", [({"float32": 225.0, "bfloat16": 138.0}, "float32"),    # Xeon, no AMX
+                                        ({"float32": 100.0, "bfloat16": 190.0}, "bfloat16")])  # AMD EPYC
+def test_between_float32_and_bfloat16_the_measurement_decides_once_per_machine(tmp_path, monkeypatch, capsys,
+                                                                                rates, want):
+    calls = []
+    monkeypatch.setattr(pr, "measure", lambda: calls.append(1) or rates)
+    flags = {"avx512f", "avx512_bf16"}
+    assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == want
+    assert f"precision auto: {want}" in capsys.readouterr().err            # said once, with both rates
+    assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == want
+    assert len(calls) == 1 and capsys.readouterr().err == ""               # remembered: not measured again
+    memo = json.load(open(tmp_path / pr.MEMO))
+    assert [m["choice"] for m in memo.values()] == [want]
+    pr.resolve_precision("auto", cuda=False, flags=flags | {"amx_bf16"}, memo_dir=str(tmp_path))
+    assert len(calls) == 2                                                  # another machine: measured
+    assert pr.resolve_precision("auto", cuda=False, flags={"avx2"}, memo_dir=str(tmp_path)) == "float32"
+    assert len(calls) == 2                                                  # no native bf16: nothing to measure
+
+
+def test_the_probe_measures_both_dtypes():
+    rates = pr.measure_rates(seconds=0.05)
+    assert set(rates) == {"float32", "bfloat16"} and all(r > 0 for r in rates.values())
