@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import platform
 import re
@@ -26,6 +27,8 @@ from .features import FeatureConfig
 from .features import backbone as bb
 from .features.precision import resolve_precision
 from .keras_env import keras_backend_name
+
+log = logging.getLogger(__name__)
 
 # --- defaults: finish in under 10 minutes on a 2-core CPU; --full runs larger --------------------
 IMAGES = 64            # images per stage-one measurement (two batches of 32)
@@ -225,7 +228,7 @@ def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_S
         raise PipelineError(f"--images: expected at least {BATCH} (one batch), got {n}")
     tmp = tempfile.mkdtemp(prefix="pipeline-bench-")
     try:
-        print(f"bench: stage one on {n} images at {image_size}px ...", file=sys.stderr)
+        log.info(f"bench: stage one on {n} images at {image_size}px ...")
         r = {"machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
              "backend": keras_backend_name(), "settings": {"images": n, "repeats": repeats, "full": full, "image_size": image_size,
                                                          "head_rows": head_rows, "head_dim": head_dim,
@@ -233,7 +236,7 @@ def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_S
              "matmul_gflops": {d: matmul_gflops(d, repeats) for d in ("float32", "bfloat16")},
              "memory_gbps": memory_gbps(repeats)}
         r["stage_one"] = {"images": n, "image_size": image_size, **stage_one(n, image_size, repeats, tmp)}
-        print("bench: stage two (train-head, logreg, 24-configuration sweep, a float16 conv-width cache) ...", file=sys.stderr)
+        log.info("bench: stage two (train-head, logreg, 24-configuration sweep, a float16 conv-width cache) ...")
         r["stage_two"] = stage_two(head_rows, head_dim, conv_dim, tmp, r["matmul_gflops"]["float32"], r["memory_gbps"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -245,8 +248,8 @@ def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_S
             f.write(text)
     if readme:
         update_readme("README.md", md)
-    print(md, file=sys.stderr)
-    print(os.path.join(out_dir, f"{stamp}.json"))
+    log.info(md)
+    return os.path.join(out_dir, f"{stamp}.json")
 
 
 def update_readme(path: str, md: str):

@@ -7,6 +7,7 @@ two: head parameters and `RunOptions`) and calls the stages; nothing imports it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -149,12 +150,13 @@ def cmd_study(args):
 
 
 def cmd_predict(args):
-    predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size)
+    for line in predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size):
+        print(line)
 
 
 def cmd_bench(args):
-    bench.run(images=args.images, full=args.full, image_size=args.image_size, head_rows=args.head_rows,
-              head_dim=args.head_dim, conv_dim=args.conv_dim, out_dir=args.out_dir, readme=args.update_readme)
+    print(bench.run(images=args.images, full=args.full, image_size=args.image_size, head_rows=args.head_rows,
+              head_dim=args.head_dim, conv_dim=args.conv_dim, out_dir=args.out_dir, readme=args.update_readme))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,11 +214,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminal(logging.StreamHandler):
+    """The library's log records on the terminal as the program always printed them: the message alone,
+    on whatever sys.stderr is at the time (so a caller that swaps it, as tests do, sees them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def configure_logging():
+    """The program's own entry point shows the library's INFO records (progress, hits, summaries); the
+    library alone only logs them. Done once per process."""
+    logger = logging.getLogger("pipeline")
+    if not any(isinstance(h, _Terminal) for h in logger.handlers):
+        logger.addHandler(_Terminal())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv=None, fast_exit=False) -> int:
     """Run one command; its exit status. With fast_exit (a process of its own, `python -m pipeline`),
     the head commands end the process here: nothing is left to clean up (files closed, run folder
     renamed into place), and skipping the interpreter's teardown of Numba's code saves ~0.5 s."""
     args = build_parser().parse_args(argv)
+    configure_logging()
     code = _run(args)
     if fast_exit and getattr(args, "exit_fast", False):
         sys.stdout.flush()

@@ -7,9 +7,9 @@ upscaled with OpenCV as the cache did (`pipeline.preprocess.upscale`), values 0.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import sys
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from .features.images import BadImage, decode_image
 from .features.preprocess import upscale
 from .heads.keras_file import head_model, read_head
 
+log = logging.getLogger(__name__)
 BATCH_SIZE = 32   # images per forward pass
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg19.preprocess_input (caffe mode)
@@ -129,8 +130,9 @@ def predict_images(model, run_info, paths, batch_size=32):
     return out
 
 
-def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE):
-    """Print `path<TAB>class<TAB>probability` for each image; save the model to `export` (.keras)."""
+def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE) -> list:
+    """`path<TAB>class<TAB>probability` for each image (the command's output lines); saves the model to
+    `export` (.keras)."""
     if batch_size < 1:
         raise PipelineError(f"--batch-size: expected a positive integer, got {batch_size}")
     if export is not None:
@@ -143,9 +145,9 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
         raise PipelineError(f"image {missing[0]}: no such file; pass existing image files")
     model = end_to_end(info)
     names = info["class_names"]
-    for path, k, proba in predict_images(model, info, images, batch_size):
-        print(f"{path}\t{names[k]}\t{proba[k]:.4f}")
+    lines = [f"{path}\t{names[k]}\t{proba[k]:.4f}" for path, k, proba in predict_images(model, info, images, batch_size)]
     if export:
         model.save(export)
-        print(f"exported {export}: input {model.input.shape[1]}x{model.input.shape[2]} RGB 0..255 upscaled "
-              f"with OpenCV {info['settings']['interpolation']}", file=sys.stderr)
+        log.info(f"exported {export}: input {model.input.shape[1]}x{model.input.shape[2]} RGB 0..255 upscaled "
+                 f"with OpenCV {info['settings']['interpolation']}")
+    return lines

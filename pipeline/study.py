@@ -14,8 +14,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
-import sys
 import time
 
 from .durable import write_json
@@ -29,6 +29,8 @@ from .heads.data import load_training_data
 from .heads.runs import KIND_FILE, evaluate, folder_kind
 from .heads.train import finish_run
 from .study_report import accuracy, describe, plot_learning_curve, plot_study, wilson, write_tables
+
+log = logging.getLogger(__name__)
 
 FEATURE_AXES = ("interpolation", "image_size", "layer", "pooling", "views", "shift_range", "views_seed",
                 "store_dtype", "precision", "limit")
@@ -171,12 +173,12 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
     _check_folders(folder, best_dir, name)
     os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
     write_json(os.path.join(folder, KIND_FILE), {"kind": "study"})
-    print(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)"
-          + (f" x {len(sizes)} training-set sizes" if train_sizes else ""), file=sys.stderr)
+    log.info(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)"
+             + (f" x {len(sizes)} training-set sizes" if train_sizes else ""))
     paths = extract_many(cfgs, quiet=quiet)                 # each distinct cache once; shared passes together
     rows = []
     for i, (cfg, path) in enumerate(zip(cfgs, paths), 1):
-        print(f"study: heads on cache {i}/{len(cfgs)} {os.path.basename(path)}", file=sys.stderr)
+        log.info(f"study: heads on cache {i}/{len(cfgs)} {os.path.basename(path)}")
         crow, data = _cache_row(path, cfg), None
         for size, (kind, params) in itertools.product(sizes, configs):
             o = dataclasses.replace(opts, train_images=size)
@@ -207,7 +209,7 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
         _, head = run_head(data, best["head"], params, opts)
         finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best",
                    replace=True, more={"study": name, "study_row": best["row"]})
-    print(f"study: best on validation: {describe(best)} -> {best_dir}", file=sys.stderr)
+    log.info(f"study: best on validation: {describe(best)} -> {best_dir}")
     return folder
 
 

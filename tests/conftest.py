@@ -81,6 +81,13 @@ def simulated_cpu(request, tmp_path_factory):
         precision.CPUINFO = real
 
 
+@pytest.fixture(scope="session", autouse=True)
+def terminal_logging():
+    """The library's records on stderr as the program shows them (cli.configure_logging), whatever the order."""
+    from pipeline.cli import configure_logging
+    configure_logging()
+
+
 @pytest.fixture(autouse=True)
 def measured_precision(monkeypatch):
     """auto's probe answers without timing anything (as on a CPU where bfloat16 is the faster), so no

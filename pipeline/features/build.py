@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
-import sys
 import time
 
 from ..durable import move_aside
@@ -25,11 +25,13 @@ from .plan import Plan, provenance, settings
 from .runner import BackgroundWriter, extract_range, preparer
 from .views import parse_views
 
+log = logging.getLogger(__name__)
+
 
 def report_hit(p: Plan) -> bool:
     """Say so and return True when the finished cache for `p` already exists (checked in full)."""
     if existing(p.path, p.key, full=True):
-        print(f"cache hit: {p.path} (same settings and data; no backbone work)", file=sys.stderr)
+        log.info(f"cache hit: {p.path} (same settings and data; no backbone work)")
         return True
     return False
 
@@ -47,7 +49,7 @@ def existing(path: str, key: str, full: bool) -> bool:
             load_cache(path)
     except DamagedCache as e:
         aside = move_aside(path)
-        print(f"{str(e).split(';')[0]}; moved it to {aside} and rebuilding it", file=sys.stderr)
+        log.info(f"{str(e).split(';')[0]}; moved it to {aside} and rebuilding it")
         return False
     return True
 
@@ -116,7 +118,7 @@ def build_files(plans: list, stems: list, ranges: dict, quiet: bool = False, mod
                 for journal, f in zip(journals, feats):
                     journal.write(s, a, b, f)
             if done > start:
-                print(f"{split}: resuming at row {done - start} of {stop - start}", file=sys.stderr)
+                log.info(f"{split}: resuming at row {done - start} of {stop - start}")
             c = p0.cfg
             prepare = preparer(c.image_size, c.interpolation, parse_views(c.views), c.shift_range, c.views_seed, split)
             t = extract_range(p0.dataset.splits[split], done, stop, model, BackgroundWriter(save),
@@ -155,10 +157,10 @@ def build_whole(plans: list, quiet: bool = False, models: ModelCache | None = No
     for p in plans:
         size = os.path.getsize(p.path) / 1e6
         if stats["hit"]:
-            print(f"cache hit: {p.path} (finished by another process)", file=sys.stderr)
+            log.info(f"cache hit: {p.path} (finished by another process)")
         else:
             n = stats["images"]
-            print(f"features: {n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s incl. start-up; "
-                  f"model {stats.get('model_s', 0):.1f} s, waiting for input {stats.get('wait_input_s', 0):.1f} s) "
-                  f"-> {p.path} ({size:.1f} MB)", file=sys.stderr)
+            log.info(f"features: {n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s incl. start-up; "
+                     f"model {stats.get('model_s', 0):.1f} s, waiting for input {stats.get('wait_input_s', 0):.1f} s) "
+                     f"-> {p.path} ({size:.1f} MB)")
     return [p.path for p in plans]

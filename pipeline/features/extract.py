@@ -2,13 +2,15 @@
 resumed, built here, or built in shards here or on Ray); `find_cache(cfg)` the one already built."""
 from __future__ import annotations
 
-import sys
+import logging
 
 from ..errors import PipelineError
 from .build import ModelCache, build_whole, existing, pass_of, report_hit
 from .config import FeatureConfig
 from .plan import plan
 from .shards import build_sharded
+
+log = logging.getLogger(__name__)
 
 
 def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_address: str | None = None,
@@ -26,7 +28,7 @@ def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_addr
     if report_hit(p):
         return p.path
     if p.precision != p.cfg.precision:
-        print(f"precision: {p.cfg.precision} -> {p.precision}", file=sys.stderr)
+        log.info(f"precision: {p.cfg.precision} -> {p.precision}")
     if shards > 1 or engine != "local":
         return build_sharded(p, shards, engine, ray_address, ray_actors, quiet)
     return build_whole([p], quiet, models)[0]
@@ -45,9 +47,9 @@ def extract_many(cfgs: list, quiet: bool = False) -> list:
     done = len(distinct) - len(todo)
     for i, group in enumerate(passes.values(), 1):
         c = group[0].cfg
-        print(f"caches: {done} of {len(distinct)} done; pass {i} of {len(passes)} builds {len(group)} "
-              f"({c.image_size} px, {c.interpolation}, views {c.views}; layers "
-              f"{' | '.join(p.cfg.layer for p in group)})", file=sys.stderr)
+        log.info(f"caches: {done} of {len(distinct)} done; pass {i} of {len(passes)} builds {len(group)} "
+                 f"({c.image_size} px, {c.interpolation}, views {c.views}; layers "
+                 f"{' | '.join(p.cfg.layer for p in group)})")
         build_whole(group, quiet)
         done += len(group)
     return [p.path for p in plans]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import logging
 import os
 import posixpath
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 import unicodedata
@@ -31,6 +31,8 @@ from ..durable import file_lock, publish
 from ..hashing import file_sha256
 from .config import MAX_ARCHIVE_BYTES
 from .images import IMAGE_EXTS, BadImage, decode_image
+
+log = logging.getLogger(__name__)
 
 UNPACKED = ".unpacked"   # written last inside an unpacked tree: the tree is whole
 MAX_MEMBER_BYTES = 256 << 20     # one archive member (a 50-megapixel BMP is 150 MB)
@@ -201,8 +203,8 @@ def load_image_folders(path: str, splits, sources_dir: str | None = None, max_pi
     class_names = sorted(set().union(*(set(v) for v in found.values())))
     for c in class_names:
         if len(found) > 1 and any(c not in by_class for by_class in found.values()):
-            print(f"warning: class {c!r} is only in {', '.join(s for s in found if c in found[s])}; check the folder "
-                  "names (the same class must have the same name in every split)", file=sys.stderr)
+            log.warning(f"class {c!r} is only in {', '.join(s for s in found if c in found[s])}; check the folder "
+                        "names (the same class must have the same name in every split)")
     ds = Dataset(f"imagefolder:{os.path.basename(os.path.abspath(path)).split('.')[0]}", class_names)
     for s, by_class in found.items():
         rel = [f"{s}/{by_class[c][0]}/{f}" for c in sorted(by_class) for f in by_class[c][1]]

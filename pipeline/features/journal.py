@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 
 import numpy as np
 
 from ..errors import PipelineError
 from ..durable import publish, write_error, write_json
+
+log = logging.getLogger(__name__)
 
 BATCH = re.compile(r"(\d+)-(\d+)\.([0-9a-f]{16})\.npy")
 
@@ -76,8 +78,7 @@ class Journal:
         for a, b, sha, path in self._batches(split):
             got = self._load(a, b, sha, path)
             if isinstance(got, str):
-                print(f"journal: batch {os.path.basename(path)} of {split} is damaged ({got}); redoing it",
-                      file=sys.stderr)
+                log.info(f"journal: batch {os.path.basename(path)} of {split} is damaged ({got}); redoing it")
                 os.remove(path)
             elif a == end:
                 end = b

@@ -14,14 +14,16 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
-import sys
 import time
 
 import numpy as np
 
 from ..durable import write_json
 from ..keras_env import keras_backend_name
+
+log = logging.getLogger(__name__)
 
 CPUINFO = "/proc/cpuinfo"      # where auto reads this CPU's flags and model
 MEMO = "precision-probe.json"
@@ -91,9 +93,9 @@ def probe_rates(flags: set, memo_dir: str | None) -> dict:
             memo = memo if isinstance(memo, dict) else {}
     rates = (measure or measure_rates)()
     choice = "bfloat16" if rates["bfloat16"] > rates["float32"] else "float32"
-    print(f"precision auto: {choice} on this CPU (probe: float32 {rates['float32']:.1f}, bfloat16 "
-          f"{rates['bfloat16']:.1f} images/s of VGG19 block4; measured once, remembered in "
-          f"{path or 'no file'})", file=sys.stderr)
+    log.info(f"precision auto: {choice} on this CPU (probe: float32 {rates['float32']:.1f}, bfloat16 "
+             f"{rates['bfloat16']:.1f} images/s of VGG19 block4; measured once, remembered in "
+             f"{path or 'no file'})")
     if path:
         os.makedirs(memo_dir, exist_ok=True)
         write_json(path, {**memo, key: {"machine": ident, "rates": rates, "choice": choice,

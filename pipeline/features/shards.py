@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 import os
 import re
-import sys
 import time
 
 import h5py
@@ -26,6 +26,8 @@ from .config import FeatureConfig
 from ..durable import move_aside
 from .build import ModelCache, build_file, existing
 from .plan import Plan, plan, provenance
+
+log = logging.getLogger(__name__)
 
 SHARD_RE = re.compile(r"\.shard-(\w+)-(\d+)-(\d+)\.h5$")
 
@@ -70,8 +72,7 @@ def build_sharded(p: Plan, shards: int, engine: str, ray_address: str | None = N
     t0, cfg = time.perf_counter(), p.cfg
     jobs = [(s, a, b) for s, sp in p.dataset.splits.items() for a, b in shard_ranges(len(sp), shards, cfg.batch_size)]
     todo = [j for j in jobs if not shard_done(p, j)]
-    print(f"shards: {len(jobs) - len(todo)} of {len(jobs)} already done; {len(todo)} to extract on {engine}",
-          file=sys.stderr)
+    log.info(f"shards: {len(jobs) - len(todo)} of {len(jobs)} already done; {len(todo)} to extract on {engine}")
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="shard", disable=quiet, desc="shards")
     images, t = 0, time.perf_counter()
 
@@ -92,8 +93,8 @@ def build_sharded(p: Plan, shards: int, engine: str, ray_address: str | None = N
         bar.close()
     merge(p, jobs)
     secs = time.perf_counter() - t0
-    print(f"features: {images} images in {secs:.1f} s ({images / max(secs, 1e-9):.1f} img/s incl. start-up and merge) "
-          f"from {len(jobs)} shards -> {p.path} ({os.path.getsize(p.path) / 1e6:.1f} MB)", file=sys.stderr)
+    log.info(f"features: {images} images in {secs:.1f} s ({images / max(secs, 1e-9):.1f} img/s incl. start-up and merge) "
+             f"from {len(jobs)} shards -> {p.path} ({os.path.getsize(p.path) / 1e6:.1f} MB)")
     return p.path
 
 

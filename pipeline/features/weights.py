@@ -7,14 +7,16 @@ ctime and inode), so another file under the same name is never a cache hit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
 
 import numpy as np
 
 from ..errors import PipelineError, reason
 from ..hashing import file_sha256
 from ..keras_env import keras_home
+
+log = logging.getLogger(__name__)
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
 KERAS_WEIGHTS_FILE = {True: "vgg19_weights_tf_dim_ordering_tf_kernels.h5",        # with fc1/fc2
@@ -78,5 +80,5 @@ def model_weights_sha256(model) -> str:
 
 
 def warn_random(seed: int):
-    print(f"WARNING: --weights random (seed {seed}): VGG19 is NOT pretrained; these features are for "
-          "offline smoke runs only, not for transfer learning", file=sys.stderr)
+    log.warning(f"WARNING: --weights random (seed {seed}): VGG19 is NOT pretrained; these features are for "
+                "offline smoke runs only, not for transfer learning")

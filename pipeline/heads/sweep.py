@@ -8,9 +8,9 @@ is evaluated on test and written as a normal run folder `<sweep>-best`.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
-import sys
 import time
 import tomllib
 
@@ -22,6 +22,8 @@ from ..durable import incomplete_dir, write_json
 from .runs import KIND_FILE, claim, new_run_dir, plain_text
 from .softmax import SoftmaxSweep
 from .train import finish_run, fit_head, make_head
+
+log = logging.getLogger(__name__)
 
 TOML_KEYS = {"head", "random", "params"}
 
@@ -166,7 +168,7 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
         raise
     folder = claim(tmp, folder, auto_name=opts.name is None)
     best_dir = folder + "-best"
-    print(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}", file=sys.stderr)
+    log.info(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}")
     best = rows[0]
     params = {p: best[p] for p in HEAD_PARAMS[head]}
     run = finish_run(data, head, params, trained[best["_i"]], opts, timings, name=os.path.basename(best_dir))

@@ -5,8 +5,8 @@ once, at the end, in full. Everything lands in a run folder (runs.py).
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 
 import numpy as np
@@ -17,6 +17,8 @@ from .data import TrainingData
 from .logreg import LogRegHead
 from .runs import evaluate, new_run_dir, summary_table, write_run
 from .softmax import SoftmaxHead
+
+log = logging.getLogger(__name__)
 
 
 def make_head(kind: str, params: dict, opts: RunOptions, n_classes: int):
@@ -92,7 +94,7 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     folder = os.path.join(opts.runs_dir, name) if replace else new_run_dir(opts.runs_dir, name)
     run_dir = write_run(folder, metrics, head.history_, data.class_names, head.head_file(), auto_name=name is None,
                         replace=replace)
-    print(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()), file=sys.stderr)
+    log.info(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()))
     if not opts.quiet:
-        print(summary_table(metrics), file=sys.stderr)
+        log.info(summary_table(metrics))
     return run_dir
