@@ -1,4 +1,6 @@
-"""File identity by content: a file's SHA-256, hashed once and remembered by what identifies the file
+"""One way to hash each kind of thing: an array's bytes, a JSON object, a short tag, a file.
+
+A file's identity is its content: its SHA-256, hashed once and remembered by what identifies the file
 on disk (path, size, mtime_ns, ctime_ns, inode) in `<memo_dir>/file-sha256.json`, so a file replaced
 under the same name (cp -p, rsync -t, mv: the inode or ctime changes) is hashed again, never mistaken
 for the old one.
@@ -12,6 +14,22 @@ import os
 from .durable import write_json
 
 MEMO = "file-sha256.json"
+
+
+def array_sha256(a) -> str:
+    """SHA-256 of an array's bytes in C order (no copy when it is contiguous)."""
+    import numpy as np
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
+
+
+def json_sha256(obj) -> str:
+    """SHA-256 of a JSON object written with sorted keys (values JSON cannot write as their str)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tag(obj, n: int = 12) -> str:
+    """A short name for a JSON object: the first n hex digits of json_sha256."""
+    return json_sha256(obj)[:n]
 
 
 def file_sha256(path: str, memo_dir: str | None = None) -> str:

@@ -11,7 +11,6 @@ built caches are hits and every finished (cache, head) row is kept in `<study>/r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -19,6 +18,7 @@ import os
 import time
 
 from .durable import write_json
+from .hashing import tag
 from .errors import PipelineError
 from .features import FeatureConfig
 from .features.cache import read_provenance
@@ -74,7 +74,7 @@ def feature_configs(base: FeatureConfig, axes: dict) -> list:
     """Every combination of the stage-one axes on top of `base`, each validated (one line if not)."""
     from sklearn.model_selection import ParameterGrid
     cfgs = [validate(dataclasses.replace(base, **point)) for point in ParameterGrid(axes)] if axes else [validate(base)]
-    return list({_tag(dataclasses.asdict(c)): c for c in cfgs}.values())    # spellings of one setting: once
+    return list({tag(dataclasses.asdict(c)): c for c in cfgs}.values())    # spellings of one setting: once
 
 
 def head_configs(head_grids: dict, base_params: dict) -> list:
@@ -83,11 +83,7 @@ def head_configs(head_grids: dict, base_params: dict) -> list:
     for kind, grid in head_grids.items():
         base = {p: base_params[p] for p in HEAD_PARAMS[kind]}
         out += [(kind, {**base, **point}) for point in ParameterGrid(grid)] if grid else [(kind, base)]
-    return list({_tag(c): c for c in out}.values())
-
-
-def _tag(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return list({tag(c): c for c in out}.values())
 
 
 def row_settings(kind: str, opts: RunOptions) -> dict:
@@ -102,7 +98,7 @@ def row_settings(kind: str, opts: RunOptions) -> dict:
 
 def row_tag(cache: str, kind: str, params: dict, opts: RunOptions) -> str:
     """A finished row's key: the cache (its file name holds its key), the head and everything that changes it."""
-    return _tag([cache, kind, params, row_settings(kind, opts)])
+    return tag([cache, kind, params, row_settings(kind, opts)])
 
 
 def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, object]:
@@ -167,7 +163,7 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
     cfgs = feature_configs(base, axes)
     configs = head_configs(heads, base_params)
     sizes = train_sizes or [opts.train_images]
-    name = opts.name or "study-" + _tag([[dataclasses.asdict(c) for c in cfgs], configs,
+    name = opts.name or "study-" + tag([[dataclasses.asdict(c) for c in cfgs], configs,
                                          sorted(row_settings("softmax", opts).items())] + ([sizes] if train_sizes else []))
     folder, best_dir = os.path.join(opts.runs_dir, name), os.path.join(opts.runs_dir, f"{name}-best")
     _check_folders(folder, best_dir, name)
@@ -182,15 +178,15 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
         crow, data = _cache_row(path, cfg), None
         for size, (kind, params) in itertools.product(sizes, configs):
             o = dataclasses.replace(opts, train_images=size)
-            tag = row_tag(crow["cache"], kind, params, o)
-            row = _finished_row(os.path.join(folder, "rows", f"{tag}.json"), tag)
+            row_id = row_tag(crow["cache"], kind, params, o)
+            row = _finished_row(os.path.join(folder, "rows", f"{row_id}.json"), row_id)
             if row is None:
                 data = data or load_training_data(path, opts.val_fraction, opts.seed)
                 part = data.with_train_images(size, opts.seed)
                 row, _ = run_head(part, kind, params, o)
                 row = {**crow, **row, "views_k": data.views, "train_images": size,
-                       "train_n": len(part.originals(part.rows_train)), "row": tag}
-                write_json(os.path.join(folder, "rows", f"{tag}.json"), row)
+                       "train_n": len(part.originals(part.rows_train)), "row": row_id}
+                write_json(os.path.join(folder, "rows", f"{row_id}.json"), row)
             rows.append(row)
     rows.sort(key=lambda r: -accuracy(r, "val"))          # selected as it is reported
     for r in rows:
@@ -213,11 +209,11 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
     return folder
 
 
-def _finished_row(path: str, tag: str) -> dict | None:
-    """The row saved at `path` if it is one (its tag matches), else None: it is trained again."""
+def _finished_row(path: str, row_id: str) -> dict | None:
+    """The row saved at `path` if it is one (its row_tag matches), else None: it is trained again."""
     try:
         with open(path) as f:
             row = json.load(f)
     except (OSError, ValueError):
         return None
-    return row if isinstance(row, dict) and row.get("row") == tag else None
+    return row if isinstance(row, dict) and row.get("row") == row_id else None

@@ -142,3 +142,15 @@ def test_a_grid_over_training_images_is_a_learning_curve(data, capsys):
     assert os.path.exists(root / "runs" / "curve" / "learning_curve.png")
     m = json.load(open(root / "runs" / "curve-best" / "metrics.json"))
     assert m["train"]["n"] == int(rows[0]["train_n"])                      # the best run trained as its row did
+
+
+def test_without_a_name_each_setting_that_changes_rows_gets_its_own_study(data, capsys):
+    d, root = data
+    folders = []
+    for extra in ([], ["--early-stopping"]):
+        code, out, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--image-size", "32",
+                                      "--precision", "float32", "--cache-dir", root / "c", "--runs-dir", root / "unnamed",
+                                      "--epochs", "2", "--val-fraction", "0.5", "--quiet", "--heads", "softmax", *extra)
+        assert code == 0, err
+        folders.append(out[-1])
+    assert folders[0] != folders[1] and all(os.path.basename(f).startswith("study-") for f in folders)

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import PipelineError
 from ..durable import file_lock, publish, write_error
 from ..finite import block_finite
+from ..hashing import array_sha256, json_sha256, tag
 from ..hdf5_layout import LayoutError, check_file, check_tree
 
 FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers changes
@@ -35,7 +36,7 @@ class DamagedCache(PipelineError):
 
 
 def cache_key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps({"format_version": FORMAT_VERSION, **payload}, sort_keys=True).encode()).hexdigest()
+    return json_sha256({"format_version": FORMAT_VERSION, **payload})
 
 
 MAX_SLUG = 96   # characters of the dataset and layers in a file name (NAME_MAX is 255 bytes with suffixes)
@@ -46,7 +47,7 @@ def cache_stem(cache_dir: str, dataset_name: str, layer: str, key: str) -> str:
     hash of itself, so any valid layer list makes a valid file name."""
     slug = f"{re.sub(r'[^A-Za-z0-9_-]+', '-', dataset_name).strip('-')}-vgg19-{layer}"
     if len(slug) > MAX_SLUG:
-        slug = f"{slug[:MAX_SLUG - 13]}-{hashlib.sha256(slug.encode()).hexdigest()[:12]}"
+        slug = f"{slug[:MAX_SLUG - 13]}-{tag(slug)}"
     return os.path.join(cache_dir, f"{slug}-{key[:16]}")
 
 
@@ -81,7 +82,7 @@ def _checksum(root: dict, splits: dict) -> str:
     plain = lambda v: v.item() if isinstance(v, np.generic) else (v.decode() if isinstance(v, bytes) else v)  # noqa: E731
     doc = {"root": {k: plain(v) for k, v in root.items() if k not in ("checksum", "complete")},
            "splits": {s: {k: plain(v) for k, v in a.items()} for s, a in splits.items()}}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return json_sha256(doc)
 
 
 def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
@@ -123,8 +124,7 @@ def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
         raise
 
 
-def sha256_of(a: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
+sha256_of = array_sha256
 
 
 FEATURE_DTYPES = (np.float16, np.float32)

@@ -8,7 +8,6 @@ one cut short or damaged is removed and redone, never assembled into a cache.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import shutil
 
 import numpy as np
 
+from ..hashing import array_sha256
 from ..errors import PipelineError
 from ..durable import publish, write_error, write_json
 
@@ -26,7 +26,7 @@ BATCH = re.compile(r"(\d+)-(\d+)\.([0-9a-f]{16})\.npy")
 
 
 def digest(a: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()[:16]
+    return array_sha256(a)[:16]
 
 
 class Journal:

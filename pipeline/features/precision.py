@@ -11,7 +11,6 @@ count, backend and versions in `<cache-dir>/precision-probe.json`, and said once
 from __future__ import annotations
 
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -21,6 +20,7 @@ import time
 import numpy as np
 
 from ..durable import write_json
+from ..hashing import tag
 from ..keras_env import keras_backend_name
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ def machine(flags: set) -> dict:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {"cpu": _cpuinfo_field("model name", None), "flags": hashlib.sha256(" ".join(sorted(flags)).encode())
-            .hexdigest()[:16], "cores": os.cpu_count(), "backend": keras_backend_name(), "versions": versions}
+    return {"cpu": _cpuinfo_field("model name", None), "flags": tag(sorted(flags), 16), "cores": os.cpu_count(), "backend": keras_backend_name(), "versions": versions}
 
 
 def resolve_precision(precision: str, cuda: bool | None = None, flags: set | None = None,
@@ -79,7 +78,7 @@ def resolve_precision(precision: str, cuda: bool | None = None, flags: set | Non
 def probe_rates(flags: set, memo_dir: str | None) -> dict:
     """{float32: rate, bfloat16: rate} on this machine: remembered, or measured now (and remembered)."""
     ident = machine(flags)
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    key = tag(ident, 16)
     path = os.path.join(memo_dir, MEMO) if memo_dir else None
     memo = {}
     if path:
