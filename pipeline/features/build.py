@@ -149,6 +149,9 @@ def build_whole(plans: list, quiet: bool = False, models: ModelCache | None = No
     """Extract every split of `plans` (one pass) in this process: the finished caches' paths."""
     t0 = time.perf_counter()
     p0 = plans[0]
+    for p in plans[1:]:                 # one pass reads one dataset: open it once for all its plans
+        if p.opened is None and p.fingerprint == p0.fingerprint:
+            p.opened = p0.dataset
     if any(set(p.dataset.splits) != set(p0.dataset.splits) for p in plans):
         raise PipelineError("caches built in one pass must have the same splits")
     stats = build_files(plans, [p.stem for p in plans], {s: (0, len(sp)) for s, sp in p0.dataset.splits.items()},

@@ -15,20 +15,23 @@ from . import backbone as bb
 from . import pooling as P
 from . import weights as wt
 from .cache import FORMAT_VERSION, cache_key, cache_stem
+from ..errors import PipelineError
 from .config import FINGERPRINT, FeatureConfig, validate
 from .dataset import Dataset
 from .fingerprint import fingerprint
 from .precision import resolve_precision
 from .preprocess import PREPROCESSING
-from .sources import open_dataset
+from .source_memo import recall, remember, source_identity
+from .sources import keras_cifar_folder, open_dataset
 
 BACKBONE = "keras.applications.VGG19"
+FINGERPRINT_FIELDS = [f.name for f in dataclasses.fields(FeatureConfig) if f.metadata["key"] == FINGERPRINT]
 
 
 @dataclasses.dataclass
 class Plan:
     cfg: FeatureConfig
-    dataset: Dataset
+    opened: Dataset | None    # the dataset, once opened (a plan from the source memo opens it when built)
     precision: str            # resolved compute dtype
     weights: dict             # the weights' identity (weights.weights_identity)
     fingerprint: str          # the dataset's (fingerprint.fingerprint)
@@ -39,6 +42,18 @@ class Plan:
     @property
     def path(self) -> str:
         return self.stem + ".h5"
+
+    @property
+    def dataset(self) -> Dataset:
+        """The dataset, opened (and every image checked) on first use; PipelineError if its files changed
+        since the plan's fingerprint was taken."""
+        if self.opened is None:
+            ds = _open(self.cfg)
+            if fingerprint(ds) != self.fingerprint:
+                raise PipelineError(f"{self.cfg.data_dir or self.cfg.dataset}: the data changed while this run "
+                                    "planned it; re-run the command")
+            self.opened = ds
+        return self.opened
 
 
 def key_payload(cfg: FeatureConfig, dataset_fingerprint: str, precision: str, weights: dict) -> dict:
@@ -55,16 +70,26 @@ def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
     which = tuple(getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata["key"] == FINGERPRINT)
     memo = {} if datasets is None else datasets
     if which not in memo:
-        ds = open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"),
-                          cfg.on_bad_image, cfg.max_image_pixels, cfg.max_archive_bytes)
-        memo[which] = (ds, fingerprint(ds))
-    ds, fp = memo[which]
+        identity = source_identity(cfg.data_dir or keras_cifar_folder(cfg.dataset), dict(zip(FINGERPRINT_FIELDS, which)))
+        known = recall(cfg.cache_dir, identity)
+        if known:                           # the same files as when it was fingerprinted: nothing to decode
+            memo[which] = (None, known["fingerprint"], known["name"])
+        else:
+            ds = _open(cfg)
+            memo[which] = (ds, fingerprint(ds), ds.name)
+            remember(cfg.cache_dir, identity, memo[which][1], ds.name, ds.class_names)
+    ds, fp, name = memo[which]
     precision = resolve_precision(cfg.precision, memo_dir=cfg.cache_dir)
     layers = P.parse_layers(cfg.layer, cfg.pooling)
     weights = wt.weights_identity(cfg.weights, cfg.weights_seed, P.needs_top(layers), cfg.cache_dir)
     payload = key_payload(cfg, fp, precision, weights)
     key = cache_key(payload)
-    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, ds.name, P.slug(layers), key))
+    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, name, P.slug(layers), key))
+
+
+def _open(cfg: FeatureConfig) -> Dataset:
+    return open_dataset(cfg.dataset, cfg.data_dir, cfg.splits, cfg.limit, os.path.join(cfg.cache_dir, "sources"),
+                        cfg.on_bad_image, cfg.max_image_pixels, cfg.max_archive_bytes)
 
 
 def settings(p: Plan) -> dict:

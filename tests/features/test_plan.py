@@ -74,3 +74,32 @@ def test_every_setting_that_changes_the_forward_pass_splits_passes(base):
         assert shared == (f.metadata["shares_pass"] or not changes_numbers), f.name
     assert {f.name for f in dataclasses.fields(FeatureConfig) if f.metadata["shares_pass"] and f.metadata["key"] != C.NOT_KEYED} \
         == {"layer", "pooling", "store_dtype"}
+
+
+def test_a_hit_decodes_nothing_and_a_changed_file_is_noticed(folder_dir, tmp_path, monkeypatch):
+    """The fingerprint is remembered by the files' identity: planning again decodes no image; a file
+    rewritten (even with its old mtime), added or removed is decoded again."""
+    import os
+
+    import cv2
+    import numpy as np
+    from pipeline.features import image_folders
+    cfg = FeatureConfig(data_dir=folder_dir, weights="random", image_size=32, precision="float32",
+                        cache_dir=str(tmp_path / "c"))
+    first = plan(cfg)
+    decoded = []
+    real = image_folders.decode_image
+    monkeypatch.setattr(image_folders, "decode_image", lambda *a: decoded.append(a[0]) or real(*a))
+    again = plan(cfg)
+    assert again.key == first.key and again.opened is None and decoded == []
+    assert again.dataset.class_names == first.dataset.class_names and decoded        # opened when needed
+    path = os.path.join(folder_dir, "train", "cat", "000.png")
+    st = os.stat(path)
+    cv2.imwrite(path, np.full((32, 32, 3), 7, np.uint8))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))                              # same mtime: ctime tells
+    decoded.clear()
+    changed = plan(cfg)
+    assert changed.key != first.key and decoded
+    assert plan(cfg).key == changed.key
+    os.remove(path)
+    assert plan(cfg).key not in (first.key, changed.key)
