@@ -59,6 +59,12 @@ def setting(default, key_role: str, shares_pass: bool = False):
 
 @dataclasses.dataclass
 class FeatureConfig:
+    """Stage one's settings, each declared once below (default, key role, whether it shares a forward
+    pass), with the defaults and their meaning in the block above: what to read (dataset, data_dir,
+    splits, limit, on_bad_image, max_image_pixels, max_archive_bytes), the backbone (weights,
+    weights_seed, layer, pooling, precision), the images (views, shift_range, views_seed, image_size,
+    interpolation) and the cache (store_dtype, batch_size, cache_dir). `validate` checks them and
+    returns the one spelling the key uses."""
     dataset: str = setting(DATASET, FINGERPRINT)
     data_dir: str | None = setting(DATA_DIR, FINGERPRINT)
     splits: tuple = setting(SPLITS, FINGERPRINT)
