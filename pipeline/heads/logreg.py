@@ -8,6 +8,7 @@ model refit on train + validation with the chosen C. The test split plays no par
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .validation import LOGREG, check_fit, check_inputs
 
+log = logging.getLogger(__name__)
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))   # half-decade steps, 1e-4 .. 1e2
 C_FINE = 10 ** 0.25                                         # then the quarter-decades around the best
 
@@ -94,6 +96,9 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
                         "val_loss": float(log_loss(y_val, p, labels=self.classes_)), "n_iter": int(lr.n_iter_.max()),
                         "seconds": round(time.perf_counter() - t, 2), "proba": p,
                         "coef": (lr.coef_.copy(), lr.intercept_.copy())}
+            r = curve[c]
+            log.info(f"logreg C={c:.3g}: validation {r['val_accuracy']:.2%} (loss {r['val_loss']:.4f}; "
+                     f"{r['n_iter']} iterations, {r['seconds']:.1f} s)")
 
         def best():
             return max(curve.values(), key=lambda r: (r["val_accuracy"], -r["val_loss"]))["C"]

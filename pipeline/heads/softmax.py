@@ -10,6 +10,7 @@ With standardize=True, features are standardised with the mean and scale of the 
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -20,6 +21,8 @@ from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
 from .validation import SOFTMAX, check_fit, check_inputs
+
+log = logging.getLogger(__name__)
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
 L2_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # l2="auto": the penalties tried, all at once
@@ -256,6 +259,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         curve = [{"l2": l2, "val_accuracy": float((p.argmax(1) == y_val).mean()),
                   "val_loss": float(log_loss(y_val, p, labels=labels)), "best_epoch": grid.best_epoch_[k]}
                  for k, (l2, p) in enumerate(zip(L2_GRID, proba))]
+        for r in curve:
+            log.info(f"softmax l2={r['l2']:g}: validation {r['val_accuracy']:.2%} (loss {r['val_loss']:.4f})")
         k = max(range(n), key=lambda i: (curve[i]["val_accuracy"], -curve[i]["val_loss"]))
         self.val_proba_ = proba[k]
         self.selection_ = {"protocol": "l2 chosen on validation, refit on train + validation", "grid": list(L2_GRID),
