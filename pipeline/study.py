@@ -172,7 +172,7 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
     log.info(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)"
              + (f" x {len(sizes)} training-set sizes" if train_sizes else ""))
     paths = extract_many(cfgs, quiet=quiet)                 # each distinct cache once; shared passes together
-    rows = []
+    rows, kept = [], {}         # kept: the best head trained in this run, so the best run need not train it again
     for i, (cfg, path) in enumerate(zip(cfgs, paths), 1):
         log.info(f"study: heads on cache {i}/{len(cfgs)} {os.path.basename(path)}")
         crow, data = _cache_row(path, cfg), None
@@ -183,10 +183,12 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
             if row is None:
                 data = data or load_training_data(path, opts.val_fraction, opts.seed)
                 part = data.with_train_images(size, opts.seed)
-                row, _ = run_head(part, kind, params, o)
+                row, head = run_head(part, kind, params, o)
                 row = {**crow, **row, "views_k": data.views, "train_images": size,
                        "train_n": len(part.originals(part.rows_train)), "row": row_id}
                 write_json(os.path.join(folder, "rows", f"{row_id}.json"), row)
+                if not kept or accuracy(row, "val") > accuracy(kept["row"], "val"):
+                    kept = {"row": row, "head": head, "data": part}
             rows.append(row)
     rows.sort(key=lambda r: -accuracy(r, "val"))          # selected as it is reported
     for r in rows:
@@ -199,10 +201,13 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
     best = rows[0]
     if _study_of(best_dir) != (name, best["row"]):   # the best head as a run folder, ready for predict
         opts = dataclasses.replace(opts, train_images=best.get("train_images"))
-        data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed,
-                                  opts.train_images)
         params = {k[5:]: v for k, v in best.items() if k.startswith("head_") and k != "head_s"}
-        _, head = run_head(data, best["head"], params, opts)
+        if kept and kept["row"]["row"] == best["row"]:
+            data, head = kept["data"], kept["head"]
+        else:                                        # trained in an earlier run of the study: train it again
+            data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed,
+                                      opts.train_images)
+            _, head = run_head(data, best["head"], params, opts)
         finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best",
                    replace=True, more={"study": name, "study_row": best["row"]})
     log.info(f"study: best on validation: {describe(best)} -> {best_dir}")
