@@ -92,8 +92,8 @@ def add_head_options(p: argparse.ArgumentParser):
     o("--max-iter", type=int, default=H.MAX_ITER, help="logreg: solver iterations (default %(default)s)")
     o("--val-fraction", type=float, default=H.VAL_FRACTION, help="stratified hold-out of train for model selection "
       "(default %(default)s)")
-    o("--train-images", type=int, default=None, help="train on a stratified subset of this many training images, "
-      "validation unchanged (default: all)")
+    o("--train-images", type=int, default=None, help="use a stratified subset of this many of the train split's images, "
+      "validation carved from them (a learning curve on one cache) (default: all)")
     o("--seed", type=int, default=H.SEED, help="seed of the split, initial weights and dropout (default %(default)s)")
     o("--name", default=None, help="run folder name (default: a timestamp)")
     o("--runs-dir", default=H.RUNS_DIR, help="where run folders go (default %(default)s)")

@@ -89,8 +89,8 @@ def head_configs(head_grids: dict, base_params: dict) -> list:
 def row_settings(kind: str, opts: RunOptions) -> dict:
     """The run options that change a head's row: the validation split and seed, and for softmax early stopping."""
     out = {"seed": opts.seed, "val_fraction": opts.val_fraction}
-    if opts.train_images is not None:
-        out["train_images"] = opts.train_images
+    if opts.train_images is not None:      # a subset of the train split, validation carved from it
+        out["train_images"] = {"n": opts.train_images, "of": "train split, before validation"}
     if kind == "softmax":
         out.update(early_stopping=opts.early_stopping, patience=opts.patience if opts.early_stopping else None)
     return out
@@ -182,10 +182,11 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
             row = _finished_row(os.path.join(folder, "rows", f"{row_id}.json"), row_id)
             if row is None:
                 data = data or load_training_data(path, opts.val_fraction, opts.seed)
-                part = data.with_train_images(size, opts.seed)
+                part = data.with_train_images(size, opts.seed, opts.val_fraction)
                 row, head = run_head(part, kind, params, o)
                 row = {**crow, **row, "views_k": data.views, "train_images": size,
-                       "train_n": len(part.originals(part.rows_train)), "row": row_id}
+                       "train_n": len(part.originals(part.rows_train)), "labelled_n": len(part.originals(
+                           part.rows_train)) + len(part.rows_val), "row": row_id}
                 write_json(os.path.join(folder, "rows", f"{row_id}.json"), row)
                 if not kept or accuracy(row, "val") > accuracy(kept["row"], "val"):
                     kept = {"row": row, "head": head, "data": part}

@@ -34,7 +34,7 @@ def describe(row: dict) -> str:
             f"{', TTA' if row.get('test_tta_accuracy') else ''})")
 
 
-COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "train_n", "val_accuracy", "val_tta_accuracy", "test_accuracy",
+COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "labelled_n", "train_n", "val_accuracy", "val_tta_accuracy", "test_accuracy",
            "test_tta_accuracy", "test_ci95", "C_chosen", "l2_chosen", "extract_img_per_s", "cache_mb", "head_s"]
 
 
@@ -118,15 +118,15 @@ def plot_learning_curve(path: str, rows: list):
         lines.setdefault(key, []).append(r)
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, ((cache, head, params), pts) in enumerate(lines.items()):
-        pts.sort(key=lambda r: r["train_n"])
-        x = [r["train_n"] for r in pts]
+        pts.sort(key=lambda r: r.get("labelled_n", r["train_n"]))
+        x = [r.get("labelled_n", r["train_n"]) for r in pts]
         y = [accuracy(r, "test") for r in pts]
         lo = [v - r["test_ci95"][0] for v, r in zip(y, pts)]
         hi = [r["test_ci95"][1] - v for v, r in zip(y, pts)]
         label = f"{head} {params if params != '{}' else ''} {cache}"[:90]
         ax.errorbar(x, y, yerr=[lo, hi], fmt="-o", ms=4, capsize=2, color=plt.cm.tab20(i % 20), label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("training images (log)")
+    ax.set_xlabel("labelled images of the train split used, validation included (log)")
     ax.set_ylabel("test accuracy (mean over views where the cache has them), 95% interval")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="lower right")

@@ -135,10 +135,11 @@ def test_spellings_of_one_setting_are_one_configuration():
 
 def test_a_grid_over_training_images_is_a_learning_curve(data, capsys):
     d, root = data
-    code, _, err = small_study(capsys, root, d, "curve", grid=("--grid", "train_images=10,20,1000"))
+    code, _, err = small_study(capsys, root, d, "curve", grid=("--grid", "train_images=20,1000"))
     assert code == 0, err
     rows = list(csv.DictReader(open(root / "runs" / "curve" / "results.csv")))
-    assert sorted(int(r["train_n"]) for r in rows) == [10, 20, 30]          # 1000 is more than there are: all 30
+    assert sorted(int(r["labelled_n"]) for r in rows) == [20, 60]           # 1000 is more than there are: all 60
+    assert sorted(int(r["train_n"]) for r in rows) == [10, 30]              # validation (half) carved from them
     assert os.path.exists(root / "runs" / "curve" / "learning_curve.png")
     m = json.load(open(root / "runs" / "curve-best" / "metrics.json"))
     assert m["train"]["n"] == int(rows[0]["train_n"])                      # the best run trained as its row did

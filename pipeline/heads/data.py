@@ -52,11 +52,12 @@ class TrainingData:
         """Accuracy of `head` on the images of the original-view `rows` of X, averaging over their views."""
         return float((self.view_proba(head, self.X, rows).mean(1).argmax(1) == self.y[rows]).mean())
 
-    def with_train_images(self, n: int | None, seed: int) -> "TrainingData":
-        """The same data training on a stratified, seeded subset of n of its training images."""
-        images = self.originals(self.rows_train) // self.views
-        keep = subset(images, self.y[::self.views], n, seed)       # row i*K is image i
-        return dataclasses.replace(self, rows_train=self.views_of(keep * self.views))
+    def with_train_images(self, n: int | None, seed: int, val_fraction: float) -> "TrainingData":
+        """The same cache with only a stratified, seeded subset of n of its train split's images, the
+        validation split carved from them (see split_images)."""
+        images_train, images_val = split_images(self.y[::self.views], val_fraction, seed, n)   # row i*K: image i
+        return dataclasses.replace(self, rows_train=self.views_of(images_train * self.views),
+                                   rows_val=images_val * self.views)
 
     def tta(self, proba: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Per image of the original-view `rows`: the mean probabilities over its K views (proba: every row)."""
@@ -75,6 +76,16 @@ def validation_split(y: np.ndarray, fraction: float, seed: int):
         raise PipelineError(f"--val-fraction {fraction}: cannot hold out a stratified {fraction:.0%} of {len(y)} rows "
                             f"({str(e).splitlines()[0][:90]}); change it, or pass --val-fraction 0") from None
     return np.sort(train), np.sort(val)
+
+
+def split_images(y: np.ndarray, val_fraction: float, seed: int, n: int | None = None):
+    """(training images, validation images) of a train split with labels y: n of them (all by default)
+    taken stratified and seeded, then val_fraction of those held out. n is the labelled budget: a head
+    that refits on train + validation (the protocol) has seen exactly n images, as one that does not
+    has seen n minus the validation images."""
+    pool = subset(np.arange(len(y)), y, n, seed)
+    train, val = validation_split(y[pool], val_fraction, seed)
+    return pool[train], pool[val]
 
 
 def subset(images: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -97,18 +108,17 @@ def as_rows(X: np.ndarray) -> np.ndarray:
 
 
 def load_training_data(cache_path: str, val_fraction: float, seed: int, train_images: int | None = None) -> TrainingData:
-    """The cache's features as a head trains on them; train_images: a stratified, seeded subset of the
-    training images (after the validation split, which stays the same: a learning curve on one cache)."""
+    """The cache's features as a head trains on them; train_images: use only a stratified, seeded
+    subset of that many of the train split's images (a learning curve on one cache; split_images)."""
     cache = load_cache(cache_path, splits=["train", "test"])
     X, y, meta = cache["train"]
     X_test, y_test, _ = cache["test"]
     K = X.shape[1] if X.ndim == 3 else 1
-    images_train, images_val = validation_split(y, val_fraction, seed)
+    images_train, images_val = split_images(y, val_fraction, seed, train_images)
     if len(np.unique(y[images_train])) < 2:
         raise PipelineError(f"--val-fraction {val_fraction}: leaves {len(images_train)} training images of "
                             f"{len(np.unique(y[images_train]))} class(es) out of {len(y)}; lower it (a head needs two "
                             "classes to train on)")
-    images_train = subset(images_train, y, train_images, seed)
     rows_train = (images_train[:, None] * K + np.arange(K)).ravel()
     prov = {k: v for k, v in meta.items() if k not in ("ids", "split")}
     return TrainingData(as_rows(X), np.repeat(y, K), rows_train, images_val * K, as_rows(X_test), np.repeat(y_test, K),

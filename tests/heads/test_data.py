@@ -55,3 +55,17 @@ def test_train_head_reports_test_time_augmentation(syn_views, tmp_path, capsys):
     code, out, err = run_captured(capsys, "sweep", "--cache", syn_views, "--runs-dir", tmp_path, "--name", "s",
                                   "--epochs", "2", "--param", "dropout=0.2,0.5")
     assert code == 0 and "val_tta_accuracy" in open(tmp_path / "s" / "results.csv").readline()
+
+
+def test_a_training_budget_is_taken_before_the_validation_split():
+    """--train-images n: n images of the train split, stratified and seeded, validation carved from
+    them, so a head refit on train + validation has seen exactly n images."""
+    import numpy as np
+    from pipeline.heads.data import split_images
+    y = np.repeat(np.arange(5), 200)
+    train, val = split_images(y, 0.1, 0, n=500)
+    assert len(train) + len(val) == 500 and len(val) == 50 and not set(train) & set(val)
+    assert np.bincount(y[np.concatenate([train, val])]).tolist() == [100] * 5            # stratified
+    full_train, full_val = split_images(y, 0.1, 0)
+    from pipeline.heads.data import validation_split
+    assert [a.tolist() for a in (full_train, full_val)] == [a.tolist() for a in validation_split(y, 0.1, 0)]
