@@ -11,7 +11,6 @@ import numpy as np
 
 from ..errors import PipelineError, reason
 from . import pooling as P
-from .precision import cpu_flags, has_cuda_gpu, resolve_precision  # noqa: F401 - re-exported
 from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
 
 
