@@ -60,7 +60,7 @@ def writer_lock(stem: str):
 def ids_sha256(ids: np.ndarray) -> str:
     """SHA-256 of a split's ids as stored: integers, or UTF-8 strings each ended by a zero byte."""
     if ids.dtype.kind in "iu":
-        return sha256_of(ids.astype("<i8"))
+        return array_sha256(ids.astype("<i8"))
     h = hashlib.sha256()
     for i in ids:
         h.update(str(i).encode() + b"\0")
@@ -109,7 +109,7 @@ def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
                 else:
                     g.create_dataset("ids", data=ids.astype(np.int64))
                 split_attrs[name] = {"n": n, "first_row": first_row, "features_sha256": h.hexdigest(),
-                                     "labels_sha256": sha256_of(labels.astype("<i8")), "ids_sha256": ids_sha256(ids)}
+                                     "labels_sha256": array_sha256(labels.astype("<i8")), "ids_sha256": ids_sha256(ids)}
                 g.attrs.update(split_attrs[name])
             root = _stored(provenance)
             f.attrs.update(root)
@@ -122,9 +122,6 @@ def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
         if isinstance(e, OSError):
             raise write_error(e, path) from None
         raise
-
-
-sha256_of = array_sha256
 
 
 FEATURE_DTYPES = (np.float16, np.float32)
@@ -200,7 +197,7 @@ def _read_checked(path: str):
     except (TypeError, ValueError) as e:     # attributes json cannot write (an array, bytes that are not text)
         raise DamagedCache(f"{what}: refused, unreadable attributes ({type(e).__name__}); {REBUILD}") from None
     for s, (labels, ids, a) in groups.items():
-        if sha256_of(labels.astype("<i8")) != a.get("labels_sha256") or ids_sha256(ids) != a.get("ids_sha256"):
+        if array_sha256(labels.astype("<i8")) != a.get("labels_sha256") or ids_sha256(ids) != a.get("ids_sha256"):
             raise DamagedCache(f"{what}: the '{s}' labels or ids fail their SHA-256 check; {REBUILD}")
     try:
         _check_content(attrs, groups)

@@ -20,7 +20,8 @@ import time
 import h5py
 from tqdm import tqdm
 
-from .cache import DamagedCache, read_provenance, sha256_of, write_cache, writer_lock
+from ..hashing import array_sha256
+from .cache import DamagedCache, read_provenance, write_cache, writer_lock
 from ..errors import PipelineError
 from .config import FeatureConfig
 from ..durable import move_aside
@@ -163,7 +164,7 @@ def merge(p: Plan, jobs: list) -> str:
             for a, b, f in sorted(by_split[split]):
                 with h5py.File(f, "r") as h:
                     feats, want = h[split]["features"][()], h[split].attrs["features_sha256"]
-                if sha256_of(feats) != want:
+                if array_sha256(feats) != want:
                     raise PipelineError(f"shard {f}: '{split}' features fail their SHA-256 check; moved it to "
                                         f"{move_aside(f)}: re-run the same command to redo it")
                 yield a, b, feats

@@ -101,7 +101,8 @@ def forge(path, make_features, labels=(0, 1, 0, 1), class_names=("a", "b"), test
     """A cache whose checksums are all valid (as a crafted file's would be) around `make_features(group)`,
     which creates the train features and returns the bytes they will read as."""
     import hashlib
-    from pipeline.features.cache import _checksum, _stored, ids_sha256, sha256_of
+    from pipeline.features.cache import _checksum, _stored, ids_sha256
+    from pipeline.hashing import array_sha256 as sha256_of
     with h5py.File(path, "w") as f:
         sums = {}
         for split, make in (("train", make_features), ("test", test)):
