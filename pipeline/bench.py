@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import PipelineError
 from .features import FeatureConfig
-from .features import backbone as bb
+from .features.backbone import build_backbone
 from .features.precision import resolve_precision
 from .keras_env import keras_backend_name
 
@@ -106,7 +106,7 @@ def stage_one(n: int, size: int, repeats: int, tmp: str) -> dict:
     x = preprocess(images[:BATCH], size, "cubic")
     out = {"auto_precision": resolve_precision("auto", memo_dir=os.path.join(tmp, "probe"))}   # measured afresh
     for prec in ("float32", "bfloat16"):
-        model = bb.build_backbone("fc2", size, "random", 0, prec)
+        model = build_backbone([("fc2", None)], size, "random", 0, prec)
         out.setdefault("flops_per_image", model_flops(model))
         bare = median_time(lambda: model.predict_on_batch(x), repeats)
         out[f"bare_{prec}"] = BATCH / bare

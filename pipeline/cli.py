@@ -7,6 +7,7 @@ two: head parameters and `RunOptions`) and calls the stages; nothing imports it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -14,99 +15,64 @@ import time
 
 from . import bench, predict
 from .errors import PipelineError
+from .errors import SettingError
 from .features import FeatureConfig, extract, find_cache
-from .features import config as F
-from .heads import config as H
-from .heads.config import RunOptions, head_params
+from .heads.config import HEAD, PARAMS, RUNS_DIR, RunOptions, head_params
+from .heads.config import flag as head_flag
 from .heads.runs import process_age
 
 
-def add_feature_options(p: argparse.ArgumentParser):
-    """The options that select a cache: shared by features, train-head and sweep."""
-    o = p.add_argument
-    o("--dataset", default=F.DATASET, help="cifar10|cifar100 through keras.datasets (default %(default)s)")
-    o("--data-dir", default=F.DATA_DIR, help="offline input: CIFAR python batches or image folders, a folder or "
-      ".tar.gz (default: --dataset through Keras)")
-    o("--splits", default=",".join(F.SPLITS), help="comma list of train,test (default %(default)s)")
-    o("--limit", type=int, default=F.LIMIT, help="at most N images per split, stratified by class (default: all)")
-    o("--weights", default=F.WEIGHTS, help="imagenet|random|PATH (default %(default)s)")
-    o("--weights-seed", type=int, default=F.WEIGHTS_SEED, help="seed of --weights random (default %(default)s)")
-    o("--layer", default=F.LAYER, help="fc2|fc1|block3_pool..block5_pool, or a comma list of layer[:pooling], all from "
-      "one forward pass, e.g. block4_pool:avg2x2,block5_pool (default %(default)s)")
-    o("--pooling", default=F.POOLING, help="conv layers without :pooling: flatten|avg|max|avg2x2 (default %(default)s)")
-    o("--views", default=F.VIEWS, help="augmented views cached per image: none, or a comma list of flip and shiftN "
-      "(default %(default)s)")
-    o("--shift-range", type=float, default=F.SHIFT_RANGE, help="shiftN: up to this fraction of width and height "
-      "(default %(default)s)")
-    o("--views-seed", type=int, default=F.VIEWS_SEED, help="seed of the shifts (default %(default)s)")
-    o("--image-size", type=int, default=F.IMAGE_SIZE, help="upscale to this size (default %(default)s)")
-    o("--interpolation", default=F.INTERPOLATION, help=f"{'|'.join(F.INTERPOLATIONS)} (default %(default)s)")
-    o("--precision", default=F.PRECISION, help=f"{'|'.join(F.PRECISIONS)} (default %(default)s)")
-    o("--store-dtype", default=F.STORE_DTYPE, help=f"{'|'.join(F.STORE_DTYPES)} (default %(default)s)")
-    o("--cache-dir", default=F.CACHE_DIR, help="where caches live (default %(default)s)")
-    o("--on-bad-image", default=F.ON_BAD_IMAGE, help="fail|skip (default %(default)s)")
-    o("--max-image-pixels", type=int, default=F.MAX_IMAGE_PIXELS,
-      help="image files with more pixels are bad images, refused before decoding (default %(default)s)")
-    o("--max-archive-bytes", type=int, default=F.MAX_ARCHIVE_BYTES, help="an image-folder .tar.gz may expand to at "
-      "most this many bytes, checked before anything is unpacked (default %(default)s)")
+def _help(text: str) -> str:
+    return text if "(default" in text else text + " (default %(default)s)"
 
 
-def feature_config(args, batch_size: int = F.BATCH_SIZE) -> FeatureConfig:
-    return FeatureConfig(dataset=args.dataset, data_dir=args.data_dir, splits=args.splits, limit=args.limit,
-                         weights=args.weights, weights_seed=args.weights_seed, layer=args.layer, pooling=args.pooling,
-                         views=args.views, shift_range=args.shift_range, views_seed=args.views_seed,
-                         image_size=args.image_size,
-                         interpolation=args.interpolation, precision=args.precision, store_dtype=args.store_dtype,
-                         batch_size=batch_size, cache_dir=args.cache_dir, on_bad_image=args.on_bad_image,
-                         max_image_pixels=args.max_image_pixels, max_archive_bytes=args.max_archive_bytes)
+def add_feature_options(p: argparse.ArgumentParser, settings=FeatureConfig):
+    """The options that select a cache (features, train-head, sweep, study): one per stage-one setting,
+    made from its declaration (features/config.py). --batch-size is a run option (add_run_options)."""
+    for f in dataclasses.fields(settings):
+        if f.name != "batch_size":
+            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            p.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["parse"], default=default,
+                           help=_help(f.metadata["help"]))
+
+
+def feature_config(args, settings=FeatureConfig) -> FeatureConfig:
+    """The stage-one settings the options say."""
+    return settings(**{f.name: getattr(args, "forward_batch_size" if f.name == "batch_size" else f.name)
+                       for f in dataclasses.fields(settings)})
 
 
 def add_run_options(p: argparse.ArgumentParser):
     """Options every command that may build features takes, meaning the same everywhere, so that
     `make ARGS="..."` can hand one set of options to both stages."""
-    p.add_argument("--batch-size", type=int, default=F.BATCH_SIZE, dest="forward_batch_size",
+    p.add_argument("--batch-size", type=int, default=FeatureConfig.batch_size, dest="forward_batch_size",
                    help="images per forward pass of stage one (not in the key; unused by heads on a built cache) "
                         "(default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary tables (default off)")
 
 
 def add_head_options(p: argparse.ArgumentParser):
+    """One option per head parameter and run option, made from its declaration (heads/config.py)."""
     o = p.add_argument
     o("--cache", default=None, help="cache file (default: the one the feature options select)")
-    o("--head", default=H.HEAD, choices=("softmax", "logreg"), help="softmax: Dropout -> Dense softmax; logreg: "
+    o("--head", default=HEAD, choices=("softmax", "logreg"), help="softmax: Dropout -> Dense softmax; logreg: "
       "StandardScaler + LogisticRegression (default %(default)s)")
-    o("--dropout", type=float, default=H.DROPOUT, help="softmax: dropout rate (default %(default)s)")
-    o("--lr", type=float, default=H.LR, help="softmax: Adam learning rate (default %(default)s)")
-    o("--l2", default=H.L2, help="softmax: L2 penalty on the Dense kernel, Keras' kernel_regularizer=L2(l2), or "
-      "auto: chosen on validation, then refit on train + validation (default %(default)s: none)")
-    o("--head-batch-size", type=int, default=H.BATCH_SIZE, dest="batch_size", help="softmax: rows per step "
-      "(default %(default)s)")
-    o("--epochs", type=int, default=H.EPOCHS, help="softmax: passes over the training rows (default %(default)s)")
-    o("--standardize", action=argparse.BooleanOptionalAction, default=H.STANDARDIZE, help="softmax: standardise "
-      "features with the training rows' mean and scale, inside the saved head (default %(default)s)")
-    o("--early-stopping", action="store_true", help="softmax: stop on validation loss, keep the best epoch (default off)")
-    o("--patience", type=int, default=H.PATIENCE, help="epochs without a better val loss before stopping "
-      "(default %(default)s)")
-    o("--C", default=H.C, dest="C", help="logreg: inverse regularisation strength, or auto: chosen on the validation "
-      "split over a log grid, then refit on train + validation (the linear-probe protocol) (default %(default)s)")
-    o("--max-iter", type=int, default=H.MAX_ITER, help="logreg: solver iterations (default %(default)s)")
-    o("--val-fraction", type=float, default=H.VAL_FRACTION, help="stratified hold-out of train for model selection "
-      "(default %(default)s)")
-    o("--train-images", type=int, default=None, help="use a stratified subset of this many of the train split's images, "
-      "validation carved from them (a learning curve on one cache) (default: all)")
-    o("--seed", type=int, default=H.SEED, help="seed of the split, initial weights and dropout (default %(default)s)")
+    for name, param in PARAMS.items():
+        kw = {"action": argparse.BooleanOptionalAction} if param.kind is bool else \
+            {"type": str if param.auto else param.kind}
+        if name == "early_stopping":
+            kw = {"action": "store_true"}
+        o(head_flag(name), dest=name, default=param.default, help=_help(param.help), **kw)
     o("--name", default=None, help="run folder name (default: a timestamp)")
-    o("--runs-dir", default=H.RUNS_DIR, help="where run folders go (default %(default)s)")
+    o("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)")
 
 
 def run_options(args) -> RunOptions:
-    return RunOptions(val_fraction=args.val_fraction, seed=args.seed, early_stopping=args.early_stopping,
-                      patience=args.patience, runs_dir=args.runs_dir, name=args.name,
-                      train_images=args.train_images, quiet=args.quiet).validated()
+    return RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)}).validated()
 
 
 def cmd_features(args):
-    print(extract(feature_config(args, args.forward_batch_size), shards=args.shards, engine=args.engine,
+    print(extract(feature_config(args), shards=args.shards, engine=args.engine,
                   ray_address=args.ray_address, ray_actors=args.ray_actors, quiet=args.quiet))  # last stdout line
 
 
@@ -145,7 +111,7 @@ def cmd_study(args):
     opts = run_options(args)
     axes, heads, sizes = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
     base = {**head_params("softmax", vars(args)), **head_params("logreg", vars(args))}
-    print(run_study(feature_config(args, args.forward_batch_size), axes, heads, base, opts, quiet=args.quiet,
+    print(run_study(feature_config(args), axes, heads, base, opts, quiet=args.quiet,
                     train_sizes=sizes))
 
 
@@ -255,9 +221,19 @@ def main(argv=None, fast_exit=False) -> int:
     return code
 
 
+def option_of(e: SettingError) -> str:
+    """The command-line option of the setting a SettingError names."""
+    if e.owner != "FeatureConfig" and e.name in PARAMS:
+        return head_flag(e.name)
+    return "--" + e.name.replace("_", "-")
+
+
 def _run(args) -> int:
     try:
         args.func(args)
+    except SettingError as e:          # named as the library knows it; said as the option the user typed
+        print(f"error: {option_of(e)}: {e.detail}", file=sys.stderr)
+        return 1
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 
-from .errors import PipelineError
+from .errors import PipelineError, SettingError
 
 
 @contextmanager
@@ -121,21 +121,16 @@ def claim_dir(tmp: str, final: str, replace: bool = False):
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def folder_or_missing(path: str, what: str) -> str:
-    """`path` if it is a folder, or can be made one (its first existing ancestor is a folder); one line if not."""
+def folder_or_missing(path: str, name: str, owner: str | None = None) -> str:
+    """`path` if it is a folder, or can be made one (its first existing ancestor is a folder); a
+    SettingError naming the setting `name` (of `owner`) if not."""
     if not path or not str(path).strip():
-        raise PipelineError(f"{what}: empty; pass a folder (created if missing)")
+        raise SettingError(name, "empty; pass a folder (created if missing)", owner)
     p = os.path.abspath(path)
     while not os.path.exists(p):
         p = os.path.dirname(p)
     if not os.path.isdir(p):
         where = "" if p == os.path.abspath(path) else f"{p} "
-        raise PipelineError(f"{what} {path}: {where}is a file, not a folder; pass a folder (created if missing)")
+        raise SettingError(name, f"{path}: {where}is a file, not a folder; pass a folder (created if missing)", owner)
     return path
 
-
-def head_params(kind: str, values: dict) -> dict:
-    """The checked parameters of a `kind` head, from a dict holding at least them."""
-    if kind not in HEAD_PARAMS:
-        raise PipelineError(f"head: expected softmax or logreg, got {kind!r}")
-    return {p: check_param(p, values[p]) for p in HEAD_PARAMS[kind]}

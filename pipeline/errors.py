@@ -6,6 +6,15 @@ class PipelineError(Exception):
     """A problem the user can fix: printed as one line, exit status 1, no traceback."""
 
 
+class SettingError(PipelineError):
+    """A setting or parameter with a value that cannot be used: names it as the library knows it
+    (`FeatureConfig.layer: ...`); the CLI names the flag instead (`--layer: ...`)."""
+
+    def __init__(self, name: str, detail: str, owner: str | None = None):
+        self.name, self.detail, self.owner = name, detail, owner
+        super().__init__(f"{owner + '.' if owner else ''}{name}: {detail}")
+
+
 def reason(e: BaseException, limit: int = 100) -> str:
     """The informative tail of an exception's message, on one line (e.g. '[Errno -2] Name or service not known')."""
     text = " ".join(str(e).split()) or type(e).__name__

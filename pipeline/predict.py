@@ -14,9 +14,9 @@ import re
 import numpy as np
 
 from .errors import PipelineError
-from .features import backbone as bb
+from .features.backbone import build_backbone
 from .features.config import FeatureConfig, validate
-from .features import pooling as P
+from .features import pooling
 from .features.images import BadImage, decode_image
 from .features.preprocess import upscale
 from .heads.keras_file import head_model, read_head
@@ -69,7 +69,7 @@ def read_run(run: str) -> dict:
     if c != len(names):
         raise PipelineError(f"--run {run}: head.keras has {c} classes but metrics.json names "
                             f"{len(names)}; re-run train-head")
-    want = P.feature_dim(P.parse_layers(settings["layer"], P.POOLINGS[0]), settings["image_size"])
+    want = pooling.feature_dim(settings["layers"], settings["image_size"])
     if d != want:
         raise refuse(f"head.keras takes {d} features but layer {settings['layer']} at {settings['image_size']} px "
                      f"gives {want}")
@@ -87,29 +87,29 @@ def _checked_settings(settings: dict, refuse) -> dict:
     if settings["precision"] not in ("float32", "bfloat16", "float16"):
         raise refuse(f"setting precision is {settings['precision'][:20]!r}, expected float32, bfloat16 or float16")
     try:
-        cfg = validate(FeatureConfig(layer=settings["layer"], pooling=settings.get("pooling", P.POOLINGS[0]),
+        cfg = validate(FeatureConfig(layer=settings["layer"], pooling=settings.get("pooling", FeatureConfig.pooling),
                                      image_size=settings["image_size"], interpolation=settings["interpolation"],
                                      weights=settings["weights"], weights_seed=settings["weights_seed"],
                                      precision=settings["precision"]))
     except PipelineError as e:
         raise refuse(f"its settings: {str(e)[:160]}") from None
-    return {**settings, "layer": cfg.layer, "pooling": P.POOLINGS[0]}
+    return {**settings, "layer": cfg.layer, "pooling": cfg.pooling, "layers": cfg.layers}
 
 
 def end_to_end(run_info: dict):
     import keras
     s, kind = run_info["settings"], run_info["kind"]
     ident = run_info["metrics"]["provenance"].get("weights") or {}
-    layers = P.parse_layers(s["layer"], s.get("pooling", P.POOLINGS[0]))
-    base = bb.build_backbone(layers, s["image_size"], s["weights"], s["weights_seed"], s["precision"],
+    layers = s["layers"]
+    base = build_backbone(layers, s["image_size"], s["weights"], s["weights_seed"], s["precision"],
                              sha256=ident.get("sha256"))
     # VGG19's preprocessing as a fixed 1x1 convolution in float32: RGB->BGR and minus the caffe mean,
     # exactly preprocess_input's arithmetic (one nonzero term per output).
     prep = keras.layers.Conv2D(3, 1, name="vgg19_preprocess", dtype="float32", trainable=False)
     inp = keras.Input((s["image_size"], s["image_size"], 3), name="image")
-    x = P.keras_pool(keras, base(prep(inp)), layers)
+    x = pooling.keras_pool(keras, base(prep(inp)), layers)
     out = head_model(run_info["head"])(x)
-    model = keras.Model(inp, out, name=re.sub(r"\W", "_", f"vgg19_{P.slug(layers)}_{kind}"))
+    model = keras.Model(inp, out, name=re.sub(r"\W", "_", f"vgg19_{pooling.slug(layers)}_{kind}"))
     prep.set_weights([np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3), -np.array(CAFFE_MEAN_BGR, np.float32)])
     return model
 

@@ -22,9 +22,9 @@ from .hashing import tag
 from .errors import PipelineError
 from .features import FeatureConfig
 from .features.cache import read_provenance
-from .features.config import validate
+from .features.config import axes, validate
 from .features.extract import extract_many
-from .heads.config import HEAD_PARAMS, RunOptions, check_param
+from .heads.config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .heads.data import load_training_data
 from .heads.runs import KIND_FILE, evaluate, folder_kind
 from .heads.train import finish_run
@@ -32,28 +32,23 @@ from .study_report import accuracy, describe, plot_learning_curve, plot_study, w
 
 log = logging.getLogger(__name__)
 
-FEATURE_AXES = ("interpolation", "image_size", "layer", "pooling", "views", "shift_range", "views_seed",
-                "store_dtype", "precision", "limit")
-LISTS = ("layer", "views")      # settings whose values are comma lists: grid values separated by ;
+FEATURE_AXES = tuple(axes())   # the stage-one settings a grid may vary, as features/config.py declares them
+
+
 def parse_grid(items: list, heads: list) -> tuple[dict, dict, list]:
     """({stage-one setting: [values]}, {head: {param: [values]}}, [training-set sizes]) from `KEY=V1,V2`
     items; `heads` the kinds. train_images=N1,N2 is a learning curve: heads on stratified subsets."""
-    features, params, sizes = {}, {}, []
+    features, params, sizes, settings = {}, {}, [], axes()
     for item in items:
-        key, sep, values = item.partition("=")
-        key = key.strip().replace("-", "_")
-        values = [v.strip() for v in values.split(";" if key in LISTS else ",") if v.strip()]
-        if not sep or not values:
-            raise PipelineError(f"--grid {item}: expected KEY=V1,V2 ({' and '.join(LISTS)} values separated by ;), "
-                                "e.g. interpolation=cubic,area")
+        key, values = key_values(item, "--grid", lambda k: settings[k].metadata["comma_list"] if k in settings else False)
         if key == "train_images":
             sizes = sorted(set(check_param(key, v) for v in values))
-        elif key in FEATURE_AXES:
-            kind = type(getattr(FeatureConfig(), key)) if key != "limit" else int
+        elif key in settings:
+            parse = settings[key].metadata["parse"]
             try:
-                features[key] = [kind(v) if kind in (int, float) else v for v in values]
+                features[key] = [parse(v) for v in values]
             except ValueError:
-                raise PipelineError(f"--grid {item}: expected {kind.__name__} values for {key}") from None
+                raise PipelineError(f"--grid {item}: expected {parse.__name__} values for {key}") from None
         elif any(key in HEAD_PARAMS[h] for h in heads):
             params[key] = values
         else:

@@ -180,7 +180,7 @@ def _edit_settings(m, **kw):
 
 
 @pytest.mark.parametrize("change,needle", [
-    (lambda m: _edit_settings(m, image_size=1024), "--image-size: expected 32..512"),
+    (lambda m: _edit_settings(m, image_size=1024), "image_size: expected 32..512"),
     (lambda m: _edit_settings(m, image_size="32"), "setting image_size is '32', expected an int"),
     (lambda m: m["provenance"]["settings"].pop("interpolation"), "setting interpolation is 'None', expected a str"),
     (lambda m: _edit_settings(m, layer="block5_pool:avg"), "head.keras takes"),          # width 512 vs the head's

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from ..errors import PipelineError, reason
-from . import pooling as P
+from . import pooling
 from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
 
 
@@ -58,12 +58,11 @@ def with_precision(keras, model, precision: str):
 
 
 def build_backbone(layers, image_size: int, weights: str, seed: int, precision: str, sha256: str | None = None):
-    """The frozen VGG19 with one output per layer named in `layers` (a spec, see pooling.py, or its
-    parsed list), a dict {layer: tensor}, computing in `precision` (a resolved dtype name). `sha256`:
+    """The frozen VGG19 with one output per layer named in `layers` (a parsed spec: [(layer, pooling)],
+    see pooling.py), a dict {layer: tensor}, computing in `precision` (a resolved dtype name). `sha256`:
     what the weights file must hash to (the run's key was made from it)."""
     import keras
-    layers = P.parse_layers(layers, P.POOLINGS[0]) if isinstance(layers, str) else layers
-    top = P.needs_top(layers)
+    top = pooling.needs_top(layers)
     path = weights_file(weights, top)
     if path is not None and not os.path.isfile(path):
         raise PipelineError(f"weights file {path} is gone; restore it, or pass another --weights")
@@ -96,7 +95,7 @@ class Backbone:
     def _one(self, x: np.ndarray) -> list:
         raw = self.model.predict_on_batch(x)
         raw = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in raw.items()}
-        return [P.pool(raw, layers).astype(dtype) for layers, dtype in self.outputs]
+        return [pooling.pool(raw, layers).astype(dtype) for layers, dtype in self.outputs]
 
     def __call__(self, batch: np.ndarray) -> list:
         if batch.ndim == 4:

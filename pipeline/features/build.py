@@ -15,15 +15,13 @@ import time
 
 from ..durable import move_aside
 from ..errors import PipelineError
-from . import backbone as bb
-from . import pooling as P
-from . import weights as wt
+from .backbone import Backbone, build_backbone
+from .weights import model_weights_sha256, warn_random
 from .config import KEYED
 from .cache import DamagedCache, load_cache, read_provenance, write_cache, writer_lock
 from .journal import Journal
 from .plan import Plan, provenance, settings
 from .runner import BackgroundWriter, extract_range, preparer
-from .views import parse_views
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +70,17 @@ class ModelCache:
     def get(self, plans: list):
         """The mapper for `plans` (one pass): an output per plan, in order."""
         cfg = plans[0].cfg
-        layers = [P.parse_layers(p.cfg.layer, p.cfg.pooling) for p in plans]
+        layers = [p.cfg.layers for p in plans]
         union = list(dict.fromkeys(spec for specs in layers for spec in specs))
         sig = (pass_of(plans[0]), tuple(union))
         if self._sig != sig:
             if cfg.weights == "random":
-                wt.warn_random(cfg.weights_seed)
-            model = bb.build_backbone(union, cfg.image_size, cfg.weights, cfg.weights_seed, plans[0].precision,
+                warn_random(cfg.weights_seed)
+            model = build_backbone(union, cfg.image_size, cfg.weights, cfg.weights_seed, plans[0].precision,
                                       plans[0].weights.get("sha256"))
-            self._sha = plans[0].weights.get("sha256") or wt.model_weights_sha256(model)
+            self._sha = plans[0].weights.get("sha256") or model_weights_sha256(model)
             self._model, self._sig = model, sig
-        return bb.Backbone(self._model, [(specs, p.cfg.store_dtype) for specs, p in zip(layers, plans)])
+        return Backbone(self._model, [(specs, p.cfg.store_dtype) for specs, p in zip(layers, plans)])
 
     def sha256(self, plans: list) -> str:
         """SHA-256 of the weights file (imagenet, PATH: checked when the model was built) or of the
@@ -120,7 +118,7 @@ def build_files(plans: list, stems: list, ranges: dict, quiet: bool = False, mod
             if done > start:
                 log.info(f"{split}: resuming at row {done - start} of {stop - start}")
             c = p0.cfg
-            prepare = preparer(c.image_size, c.interpolation, parse_views(c.views), c.shift_range, c.views_seed, split)
+            prepare = preparer(c.image_size, c.interpolation, c.view_names, c.shift_range, c.views_seed, split)
             t = extract_range(p0.dataset.splits[split], done, stop, model, BackgroundWriter(save),
                               batch_size=c.batch_size, prepare=prepare, quiet=quiet,
                               desc=f"{split}" + (f" (resuming at {done - start})" if done > start else ""))

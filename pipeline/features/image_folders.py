@@ -29,7 +29,7 @@ from ..errors import PipelineError, reason
 from .dataset import Dataset, Split
 from ..durable import file_lock, publish
 from ..hashing import file_sha256
-from .config import MAX_ARCHIVE_BYTES
+from .config import FeatureConfig
 from .images import IMAGE_EXTS, BadImage, decode_image
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def _unpack(tar_path: str, dest: str, max_bytes: int):
         pass
 
 
-def unpack(tar_path: str, sources_dir: str | None, max_bytes: int = MAX_ARCHIVE_BYTES) -> str:
+def unpack(tar_path: str, sources_dir: str | None, max_bytes: int = FeatureConfig.max_archive_bytes) -> str:
     """The folder an image-folder tarball unpacks to, unpacked now if needed (keyed by the archive's
     SHA-256, remembered by its path, size, mtime, ctime and inode)."""
     try:
@@ -168,7 +168,7 @@ def class_name(folder: str, where: str) -> str:
 
 
 def load_image_folders(path: str, splits, sources_dir: str | None = None, max_pixels: int | None = None,
-                       max_archive_bytes: int = MAX_ARCHIVE_BYTES) -> Dataset:
+                       max_archive_bytes: int = FeatureConfig.max_archive_bytes) -> Dataset:
     root = unpack(path, sources_dir, max_archive_bytes) if os.path.isfile(path) else path
     entries = _listdir(root)
     if not {"train", "test"} & set(entries) and len(entries) == 1 and os.path.isdir(os.path.join(root, entries[0])):

@@ -15,7 +15,9 @@ import struct
 import cv2
 import numpy as np
 
-from .config import MAX_IMAGE_PIXELS as MAX_PIXELS
+from .config import FeatureConfig
+
+MAX_PIXELS = FeatureConfig.max_image_pixels   # the default: larger image files are bad images
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # start-of-frame markers (the rest carry no size)

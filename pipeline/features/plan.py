@@ -11,9 +11,8 @@ import os
 import platform
 
 from ..keras_env import keras_backend_name
-from . import backbone as bb
-from . import pooling as P
-from . import weights as wt
+from . import pooling
+from .weights import weights_identity
 from .cache import FORMAT_VERSION, cache_key, cache_stem
 from ..errors import PipelineError
 from .config import FINGERPRINT, FeatureConfig, validate
@@ -80,11 +79,10 @@ def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
             remember(cfg.cache_dir, identity, memo[which][1], ds.name, ds.class_names)
     ds, fp, name = memo[which]
     precision = resolve_precision(cfg.precision, memo_dir=cfg.cache_dir)
-    layers = P.parse_layers(cfg.layer, cfg.pooling)
-    weights = wt.weights_identity(cfg.weights, cfg.weights_seed, P.needs_top(layers), cfg.cache_dir)
+    weights = weights_identity(cfg.weights, cfg.weights_seed, pooling.needs_top(cfg.layers), cfg.cache_dir)
     payload = key_payload(cfg, fp, precision, weights)
     key = cache_key(payload)
-    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, name, P.slug(layers), key))
+    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, name, pooling.slug(cfg.layers), key))
 
 
 def _open(cfg: FeatureConfig) -> Dataset:

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..errors import SettingError
 
 CONV_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
 DENSE_LAYERS = ("fc1", "fc2")
 POOLINGS = ("flatten", "avg", "max", "avg2x2")
+OWNER = "FeatureConfig"     # whose settings a bad spec is named after
 SIZE_LEVEL = {f"block{i}_pool": 2 ** i for i in range(1, 6)}     # the map is image_size // this wide
 
 
 def parse_layers(spec: str, default_pooling: str) -> list[tuple[str, str | None]]:
-    """[(layer, pooling)] from a spec (pooling None for fc1/fc2); PipelineError naming what is wrong."""
+    """[(layer, pooling)] from a spec (pooling None for fc1/fc2); SettingError naming what is wrong."""
     if default_pooling not in POOLINGS:
-        raise PipelineError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {default_pooling!r}")
+        raise SettingError("pooling", f"expected one of {', '.join(POOLINGS)}, got {default_pooling!r}", OWNER)
     out = []
     for item in str(spec).split(","):
         name, _, pooling = item.strip().partition(":")
@@ -35,14 +36,14 @@ def parse_layers(spec: str, default_pooling: str) -> list[tuple[str, str | None]
         elif name in CONV_LAYERS:
             pooling = pooling or default_pooling
             if pooling not in POOLINGS:
-                raise PipelineError(f"--layer {item.strip()}: pooling expected one of {', '.join(POOLINGS)}, got "
-                                    f"{pooling!r}")
+                raise SettingError("layer", f"{item.strip()}: pooling expected one of {', '.join(POOLINGS)}, got "
+                                   f"{pooling!r}", OWNER)
             out.append((name, pooling))
         else:
-            raise PipelineError(f"--layer: expected a comma list of {', '.join(DENSE_LAYERS + CONV_LAYERS)} (conv "
-                                f"layers may add :{'|'.join(POOLINGS)}), got {item.strip()!r}")
+            raise SettingError("layer", f"expected a comma list of {', '.join(DENSE_LAYERS + CONV_LAYERS)} (conv "
+                               f"layers may add :{'|'.join(POOLINGS)}), got {item.strip()!r}", OWNER)
     if len(set(out)) != len(out):
-        raise PipelineError(f"--layer {spec}: names a layer with the same pooling twice; list each once")
+        raise SettingError("layer", f"{spec}: names a layer with the same pooling twice; list each once", OWNER)
     return out
 
 

@@ -61,7 +61,7 @@ def preparer(image_size: int, interpolation: str, views: list | None = None, shi
              views_seed: int = 0, split: str = "train"):
     """The reader-side step for a batch: (images, first row) -> the model's input: N x S x S x 3, or
     K x N x S x S x 3 with K > 1 views (each view rendered on the small image, then upscaled)."""
-    if not views or views == ["orig"]:
+    if not views or list(views) == ["orig"]:
         return lambda images, first_row: preprocess(images, image_size, interpolation)
 
     def prepare(images, first_row):

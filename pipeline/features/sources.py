@@ -12,7 +12,7 @@ import os
 
 from .cifar_batches import load_cifar_batches
 from ..errors import PipelineError, reason
-from .config import MAX_ARCHIVE_BYTES
+from .config import FeatureConfig
 from .dataset import Dataset, stratified_indices
 from .image_folders import check_images, load_image_folders
 from ..keras_env import keras_home
@@ -62,7 +62,7 @@ def open_dataset(dataset: str, data_dir: str | None, splits, limit: int | None, 
         ds = load_keras_dataset(dataset, splits)
     else:
         ds = load_cifar_batches(data_dir, splits) or load_image_folders(data_dir, splits, sources_dir, max_pixels,
-                                                                                     max_archive_bytes or MAX_ARCHIVE_BYTES)
+                                                                                     max_archive_bytes or FeatureConfig.max_archive_bytes)
     for s, split in ds.splits.items():
         ds.splits[s] = split.subset(stratified_indices(split.labels, limit))
     return check_images(ds, on_bad_image)

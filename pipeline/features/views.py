@@ -14,7 +14,7 @@ import re
 import cv2
 import numpy as np
 
-from ..errors import PipelineError
+from ..errors import SettingError
 
 SPLIT_IDS = {"train": 0, "test": 1}
 
@@ -27,21 +27,16 @@ def parse_views(spec: str) -> list[str]:
     if items == ["none"]:
         return ["orig"]
     if len(flips) + len(shifts) != len(items) or len(flips) > 1 or len(shifts) > 1 or any(not 1 <= n <= 64 for n in shifts):
-        raise PipelineError(f"--views: expected none, or a comma list of flip and shiftN (N in 1..64, once each), "
-                            f"got {spec!r}")
+        raise SettingError("views", f"expected none, or a comma list of flip and shiftN (N in 1..64, once each), "
+                           f"got {spec!r}", "FeatureConfig")
     return ["orig"] + (["flip"] if flips else []) + [f"shift{i}" for i in range(shifts[0] if shifts else 0)]
 
 
-def canonical(spec: str) -> str:
-    """The spec in one spelling: none, flip, shiftN or flip,shiftN."""
-    names = parse_views(spec)
+def canonical(names: list) -> str:
+    """The spec of these view names (parse_views) in one spelling: none, flip, shiftN or flip,shiftN."""
     shifts = sum(n.startswith("shift") for n in names)
     parts = (["flip"] if "flip" in names else []) + ([f"shift{shifts}"] if shifts else [])
     return ",".join(parts) or "none"
-
-
-def has_shifts(spec: str) -> bool:
-    return any(n.startswith("shift") for n in parse_views(spec))
 
 
 def _shift(img: np.ndarray, dx: int, dy: int) -> np.ndarray:

@@ -3,14 +3,14 @@
 The estimators are imported when first used (`from pipeline.heads import SoftmaxHead`), so the
 command line's start-up does not pay for scikit-learn until a head is trained."""
 
-__all__ = ["LogRegHead", "SoftmaxHead", "SoftmaxSweep"]
+__all__ = ["LogRegHead", "SoftmaxHead", "JointSoftmax"]
 
 
 def __getattr__(name):
     if name == "LogRegHead":
         from .logreg import LogRegHead
         return LogRegHead
-    if name in ("SoftmaxHead", "SoftmaxSweep"):
+    if name in ("SoftmaxHead", "JointSoftmax"):
         from . import softmax
         return getattr(softmax, name)
     raise AttributeError(f"module 'pipeline.heads' has no attribute {name!r}")

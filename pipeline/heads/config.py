@@ -1,4 +1,8 @@
-"""Stage-two settings: one block of defaults (the notebook's head), one validation place."""
+"""Stage-two settings, each declared once in `PARAMS`: its default (the notebook's head), its range,
+its help line and flag, and which heads take it. From this one table come the CLI's options, the
+checks of sweep and study values (`check_param`), and the estimators' scikit-learn
+`_parameter_constraints` (validation.py), so a range is written in one place.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,28 +10,98 @@ import math
 import os
 
 from ..durable import folder_or_missing
-from ..errors import PipelineError
+from ..errors import PipelineError, SettingError
 
-# --- defaults: the notebook's head --------------------------------------------------------------
 HEAD = "softmax"        # softmax (Dropout -> Dense softmax, Keras' rules) | logreg (scikit-learn)
-DROPOUT = 0.5           # dropout rate before the softmax layer
-LR = 1e-3               # Adam learning rate
-L2 = 0.0                # softmax: L2 penalty on the Dense kernel (Keras' kernel_regularizer=L2(l2)); 0: none;
-                        # auto: chosen on validation from softmax.L2_GRID, then refit on train + validation
-BATCH_SIZE = 250        # head training batch size
-EPOCHS = 20             # passes over the training features
-STANDARDIZE = True      # softmax: standardise features with the training rows' mean and scale (conv
-                        # features are unscaled ReLU maps; without it the probabilities are far too sure)
-PATIENCE = 3            # --early-stopping: epochs without a better val loss before stopping
-C = 1.0                 # logreg inverse regularisation strength, or auto: chosen on validation, then refit
-                        # on train + validation (the linear-probe protocol)
-MAX_ITER = 200          # logreg solver iterations
-VAL_FRACTION = 0.1      # stratified hold-out of train for model selection
-SEED = 0                # makes a run reproducible (the split, the initial weights, the dropout noise)
 RUNS_DIR = "data/runs"  # where run folders go
-# ---------------------------------------------------------------------------------------------------
 
-def boolean(v) -> bool:
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One head parameter or run option: default; kind (int, float, bool); the range [low, high] with
+    `closed` ends as scikit-learn's Interval says them ("left", "right", "both", "neither"); `auto`:
+    "auto" is also a value (chosen on validation); heads: which heads take it (none: every head
+    command, a run option); flag: the CLI option when not --name-with-dashes."""
+    default: object
+    kind: type
+    help: str
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"
+    auto: bool = False
+    optional: bool = False
+    heads: tuple = ()
+    flag: str | None = None
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else (f"{self.high:g}" if self.high < 2 ** 31 else "2^32-1" if self.high == 2 ** 32 - 1 else f"{self.high:g}")
+        left, right = ("[" if self.closed in ("left", "both") else "("), ("]" if self.closed in ("right", "both") else ")")
+        what = f"{'an integer' if self.kind is int else 'a number'} in {left}{lo}, {hi}{right}"
+        return what + (" or auto" if self.auto else "")
+
+    def contains(self, v) -> bool:
+        if v == "auto" and self.auto or v is None and self.optional:
+            return True
+        if self.kind is bool:
+            return isinstance(v, bool)
+        if isinstance(v, float) and math.isnan(v):
+            return False
+        above = self.low is None or (v >= self.low if self.closed in ("left", "both") else v > self.low)
+        below = (v < math.inf if self.high is None else v <= self.high if self.closed in ("right", "both")
+                 else v < self.high)
+        return above and below
+
+
+SOFTMAX, LOGREG = ("softmax",), ("logreg",)
+PARAMS = {
+    # the softmax head: the notebook's Dropout(0.5) -> Dense softmax, trained with Adam
+    "dropout": Param(0.5, float, "softmax: dropout rate before the softmax layer", 0, 1, "left", heads=SOFTMAX),
+    "lr": Param(1e-3, float, "softmax: Adam learning rate", 0, None, "neither", heads=SOFTMAX),
+    "l2": Param(0.0, float, "softmax: L2 penalty on the Dense kernel, Keras' kernel_regularizer=L2(l2); or auto: "
+                "chosen on validation, then refit on train + validation", 0, None, "left", auto=True, heads=SOFTMAX),
+    "epochs": Param(20, int, "softmax: passes over the training rows", 1, None, "left", heads=SOFTMAX),
+    "batch_size": Param(250, int, "softmax: rows per step", 1, None, "left", heads=SOFTMAX, flag="--head-batch-size"),
+    "standardize": Param(True, bool, "softmax: standardise features with the training rows' mean and scale, inside "
+                         "the saved head (conv features are unscaled ReLU maps)", heads=SOFTMAX),
+    # the logistic-regression head: StandardScaler + scikit-learn's LogisticRegression
+    "C": Param(1.0, float, "logreg: inverse regularisation strength, or auto: chosen on the validation split over a "
+               "log grid, then refit on train + validation (the linear-probe protocol)", 0, None, "neither", auto=True,
+               heads=LOGREG, flag="--C"),
+    "max_iter": Param(200, int, "logreg: solver iterations", 1, None, "left", heads=LOGREG),
+    # how any head command runs
+    "val_fraction": Param(0.1, float, "stratified hold-out of train for model selection", 0, 1, "left"),
+    "seed": Param(0, int, "seed of the split, initial weights and dropout", 0, 2 ** 32 - 1, "both"),
+    "early_stopping": Param(False, bool, "softmax: stop on validation loss, keep the best epoch"),
+    "patience": Param(3, int, "epochs without a better validation loss before stopping", 1, None, "left"),
+    "train_images": Param(None, int, "use a stratified subset of this many of the train split's images, validation "
+                          "carved from them (a learning curve on one cache) (default: all)", 1, None, "left",
+                          optional=True),
+}
+DEFAULTS = {name: p.default for name, p in PARAMS.items()}
+HEAD_PARAMS = {h: tuple(n for n, p in PARAMS.items() if h in p.heads) for h in ("softmax", "logreg")}
+
+
+def flag(name: str) -> str:
+    """The CLI option of a head parameter or run option."""
+    return PARAMS[name].flag or "--" + name.replace("_", "-")
+
+
+def key_values(item: str, option: str, semicolons=lambda key: False) -> tuple[str, list]:
+    """(key, [values]) from one `KEY=V1,V2` item (a sweep's --param, a study's --grid); values are
+    separated by ; for keys whose values are themselves comma lists (`semicolons(key)`)."""
+    key, sep, values = item.partition("=")
+    key = key.strip().replace("-", "_")
+    values = [v.strip() for v in values.split(";" if semicolons(key) else ",") if v.strip()]
+    if not sep or not key or not values:
+        raise PipelineError(f"{option} {item}: expected KEY=V1,V2 (values of comma-list settings separated by ;), "
+                            "e.g. dropout=0.2,0.5")
+    return key, values
+
+
+def parse_bool(v) -> bool:
     if isinstance(v, bool):
         return v
     if str(v).strip().lower() in ("true", "1", "yes", "on"):
@@ -37,62 +111,52 @@ def boolean(v) -> bool:
     raise ValueError(v)
 
 
-boolean.__name__ = "boolean"
-
-
-def number_or_auto(v):
-    """A number, or "auto" (chosen on validation: logreg's C, softmax's l2)."""
-    return "auto" if str(v).strip().lower() == "auto" else float(v)
-
-
-number_or_auto.__name__ = "number (or auto)"
-RANGES = {  # name: (type, check, what the check means)
-    "standardize": (boolean, lambda v: True, "true or false"),
-    "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "lr": (float, lambda v: 0 < v < math.inf, "> 0 and finite"),
-    "l2": (number_or_auto, lambda v: v == "auto" or 0 <= v < math.inf, ">= 0 and finite"),
-    "epochs": (int, lambda v: v >= 1, ">= 1"), "batch_size": (int, lambda v: v >= 1, ">= 1"),
-    "C": (number_or_auto, lambda v: v == "auto" or 0 < v < math.inf, "> 0 and finite"), "max_iter": (int, lambda v: v >= 1, ">= 1"),
-    "val_fraction": (float, lambda v: 0 <= v < 1, "in [0, 1)"), "patience": (int, lambda v: v >= 1, ">= 1"),
-    "seed": (int, lambda v: 0 <= v < 2 ** 32, "in 0..2^32-1"),
-    "train_images": (int, lambda v: v >= 1, ">= 1"),
-}
-HEAD_PARAMS = {"softmax": ("dropout", "lr", "l2", "epochs", "batch_size", "standardize"), "logreg": ("C", "max_iter")}
-
-
-def check_param(name: str, value):
-    kind, ok, what = RANGES[name]
+def check_param(name: str, value, owner: str | None = None):
+    """`value` (a string from the command line, a sweep or a study grid, or a number) as the parameter's
+    kind, checked against its declared range; SettingError naming the parameter if not."""
+    p = PARAMS[name]
     try:
-        if kind is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        v = kind(value)
+        if p.auto and str(value).strip().lower() == "auto":
+            return "auto"
+        if value is None and p.optional:
+            return None
+        if p.kind is bool:
+            v = parse_bool(value)
+        elif p.kind is int:
+            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            v = int(value)
+        else:
+            v = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise PipelineError(f"{name}: expected a {kind.__name__} {what}, got {value!r}") from None
-    if not ok(v):
-        raise PipelineError(f"{name}: expected {what}, got {v}; pick a value {what}")
+        raise SettingError(name, f"expected {p.describe()}, got {value!r}", owner) from None
+    if not p.contains(v):
+        raise SettingError(name, f"expected {p.describe()}, got {v}", owner)
     return v
 
 
 @dataclasses.dataclass
 class RunOptions:
     """How a head command runs, whatever the head: the split, the seed, early stopping, the run folder."""
-    val_fraction: float = VAL_FRACTION
-    seed: int = SEED
-    early_stopping: bool = False
-    patience: int = PATIENCE
+    val_fraction: float = PARAMS["val_fraction"].default
+    seed: int = PARAMS["seed"].default
+    early_stopping: bool = PARAMS["early_stopping"].default
+    patience: int = PARAMS["patience"].default
     runs_dir: str = RUNS_DIR
     name: str | None = None
     train_images: int | None = None     # a stratified subset of the training images (a learning curve)
     quiet: bool = False                 # no summary table on the terminal
 
     def validated(self) -> "RunOptions":
-        for f in ("val_fraction", "seed", "patience") + (("train_images",) if self.train_images is not None else ()):
-            check_param(f, getattr(self, f))
-        folder_or_missing(self.runs_dir, "--runs-dir")
+        """These options checked (SettingError naming the first wrong one), values as their kinds."""
+        self = dataclasses.replace(self, **{f: check_param(f, getattr(self, f), "RunOptions")
+                                            for f in ("val_fraction", "seed", "early_stopping", "patience", "train_images")})
+        folder_or_missing(self.runs_dir, "runs_dir", "RunOptions")
         if self.name is not None and (not self.name.strip() or os.sep in self.name or self.name in (".", "..")
                                       or self.name.startswith(".") or len(self.name.encode()) > MAX_NAME_BYTES
                                       or not self.name.isprintable()):
-            raise PipelineError(f"--name {self.name[:80]!r}: expected a plain folder name (no {os.sep}, not hidden, "
-                                f"printable, at most {MAX_NAME_BYTES} bytes)")
+            raise SettingError("name", f"{self.name[:80]!r}: expected a plain folder name (no {os.sep}, not hidden, "
+                               f"printable, at most {MAX_NAME_BYTES} bytes)", "RunOptions")
         return self
 
 
@@ -102,5 +166,5 @@ MAX_NAME_BYTES = 200   # a run, sweep or study name: with "-best" and a temp suf
 def head_params(kind: str, values: dict) -> dict:
     """The checked parameters of a `kind` head, from a dict holding at least them."""
     if kind not in HEAD_PARAMS:
-        raise PipelineError(f"head: expected softmax or logreg, got {kind!r}")
+        raise SettingError("head", f"expected softmax or logreg, got {kind!r}")
     return {p: check_param(p, values[p]) for p in HEAD_PARAMS[kind]}

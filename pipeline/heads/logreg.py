@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
+from .config import DEFAULTS
 from .validation import LOGREG, check_fit, check_inputs
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = LOGREG
 
-    def __init__(self, C=1.0, max_iter=200, seed=0, classes=None):
+    def __init__(self, C=DEFAULTS["C"], max_iter=DEFAULTS["max_iter"], seed=DEFAULTS["seed"], classes=None):
         self.C, self.max_iter, self.seed, self.classes = C, max_iter, seed, classes
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):

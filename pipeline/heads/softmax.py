@@ -1,5 +1,5 @@
 """The notebook's head on cached features, Dropout(p) -> Dense(C, softmax) trained with Adam, as a
-scikit-learn estimator (`SoftmaxHead`), and many of them trained at once (`SoftmaxSweep`).
+scikit-learn estimator (`SoftmaxHead`), and many of them trained at once (`JointSoftmax`).
 
 Training follows Keras' rules: Dropout(p) keeps a feature with probability 1-p and scales it by
 1/(1-p); Dense starts Glorot-uniform; the update is keras.optimizers.Adam's (tested against it).
@@ -20,6 +20,7 @@ from sklearn.metrics import log_loss
 
 from sklearn.utils.validation import check_is_fitted
 
+from .config import DEFAULTS
 from .validation import SOFTMAX, check_fit, check_inputs
 
 log = logging.getLogger(__name__)
@@ -70,13 +71,14 @@ def logits(X, W, b, mean=None, scale=None) -> np.ndarray:
     return out
 
 
-class SoftmaxSweep:
+class JointSoftmax:
     """K softmax heads (dropout rate p_k, learning rate lr_k, L2 penalty l2_k) trained at once, in one pass over the data
     per epoch: one uniform draw per feature and step serves every head (head k keeps U >= p_k), so
     each head sees i.i.d. Bernoulli masks exactly as it would alone; heads sharing a rate share one."""
 
-    def __init__(self, dropouts=(0.5,), lrs=(1e-3,), epochs=20, batch_size=250, early_stopping=False,
-                 patience=3, standardize=True, seed=0, l2s=None):
+    def __init__(self, dropouts=(DEFAULTS["dropout"],), lrs=(DEFAULTS["lr"],), epochs=DEFAULTS["epochs"],
+                 batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
+                 patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"], l2s=None):
         self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
         self.early_stopping, self.patience, self.standardize, self.seed = early_stopping, patience, standardize, seed
         self.l2s = l2s                       # None: no penalty on any head
@@ -209,8 +211,10 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = SOFTMAX       # checked in fit, scikit-learn's way: one line naming the parameter
 
-    def __init__(self, dropout=0.5, lr=1e-3, epochs=20, batch_size=250, early_stopping=False, patience=3,
-                 standardize=True, seed=0, classes=None, l2=0.0):
+    def __init__(self, dropout=DEFAULTS["dropout"], lr=DEFAULTS["lr"], epochs=DEFAULTS["epochs"],
+                 batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
+                 patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"],
+                 classes=None, l2=DEFAULTS["l2"]):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
         self.seed, self.classes, self.l2 = seed, classes, l2
@@ -235,7 +239,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
                 yk, rows = np.concatenate([yk if rows is None else yk[rows], yv]), None
             else:
                 rows = refit_rows
-        sweep = SoftmaxSweep((self.dropout,), (self.lr,), epochs, self.batch_size, early,
+        sweep = JointSoftmax((self.dropout,), (self.lr,), epochs, self.batch_size, early,
                              self.patience, self.standardize, self.seed, (l2,))
         sweep.fit(X, yk, None if self.l2 == "auto" else X_val, None if self.l2 == "auto" else yv,
                   n_classes=len(classes), rows=rows)
@@ -252,7 +256,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         if X_val is None or not len(X_val):
             raise ValueError("l2='auto' chooses the penalty on validation data; pass X_val and y_val (--val-fraction > 0)")
         n = len(L2_GRID)
-        grid = SoftmaxSweep((self.dropout,) * n, (self.lr,) * n, self.epochs, self.batch_size, self.early_stopping,
+        grid = JointSoftmax((self.dropout,) * n, (self.lr,) * n, self.epochs, self.batch_size, self.early_stopping,
                             self.patience, self.standardize, self.seed, L2_GRID)
         grid.fit(X, y, X_val, y_val, n_classes=n_classes, rows=rows)
         proba, labels = grid.predict_proba(X_val), np.arange(n_classes)

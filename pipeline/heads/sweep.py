@@ -1,6 +1,6 @@
 """Sweep: many head configurations on features loaded once, ranked on validation accuracy.
 
-Softmax configurations that share epochs and batch size train together as one `SoftmaxSweep`: one
+Softmax configurations that share epochs and batch size train together as one `JointSoftmax`: one
 pass over the data per epoch for all of them. Results are ranked by the validation accuracy of the
 weights each head ends with (its best epoch's with early stopping); the best configuration's head
 is evaluated on test and written as a normal run folder `<sweep>-best`.
@@ -16,11 +16,11 @@ import tomllib
 
 
 from ..errors import PipelineError
-from .config import HEAD_PARAMS, RunOptions, check_param
+from .config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .data import TrainingData
 from ..durable import incomplete_dir, write_json
 from .runs import KIND_FILE, claim, new_run_dir, plain_text
-from .softmax import SoftmaxSweep
+from .softmax import JointSoftmax
 from .train import finish_run, fit_head, make_head
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,8 @@ def read_space(head: str, params: list, config: str | None, rand: int | None) ->
             raise PipelineError(f"--config {config}: random must be a whole number of configurations, got {rand!r}")
         space = {k: v if isinstance(v, list) else [v] for k, v in doc.get("params", {}).items()}
     for item in params:
-        key, sep, values = item.partition("=")
-        space[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not space[key.strip()]:
-            raise PipelineError(f"--param {item}: expected KEY=V1,V2,..., e.g. dropout=0.2,0.5")
+        key, values = key_values(item, "--param")
+        space[key] = values
     if head not in HEAD_PARAMS:
         raise PipelineError(f"head: expected softmax or logreg, got {head!r}")
     for key, values in space.items():
@@ -94,7 +92,7 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
         groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"]), []).append(i)
     rv = data.rows_val
     for (epochs, batch_size, standardize), idx in groups.items():
-        sweep = SoftmaxSweep(dropouts=[configs[i]["dropout"] for i in idx], lrs=[configs[i]["lr"] for i in idx],
+        sweep = JointSoftmax(dropouts=[configs[i]["dropout"] for i in idx], lrs=[configs[i]["lr"] for i in idx],
                              l2s=[configs[i]["l2"] for i in idx],
                              epochs=epochs, batch_size=batch_size, early_stopping=opts.early_stopping,
                              patience=opts.patience, standardize=standardize, seed=opts.seed)

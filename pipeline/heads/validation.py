@@ -1,4 +1,4 @@
-"""The heads' one validation place, scikit-learn's way. Parameter ranges as `_parameter_constraints`
+"""The heads' one validation place, scikit-learn's way. Parameter ranges (declared once, config.PARAMS) as `_parameter_constraints`
 (checked by `BaseEstimator._validate_params` in `fit`), so a Python user gets the same one-line
 refusal as the CLI ("The 'dropout' parameter of SoftmaxHead must be a float in the range [0.0, 1.0).
 Got -0.5 instead."); inputs through `validate_data` (2-D, no sparse or complex data, as many labels as
@@ -15,25 +15,30 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from ..finite import all_finite
+from .config import HEAD_PARAMS, PARAMS
 
-POSITIVE_FINITE = [Interval(Real, 0, np.inf, closed="neither")]
-SEED = [Interval(Integral, 0, 2 ** 32 - 1, closed="both")]
-AT_LEAST_ONE = [Interval(Integral, 1, None, closed="left")]
 CLASSES = ["array-like", None]
 
-SOFTMAX = {
-    "dropout": [Interval(Real, 0, 1, closed="left")],      # 1.0 would scale kept features by 1/0
-    "lr": POSITIVE_FINITE,
-    "l2": [Interval(Real, 0, np.inf, closed="left"), StrOptions({"auto"})],
-    "epochs": AT_LEAST_ONE,
-    "batch_size": AT_LEAST_ONE,
-    "early_stopping": ["boolean"],
-    "patience": AT_LEAST_ONE,
-    "standardize": ["boolean"],
-    "seed": SEED,
-    "classes": CLASSES,
-}
-LOGREG = {"C": [*POSITIVE_FINITE, StrOptions({"auto"})], "max_iter": AT_LEAST_ONE, "seed": SEED, "classes": CLASSES}
+
+def constraints(names) -> dict:
+    """scikit-learn's `_parameter_constraints` for these parameters, from their one declaration
+    (config.PARAMS): a float range stays finite (inf is outside it), "auto" where it is a value."""
+    out = {}
+    for name in names:
+        p = PARAMS[name]
+        if p.kind is bool:
+            c = ["boolean"]
+        elif p.kind is int:
+            c = [Interval(Integral, p.low, p.high, closed=p.closed)]
+        else:
+            c = [Interval(Real, -np.inf if p.low is None else p.low, np.inf if p.high is None else p.high,
+                          closed=p.closed)]
+        out[name] = c + ([StrOptions({"auto"})] if p.auto else []) + ([None] if p.optional else [])
+    return out
+
+
+SOFTMAX = {**constraints(HEAD_PARAMS["softmax"] + ("early_stopping", "patience", "seed")), "classes": CLASSES}
+LOGREG = {**constraints(HEAD_PARAMS["logreg"] + ("seed",)), "classes": CLASSES}
 
 
 def check_inputs(est, X, y="no_validation", reset: bool = True):

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from pipeline.features import backbone as bb
+
+BLOCK5, FC2 = [("block5_pool", "flatten")], [("fc2", None)]
 from pipeline.errors import PipelineError
 from pipeline.features.weights import model_weights_sha256
 
@@ -11,20 +13,20 @@ def test_backbone_precision_stays_local_to_the_backbone():
     as before, and a model built afterwards computes in float32."""
     import keras
     before_policy, before_np = keras.config.dtype_policy().name, np.random.get_state()[1].copy()
-    m = bb.build_backbone("block5_pool", 32, "random", 0, "bfloat16")
+    m = bb.build_backbone(BLOCK5, 32, "random", 0, "bfloat16")
     assert m.layers[1].dtype_policy.name == "mixed_bfloat16" and m.output["block5_pool"].dtype == "bfloat16"
     assert keras.config.dtype_policy().name == before_policy == "float32"
     assert np.array_equal(np.random.get_state()[1], before_np)
     later = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     assert later.layers[0].compute_dtype == "float32"
-    f32 = bb.build_backbone("block5_pool", 32, "random", 0, "float32")
+    f32 = bb.build_backbone(BLOCK5, 32, "random", 0, "float32")
     assert model_weights_sha256(m) == model_weights_sha256(f32)        # same weights, only the compute dtype differs
 
 
 def test_random_weights_are_reproducible_and_glorot():
-    a = bb.build_backbone("block5_pool", 32, "random", 3, "float32")
-    b = bb.build_backbone("block5_pool", 32, "random", 3, "float32")
-    c = bb.build_backbone("block5_pool", 32, "random", 4, "float32")
+    a = bb.build_backbone(BLOCK5, 32, "random", 3, "float32")
+    b = bb.build_backbone(BLOCK5, 32, "random", 3, "float32")
+    c = bb.build_backbone(BLOCK5, 32, "random", 4, "float32")
     assert model_weights_sha256(a) == model_weights_sha256(b) != model_weights_sha256(c)
     kernel, bias = (np.asarray(w) for w in a.get_layer("block3_conv1").weights)
     limit = np.sqrt(6 / (9 * (128 + 256)))                        # Glorot-uniform of a 3x3, 128 -> 256 conv
@@ -33,7 +35,7 @@ def test_random_weights_are_reproducible_and_glorot():
 
 
 def test_fc2_at_224_has_the_notebook_shape():
-    m = bb.build_backbone("fc2", 224, "random", 0, "float32")
+    m = bb.build_backbone(FC2, 224, "random", 0, "float32")
     assert tuple(m.output["fc2"].shape) == (None, 4096) and not m.trainable
     assert [layer.name for layer in m.layers][-3:] == ["flatten", "fc1", "fc2"]
 
@@ -44,25 +46,25 @@ def test_weights_file_that_does_not_fit(tmp_path):
     path = str(tmp_path / "other.weights.h5")
     other.save_weights(path)
     with pytest.raises(PipelineError, match="does not fit VGG19"):
-        bb.build_backbone("block5_pool", 32, path, 0, "float32")
+        bb.build_backbone(BLOCK5, 32, path, 0, "float32")
 
 
 def test_weights_file_that_fits_loads(tmp_path):
-    a = bb.build_backbone("block5_pool", 32, "random", 5, "float32")
+    a = bb.build_backbone(BLOCK5, 32, "random", 5, "float32")
     path = str(tmp_path / "mine.weights.h5")
     a.save_weights(path)
-    b = bb.build_backbone("block5_pool", 32, path, 0, "float32")
+    b = bb.build_backbone(BLOCK5, 32, path, 0, "float32")
     assert model_weights_sha256(a) == model_weights_sha256(b)
 
 
 def test_weights_file_changed_since_keyed_is_refused(tmp_path):
-    a = bb.build_backbone("block5_pool", 32, "random", 5, "float32")
+    a = bb.build_backbone(BLOCK5, 32, "random", 5, "float32")
     path = str(tmp_path / "mine.weights.h5")
     a.save_weights(path)
     with pytest.raises(PipelineError, match="changed since the cache was keyed"):
-        bb.build_backbone("block5_pool", 32, path, 0, "float32", sha256="0" * 64)
+        bb.build_backbone(BLOCK5, 32, path, 0, "float32", sha256="0" * 64)
     with pytest.raises(PipelineError, match="is gone"):
-        bb.build_backbone("block5_pool", 32, str(tmp_path / "gone.weights.h5"), 0, "float32")
+        bb.build_backbone(BLOCK5, 32, str(tmp_path / "gone.weights.h5"), 0, "float32")
 
 
 def test_one_pass_gives_every_layer_pooled_as_asked():

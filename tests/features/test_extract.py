@@ -12,6 +12,8 @@ import pytest
 from conftest import PY, ROOT, SMALL, run_captured, run_cli
 
 from pipeline.features import backbone as bb
+
+BLOCK5, FC2 = [("block5_pool", "flatten")], [("fc2", None)]
 from pipeline.features.cache import FORMAT_VERSION, DamagedCache, load_cache, writer_lock
 
 
@@ -94,7 +96,7 @@ def test_features_equal_a_direct_forward_pass_at_224(cifar_dir, tmp_path, capsys
     from pipeline.features.preprocess import preprocess
     from pipeline.features.sources import open_dataset
     images = open_dataset("cifar10", cifar_dir, ("test",), 3).splits["test"].images
-    model = bb.build_backbone("fc2", 224, "random", 0, "float32")
+    model = bb.build_backbone(FC2, 224, "random", 0, "float32")
     want = np.asarray(model.predict_on_batch(preprocess(images, 224, "cubic"))["fc2"])
     assert f.shape == (3, 4096) and np.abs(want).max() > 0
     # tolerance: float32 GEMMs blocked differently for batch 2 vs 3 round differently (~1e-6 relative)
@@ -125,8 +127,9 @@ def test_caches_that_share_a_pass_are_built_from_one(cifar_dir, tmp_path, capsys
     from pipeline.features import FeatureConfig
     from pipeline.features.extract import extract_many
     calls = []
-    real = bb.build_backbone
-    monkeypatch.setattr(bb, "build_backbone", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    from pipeline.features import build
+    real = build.build_backbone
+    monkeypatch.setattr(build, "build_backbone", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     cfgs = [FeatureConfig(data_dir=cifar_dir, splits=("test",), weights="random", image_size=64, precision="float32",
                           cache_dir=str(tmp_path / "c"), layer=layer, pooling=pooling)
             for layer, pooling in (("block5_pool", "flatten"), ("block5_pool", "avg"), ("block4_pool,block5_pool", "max"))]
@@ -307,4 +310,4 @@ def test_bad_options_get_one_line(tmp_path, capsys, args, needle):
 def test_cache_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, out, err = features(capsys, "--cache-dir", tmp_path / "f", *SMALL)
-    assert code == 1 and err.strip() == f"error: --cache-dir {tmp_path / 'f'}: is a file, not a folder; pass a folder (created if missing)"
+    assert code == 1 and err.strip() == f"error: --cache-dir: {tmp_path / 'f'}: is a file, not a folder; pass a folder (created if missing)"

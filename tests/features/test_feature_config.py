@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.errors import PipelineError, reason
+from pipeline.errors import SettingError, reason
 from pipeline.features.config import FeatureConfig, validate
 
 
@@ -10,13 +10,17 @@ def test_defaults_are_the_notebook():
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("precision", "int8", "--precision: expected one of"), ("store_dtype", "bf16", "--store-dtype"),
-    ("batch_size", 0, "--batch-size"), ("image_size", 16, "--image-size"), ("splits", "train,train", "--splits"),
-    ("on_bad_image", "ignore", "--on-bad-image"), ("dataset", "mnist", "--dataset"),
+    ("precision", "int8", "FeatureConfig.precision: expected one of"), ("store_dtype", "bf16", "FeatureConfig.store_dtype"),
+    ("batch_size", 0, "FeatureConfig.batch_size"), ("image_size", 16, "FeatureConfig.image_size"),
+    ("splits", "train,train", "FeatureConfig.splits"), ("on_bad_image", "ignore", "FeatureConfig.on_bad_image"),
+    ("dataset", "mnist", "FeatureConfig.dataset"), ("layer", "block9_pool", "FeatureConfig.layer"),
+    ("views", "mirror", "FeatureConfig.views"), ("cache_dir", "", "FeatureConfig.cache_dir"),
 ])
-def test_each_bad_setting_names_the_option(field, value, needle):
-    with pytest.raises(PipelineError, match=needle):
+def test_each_bad_setting_names_the_setting_not_a_flag(field, value, needle):
+    """The library names its parameter (the CLI says the flag: test_cli)."""
+    with pytest.raises(SettingError, match=needle) as e:
         validate(FeatureConfig(**{field: value}))
+    assert "--" not in str(e.value) and "make " not in str(e.value) and e.value.name == field
 
 
 def test_reason_is_one_short_line():
@@ -34,3 +38,59 @@ def test_every_setting_declares_how_it_enters_the_key():
     assert set(roles.values()) <= {C.KEYED, C.RESOLVED, C.FINGERPRINT, C.NOT_KEYED}, roles
     assert FeatureConfig().keyed() == {n: getattr(FeatureConfig(), n) for n, r in roles.items() if r == C.KEYED}
     assert roles["batch_size"] == roles["cache_dir"] == C.NOT_KEYED and roles["layer"] == C.KEYED
+
+
+def test_adding_a_setting_is_one_declaration(cifar_dir, tmp_path):
+    """A new stage-one setting is its field (default, key role, help, parser, axis): the CLI option, the
+    parsed config, the study axis, the key and the forward-pass grouping all follow from it."""
+    import argparse
+    import dataclasses
+
+    from pipeline.cli import add_feature_options, feature_config
+    from pipeline.features import config as C
+    from pipeline.features.build import pass_of
+    from pipeline.features.plan import plan
+
+    @dataclasses.dataclass
+    class WithContrast(FeatureConfig):
+        contrast: float = C.setting(1.0, C.KEYED, "a test-only setting: scale the images' contrast", parse=float,
+                                    axis=True)
+
+    p = argparse.ArgumentParser()
+    add_feature_options(p, WithContrast)
+    args = p.parse_args(["--contrast", "1.5", "--data-dir", cifar_dir, "--weights", "random", "--image-size", "32",
+                         "--precision", "float32", "--cache-dir", str(tmp_path)])
+    args.forward_batch_size = 8
+    cfg = feature_config(args, WithContrast)
+    assert cfg.contrast == 1.5 and cfg.batch_size == 8 and "contrast" in C.axes(WithContrast)
+    one, other = plan(cfg), plan(dataclasses.replace(cfg, contrast=1.0))
+    assert one.key != other.key and one.key_payload["contrast"] == 1.5       # keyed: a new value, a new file
+    assert pass_of(one) != pass_of(other)                                    # changes the pass: not shared
+
+
+def test_head_parameter_ranges_are_declared_once():
+    """The CLI/sweep/study check (check_param) and the estimators' scikit-learn constraints come from
+    one declaration: they accept and refuse the same values at every boundary."""
+    import math
+
+    from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
+
+    from pipeline.heads.config import PARAMS, check_param
+    from pipeline.heads.validation import constraints
+    probes = [-1, 0, 0.5, 1, 2.5, 3, 2 ** 32 - 1, 2 ** 32, math.inf, math.nan, True, "auto", None]
+    for name, param in PARAMS.items():
+        for v in probes:
+            try:
+                ours = check_param(name, v) is not None or v is None
+            except SettingError:
+                ours = False
+            try:
+                validate_parameter_constraints(constraints([name]), {name: v}, caller_name="test")
+                theirs = True
+            except InvalidParameterError:
+                theirs = False
+            if param.kind is not bool and isinstance(v, bool) or param.kind is bool and v in (0, 1):
+                continue      # bools as numbers and 0/1 as bools: the CLI parses strings, sklearn is strict
+            if param.kind is int and isinstance(v, float) and not math.isnan(v) and v.is_integer() and v != math.inf:
+                continue      # 3.0 for an int: the CLI reads "3", sklearn wants an int
+            assert ours == theirs, (name, v, ours, theirs)

@@ -16,7 +16,7 @@ def test_specs_parse_with_the_default_pooling_and_write_it_out():
 @pytest.mark.parametrize("spec,pooling,needle", [("block9_pool", "avg", "expected a comma list"),
                                                  ("fc2:avg", "avg", "expected a comma list"),
                                                  ("block5_pool:mean", "avg", "pooling expected one of"),
-                                                 ("block5_pool", "sum", "--pooling: expected one of"),
+                                                 ("block5_pool", "sum", "FeatureConfig.pooling: expected one of"),
                                                  ("block5_pool,block5_pool:flatten", "flatten", "twice")])
 def test_bad_specs_are_one_line(spec, pooling, needle):
     with pytest.raises(PipelineError, match=needle):

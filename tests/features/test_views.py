@@ -7,9 +7,9 @@ from pipeline.features.views import canonical, parse_views, render
 
 def test_view_specs():
     assert parse_views("none") == ["orig"] and parse_views("flip,shift2") == ["orig", "flip", "shift0", "shift1"]
-    assert canonical("shift3, flip") == "flip,shift3" and canonical("none") == "none"
+    assert canonical(parse_views("shift3, flip")) == "flip,shift3" and canonical(parse_views("none")) == "none"
     for bad in ("mirror", "shift0", "flip,flip", "shift2,shift3", "none,flip"):
-        with pytest.raises(PipelineError, match="--views"):
+        with pytest.raises(PipelineError, match="FeatureConfig.views"):
             parse_views(bad)
 
 

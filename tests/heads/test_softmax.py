@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from pipeline.heads import SoftmaxHead, SoftmaxSweep
+from pipeline.heads import SoftmaxHead, JointSoftmax
 
 
 def test_softmax_head_beats_chance(easy):
     X, y, Xv, yv = easy
-    head = SoftmaxSweep(lrs=(1e-2,), epochs=10, batch_size=50).fit(X, y, Xv, yv, n_classes=5)
+    head = JointSoftmax(lrs=(1e-2,), epochs=10, batch_size=50).fit(X, y, Xv, yv, n_classes=5)
     acc = (head.predict_proba(Xv)[0].argmax(1) == yv).mean()
     assert acc > 0.8, acc  # chance is 0.2
     assert len(head.history_[0]) == 10 and {"train_loss", "val_accuracy"} <= set(head.history_[0][0])
@@ -18,9 +18,9 @@ def test_batched_heads_train_like_separate_heads(easy):
     dropout draws (its rate applied to them), same Adam(lr_k), whichever kernel trains the batch."""
     X, y, _, _ = easy
     dropouts, lrs = (0.2, 0.5, 0.5), (1e-3, 1e-2, 3e-3)
-    both = SoftmaxSweep(dropouts=dropouts, lrs=lrs, epochs=3, batch_size=100, seed=1).fit(X, y)
+    both = JointSoftmax(dropouts=dropouts, lrs=lrs, epochs=3, batch_size=100, seed=1).fit(X, y)
     for k, (p, lr) in enumerate(zip(dropouts, lrs)):
-        alone = SoftmaxSweep(dropouts=(p,), lrs=(lr,), epochs=3, batch_size=100, seed=1).fit(X, y)
+        alone = JointSoftmax(dropouts=(p,), lrs=(lr,), epochs=3, batch_size=100, seed=1).fit(X, y)
         w_both, b_both = both.head(k).coef_, both.head(k).intercept_
         w_alone, b_alone = alone.head(0).coef_, alone.head(0).intercept_
         np.testing.assert_allclose(w_both, w_alone, rtol=2e-3, atol=2e-5)
@@ -30,7 +30,7 @@ def test_batched_heads_train_like_separate_heads(easy):
 
 def test_a_seed_reproduces_a_run_and_another_seed_does_not(easy):
     X, y, _, _ = easy
-    a, b, c = (SoftmaxSweep(epochs=2, batch_size=64, seed=s).fit(X, y) for s in (3, 3, 4))
+    a, b, c = (JointSoftmax(epochs=2, batch_size=64, seed=s).fit(X, y) for s in (3, 3, 4))
     assert np.array_equal(a.W_, b.W_) and not np.array_equal(a.W_, c.W_)
 
 
@@ -39,10 +39,10 @@ def test_big_heads_train_like_small_ones(monkeypatch):
     from pipeline.features.synthetic import make_features
     from pipeline.heads import kernels
     X, y = make_features(400, 8192, 10, seed=2, separation=0.5)
-    big = SoftmaxSweep(epochs=2, batch_size=50).fit(X, y)
+    big = JointSoftmax(epochs=2, batch_size=50).fit(X, y)
     assert big.W_.nbytes > kernels.ROWS_KERNEL_BYTES
     monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", big.W_.nbytes)
-    small = SoftmaxSweep(epochs=2, batch_size=50).fit(X, y)
+    small = JointSoftmax(epochs=2, batch_size=50).fit(X, y)
     np.testing.assert_allclose(big.W_, small.W_, rtol=1e-3, atol=1e-6)
     assert big.history_[0][-1]["train_loss"] == pytest.approx(small.history_[0][-1]["train_loss"], rel=1e-4)
 
@@ -51,7 +51,7 @@ def test_exported_head_is_the_notebook_head(easy, tmp_path):
     import keras
     from pipeline.heads.keras_file import write_head
     X, y, Xv, _ = easy
-    heads = SoftmaxSweep(dropouts=(0.2, 0.5), lrs=(1e-3, 3e-3), epochs=2, batch_size=100).fit(X, y)
+    heads = JointSoftmax(dropouts=(0.2, 0.5), lrs=(1e-3, 3e-3), epochs=2, batch_size=100).fit(X, y)
     write_head(str(tmp_path / "h.keras"), **heads.head(1).head_file())
     model = keras.saving.load_model(str(tmp_path / "h.keras"))
     assert [type(layer).__name__ for layer in model.layers] == ["Normalization", "Dropout", "Dense"]
@@ -61,7 +61,7 @@ def test_exported_head_is_the_notebook_head(easy, tmp_path):
 
 def test_early_stopping_keeps_the_best_epoch(easy):
     X, y, Xv, yv = easy
-    head = SoftmaxSweep(lrs=(0.5,), epochs=30, batch_size=50, early_stopping=True, patience=2).fit(X, y, Xv, yv)
+    head = JointSoftmax(lrs=(0.5,), epochs=30, batch_size=50, early_stopping=True, patience=2).fit(X, y, Xv, yv)
     hist = head.history_[0]
     assert len(hist) < 30
     best = int(np.argmin([r["val_loss"] for r in hist]))
@@ -75,7 +75,7 @@ def test_head_file_written_without_keras_loads_in_keras(easy, tmp_path):
     import keras
     from pipeline.heads.keras_file import head_model, read_head, write_head
     X, y, Xv, _ = easy
-    heads = SoftmaxSweep(dropouts=(0.3,), lrs=(1e-2,), epochs=2, batch_size=100, standardize=False).fit(X, y)
+    heads = JointSoftmax(dropouts=(0.3,), lrs=(1e-2,), epochs=2, batch_size=100, standardize=False).fit(X, y)
     write_head(str(tmp_path / "h.keras"), **heads.head(0).head_file())
     model = keras.saving.load_model(str(tmp_path / "h.keras"))
     assert [type(layer).__name__ for layer in model.layers] == ["Dropout", "Dense"] and model.layers[0].rate == 0.3
@@ -88,7 +88,7 @@ def test_training_metrics_are_keras_style_running_means(easy):
     """history's train_loss/accuracy: the epoch's mean over its batches, with dropout, as Keras's fit
     reports them; without dropout and with lr ~ 0 that is the loss of the (unchanged) head."""
     X, y, _, _ = easy
-    head = SoftmaxSweep(dropouts=(0.0,), lrs=(1e-12,), epochs=1, batch_size=64).fit(X, y)
+    head = JointSoftmax(dropouts=(0.0,), lrs=(1e-12,), epochs=1, batch_size=64).fit(X, y)
     p = head.predict_proba(X)[0]
     assert head.history_[0][0]["train_loss"] == pytest.approx(log_loss(y, p.astype(np.float64)), rel=1e-4)
     assert head.history_[0][0]["train_accuracy"] == pytest.approx((p.argmax(1) == y).mean(), abs=1e-9)
@@ -127,7 +127,7 @@ def test_grid_search_pipeline_and_cross_validation_over_a_tiny_cache(syn):
 
 def test_sweep_head_is_the_estimator_a_lone_fit_gives(easy):
     X, y, Xv, _ = easy
-    sweep = SoftmaxSweep(dropouts=(0.2, 0.5), lrs=(1e-3, 3e-3), epochs=2, batch_size=100, seed=4).fit(X, y)
+    sweep = JointSoftmax(dropouts=(0.2, 0.5), lrs=(1e-3, 3e-3), epochs=2, batch_size=100, seed=4).fit(X, y)
     alone = SoftmaxHead(dropout=0.5, lr=3e-3, epochs=2, batch_size=100, seed=4).fit(X, y)
     np.testing.assert_allclose(sweep.head(1).predict_proba(Xv), alone.predict_proba(Xv), rtol=1e-4, atol=1e-6)
 
@@ -136,8 +136,8 @@ def test_sweep_head_is_the_estimator_a_lone_fit_gives(easy):
 def test_two_steps_never_share_a_mask_and_a_head_sees_the_same_masks_alone_and_in_a_sweep(easy):
     from pipeline.heads import kernels
     X, y, _, _ = easy
-    alone = SoftmaxSweep(dropouts=(0.5,), lrs=(1e-3,), epochs=3, batch_size=64, seed=9).fit(X, y)
-    sweep = SoftmaxSweep(dropouts=(0.2, 0.5, 0.5, 0.8), lrs=(1e-3, 1e-2, 1e-3, 1e-3), epochs=3, batch_size=64,
+    alone = JointSoftmax(dropouts=(0.5,), lrs=(1e-3,), epochs=3, batch_size=64, seed=9).fit(X, y)
+    sweep = JointSoftmax(dropouts=(0.2, 0.5, 0.5, 0.8), lrs=(1e-3, 1e-2, 1e-3, 1e-3), epochs=3, batch_size=64,
                          seed=9).fit(X, y)
     steps = 3 * -(-len(X) // 64)
     assert len(alone.keys_) == steps and np.array_equal(alone.keys_, sweep.keys_)     # the same draws, step by step
@@ -183,7 +183,7 @@ def test_l2_penalty_shrinks_the_kernel_only_and_trains_alike_alone_and_in_a_swee
     assert np.array_equal(SoftmaxHead(**kw).fit(X, y).coef_, zero.coef_)
     assert np.linalg.norm(strong.coef_) < 0.5 * np.linalg.norm(zero.coef_)
     assert abs(strong.intercept_).max() > 0.01                                       # the bias is free
-    sweep = SoftmaxSweep(dropouts=(0.5, 0.5), lrs=(3e-2, 3e-2), l2s=(0.0, 0.5), epochs=5, batch_size=100, seed=2).fit(X, y)
+    sweep = JointSoftmax(dropouts=(0.5, 0.5), lrs=(3e-2, 3e-2), l2s=(0.0, 0.5), epochs=5, batch_size=100, seed=2).fit(X, y)
     np.testing.assert_allclose(sweep.head(0).coef_, zero.coef_, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(sweep.head(1).coef_, strong.coef_, rtol=1e-5, atol=1e-7)
     assert sweep.head(1).get_params()["l2"] == 0.5
@@ -207,7 +207,7 @@ def test_early_stopping_in_a_sweep_stops_each_head_where_it_would_stop_alone(eas
     alone, while a slow one trains on; before, one counter made the fast head train past its stop."""
     X, y, Xv, yv = easy
     kw = {"epochs": 30, "batch_size": 50, "early_stopping": True, "patience": 2, "seed": 3}
-    sweep = SoftmaxSweep(dropouts=(0.5, 0.5), lrs=(0.3, 1e-4), **kw).fit(X, y, Xv, yv, n_classes=5)
+    sweep = JointSoftmax(dropouts=(0.5, 0.5), lrs=(0.3, 1e-4), **kw).fit(X, y, Xv, yv, n_classes=5)
     lens = [len(h) for h in sweep.history_]
     assert lens[0] < lens[1]                                   # the fast head stopped first
     for k, lr in enumerate((0.3, 1e-4)):

@@ -38,10 +38,10 @@ def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--dropout", "1.0"], "dropout: expected in [0, 1), got 1.0"),
-    (["--lr", "0"], "lr: expected > 0"),
-    (["--epochs", "0"], "epochs: expected >= 1"),
-    (["--val-fraction", "1.5"], "val_fraction"),
+    (["--dropout", "1.0"], "dropout: expected a number in [0, 1), got 1.0"),
+    (["--lr", "0"], "lr: expected a number in (0, inf)"),
+    (["--epochs", "0"], "epochs: expected an integer in [1, inf)"),
+    (["--val-fraction", "1.5"], "--val-fraction: expected a number in [0, 1), got 1.5"),
 ])
 def test_values_out_of_range(syn, tmp_path, capsys, args, needle):
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
@@ -72,13 +72,13 @@ def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--seed", "-1"], "seed: expected in 0..2^32-1, got -1"),
-    (["--lr", "inf"], "lr: expected > 0 and finite, got inf"),
-    (["--lr", "nan"], "lr: expected > 0 and finite, got nan"),
-    (["--l2", "-0.1"], "l2: expected >= 0 and finite, got -0.1"),
-    (["--head", "logreg", "--C", "inf"], "C: expected > 0 and finite"),
+    (["--seed", "-1"], "seed: expected an integer in [0, 2^32-1], got -1"),
+    (["--lr", "inf"], "lr: expected a number in (0, inf), got inf"),
+    (["--lr", "nan"], "lr: expected a number in (0, inf), got nan"),
+    (["--l2", "-0.1"], "l2: expected a number in [0, inf) or auto, got -0.1"),
+    (["--head", "logreg", "--C", "inf"], "C: expected a number in (0, inf) or auto, got inf"),
     (["--head", "logreg", "--val-fraction", "0.999"], "--val-fraction 0.999: cannot hold out"),
-    (["--name", "a/b"], "--name 'a/b': expected a plain folder name"),
+    (["--name", "a/b"], "--name: 'a/b': expected a plain folder name"),
 ])
 def test_bad_head_options_are_one_line(syn, tmp_path, capsys, args, needle):
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
@@ -135,7 +135,7 @@ def test_softmax_l2_auto_run_and_bad_auto_values(syn, tmp_path, capsys):
     assert code == 0, err
     m = json.load(open(tmp_path / "s" / "metrics.json"))
     assert m["selection"]["chosen_l2"] in m["selection"]["grid"] and (tmp_path / "s" / "validation_curve.png").exists()
-    for args, needle in ((["--C", "often", "--head", "logreg"], "C: expected a number (or auto)"),
+    for args, needle in ((["--C", "often", "--head", "logreg"], "C: expected a number in (0, inf) or auto"),
                          (["--l2", "auto", "--val-fraction", "0"], "l2='auto' chooses the penalty on validation data")):
         code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "x", *args)
         assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
