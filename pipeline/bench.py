@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .errors import PipelineError
+from .errors import PipelineError, SettingError
 from .features import FeatureConfig
 from .features.backbone import build_backbone
 from .features.precision import resolve_precision
@@ -96,7 +96,7 @@ def fake_cifar(root: str, n: int) -> str:
 
 
 def stage_one(n: int, size: int, repeats: int, tmp: str) -> dict:
-    from .features.build import ModelCache
+    from .features.build import BuiltBackbone
     from .features.extract import extract
     from .features.plan import plan
     from .features.preprocess import preprocess
@@ -112,7 +112,7 @@ def stage_one(n: int, size: int, repeats: int, tmp: str) -> dict:
         out[f"bare_{prec}"] = BATCH / bare
         cfg = FeatureConfig(data_dir=data, splits=("train",), weights="random", image_size=size, precision=prec,
                             batch_size=BATCH, cache_dir=os.path.join(tmp, f"cache-{prec}"))
-        models = ModelCache()
+        models = BuiltBackbone()
         models.get([plan(cfg)])  # build once outside the timing, as a long run amortises it
         t = time.perf_counter()
         extract(cfg, quiet=True, models=models)
@@ -225,7 +225,7 @@ def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_S
     n = images or (FULL_IMAGES if full else IMAGES)
     repeats = REPEATS * (2 if full else 1)
     if n < BATCH:
-        raise PipelineError(f"--images: expected at least {BATCH} (one batch), got {n}")
+        raise SettingError("images", f"expected at least {BATCH} (one batch), got {n}", "bench")
     tmp = tempfile.mkdtemp(prefix="pipeline-bench-")
     try:
         log.info(f"bench: stage one on {n} images at {image_size}px ...")

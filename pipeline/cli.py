@@ -223,7 +223,7 @@ def main(argv=None, fast_exit=False) -> int:
 
 def option_of(e: SettingError) -> str:
     """The command-line option of the setting a SettingError names."""
-    if e.owner != "FeatureConfig" and e.name in PARAMS:
+    if e.owner in (None, "RunOptions", "sweep", "study") and e.name in PARAMS:   # stage two's parameters
         return head_flag(e.name)
     return "--" + e.name.replace("_", "-")
 

@@ -76,8 +76,8 @@ def write_json(path: str, obj):
 def write_error(e: OSError, where: str) -> PipelineError:
     """A failed write as one line: a full disk, or another cause (permissions, a folder that is a file)."""
     if e.errno == errno.ENOSPC:
-        return PipelineError(f"no space left on the device while writing {where}; free space or pass "
-                             "--cache-dir on a larger disk, then re-run to resume")
+        return PipelineError(f"no space left on the device while writing {where}; free space or move the "
+                             "cache_dir to a larger disk, then re-run to resume")
     return PipelineError(f"cannot write {where} ({e.strerror}); check the folder's permissions and space")
 
 

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from .errors import PipelineError
+from .errors import PipelineError, SettingError
 from .features.backbone import build_backbone
 from .features.config import FeatureConfig, validate
 from .features import pooling
@@ -36,7 +36,7 @@ def read_run(run: str) -> dict:
     cache: sizes before reading, every setting the model is built from (types, ranges, as `features`
     accepts them), the head's width against those settings' features, printable class names."""
     def refuse(why):
-        return PipelineError(f"--run {run}: {why}; pass a folder written by train-head or sweep")
+        return SettingError("run", f"{run}: {why}; pass a folder written by train-head or sweep", "predict")
     metrics_path = os.path.join(run, "metrics.json")
     if not os.path.isfile(metrics_path):
         raise refuse("no metrics.json")
@@ -59,16 +59,16 @@ def read_run(run: str) -> dict:
     if not os.path.isfile(head_file):
         old = " (head.joblib is an older version's pickle: never loaded; re-run train-head)" \
             if os.path.exists(os.path.join(run, "head.joblib")) else "; re-run train-head"
-        raise PipelineError(f"--run {run}: missing head.keras{old}")
+        raise SettingError("run", f"{run}: missing head.keras{old}", "predict")
     if not isinstance(settings, dict) or "image_size" not in settings:
-        raise PipelineError(f"--run {run}: its cache has no backbone settings (a synthetic cache?); "
-                            "predict needs a run trained on make features output")
+        raise SettingError("run", f"{run}: its cache has no backbone settings (a synthetic cache?); predict needs "
+                           "a run trained on a cache of stage one (features)", "predict")
     settings = _checked_settings(settings, refuse)
     head = read_head(head_file)
     d, c = head["kernel"].shape
     if c != len(names):
-        raise PipelineError(f"--run {run}: head.keras has {c} classes but metrics.json names "
-                            f"{len(names)}; re-run train-head")
+        raise SettingError("run", f"{run}: head.keras has {c} classes but metrics.json names {len(names)}; "
+                           "re-run train-head", "predict")
     want = pooling.feature_dim(settings["layers"], settings["image_size"])
     if d != want:
         raise refuse(f"head.keras takes {d} features but layer {settings['layer']} at {settings['image_size']} px "
@@ -134,7 +134,7 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
     """`path<TAB>class<TAB>probability` for each image (the command's output lines); saves the model to
     `export` (.keras)."""
     if batch_size < 1:
-        raise PipelineError(f"--batch-size: expected a positive integer, got {batch_size}")
+        raise SettingError("batch_size", f"expected a positive integer, got {batch_size}", "predict")
     if export is not None:
         folder = os.path.dirname(os.path.abspath(export))
         if not export.endswith(".keras") or not os.path.isdir(folder):

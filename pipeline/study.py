@@ -19,7 +19,7 @@ import time
 
 from .durable import write_json
 from .hashing import tag
-from .errors import PipelineError
+from .errors import PipelineError, SettingError
 from .features import FeatureConfig
 from .features.cache import read_provenance
 from .features.config import axes, validate
@@ -40,7 +40,7 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict, list]:
     items; `heads` the kinds. train_images=N1,N2 is a learning curve: heads on stratified subsets."""
     features, params, sizes, settings = {}, {}, [], axes()
     for item in items:
-        key, values = key_values(item, "--grid", lambda k: settings[k].metadata["comma_list"] if k in settings else False)
+        key, values = key_values(item, "grid", lambda k: settings[k].metadata["comma_list"] if k in settings else False)
         if key == "train_images":
             sizes = sorted(set(check_param(key, v) for v in values))
         elif key in settings:
@@ -48,18 +48,18 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict, list]:
             try:
                 features[key] = [parse(v) for v in values]
             except ValueError:
-                raise PipelineError(f"--grid {item}: expected {parse.__name__} values for {key}") from None
+                raise SettingError("grid", f"{item}: expected {parse.__name__} values for {key}", "study") from None
         elif any(key in HEAD_PARAMS[h] for h in heads):
             params[key] = values
         else:
-            raise PipelineError(f"--grid {key}: unknown; expected a stage-one setting ({', '.join(FEATURE_AXES)}) "
-                                f"or a parameter of the {'/'.join(heads)} head(s)")
+            raise SettingError("grid", f"{key}: unknown; expected a stage-one setting ({', '.join(FEATURE_AXES)}) "
+                               f"or a parameter of the {'/'.join(heads)} head(s)", "study")
     if not heads:
-        raise PipelineError("--heads: expected softmax and/or logreg, got none")
+        raise SettingError("heads", "expected softmax and/or logreg, got none", "study")
     head_grids = {}
     for h in heads:
         if h not in HEAD_PARAMS:
-            raise PipelineError(f"--heads: expected softmax and/or logreg, got {h!r}")
+            raise SettingError("heads", f"expected softmax and/or logreg, got {h!r}", "study")
         head_grids[h] = {k: list(dict.fromkeys(check_param(k, v) for v in vs))    # 0.5 and .5 are one value
                          for k, vs in params.items() if k in HEAD_PARAMS[h]}
     return features, head_grids, sizes
@@ -132,11 +132,12 @@ def _check_folders(folder: str, best_dir: str, name: str):
     """Refuse, before any work, names that hold something other than this study (a sweep, a run)."""
     kind = folder_kind(folder)
     if kind not in (None, "study"):
-        raise PipelineError(f"--name {name}: {folder} holds a {kind if kind != 'other' else 'folder'} that is not a "
-                            "study; pass another --name")
+        raise SettingError("name", f"{name}: {folder} holds a {kind if kind != 'other' else 'folder'} that is not a "
+                           "study; pass another name", "RunOptions")
     best = folder_kind(best_dir)
     if best not in (None, "run") or (best == "run" and _study_of(best_dir)[0] != name):
-        raise PipelineError(f"--name {name}: {best_dir} exists and is not this study's best run; pass another --name")
+        raise SettingError("name", f"{name}: {best_dir} exists and is not this study's best run; pass another name",
+                           "RunOptions")
 
 
 def _study_of(run_dir: str):
@@ -153,8 +154,8 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
     """Build (or hit) every cache of the grid, train every head on each (on each training-set size of
     `train_sizes`: a learning curve), write the table and plots."""
     if opts.val_fraction == 0:
-        raise PipelineError("--val-fraction 0: a study chooses its best configuration on validation data; pass "
-                            "--val-fraction > 0")
+        raise SettingError("val_fraction", "0: a study chooses its best configuration on validation data; use a "
+                           "fraction > 0", "RunOptions")
     cfgs = feature_configs(base, axes)
     configs = head_configs(heads, base_params)
     sizes = train_sizes or [opts.train_images]

@@ -45,7 +45,7 @@ def test_grid_builds_each_cache_once_and_ranks_on_validation(data, capsys):
     assert [r["val_accuracy"] for r in again] == [r["val_accuracy"] for r in rows]
 
 
-@pytest.mark.parametrize("grid,needle", [("foo=1,2", "--grid foo: unknown"), ("interpolation", "expected KEY=V1,V2"),
+@pytest.mark.parametrize("grid,needle", [("foo=1,2", "--grid: foo: unknown"), ("interpolation", "expected KEY=V1,V2"),
                                          ("image_size=a", "expected int values"),
                                          ("interpolation=cubic,bogus", "--interpolation: expected one of")])
 def test_bad_grids_are_one_line(data, capsys, grid, needle):
@@ -111,7 +111,7 @@ def test_a_name_that_holds_something_else_is_refused(data, capsys, syn):
     assert code == 1 and "not this study's best" in err
 
 
-@pytest.mark.parametrize("extra,needle", [(["--val-fraction", "0"], "--val-fraction 0"),
+@pytest.mark.parametrize("extra,needle", [(["--val-fraction", "0"], "--val-fraction: 0: a study chooses"),
                                           (["--heads", ","], "--heads: expected softmax and/or logreg, got none"),
                                           (["--cache", "x.h5"], "study: --cache is not a study option"),
                                           (["--head", "logreg"], "study: --head is not a study option")])

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from ..errors import PipelineError, reason
+from ..errors import PipelineError, SettingError, reason
 from . import pooling
 from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
 
@@ -41,8 +41,8 @@ def _load_weights_file(keras, model, path: str, top: bool):
             return
         except Exception:  # noqa: BLE001
             pass
-    raise PipelineError(f"--weights {path}: does not fit VGG19 ({reason(error, 160)}); pass Keras' "
-                        f"{KERAS_WEIGHTS_FILE[top]} or a file saved from keras.applications.VGG19") from None
+    raise SettingError("weights", f"{path}: does not fit VGG19 ({reason(error, 160)}); pass Keras' "
+                       f"{KERAS_WEIGHTS_FILE[top]} or a file saved from keras.applications.VGG19", "FeatureConfig") from None
 
 
 def with_precision(keras, model, precision: str):
@@ -65,10 +65,11 @@ def build_backbone(layers, image_size: int, weights: str, seed: int, precision: 
     top = pooling.needs_top(layers)
     path = weights_file(weights, top)
     if path is not None and not os.path.isfile(path):
-        raise PipelineError(f"weights file {path} is gone; restore it, or pass another --weights")
+        raise SettingError("weights", f"{path}: the weights file is gone; restore it, or pass other weights",
+                           "FeatureConfig")
     if path is not None and sha256 is not None and file_sha256(path) != sha256:
         raise PipelineError(f"weights file {path} changed since the cache was keyed (SHA-256 differs); restore "
-                            "it, or re-run make features (and train-head) with the new file")
+                            "it, or extract the features again (and train the head again) with the new file")
     if weights == "imagenet":
         base = _vgg19(keras, top, image_size, weights=path)
     else:

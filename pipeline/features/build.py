@@ -21,34 +21,45 @@ from .config import KEYED
 from .cache import DamagedCache, load_cache, read_provenance, write_cache, writer_lock
 from .journal import Journal
 from .plan import Plan, provenance, settings
-from .runner import BackgroundWriter, extract_range, preparer
+from .stream import BackgroundWriter, extract_range, preparer
 
 log = logging.getLogger(__name__)
 
 
 def report_hit(p: Plan) -> bool:
-    """Say so and return True when the finished cache for `p` already exists (checked in full)."""
-    if existing(p.path, p.key, full=True):
+    """Say so and return True when the finished cache for `p` already exists (checked in full); a
+    damaged one is set aside so that it is rebuilt."""
+    if finished_or_set_aside(p.path, p.key, full=True):
         log.info(f"cache hit: {p.path} (same settings and data; no backbone work)")
         return True
     return False
 
 
-def existing(path: str, key: str, full: bool) -> bool:
-    """True when `path` is a finished, unaltered cache with this key (full: its features' SHA-256
-    checked too). A damaged file is moved aside to `<path>.corrupt` (kept, never read), so the
-    caller rebuilds it; a file of another key is left alone."""
-    if not os.path.exists(path):
-        return False
+def is_finished(path: str, key: str, full: bool = False) -> bool:
+    """A query: True when `path` is a finished, unaltered cache with this key (full: its features'
+    SHA-256 checked too). Moves and writes nothing; a damaged file is simply not finished."""
     try:
-        if read_provenance(path).get("key") != key:
-            return False
-        if full:
-            load_cache(path)
+        return _finished(path, key, full)
+    except DamagedCache:
+        return False
+
+
+def finished_or_set_aside(path: str, key: str, full: bool) -> bool:
+    """For a builder about to (re)build `path`: `is_finished`, and a damaged file is moved aside to
+    `<path>.corrupt` (kept, never read) so that it is rebuilt; a file of another key is left alone."""
+    try:
+        return _finished(path, key, full)
     except DamagedCache as e:
         aside = move_aside(path)
         log.info(f"{str(e).split(';')[0]}; moved it to {aside} and rebuilding it")
         return False
+
+
+def _finished(path: str, key: str, full: bool) -> bool:
+    if not os.path.exists(path) or read_provenance(path).get("key") != key:
+        return False
+    if full:
+        load_cache(path)
     return True
 
 
@@ -61,7 +72,7 @@ def pass_of(p: Plan) -> tuple:
             *((name, getattr(p.cfg, name)) for name in split))
 
 
-class ModelCache:
+class BuiltBackbone:
     """Build the backbone once per process and pass (shards reuse it)."""
 
     def __init__(self):
@@ -91,16 +102,16 @@ class ModelCache:
         return self._sha
 
 
-def build_files(plans: list, stems: list, ranges: dict, quiet: bool = False, models: ModelCache | None = None) -> dict:
+def extract_rows(plans: list, stems: list, ranges: dict, quiet: bool = False, models: BuiltBackbone | None = None) -> dict:
     """Extract rows `ranges` ({split: (start, stop)}) of every plan (one pass) into `<stem>.h5`, resuming
     each `<stem>.partial`."""
     if len({pass_of(p) for p in plans}) != 1:
-        raise ValueError("build_files: these plans need different forward passes")
-    models, p0 = models or ModelCache(), plans[0]
+        raise ValueError("extract_rows: these plans need different forward passes")
+    models, p0 = models or BuiltBackbone(), plans[0]
     with contextlib.ExitStack() as held:
         for stem in stems:
             held.enter_context(writer_lock(stem))
-        todo = [(p, stem) for p, stem in zip(plans, stems) if not existing(stem + ".h5", p.key, full=False)]
+        todo = [(p, stem) for p, stem in zip(plans, stems) if not finished_or_set_aside(stem + ".h5", p.key, full=False)]
         if not todo:
             return {"hit": True, "images": 0}  # another process finished them while we waited
         journals = [Journal(stem, {"key": p.key, "settings": settings(p), "ranges": ranges}, p.cfg.store_dtype)
@@ -139,11 +150,7 @@ def build_files(plans: list, stems: list, ranges: dict, quiet: bool = False, mod
         return stats
 
 
-def build_file(p: Plan, stem: str, ranges: dict, quiet: bool = False, models: ModelCache | None = None) -> dict:
-    return build_files([p], [stem], ranges, quiet, models)
-
-
-def build_whole(plans: list, quiet: bool = False, models: ModelCache | None = None) -> list:
+def build_caches(plans: list, quiet: bool = False, models: BuiltBackbone | None = None) -> list:
     """Extract every split of `plans` (one pass) in this process: the finished caches' paths."""
     t0 = time.perf_counter()
     p0 = plans[0]
@@ -152,7 +159,7 @@ def build_whole(plans: list, quiet: bool = False, models: ModelCache | None = No
             p.opened = p0.dataset
     if any(set(p.dataset.splits) != set(p0.dataset.splits) for p in plans):
         raise PipelineError("caches built in one pass must have the same splits")
-    stats = build_files(plans, [p.stem for p in plans], {s: (0, len(sp)) for s, sp in p0.dataset.splits.items()},
+    stats = extract_rows(plans, [p.stem for p in plans], {s: (0, len(sp)) for s, sp in p0.dataset.splits.items()},
                         quiet=quiet, models=models)
     seconds = time.perf_counter() - t0
     for p in plans:

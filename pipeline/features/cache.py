@@ -28,7 +28,7 @@ from ..hashing import array_sha256, json_sha256, tag
 from ..hdf5_layout import LayoutError, check_file, check_tree
 
 FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers changes
-REBUILD = "run make features with the same settings: it moves the damaged file aside and rebuilds it"
+REBUILD = "extract with the same settings (the features command): it moves the damaged file aside and rebuilds it"
 
 
 class DamagedCache(PipelineError):
@@ -232,13 +232,13 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
     ids and, unless `verify` is False, features), or one whose settings differ from `expect` (a dict
     of setting -> value)."""
     if not os.path.exists(path):
-        raise PipelineError(f"cache {path}: not found; build it with make features")
+        raise PipelineError(f"cache {path}: not found; build it with extract (the features command)")
     meta, groups = _read_checked(path)
     for k, want in (expect or {}).items():
         have = meta.get("settings", {}).get(k, meta.get(k))
         if have != want:
-            raise PipelineError(f"cache {path}: built with {k}={have!r}, asked for {want!r}; run make features "
-                                "with the settings you want, or pass the matching cache")
+            raise PipelineError(f"cache {path}: built with {k}={have!r}, asked for {want!r}; extract with the "
+                                "settings you want, or pass the matching cache")
     out = {}
     try:
         with h5py.File(path, "r") as f, open(path, "rb") as raw:
@@ -246,7 +246,7 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
             for name in splits or list(f.keys()):
                 if name not in f:
                     raise PipelineError(f"cache {path}: has no '{name}' split (it has {', '.join(f.keys())}); "
-                                        f"re-run make features with --splits including {name}")
+                                        f"extract it again with {name} in its splits")
                 labels, ids, _ = groups[name]
                 out[name] = (_mapped(f[name]["features"], pages, path), labels, {**meta, "split": name, "ids": ids})
     except (OSError, KeyError) as e:

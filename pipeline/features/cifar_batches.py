@@ -127,14 +127,14 @@ def load_cifar_batches(path: str, splits) -> Dataset | None:
         for fname in train_files if s == "train" else test_files:
             where = f"{path}:{prefix}{fname}"
             if not is_file(prefix + fname):
-                raise PipelineError(f"{where}: missing; the {s} split needs it (or pass --splits without {s})")
+                raise PipelineError(f"{where}: missing; the {s} split needs it (or leave {s} out of splits)")
             with opener(prefix + fname) as f:
                 x, y = batch_arrays(safe_unpickle(f, where), label_key, len(class_names), where)
             xs.append(x)
             ys.append(y)
         y = np.concatenate(ys)
         if not len(y):
-            raise PipelineError(f"{path}: the {s} split holds no images; use complete batch files, or pass "
-                                f"--splits without {s}")
+            raise PipelineError(f"{path}: the {s} split holds no images; use complete batch files, or leave "
+                                f"{s} out of splits")
         ds.splits[s] = Split(s, y, np.arange(len(y)), images=np.ascontiguousarray(np.concatenate(xs)))
     return ds

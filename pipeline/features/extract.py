@@ -4,34 +4,34 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import PipelineError
-from .build import ModelCache, build_whole, existing, pass_of, report_hit
+from ..errors import PipelineError, SettingError
+from .build import BuiltBackbone, build_caches, is_finished, pass_of, report_hit
 from .config import FeatureConfig
 from .plan import plan
-from .shards import build_sharded
+from .shards import build_in_shards
 
 log = logging.getLogger(__name__)
 
 
 def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_address: str | None = None,
-            ray_actors: int | None = None, quiet: bool = False, models: ModelCache | None = None) -> str:
+            ray_actors: int | None = None, quiet: bool = False, models: BuiltBackbone | None = None) -> str:
     """The path of the finished cache for `cfg`. shards > 1 or engine "ray": cut each split into
     `shards` contiguous ranges, extract each (here, or on Ray actors), merge them."""
     if shards < 1:
-        raise PipelineError(f"--shards: expected N >= 1, got {shards}")
+        raise SettingError("shards", f"expected N >= 1, got {shards}", "extract")
     if ray_actors is not None and ray_actors < 1:
-        raise PipelineError(f"--ray-actors: expected N >= 1 (or leave it out: one per GPU, else per node), "
-                            f"got {ray_actors}")
+        raise SettingError("ray_actors", f"expected N >= 1 (or None: one per GPU, else per node), got {ray_actors}",
+                           "extract")
     if engine not in ("local", "ray"):
-        raise PipelineError(f"--engine: expected local or ray, got {engine!r}")
+        raise SettingError("engine", f"expected local or ray, got {engine!r}", "extract")
     p = plan(cfg)
     if report_hit(p):
         return p.path
     if p.precision != p.cfg.precision:
         log.info(f"precision: {p.cfg.precision} -> {p.precision}")
     if shards > 1 or engine != "local":
-        return build_sharded(p, shards, engine, ray_address, ray_actors, quiet)
-    return build_whole([p], quiet, models)[0]
+        return build_in_shards(p, shards, engine, ray_address, ray_actors, quiet)
+    return build_caches([p], quiet, models)[0]
 
 
 def extract_many(cfgs: list, quiet: bool = False) -> list:
@@ -50,14 +50,16 @@ def extract_many(cfgs: list, quiet: bool = False) -> list:
         log.info(f"caches: {done} of {len(distinct)} done; pass {i} of {len(passes)} builds {len(group)} "
                  f"({c.image_size} px, {c.interpolation}, views {c.views}; layers "
                  f"{' | '.join(p.cfg.layer for p in group)})")
-        build_whole(group, quiet)
+        build_caches(group, quiet)
         done += len(group)
     return [p.path for p in plans]
 
 
 def find_cache(cfg: FeatureConfig) -> str:
-    """Path of the finished cache that `cfg` selects; PipelineError if it has not been built."""
+    """Path of the finished cache that `cfg` selects; PipelineError if it has not been built (or is
+    damaged). A query: it moves and writes nothing (building is `extract`'s)."""
     p = plan(cfg)
-    if not existing(p.path, p.key, full=False):
-        raise PipelineError(f"no cache for these settings at {p.path}; build it with make features ARGS=\"...\"")
+    if not is_finished(p.path, p.key):
+        raise PipelineError(f"no cache for these settings at {p.path}; build it first with extract (the features "
+                            "command) and the same settings")
     return p.path

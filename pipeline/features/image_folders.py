@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import PipelineError, reason
+from ..errors import PipelineError, SettingError, reason
 from .dataset import Dataset, Split
 from ..durable import file_lock, publish
 from ..hashing import file_sha256
@@ -81,9 +81,9 @@ def _members(tar_path: str, max_bytes: int):
             if m.isfile() and m.size > MAX_MEMBER_BYTES or total > max_bytes or count > MAX_MEMBERS:
                 raise PipelineError(
                     f"{tar_path}: member {shown(m.name)} takes it past a cap ({m.size:,} bytes; {total:,} bytes and "
-                    f"{count:,} members so far; caps: {MAX_MEMBER_BYTES:,} per member, --max-archive-bytes "
+                    f"{count:,} members so far; caps: {MAX_MEMBER_BYTES:,} per member, max_archive_bytes "
                     f"{max_bytes:,} in all, {MAX_MEMBERS:,} members); nothing was unpacked: raise "
-                    "--max-archive-bytes if the archive is meant, or pass the unpacked folder")
+                    "max_archive_bytes if the archive is meant, or pass the unpacked folder")
             if name is not None:
                 yield tar, m, name
 
@@ -148,7 +148,7 @@ def _inside(root: str, path: str, want_dir: bool) -> bool:
         raise PipelineError(f"{shown(path)}: cannot read ({e.strerror}); fix or remove it") from None
     if os.path.islink(path) and os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) != \
             os.path.realpath(root):
-        raise PipelineError(f"{shown(path)}: a link out of --data-dir (to {shown(os.path.realpath(path))}); copy what "
+        raise PipelineError(f"{shown(path)}: a link out of the data_dir (to {shown(os.path.realpath(path))}); copy what "
                             "it points to into the tree, or remove it")
     if stat.S_ISDIR(st.st_mode):
         return want_dir
@@ -175,15 +175,17 @@ def load_image_folders(path: str, splits, sources_dir: str | None = None, max_pi
         root = os.path.join(root, entries[0])  # a tree wrapped in one top folder, as tarballs often are
         entries = _listdir(root)
     if not entries:
-        raise PipelineError(f"--data-dir {path}: empty; expected CIFAR python batches or ROOT/{{train,test}}/CLASS/*.png")
+        raise SettingError("data_dir", f"{path}: empty; expected CIFAR python batches or ROOT/{{train,test}}/CLASS/*.png",
+                           "FeatureConfig")
     if not {"train", "test"} & set(entries):
-        raise PipelineError(f"--data-dir {path}: holds neither CIFAR python batches nor train/ and test/ "
-                            "image folders; expected ROOT/{train,test}/CLASS/*.png")
+        raise SettingError("data_dir", f"{path}: holds neither CIFAR python batches nor train/ and test/ image "
+                           "folders; expected ROOT/{train,test}/CLASS/*.png", "FeatureConfig")
     found = {}
     for s in splits:
         sdir = os.path.join(root, s)
         if not os.path.isdir(sdir):
-            raise PipelineError(f"--data-dir {path}: no '{s}' folder; add {s}/CLASS/*.png or pass --splits without {s}")
+            raise SettingError("data_dir", f"{path}: no '{s}' folder; add {s}/CLASS/*.png or leave {s} out of splits",
+                               "FeatureConfig")
         classes = [c for c in _listdir(sdir) if _inside(root, os.path.join(sdir, c), want_dir=True)]
         if not classes:
             raise PipelineError(f"{sdir}: no class folders; expected {s}/CLASS/*.png")
@@ -235,7 +237,7 @@ def check_images(ds: Dataset, on_bad_image: str = "fail") -> Dataset:
         if bad and on_bad_image == "fail":
             first = digests[bad[0]]
             raise PipelineError(f"bad image {first.path}: {first.reason}; fix or remove it, or pass "
-                                f"--on-bad-image skip ({len(bad)} bad image(s) in {name})")
+                                f"on_bad_image skip ({len(bad)} bad image(s) in {name})")
         if bad:
             ds.skipped += [{"split": name, "path": str(split.ids[i]), "reason": digests[i].reason} for i in bad]
             keep = [i for i, d in enumerate(digests) if not isinstance(d, BadImage)]

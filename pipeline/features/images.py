@@ -109,5 +109,5 @@ def decode_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def _check_pixels(path, w, h, max_pixels):
     if w * h > max_pixels:
-        raise BadImage(path, f"{w} x {h} = {w * h:,} pixels, more than --max-image-pixels {max_pixels:,} "
+        raise BadImage(path, f"{w} x {h} = {w * h:,} pixels, more than max_image_pixels {max_pixels:,} "
                              "(raise it if the image is meant)")

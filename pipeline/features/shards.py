@@ -2,7 +2,7 @@
 another, or on Ray actors across GPUs and machines), then merge them into the one cache file a
 single run writes.
 
-Each shard is `<stem>.shard-<split>-<start>-<stop>.h5`, built by `features.build_file` like a whole
+Each shard is `<stem>.shard-<split>-<start>-<stop>.h5`, built by `build.extract_rows` like a whole
 run (same layout and provenance, resumable through its own journal, one writer). Re-running the
 same command redoes only unfinished shards. The merge checks that every row is present exactly
 once and that all shards share one configuration and dataset fingerprint, then copies the rows
@@ -25,7 +25,7 @@ from .cache import DamagedCache, read_provenance, write_cache, writer_lock
 from ..errors import PipelineError
 from .config import FeatureConfig
 from ..durable import move_aside
-from .build import ModelCache, build_file, existing
+from .build import BuiltBackbone, extract_rows, finished_or_set_aside
 from .plan import Plan, plan, provenance
 
 log = logging.getLogger(__name__)
@@ -47,27 +47,28 @@ def shard_stem(p: Plan, split: str, a: int, b: int) -> str:
 
 def shard_done(p: Plan, job) -> bool:
     """A finished shard, checked in full (a damaged one is moved aside and will be redone)."""
-    return existing(shard_stem(p, *job) + ".h5", p.key, full=True)
+    return finished_or_set_aside(shard_stem(p, *job) + ".h5", p.key, full=True)
 
 
 class ShardWorker:
     """Extracts shards with one model kept across them (a Ray actor, or used in-process)."""
 
     def __init__(self, cfg: dict):
-        self.cfg, self.plan, self.models = FeatureConfig(**cfg), None, ModelCache()
+        self.cfg, self.plan, self.models = FeatureConfig(**cfg), None, BuiltBackbone()
 
     def run(self, split: str, a: int, b: int, key: str):
         if self.plan is None:
             self.plan = plan(self.cfg)
         if self.plan.key != key:
             raise PipelineError(f"worker on {os.uname().nodename} sees other data or settings (key "
-                                f"{self.plan.key[:16]} != {key[:16]}); the data and --cache-dir must be "
+                                f"{self.plan.key[:16]} != {key[:16]}); the data and the cache_dir must be "
                                 "the same storage on every worker")
-        stats = build_file(self.plan, shard_stem(self.plan, split, a, b), {split: (a, b)}, quiet=True, models=self.models)
+        stats = extract_rows([self.plan], [shard_stem(self.plan, split, a, b)], {split: (a, b)}, quiet=True,
+                             models=self.models)
         return split, a, b, stats["images"]
 
 
-def build_sharded(p: Plan, shards: int, engine: str, ray_address: str | None = None, ray_actors: int | None = None,
+def build_in_shards(p: Plan, shards: int, engine: str, ray_address: str | None = None, ray_actors: int | None = None,
                   quiet: bool = False) -> str:
     """Extract `p` in shards (here one after another, or on Ray), then merge them into its cache file."""
     t0, cfg = time.perf_counter(), p.cfg
@@ -103,7 +104,7 @@ def run_on_ray(cfg: FeatureConfig, p: Plan, todo: list, address: str | None, n_a
     try:
         import ray
     except ImportError:
-        raise PipelineError("--engine ray needs Ray: run make install-ray (pip install -e '.[ray]')") from None
+        raise PipelineError("engine ray needs Ray: pip install -e '.[ray]'") from None
     if not todo:
         return
     if address:

@@ -36,7 +36,7 @@ def imagenet_file(top: bool) -> str:
         return keras.utils.get_file(name, KERAS_WEIGHTS_URL + name, cache_subdir="models", file_hash=KERAS_WEIGHTS_MD5[top])
     except Exception as e:  # noqa: BLE001 - download failures surface as several types
         raise PipelineError(f"could not fetch the ImageNet VGG19 weights ({reason(e)}); put {name} (from "
-                            f"{KERAS_WEIGHTS_URL}) at {path}, or pass --weights PATH (or --weights random for an "
+                            f"{KERAS_WEIGHTS_URL}) at {path}, or pass weights=PATH (or weights=random for an "
                             "offline smoke run)") from None
 
 

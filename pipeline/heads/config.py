@@ -96,8 +96,8 @@ def key_values(item: str, option: str, semicolons=lambda key: False) -> tuple[st
     key = key.strip().replace("-", "_")
     values = [v.strip() for v in values.split(";" if semicolons(key) else ",") if v.strip()]
     if not sep or not key or not values:
-        raise PipelineError(f"{option} {item}: expected KEY=V1,V2 (values of comma-list settings separated by ;), "
-                            "e.g. dropout=0.2,0.5")
+        raise SettingError(option, f"{item}: expected KEY=V1,V2 (values of comma-list settings separated by ;), "
+                           "e.g. dropout=0.2,0.5")
     return key, values
 
 

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..errors import PipelineError, SettingError
 from ..features.cache import load_cache
 
 
@@ -73,8 +73,8 @@ def validation_split(y: np.ndarray, fraction: float, seed: int):
     try:
         train, val = train_test_split(rows, test_size=fraction, stratify=y, random_state=seed)
     except ValueError as e:        # too few rows for a stratified hold-out
-        raise PipelineError(f"--val-fraction {fraction}: cannot hold out a stratified {fraction:.0%} of {len(y)} rows "
-                            f"({str(e).splitlines()[0][:90]}); change it, or pass --val-fraction 0") from None
+        raise SettingError("val_fraction", f"{fraction}: cannot hold out a stratified {fraction:.0%} of {len(y)} rows "
+                           f"({str(e).splitlines()[0][:90]}); change it, or use 0", "RunOptions") from None
     return np.sort(train), np.sort(val)
 
 
@@ -96,8 +96,8 @@ def subset(images: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.nd
     try:
         keep, _ = train_test_split(images, train_size=n, stratify=y[images], random_state=seed)
     except ValueError as e:
-        raise PipelineError(f"--train-images {n}: cannot take a stratified {n} of {len(images)} training images "
-                            f"({str(e).splitlines()[0][:90]}); raise it") from None
+        raise SettingError("train_images", f"{n}: cannot take a stratified {n} of {len(images)} training images "
+                           f"({str(e).splitlines()[0][:90]}); raise it", "RunOptions") from None
     return np.sort(keep)
 
 
@@ -116,9 +116,9 @@ def load_training_data(cache_path: str, val_fraction: float, seed: int, train_im
     K = X.shape[1] if X.ndim == 3 else 1
     images_train, images_val = split_images(y, val_fraction, seed, train_images)
     if len(np.unique(y[images_train])) < 2:
-        raise PipelineError(f"--val-fraction {val_fraction}: leaves {len(images_train)} training images of "
-                            f"{len(np.unique(y[images_train]))} class(es) out of {len(y)}; lower it (a head needs two "
-                            "classes to train on)")
+        raise SettingError("val_fraction", f"{val_fraction}: leaves {len(images_train)} training images of "
+                           f"{len(np.unique(y[images_train]))} class(es) out of {len(y)}; lower it (a head needs two "
+                           "classes to train on)", "RunOptions")
     rows_train = (images_train[:, None] * K + np.arange(K)).ravel()
     prov = {k: v for k, v in meta.items() if k not in ("ids", "split")}
     return TrainingData(as_rows(X), np.repeat(y, K), rows_train, images_val * K, as_rows(X_test), np.repeat(y_test, K),

@@ -44,7 +44,7 @@ HALF = np.arange(65536, dtype=np.uint64).astype(np.uint16).view(np.float16).asty
 class TrainState(NamedTuple):
     """Everything a run of train_epoch reads and updates; made by allocate()."""
     thr: np.ndarray        # (G,) uint16: group g keeps a feature where its draw >= thr[g]
-    scale: np.ndarray      # (G,) float32: 1 / (1 - rate), Keras' Dropout scaling
+    drop_scale: np.ndarray  # (G,) float32: 1 / (1 - rate), Keras' Dropout scaling
     n_heads: np.ndarray    # (G,) int64: heads in group g
     n_classes: int
     by_rows: bool          # _step_rows (small heads) or _step_chunks (big ones)
@@ -90,16 +90,17 @@ def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas,
     bc = 0 if by_rows else b4
     f32 = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
     std = mean is not None
-    return TrainState(thr, drop_scale, np.asarray(n_heads, np.int64), int(n_classes), by_rows, W, b,
-                      f32(parts, G, KP, D), f32(parts, G, KP), np.zeros((parts, G, max(n_heads), 2)),
-                      np.zeros((bc and batch_size, (D + 3) // 4), np.uint64), f32(n_chunks, G, bc, KP), f32(G, bc, KP),
-                      f32(G * KP, D), f32(G * KP, D), f32(G * KP, 1), f32(G * KP, 1), f32(G * KP),
-                      np.asarray(lr_rows, np.float64),
-                      f32(G * KP) if l2_rows is None else (2 * np.asarray(l2_rows)).astype(np.float32),
-                      np.asarray(betas, np.float64),
-                      np.asarray(mean if std else [], np.float32),
-                      (1 / np.asarray(scale, np.float64)).astype(np.float32) if std else f32(0),
-                      HALF, np.zeros(steps, np.uint64))
+    return TrainState(
+        thr=thr, drop_scale=drop_scale, n_heads=np.asarray(n_heads, np.int64), n_classes=int(n_classes),
+        by_rows=by_rows, W=W, b=b, gW=f32(parts, G, KP, D), gb=f32(parts, G, KP),
+        stats=np.zeros((parts, G, max(n_heads), 2)), words=np.zeros((bc and batch_size, (D + 3) // 4), np.uint64),
+        zpart=f32(n_chunks, G, bc, KP), dz=f32(G, bc, KP),
+        m_W=f32(G * KP, D), v_W=f32(G * KP, D), m_b=f32(G * KP, 1), v_b=f32(G * KP, 1), alpha=f32(G * KP),
+        lr=np.asarray(lr_rows, np.float64),
+        decay=f32(G * KP) if l2_rows is None else (2 * np.asarray(l2_rows)).astype(np.float32),
+        betas=np.asarray(betas, np.float64), mean=np.asarray(mean if std else [], np.float32),
+        inv_scale=(1 / np.asarray(scale, np.float64)).astype(np.float32) if std else f32(0),
+        table=HALF, keys=np.zeros(steps, np.uint64))
 
 
 @njit(inline="always", cache=True)
@@ -188,12 +189,13 @@ def _forward_block(xm, W, kp, j0, n, zp, r0):
 
 
 @njit(inline="always", fastmath=True, cache=True)
-def _backward_block(xm, dz, kp, j0, n, gW, r0, s):
-    """gW[:kp, j0:j0+n] += s * dz[r0:r0+4, :kp].T @ xm[:, :n]."""
+def _backward_block(xm, dz, kp, j0, n, gW, r0, factor):
+    """gW[:kp, j0:j0+n] += factor * dz[r0:r0+4, :kp].T @ xm[:, :n]."""
     for k in range(0, kp, 2):
         g0, g1 = gW[k, j0:j0 + n], gW[k + 1, j0:j0 + n]
-        c00, c10, c20, c30 = dz[r0, k] * s, dz[r0 + 1, k] * s, dz[r0 + 2, k] * s, dz[r0 + 3, k] * s
-        c01, c11, c21, c31 = dz[r0, k + 1] * s, dz[r0 + 1, k + 1] * s, dz[r0 + 2, k + 1] * s, dz[r0 + 3, k + 1] * s
+        c00, c10, c20, c30 = dz[r0, k] * factor, dz[r0 + 1, k] * factor, dz[r0 + 2, k] * factor, dz[r0 + 3, k] * factor
+        c01, c11 = dz[r0, k + 1] * factor, dz[r0 + 1, k + 1] * factor
+        c21, c31 = dz[r0 + 2, k + 1] * factor, dz[r0 + 3, k + 1] * factor
         for j in range(n):
             x0, x1, x2, x3 = xm[0, j], xm[1, j], xm[2, j], xm[3, j]
             u = g0[j]
@@ -219,14 +221,14 @@ def _fill_words(key, words, w0, r0, r1, c0, c1, nw):
 
 
 @njit(inline="always", fastmath=True, cache=True)
-def _softmax_grad(z, b, s, heads, C, y, inv_n, gb, st):
-    """In place on one row: logits z * s + b -> softmax per head -> d(mean cross-entropy)/d(logits)
+def _softmax_grad(z, b, drop_scale, heads, C, y, inv_n, gb, st):
+    """In place on one row: logits z * drop_scale + b -> softmax per head -> d(mean cross-entropy)/d(logits)
     (inv_n = 1 / batch size); the row's bias gradient is added to gb, and per head its loss and
     whether it was right to st (heads x 2)."""
     for h in range(heads):
         k0 = h * C
         for k in range(k0, k0 + C):
-            z[k] = z[k] * s + b[k]
+            z[k] = z[k] * drop_scale + b[k]
         top, best = z[k0], k0
         for k in range(k0 + 1, k0 + C):
             if z[k] > top:
@@ -249,10 +251,10 @@ def _softmax_grad(z, b, s, heads, C, y, inv_n, gb, st):
 
 
 @njit(fastmath=True, cache=True)
-def _rows_part(X, idx, yb, key, s, gW, gb, st, lo, hi):
+def _rows_part(X, idx, yb, key, state, gW, gb, st, lo, hi):
     """Rows lo..hi-1 of the batch, 4 at a time, start to finish (draws, mask, forward, softmax,
     backward) while they are in cache; gradients summed into this part's gW, gb."""
-    D, G, KP = X.shape[1], s.W.shape[0], s.W.shape[1]
+    D, G, KP = X.shape[1], state.W.shape[0], state.W.shape[1]
     nw = (D + 3) // 4
     inv_n = np.float32(1.0) / np.float32(idx.shape[0])
     words, xm = np.empty((ROWS, nw), np.uint64), np.empty((ROWS, D), np.float32)
@@ -262,89 +264,89 @@ def _rows_part(X, idx, yb, key, s, gW, gb, st, lo, hi):
     for r0 in range(lo, hi, ROWS):
         _fill_words(key, words, r0, r0, min(hi, r0 + ROWS), 0, nw, nw)
         for g in range(G):
-            kp = padded(s.n_heads[g], s.n_classes)
-            _mask_block(X, idx, words, r0, s.thr[g], r0, hi, 0, D, xm, s.mean, s.inv_scale, s.table)
-            _forward_block(xm, s.W[g], kp, 0, D, z, 0)
+            kp = padded(state.n_heads[g], state.n_classes)
+            _mask_block(X, idx, words, r0, state.thr[g], r0, hi, 0, D, xm, state.mean, state.inv_scale, state.table)
+            _forward_block(xm, state.W[g], kp, 0, D, z, 0)
             for i in range(ROWS):
                 if r0 + i < hi:
-                    _softmax_grad(z[i], s.b[g], s.scale[g], s.n_heads[g], s.n_classes, yb[r0 + i], inv_n, gb[g], st[g])
+                    _softmax_grad(z[i], state.b[g], state.drop_scale[g], state.n_heads[g], state.n_classes, yb[r0 + i], inv_n, gb[g], st[g])
                 else:
                     z[i] = 0
-            _backward_block(xm, z, kp, 0, D, gW[g], 0, s.scale[g])
+            _backward_block(xm, z, kp, 0, D, gW[g], 0, state.drop_scale[g])
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _step_rows(X, idx, yb, key, s):
+def _step_rows(X, idx, yb, key, state):
     """Gradients of the mean cross-entropy of every head on rows X[idx] (labels yb), split into
-    ROW_PARTS fixed parts of the batch: s.gW (P, G, KP, D), s.gb (P, G, KP); their sum is the gradient.
-    s.stats (P, G, H, 2) gains each head's summed loss and number right."""
-    P, blocks = s.gW.shape[0], (idx.shape[0] + ROWS - 1) // ROWS
+    ROW_PARTS fixed parts of the batch: state.gW (P, G, KP, D), state.gb (P, G, KP); their sum is the gradient.
+    state.stats (P, G, H, 2) gains each head's summed loss and number right."""
+    P, blocks = state.gW.shape[0], (idx.shape[0] + ROWS - 1) // ROWS
     for p in prange(P):
         lo, hi = p * blocks // P * ROWS, min(idx.shape[0], (p + 1) * blocks // P * ROWS)
-        _rows_part(X, idx, yb, key, s, s.gW[p], s.gb[p], s.stats[p], lo, hi)
+        _rows_part(X, idx, yb, key, state, state.gW[p], state.gb[p], state.stats[p], lo, hi)
 
 
 @njit(fastmath=True, cache=True)
-def _forward_chunk(X, idx, key, s, j0, n, zp):
+def _forward_chunk(X, idx, key, state, j0, n, zp):
     """Draws for columns j0:j0+n of every row, then each group's partial logits over them."""
-    B, nw = idx.shape[0], s.words.shape[1]
-    _fill_words(key, s.words, 0, 0, B, j0 // 4, (j0 + n + 3) // 4, nw)
+    B, nw = idx.shape[0], state.words.shape[1]
+    _fill_words(key, state.words, 0, 0, B, j0 // 4, (j0 + n + 3) // 4, nw)
     xm = np.empty((ROWS, CHUNK), np.float32)
-    for g in range(s.W.shape[0]):
-        kp = padded(s.n_heads[g], s.n_classes)
+    for g in range(state.W.shape[0]):
+        kp = padded(state.n_heads[g], state.n_classes)
         for r0 in range(0, B, ROWS):
-            _mask_block(X, idx, s.words, 0, s.thr[g], r0, B, j0, n, xm, s.mean, s.inv_scale, s.table)
-            _forward_block(xm, s.W[g], kp, j0, n, zp[g], r0)
+            _mask_block(X, idx, state.words, 0, state.thr[g], r0, B, j0, n, xm, state.mean, state.inv_scale, state.table)
+            _forward_block(xm, state.W[g], kp, j0, n, zp[g], r0)
 
 
 @njit(fastmath=True, cache=True)
-def _backward_chunk(X, idx, s, j0, n):
+def _backward_chunk(X, idx, state, j0, n):
     """Every group's weight gradient for columns j0:j0+n."""
     xm = np.empty((ROWS, CHUNK), np.float32)
-    gW = s.gW[0]
+    gW = state.gW[0]
     for g in range(gW.shape[0]):
-        kp = padded(s.n_heads[g], s.n_classes)
+        kp = padded(state.n_heads[g], state.n_classes)
         gW[g, :, j0:j0 + n] = 0
         for r0 in range(0, idx.shape[0], ROWS):
-            _mask_block(X, idx, s.words, 0, s.thr[g], r0, idx.shape[0], j0, n, xm, s.mean, s.inv_scale, s.table)
-            _backward_block(xm, s.dz[g], kp, j0, n, gW[g], r0, s.scale[g])
+            _mask_block(X, idx, state.words, 0, state.thr[g], r0, idx.shape[0], j0, n, xm, state.mean, state.inv_scale, state.table)
+            _backward_block(xm, state.dz[g], kp, j0, n, gW[g], r0, state.drop_scale[g])
 
 
 @njit(fastmath=True, cache=True)
-def _logit_gradients(yb, s):
-    """Sum partial logits in chunk order, then _softmax_grad row by row into s.dz."""
+def _logit_gradients(yb, state):
+    """Sum partial logits in chunk order, then _softmax_grad row by row into state.dz."""
     inv_n = np.float32(1.0) / np.float32(yb.shape[0])
-    s.dz[...] = 0
-    s.gb[...] = 0
-    for g in range(s.dz.shape[0]):
+    state.dz[...] = 0
+    state.gb[...] = 0
+    for g in range(state.dz.shape[0]):
         for i in range(yb.shape[0]):
-            for k in range(s.dz.shape[2]):
+            for k in range(state.dz.shape[2]):
                 acc = np.float32(0)
-                for c in range(s.zpart.shape[0]):
-                    acc += s.zpart[c, g, i, k]
-                s.dz[g, i, k] = acc
-            _softmax_grad(s.dz[g, i], s.b[g], s.scale[g], s.n_heads[g], s.n_classes, yb[i], inv_n, s.gb[0, g],
-                          s.stats[0, g])
+                for c in range(state.zpart.shape[0]):
+                    acc += state.zpart[c, g, i, k]
+                state.dz[g, i, k] = acc
+            _softmax_grad(state.dz[g, i], state.b[g], state.drop_scale[g], state.n_heads[g], state.n_classes, yb[i], inv_n, state.gb[0, g],
+                          state.stats[0, g])
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _step_chunks(X, idx, yb, key, s):
+def _step_chunks(X, idx, yb, key, state):
     """_step_rows' gradients and stats, for heads too big for it, split by feature columns into
-    s.gW (1, G, KP, D), s.gb (1, G, KP)."""
+    state.gW (1, G, KP, D), state.gb (1, G, KP)."""
     D = X.shape[1]
     n_chunks = (D + CHUNK - 1) // CHUNK
     for c in prange(n_chunks):
         j0 = c * CHUNK
-        _forward_chunk(X, idx, key, s, j0, min(D, j0 + CHUNK) - j0, s.zpart[c])
-    _logit_gradients(yb, s)
+        _forward_chunk(X, idx, key, state, j0, min(D, j0 + CHUNK) - j0, state.zpart[c])
+    _logit_gradients(yb, state)
     for c in prange(n_chunks):
         j0 = c * CHUNK
-        _backward_chunk(X, idx, s, j0, min(D, j0 + CHUNK) - j0)
+        _backward_chunk(X, idx, state, j0, min(D, j0 + CHUNK) - j0)
 
 
-def train_step(X, idx, yb, key, s):
+def train_step(X, idx, yb, key, state):
     """One step's gradients (no update), by whichever split s was allocated for: for tests."""
-    (_step_rows if s.by_rows else _step_chunks)(X, idx, yb, np.uint64(key), s)
+    (_step_rows if state.by_rows else _step_chunks)(X, idx, yb, np.uint64(key), state)
 
 
 @njit(inline="always", error_model="numpy", cache=True)
@@ -380,36 +382,36 @@ def adam_small(p, g, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
 
 
 @njit(inline="always", cache=True)
-def _adam_update(s, t):
-    """Adam step t on s.W (G, KP, D) and s.b (G, KP) from the gradient parts s.gW, s.gb."""
-    (G, KP, D), P = s.W.shape, s.gW.shape[0]
-    b1, b2, eps = s.betas[0], s.betas[1], s.betas[2]
+def _adam_update(state, t):
+    """Adam step t on state.W (G, KP, D) and state.b (G, KP) from the gradient parts state.gW, state.gb."""
+    (G, KP, D), P = state.W.shape, state.gW.shape[0]
+    b1, b2, eps = state.betas[0], state.betas[1], state.betas[2]
     c = np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
     for r in range(G * KP):
-        s.alpha[r] = np.float32(s.lr[r] * c)
-    adam(s.W.reshape((G * KP, D)), s.gW.reshape((P, G * KP, D)), s.m_W, s.v_W, s.alpha, s.decay,
+        state.alpha[r] = np.float32(state.lr[r] * c)
+    adam(state.W.reshape((G * KP, D)), state.gW.reshape((P, G * KP, D)), state.m_W, state.v_W, state.alpha, state.decay,
          np.float32(1 - b1), np.float32(1 - b2), np.float32(eps))
-    adam_small(s.b.reshape((G * KP, 1)), s.gb.reshape((P, G * KP, 1)), s.m_b, s.v_b, s.alpha,
+    adam_small(state.b.reshape((G * KP, 1)), state.gb.reshape((P, G * KP, 1)), state.m_b, state.v_b, state.alpha,
                np.float32(1 - b1), np.float32(1 - b2), np.float32(eps))
 
 
 @njit(nogil=True, cache=True)
-def train_epoch(X, perm, y, batch_size, key0, t, s):
+def train_epoch(X, perm, y, batch_size, key0, t, state):
     """One pass over X[perm] in batches: a fused step and an Adam update per batch. t counts steps
-    before this epoch; returns t after it. s.stats holds the epoch's summed training loss and number
-    right per head (with dropout, as Keras reports them), by part; s.keys[t] the key step t drew at."""
+    before this epoch; returns t after it. state.stats holds the epoch's summed training loss and number
+    right per head (with dropout, as Keras reports them), by part; state.keys[t] the key step t drew at."""
     nw = (X.shape[1] + 3) // 4
-    s.stats[...] = 0
+    state.stats[...] = 0
     for a in range(0, perm.shape[0], batch_size):
         idx = perm[a:a + batch_size]
         key = step_key(key0, t, batch_size, nw)
-        s.keys[t] = key
-        if s.by_rows:
-            _step_rows(X, idx, y[idx], key, s)
+        state.keys[t] = key
+        if state.by_rows:
+            _step_rows(X, idx, y[idx], key, state)
         else:
-            _step_chunks(X, idx, y[idx], key, s)
+            _step_chunks(X, idx, y[idx], key, state)
         t += 1
-        _adam_update(s, t)
+        _adam_update(state, t)
     return t
 
 
@@ -418,9 +420,9 @@ def warm_up():
     for dtype in (np.float32, np.uint16):
         X = np.zeros((8, 8), dtype)
         X.flags.writeable = False
-        s = allocate(np.zeros((1, 2, 8), np.float32), np.zeros((1, 2), np.float32), [0.5], [1], 2, np.ones(2), 8, 1,
+        state = allocate(np.zeros((1, 2, 8), np.float32), np.zeros((1, 2), np.float32), [0.5], [1], 2, np.ones(2), 8, 1,
                      (0.9, 0.999, 1e-7), np.zeros(8), np.ones(8))
-        train_epoch(X, np.arange(8), np.zeros(8, np.int64), 8, np.uint64(1), 0, s)
+        train_epoch(X, np.arange(8), np.zeros(8, np.int64), 8, np.uint64(1), 0, state)
     draws(0, 1, 4)
 
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from ..durable import claim_dir, incomplete_dir
-from ..errors import PipelineError
+from ..errors import PipelineError, SettingError
 from .keras_file import write_head
 
 
@@ -56,7 +56,8 @@ def new_run_dir(runs_dir: str, name: str | None) -> str:
     if name:
         path = os.path.join(runs_dir, name)
         if os.path.exists(path):
-            raise PipelineError(f"run folder {path} exists; pass another --name (runs are never overwritten)")
+            raise SettingError("name", f"{name}: run folder {path} exists; pass another name (runs are never "
+                               "overwritten)", "RunOptions")
         return path
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path, i = os.path.join(runs_dir, stamp), 1
@@ -207,8 +208,9 @@ def claim(tmp: str, folder: str, auto_name: bool = False, replace: bool = False)
             return final
         except FileExistsError:
             if not auto_name:
-                raise PipelineError(f"{folder} was created by another run while this one worked; this one's results "
-                                    f"are kept in {tmp} (rename it to keep them), or pass another --name") from None
+                raise SettingError("name", f"{folder} was created by another run while this one worked; this one's "
+                                   f"results are kept in {tmp} (rename it to keep them), or pass another name",
+                                   "RunOptions") from None
             i += 1
             final = f"{folder}-{i}"
 

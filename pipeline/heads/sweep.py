@@ -15,7 +15,7 @@ import time
 import tomllib
 
 
-from ..errors import PipelineError
+from ..errors import PipelineError, SettingError
 from .config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .data import TrainingData
 from ..durable import incomplete_dir, write_json
@@ -37,34 +37,35 @@ def read_space(head: str, params: list, config: str | None, rand: int | None) ->
             with open(config, "rb") as f:
                 doc = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as e:
-            raise PipelineError(f"--config {config}: cannot read ({e}); fix the TOML") from None
+            raise SettingError("config", f"{config}: cannot read ({e}); fix the TOML", "sweep") from None
         unknown = set(doc) - TOML_KEYS
         if unknown:
-            raise PipelineError(f"--config {config}: unknown key(s) {', '.join(sorted(unknown))}; expected "
-                                f"{', '.join(sorted(TOML_KEYS))}")
+            raise SettingError("config", f"{config}: unknown key(s) {', '.join(sorted(unknown))}; expected "
+                               f"{', '.join(sorted(TOML_KEYS))}", "sweep")
         head, rand = doc.get("head", head), doc.get("random", rand)
         if not isinstance(doc.get("params", {}), dict):
-            raise PipelineError(f"--config {config}: params must be a table ([params] key = [values]), got "
-                                f"{type(doc['params']).__name__}")
+            raise SettingError("config", f"{config}: params must be a table ([params] key = [values]), got "
+                               f"{type(doc['params']).__name__}", "sweep")
         if rand is not None and (isinstance(rand, bool) or not isinstance(rand, int)):
-            raise PipelineError(f"--config {config}: random must be a whole number of configurations, got {rand!r}")
+            raise SettingError("config", f"{config}: random must be a whole number of configurations, got {rand!r}",
+                               "sweep")
         space = {k: v if isinstance(v, list) else [v] for k, v in doc.get("params", {}).items()}
     for item in params:
-        key, values = key_values(item, "--param")
+        key, values = key_values(item, "param")
         space[key] = values
     if head not in HEAD_PARAMS:
-        raise PipelineError(f"head: expected softmax or logreg, got {head!r}")
+        raise SettingError("head", f"expected softmax or logreg, got {head!r}", "sweep")
     for key, values in space.items():
         if key not in HEAD_PARAMS[head]:
-            raise PipelineError(f"--param {key}: unknown for the {head} head; expected one of "
-                                f"{', '.join(HEAD_PARAMS[head])}")
+            raise SettingError("param", f"{key}: unknown for the {head} head; expected one of "
+                               f"{', '.join(HEAD_PARAMS[head])}", "sweep")
         if not values:
             raise PipelineError(f"{key}: no values to try; give at least one, e.g. {key} = [0.5]")
     space = {k: list(dict.fromkeys(check_param(k, v) for v in vs)) for k, vs in space.items()}
     if not space:
-        raise PipelineError("nothing to sweep: pass --param KEY=V1,V2 or --config sweep.toml")
+        raise SettingError("param", "nothing to sweep: give KEY=V1,V2 values to try, or a sweep.toml config", "sweep")
     if rand is not None and int(rand) < 1:
-        raise PipelineError(f"--random: expected N >= 1, got {rand}")
+        raise SettingError("random", f"expected N >= 1, got {rand}", "sweep")
     return head, space, None if rand is None else int(rand)
 
 
@@ -137,7 +138,8 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
               timings: dict) -> tuple[str, str]:
     """Train every configuration, write the ranked table and plot; (sweep folder, best run folder)."""
     if not len(data.rows_val):
-        raise PipelineError("--val-fraction 0: a sweep ranks configurations on validation data; pass --val-fraction > 0")
+        raise SettingError("val_fraction", "0: a sweep ranks configurations on validation data; use a fraction > 0",
+                          "RunOptions")
     configs = configurations(space, rand, opts.seed, base)
     folder = new_run_dir(opts.runs_dir, opts.name)              # both names checked free before any work
     best_dir = new_run_dir(opts.runs_dir, os.path.basename(folder) + "-best")

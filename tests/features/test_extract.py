@@ -239,14 +239,14 @@ def unmark(path):
                                            (tamper_features, "features fail their SHA-256 check")])
 def test_damaged_cache_is_refused_then_moved_aside_and_rebuilt(cifar_dir, tmp_path, capsys, damage, needle):
     """A cache damaged or edited after it was written is never used: loading it (train-head) refuses
-    it with advice that works, and the same make features moves it aside (kept) and rebuilds it."""
+    it with advice that works, and the same extraction moves it aside (kept) and rebuilds it."""
     args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", *SMALL)
     path = features(capsys, *args)[1][-1]
     good = load_cache(path)["test"][0].copy()
     damage(path)
     with pytest.raises(DamagedCache) as e:
         load_cache(path)
-    assert needle in str(e.value) and "run make features with the same settings: it moves the damaged file aside" in str(e.value)
+    assert needle in str(e.value) and "extract with the same settings (the features command): it moves the damaged file aside" in str(e.value)
     code, _, err = run_captured(capsys, "train-head", "--cache", path, "--runs-dir", tmp_path / "runs")
     assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
     code, out, err = features(capsys, *args)
@@ -277,7 +277,7 @@ def test_skip_bad_images_is_recorded(folder_dir, tmp_path, capsys):
     open(os.path.join(folder_dir, "test", "dog", "broken.jpg"), "wb").write(b"\xff\xd8\xff\xe0 cut")
     args = ("--data-dir", folder_dir, "--cache-dir", tmp_path / "c", "--splits", "test", *SMALL)
     code, out, err = features(capsys, *args)
-    assert code == 1 and "broken.jpg" in err and "--on-bad-image skip" in err
+    assert code == 1 and "broken.jpg" in err and "on_bad_image skip" in err
     code, out, err = features(capsys, *args, "--on-bad-image", "skip")
     _, _, meta = load_cache(out[-1])["test"]
     assert meta["skipped"][0]["path"] == "test/dog/broken.jpg" and meta["split_sizes"]["test"] == 12

@@ -155,7 +155,7 @@ def test_cut_short_unpacking_is_redone(folder_dir, tmp_path):
 def test_bad_image_fails_or_is_skipped_and_listed(folder_dir):
     bad = os.path.join(folder_dir, "train", "cat", "bad.jpg")
     open(bad, "wb").close()
-    with pytest.raises(PipelineError, match=r"bad image .*bad.jpg: zero-byte file.*--on-bad-image skip"):
+    with pytest.raises(PipelineError, match=r"bad image .*bad.jpg: zero-byte file.*on_bad_image skip"):
         check_images(load_image_folders(folder_dir, ("train", "test")))
     ds = check_images(load_image_folders(folder_dir, ("train", "test")), on_bad_image="skip")
     assert ds.skipped == [{"split": "train", "path": "train/cat/bad.jpg", "reason": "zero-byte file"}]
@@ -164,7 +164,7 @@ def test_bad_image_fails_or_is_skipped_and_listed(folder_dir):
 
 def test_image_over_the_pixel_limit_is_a_bad_image(folder_dir):
     ds = load_image_folders(folder_dir, ("test",), max_pixels=32 * 32 - 1)
-    with pytest.raises(PipelineError, match=r"bad image .*: 32 x 32 = 1,024 pixels, more than --max-image-pixels 1,023"):
+    with pytest.raises(PipelineError, match=r"bad image .*: 32 x 32 = 1,024 pixels, more than max_image_pixels 1,023"):
         check_images(ds)
 
 
@@ -198,7 +198,7 @@ def test_archives_are_capped_before_anything_is_written(folder_dir, tmp_path, mo
     from pipeline.features import image_folders
     tar = make_tar(folder_dir, str(tmp_path / "imgs.tar.gz"), "t")
     src = tmp_path / "src"
-    with pytest.raises(PipelineError, match="--max-archive-bytes 1,000 in all") as e:
+    with pytest.raises(PipelineError, match="max_archive_bytes 1,000 in all") as e:
         load_image_folders(tar, ("train",), sources_dir=str(src), max_archive_bytes=1000)
     assert "\n" not in str(e.value) and not [n for n in os.listdir(src) if not n.endswith((".lock", ".json"))]
     monkeypatch.setattr(image_folders, "MAX_MEMBER_BYTES", 100)
@@ -229,7 +229,7 @@ def test_a_fifo_a_link_out_or_a_tab_in_a_class_name_is_one_line(folder_dir, tmp_
     outside = tmp_path / "secret.png"
     outside.write_bytes(open(os.path.join(folder_dir, "train", "cat", "000.png"), "rb").read())
     os.symlink(outside, os.path.join(folder_dir, "train", "cat", "link.png"))
-    with pytest.raises(PipelineError, match="a link out of --data-dir"):
+    with pytest.raises(PipelineError, match="a link out of the data_dir"):
         load_image_folders(folder_dir, ("train",))
     os.remove(os.path.join(folder_dir, "train", "cat", "link.png"))
     os.symlink(os.path.join(folder_dir, "train", "cat", "000.png"), os.path.join(folder_dir, "train", "cat", "in.png"))

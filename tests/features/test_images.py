@@ -43,7 +43,7 @@ def test_pixel_bomb_refused_before_decoding(tmp_path, monkeypatch):
     p.write_bytes(giant_png(8000, 8000))                   # 64 MP: 192 MB decoded, ~190 KB on disk
     assert p.stat().st_size < 400_000
     monkeypatch.setattr(images.cv2, "imdecode", lambda *a: pytest.fail("decoded despite its header"))
-    with pytest.raises(BadImage, match=r"8000 x 8000 = 64,000,000 pixels, more than --max-image-pixels 50,000,000"):
+    with pytest.raises(BadImage, match=r"8000 x 8000 = 64,000,000 pixels, more than max_image_pixels 50,000,000"):
         decode_image(str(p))
 
 

@@ -38,7 +38,7 @@ def test_imagenet_offline_names_the_file(keras_home, monkeypatch):
     with pytest.raises(PipelineError) as e:
         wt.imagenet_file(True)
     msg = str(e.value)
-    assert "vgg19_weights_tf_dim_ordering_tf_kernels.h5" in msg and "--weights PATH" in msg and "[Errno -3]" in msg
+    assert "vgg19_weights_tf_dim_ordering_tf_kernels.h5" in msg and "weights=PATH" in msg and "[Errno -3]" in msg
     assert str(keras_home / "models") in msg and "\n" not in msg
 
 

@@ -15,7 +15,7 @@ def test_validation_split_is_stratified_and_seeded():
 
 
 def test_too_few_rows_for_a_hold_out_is_one_line():
-    with pytest.raises(PipelineError, match="--val-fraction 0.1: cannot hold out a stratified 10% of 12 rows"):
+    with pytest.raises(PipelineError, match="RunOptions.val_fraction: 0.1: cannot hold out a stratified 10% of 12 rows"):
         validation_split(np.arange(12) % 6, 0.1, 0)
 
 

@@ -36,7 +36,7 @@ def test_random_subset_and_toml(syn, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--param", "momentum=0.9"], "--param momentum: unknown for the softmax head"),
+    (["--param", "momentum=0.9"], "--param: momentum: unknown for the softmax head"),
     (["--param", "dropout"], "expected KEY=V1,V2"),
     (["--param", "dropout=0.5,1.2"], "dropout: expected a number in [0, 1), got 1.2"),
     (["--param", "lr=-1"], "lr: expected a number in (0, inf)"),
@@ -70,7 +70,7 @@ def test_bad_toml_is_one_line_and_leaves_no_folder(syn, tmp_path, capsys, toml, 
     assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
 
 
-@pytest.mark.parametrize("args,needle", [(["--param", "dropout=,"], "--param dropout=,: expected KEY=V1,V2"),
+@pytest.mark.parametrize("args,needle", [(["--param", "dropout=,"], "--param: dropout=,: expected KEY=V1,V2"),
                                          (["--param", "=0.5"], "expected KEY=V1,V2"),
                                          (["--param", "dropout=0.5", "--seed", "-1"], "seed: expected an integer in [0, 2^32-1], got -1")])
 def test_bad_params_leave_no_folder(syn, tmp_path, capsys, args, needle):

@@ -50,7 +50,7 @@ def test_values_out_of_range(syn, tmp_path, capsys, args, needle):
 
 def test_missing_and_incomplete_cache(tmp_path, capsys):
     code, _, err = train(capsys, "--cache", tmp_path / "nope.h5", "--runs-dir", tmp_path)
-    assert code == 1 and "not found" in err and "make features" in err
+    assert code == 1 and "not found" in err and "the features command" in err
     import h5py
     with h5py.File(tmp_path / "half.h5", "w") as f:
         f.attrs["key"] = "x"
@@ -61,7 +61,7 @@ def test_missing_and_incomplete_cache(tmp_path, capsys):
 def test_cache_selected_by_settings_says_how_to_build_it(cifar_dir, tmp_path, capsys):
     code, _, err = train(capsys, "--data-dir", cifar_dir, "--weights", "random", "--image-size", "32",
                          "--cache-dir", tmp_path / "c", "--runs-dir", tmp_path)
-    assert code == 1 and "no cache for these settings" in err and "make features" in err
+    assert code == 1 and "no cache for these settings" in err and "the features command" in err
 
 
 def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
@@ -77,7 +77,7 @@ def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
     (["--lr", "nan"], "lr: expected a number in (0, inf), got nan"),
     (["--l2", "-0.1"], "l2: expected a number in [0, inf) or auto, got -0.1"),
     (["--head", "logreg", "--C", "inf"], "C: expected a number in (0, inf) or auto, got inf"),
-    (["--head", "logreg", "--val-fraction", "0.999"], "--val-fraction 0.999: cannot hold out"),
+    (["--head", "logreg", "--val-fraction", "0.999"], "--val-fraction: 0.999: cannot hold out"),
     (["--name", "a/b"], "--name: 'a/b': expected a plain folder name"),
 ])
 def test_bad_head_options_are_one_line(syn, tmp_path, capsys, args, needle):

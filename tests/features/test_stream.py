@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.features.runner import BackgroundWriter, extract_range, preparer
+from pipeline.features.stream import BackgroundWriter, extract_range, preparer
 from pipeline.features.dataset import Split
 
 
