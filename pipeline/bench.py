@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from .durable import write_text
 from .errors import PipelineError, SettingError
 from .features import FeatureConfig
 from .features.backbone import build_backbone
@@ -258,5 +259,4 @@ def update_readme(path: str, md: str):
     new, count = re.subn(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", lambda m: m[1] + md + m[2], text, flags=re.S)
     if not count:
         raise PipelineError(f"{path}: no <!-- bench:start --> / <!-- bench:end --> markers; add them where the table goes")
-    with open(path, "w") as f:
-        f.write(new)
+    write_text(path, new)

@@ -125,6 +125,17 @@ def cmd_bench(args):
               head_dim=args.head_dim, conv_dim=args.conv_dim, out_dir=args.out_dir, readme=args.update_readme))
 
 
+KEPT = {   # what Ctrl-C leaves, per command
+    "features": "the finished batches are kept (the cache's .partial journal); re-run the same command to resume",
+    "train-head": "nothing was written (a run folder appears only when it is finished); re-run the command",
+    "sweep": "nothing was written (the sweep and its best run appear only when finished); re-run the command",
+    "study": "built caches and every finished (cache, head) row are kept (<study>/rows); re-run the same command "
+             "to resume",
+    "predict": "nothing was written (an export is written whole or not at all)",
+    "bench": "nothing was written; re-run the command",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +249,6 @@ def _run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: finished batches are kept; re-run the same command to resume", file=sys.stderr)
+        print(f"interrupted: {KEPT[args.command]}", file=sys.stderr)
         return 130
     return 0

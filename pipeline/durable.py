@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -51,18 +52,28 @@ def publish(tmp: str, final: str):
     fsync_path(os.path.dirname(os.path.abspath(final)))
 
 
-def write_bytes(path: str, data: bytes):
-    """Write `path` whole or not at all: a temp file of this writer's own beside it, fsync'd, renamed."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)[:80]}.",
-                               suffix=".tmp")
+@contextmanager
+def atomic_file(path: str):
+    """Write `path` whole or not at all, the one way this program writes a file: yields a temp path of
+    this writer's own beside it (created empty, exclusively, with the umask's permissions); when the
+    block ends it is fsync'd, renamed into place and the folder fsync'd; if the block fails it is removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    stem, ext = os.path.splitext(os.path.basename(path))        # the extension kept: writers that go by it
+    tmp = os.path.join(folder, f".{stem[:80]}.{os.getpid()}.{secrets.token_hex(4)}.tmp{ext[:16]}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield tmp
         publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_bytes(path: str, data: bytes):
+    """Write `path` whole or not at all (atomic_file)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_text(path: str, text: str):

@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 
+from .durable import atomic_file
 from .errors import PipelineError, SettingError
 from .features.backbone import build_backbone
 from .features.config import FeatureConfig, validate
@@ -147,7 +148,8 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
     names = info["class_names"]
     lines = [f"{path}\t{names[k]}\t{proba[k]:.4f}" for path, k, proba in predict_images(model, info, images, batch_size)]
     if export:
-        model.save(export)
+        with atomic_file(export) as tmp:
+            model.save(tmp)
         log.info(f"exported {export}: input {model.input.shape[1]}x{model.input.shape[2]} RGB 0..255 upscaled "
                  f"with OpenCV {info['settings']['interpolation']}")
     return lines

@@ -19,7 +19,7 @@ import time
 
 from .durable import write_json
 from .hashing import tag
-from .errors import PipelineError, SettingError
+from .errors import SettingError
 from .features import FeatureConfig
 from .features.cache import read_provenance
 from .features.config import axes, validate

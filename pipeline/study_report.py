@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .durable import write_text
+from .durable import atomic_file, write_text
 from .heads.runs import plain_text
 
 Z95 = 1.959964
@@ -102,7 +102,8 @@ def plot_study(path: str, rows: list):
     axes[0].set_ylabel("accuracy (mean over views where the cache has them), 95% interval")
     fig.suptitle(f"study: {len(rows)} configurations ({rows[0]['test_n']} test images)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -132,5 +133,6 @@ def plot_learning_curve(path: str, rows: list):
     ax.legend(fontsize=6, loc="lower right")
     ax.set_title(f"learning curve ({rows[0]['test_n']} test images)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -120,6 +120,12 @@ def run_captured(capsys, command, *args):
     return code, out.strip().splitlines(), err
 
 
+def is_one_line_error(code, err: str, needle: str) -> bool:
+    """What a user's mistake must look like: exit status 1, one line on stderr, saying `needle`, no traceback."""
+    lines = err.strip().splitlines()
+    return code == 1 and len(lines) == 1 and needle in lines[0] and lines[0].startswith("error: ")
+
+
 SMALL = ["--weights", "random", "--image-size", "32", "--precision", "float32", "--quiet"]  # fast VGG19 settings
 PY = sys.executable
 

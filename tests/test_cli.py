@@ -31,3 +31,18 @@ def test_make_args_mean_one_thing_in_both_stages(syn, tmp_path, capsys):
 def parse(*argv):
     from pipeline.cli import build_parser
     return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("command", ["features", "train-head", "sweep", "study", "predict", "bench"])
+def test_ctrl_c_says_what_the_command_keeps(command, capsys, monkeypatch):
+    """Ctrl-C exits 130 with one line naming what this command keeps (not the features wording everywhere)."""
+    from pipeline import cli
+
+    def stop(args):
+        raise KeyboardInterrupt
+    args = cli.build_parser().parse_args([command] + (["--run", "r", "x.png"] if command == "predict" else []))
+    args.func = stop
+    assert cli._run(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"interrupted: {cli.KEPT[command]}"
+    assert ("journal" in err[0]) == (command == "features") and ("rows" in err[0]) == (command == "study")

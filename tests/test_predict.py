@@ -8,9 +8,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import SMALL, run_captured, run_cli
+from conftest import SMALL, run_captured, run_cli, is_one_line_error
 
-from pipeline.features import backbone as bb
 from pipeline.features.cache import load_cache
 from pipeline.heads.keras_file import head_model, read_head
 
@@ -109,7 +108,7 @@ def test_run_folder_never_runs_code(cached, tmp_path, capsys, monkeypatch):
     lambda_head(run / "head.keras")
     capsys.readouterr()
     code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
-    assert code == 1 and "not a head this project writes" in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, "not a head this project writes")
 
 
 @pytest.mark.parametrize("content,needle", [("not json", "metrics.json is not a run's (JSONDecodeError"),
@@ -120,7 +119,7 @@ def test_metrics_that_is_not_a_runs(cached, tmp_path, capsys, content, needle):
     (run / "metrics.json").write_text(content)
     capsys.readouterr()
     code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, needle)
 
 
 @pytest.mark.parametrize("args,needle", [(["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
@@ -129,10 +128,10 @@ def test_metrics_that_is_not_a_runs(cached, tmp_path, capsys, content, needle):
 def test_bad_options_fail_before_any_backbone_work(cached, capsys, monkeypatch, args, needle):
     root, data, cache = cached
     run = train(root, cache, "logreg", f"run-{args[1].replace('/', '_')}")
-    monkeypatch.setattr(bb, "build_backbone", lambda *a, **k: pytest.fail("backbone built"))
+    monkeypatch.setattr("pipeline.predict.build_backbone", lambda *a, **k: pytest.fail("backbone built"))
     capsys.readouterr()
     code, _, err = run_captured(capsys, "predict", "--run", run, *args, os.path.join(data, "test", "cat", "000.png"))
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, needle)
 
 
 def test_predict_bad_inputs(cached, tmp_path, capsys):
@@ -195,7 +194,7 @@ def test_a_run_folder_is_validated_like_a_cache(cached, tmp_path, capsys, monkey
     m = json.load(open(run / "metrics.json"))
     change(m)
     (run / "metrics.json").write_text(json.dumps(m))
-    monkeypatch.setattr(bb, "build_backbone", lambda *a, **k: pytest.fail("backbone built"))
+    monkeypatch.setattr("pipeline.predict.build_backbone", lambda *a, **k: pytest.fail("backbone built"))
     capsys.readouterr()
     code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert is_one_line_error(code, err, needle) and "Traceback" not in err

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import run_captured, write_cifar10
+from conftest import run_captured, write_cifar10, is_one_line_error
 
 
 
@@ -52,7 +52,7 @@ def test_bad_grids_are_one_line(data, capsys, grid, needle):
     d, root = data
     code, out, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
                                   "--runs-dir", root / "bad", "--grid", grid)
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, needle)
 
 
 def small_study(capsys, root, data, name, *extra, grid=("--grid", "dropout=0.2,0.5")):
@@ -103,7 +103,7 @@ def test_a_name_that_holds_something_else_is_refused(data, capsys, syn):
                         "dropout=0.2,0.5", "--epochs", "2")[0] == 0
     before = open(runs / "sw" / "results.csv").read()
     code, _, err = small_study(capsys, root, d, "sw")
-    assert code == 1 and "not a study" in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, "not a study")
     assert open(runs / "sw" / "results.csv").read() == before
     (runs / "own-best").mkdir()
     (runs / "own-best" / "metrics.json").write_text("{}")      # a run of someone else's under the best's name
@@ -119,7 +119,7 @@ def test_study_refuses_up_front(data, capsys, extra, needle):
     d, root = data
     code, _, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
                                 "--runs-dir", root / "up", *extra)
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and not (root / "up").exists()
+    assert is_one_line_error(code, err, needle) and not (root / "up").exists()
 
 
 def test_spellings_of_one_setting_are_one_configuration():

@@ -1,7 +1,7 @@
 """The feature cache: key, the finished HDF5 file, and its reader.
 
 - key: SHA-256 of exactly the settings that change the numbers (plus FORMAT_VERSION).
-- finish: rows come from the run's journal (journal.py), are written to `<stem>.h5.tmp`,
+- finish: rows come from the run's journal (journal.py), are written to a temp file beside `<stem>.h5`,
   `complete` is set last, then the file is fsync'd and renamed to `<stem>.h5`. A file without
   `complete` is never read as a cache.
 - integrity: each split's features, labels and ids carry a SHA-256, and `checksum` covers every
@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import PipelineError
-from ..durable import file_lock, publish, write_error
+from ..durable import atomic_file, file_lock, write_error
 from ..finite import block_finite
 from ..hashing import array_sha256, json_sha256, tag
 from ..hdf5_layout import LayoutError, check_file, check_tree
@@ -88,9 +88,8 @@ def _checksum(root: dict, splits: dict) -> str:
 def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
     """Assemble the finished file. `splits`: name -> (labels, ids, first_row); `chunks(name)` yields
     (a, b, features) covering the split exactly once. Written to a temp file, renamed last."""
-    tmp = path + ".tmp"
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
             split_attrs = {}
             for name, (labels, ids, first_row) in splits.items():
                 g = f.create_group(name)
@@ -115,13 +114,8 @@ def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
             f.attrs.update(root)
             f.attrs["checksum"] = _checksum(root, split_attrs)
             f.attrs["complete"] = True  # set last: a file without it is never read as a cache
-        publish(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise write_error(e, path) from None
-        raise
+    except OSError as e:
+        raise write_error(e, path) from None
 
 
 FEATURE_DTYPES = (np.float16, np.float32)

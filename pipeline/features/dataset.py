@@ -18,7 +18,6 @@ class Split:
     images: np.ndarray | None = None   # N x H x W x 3 uint8, for in-memory sources
     paths: list | None = None          # N file paths, for image folders
     max_pixels: int = MAX_PIXELS       # larger image files are refused before decoding
-    digests: list | None = None        # per image file, its pixels' digest (set once every file was decoded)
 
     def __len__(self):
         return len(self.labels)
@@ -32,8 +31,7 @@ class Split:
         idx = np.asarray(idx, dtype=np.int64)
         return Split(self.name, self.labels[idx], self.ids[idx],
                      None if self.images is None else self.images[idx],
-                     None if self.paths is None else [self.paths[i] for i in idx], self.max_pixels,
-                     None if self.digests is None else [self.digests[i] for i in idx])
+                     None if self.paths is None else [self.paths[i] for i in idx], self.max_pixels)
 
 
 @dataclass
@@ -41,7 +39,14 @@ class Dataset:
     name: str                      # cifar10, cifar100, or imagefolder:<root name>
     class_names: list
     splits: dict = field(default_factory=dict)
-    skipped: list = field(default_factory=list)   # bad images left out (--on-bad-image skip)
+    skipped: list = field(default_factory=list)   # bad images left out (on_bad_image skip)
+
+
+@dataclass
+class CheckedDataset(Dataset):
+    """A dataset whose every image file was decoded and checked (sources.open_dataset): what the
+    fingerprint hashes. `digests`: per split, each image file's pixel digest (None for in-memory arrays)."""
+    digests: dict = field(default_factory=dict)
 
 
 def stratified_indices(labels: np.ndarray, limit: int | None) -> np.ndarray:

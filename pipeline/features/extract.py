@@ -15,8 +15,13 @@ log = logging.getLogger(__name__)
 
 def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_address: str | None = None,
             ray_actors: int | None = None, quiet: bool = False, models: BuiltBackbone | None = None) -> str:
-    """The path of the finished cache for `cfg`. shards > 1 or engine "ray": cut each split into
-    `shards` contiguous ranges, extract each (here, or on Ray actors), merge them."""
+    """The path of the finished cache for `cfg` (FeatureConfig): a hit, resumed, or built.
+
+    shards: cut each split into this many contiguous ranges, extracted one by one and merged (a
+    killed run resumes at the shard it stopped in); engine: "local" (this process) or "ray" (the
+    shards on Ray actors: ray_address joins a cluster, None starts a local one; ray_actors how many,
+    None: one per GPU, else one per node); quiet: no progress bars; models: a BuiltBackbone to reuse
+    across calls (None: built here). PipelineError (one line) for anything a user can fix."""
     if shards < 1:
         raise SettingError("shards", f"expected N >= 1, got {shards}", "extract")
     if ray_actors is not None and ray_actors < 1:
@@ -56,8 +61,8 @@ def extract_many(cfgs: list, quiet: bool = False) -> list:
 
 
 def find_cache(cfg: FeatureConfig) -> str:
-    """Path of the finished cache that `cfg` selects; PipelineError if it has not been built (or is
-    damaged). A query: it moves and writes nothing (building is `extract`'s)."""
+    """Path of the finished cache that `cfg` (FeatureConfig) selects; PipelineError if it has not been
+    built (or is damaged). A query: it moves and writes nothing (building is `extract`'s)."""
     p = plan(cfg)
     if not is_finished(p.path, p.key):
         raise PipelineError(f"no cache for these settings at {p.path}; build it first with extract (the features "

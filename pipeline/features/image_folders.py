@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import PipelineError, SettingError, reason
-from .dataset import Dataset, Split
+from .dataset import CheckedDataset, Dataset, Split
 from ..durable import file_lock, publish
 from ..hashing import file_sha256
 from .config import FeatureConfig
@@ -224,11 +224,13 @@ def _digest(path: str, max_pixels: int):
     return hashlib.blake2b(np.array(img.shape, "<i8").tobytes() + img.tobytes(), digest_size=16).digest()
 
 
-def check_images(ds: Dataset, on_bad_image: str = "fail") -> Dataset:
+def check_images(ds: Dataset, on_bad_image: str = "fail") -> CheckedDataset:
     """Decode every image file once (in threads), before any backbone work: a bad one stops the run
-    (on_bad_image="fail") or is left out and listed in ds.skipped ("skip"). Each kept image's pixel
-    digest is kept on its split for the dataset fingerprint."""
-    for name, split in list(ds.splits.items()):
+    (on_bad_image="fail") or is left out and listed in `skipped` ("skip"). The checked dataset keeps
+    each kept image's pixel digest, for the fingerprint; `ds` itself is left as it was."""
+    out = CheckedDataset(ds.name, ds.class_names, dict(ds.splits), list(ds.skipped))
+    for name, split in ds.splits.items():
+        out.digests[name] = None
         if split.paths is None:
             continue
         with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
@@ -239,11 +241,11 @@ def check_images(ds: Dataset, on_bad_image: str = "fail") -> Dataset:
             raise PipelineError(f"bad image {first.path}: {first.reason}; fix or remove it, or pass "
                                 f"on_bad_image skip ({len(bad)} bad image(s) in {name})")
         if bad:
-            ds.skipped += [{"split": name, "path": str(split.ids[i]), "reason": digests[i].reason} for i in bad]
+            out.skipped += [{"split": name, "path": str(split.ids[i]), "reason": digests[i].reason} for i in bad]
             keep = [i for i, d in enumerate(digests) if not isinstance(d, BadImage)]
-            split = ds.splits[name] = split.subset(keep)
+            split = out.splits[name] = split.subset(keep)
             digests = [digests[i] for i in keep]
         if not len(split):
             raise PipelineError(f"split {name}: no readable images left; check the data")
-        split.digests = digests
-    return ds
+        out.digests[name] = digests
+    return out

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..hashing import array_sha256
 from ..errors import PipelineError
-from ..durable import publish, write_error, write_json
+from ..durable import atomic_file, publish, write_error, write_json
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,8 @@ class Journal:
         final = os.path.join(d, f"{start:010d}-{stop:010d}.{digest(features)}.npy")
         try:
             os.makedirs(d, exist_ok=True)
-            with open(final + ".tmp", "wb") as f:
+            with atomic_file(final) as tmp, open(tmp, "wb") as f:
                 np.save(f, features)
-            publish(final + ".tmp", final)
         except OSError as e:
             raise write_error(e, final) from None
 

@@ -10,7 +10,7 @@ import math
 import os
 
 from ..durable import folder_or_missing
-from ..errors import PipelineError, SettingError
+from ..errors import SettingError
 
 HEAD = "softmax"        # softmax (Dropout -> Dense softmax, Keras' rules) | logreg (scikit-learn)
 RUNS_DIR = "data/runs"  # where run folders go

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import PipelineError, SettingError
+from ..errors import SettingError
 from ..features.cache import load_cache
 
 

@@ -16,13 +16,12 @@ import datetime
 import importlib.metadata
 import io
 import json
-import os
 import zipfile
 
 import h5py
 import numpy as np
 
-from ..durable import publish
+from ..durable import atomic_file
 from ..errors import PipelineError
 from ..hdf5_layout import LayoutError, check_tree
 
@@ -86,12 +85,10 @@ def write_head(path: str, kernel: np.ndarray, bias: np.ndarray, dropout: float |
         f.create_group("vars").attrs["name"] = "softmax_head"
     meta = {"keras_version": importlib.metadata.version("keras"),
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
-    tmp = path + ".tmp"
-    with zipfile.ZipFile(tmp, "w") as z:
+    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w") as z:
         z.writestr("metadata.json", json.dumps(meta))
         z.writestr("config.json", json.dumps(head_config(dim, n_classes, dropout, mean, variance)))
         z.writestr("model.weights.h5", weights.getvalue())
-    publish(tmp, path)
 
 
 def read_head(path: str) -> dict:

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from ..durable import claim_dir, incomplete_dir
-from ..errors import PipelineError, SettingError
+from ..durable import atomic_file, claim_dir, incomplete_dir
+from ..errors import SettingError
 from .keras_file import write_head
 
 
@@ -94,7 +94,7 @@ def evaluate(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
 
 def write_history(path: str, history: list):
     keys = list(dict.fromkeys(k for row in history for k in row))
-    with open(path, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
@@ -117,7 +117,8 @@ def plot_learning_curves(path: str, history: list, title: str):
         ax.legend()
     fig.suptitle(title)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.88, wspace=0.25)   # tight_layout costs a draw
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -145,7 +146,8 @@ def plot_validation_curve(path: str, selection: dict):
     ax.legend(loc="lower center", fontsize=8)
     ax.set_title(f"{param} chosen on validation, then refit on train + validation")
     fig.subplots_adjust(left=0.1, right=0.88, bottom=0.14, top=0.9)
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -169,7 +171,8 @@ def plot_confusion(path: str, cm, class_names: list, title: str):
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     fig.subplots_adjust(left=0.18, right=0.86, bottom=0.22, top=0.92)   # tight_layout costs a draw
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

@@ -205,8 +205,11 @@ class JointSoftmax:
 
 class SoftmaxHead(ClassifierMixin, BaseEstimator):
     """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2)), Adam(lr), `epochs` passes in batches of `batch_size`.
-    classes: every class the head must know (its columns), also one absent from the training rows
-    (default: those in y). Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
+    l2 may be "auto" (chosen on X_val, then refit on train + validation); early_stopping: stop when the
+    validation loss has not improved for `patience` epochs and keep the best epoch's weights;
+    standardize: scale features by the training rows' mean and standard deviation (inside the saved
+    head); seed: initial weights and dropout noise; classes: every class the head must know (its
+    columns), also one absent from the training rows (default: those in y). Ranges: heads/config.PARAMS. Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
     history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_."""
 
     _parameter_constraints = SOFTMAX       # checked in fit, scikit-learn's way: one line naming the parameter

@@ -18,7 +18,7 @@ import tomllib
 from ..errors import PipelineError, SettingError
 from .config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .data import TrainingData
-from ..durable import incomplete_dir, write_json
+from ..durable import atomic_file, incomplete_dir, write_json
 from .runs import KIND_FILE, claim, new_run_dir, plain_text
 from .softmax import JointSoftmax
 from .train import finish_run, fit_head, make_head
@@ -130,7 +130,8 @@ def plot_sweep(path: str, rows: list, keys: list):
     ax.set_xlabel("validation accuracy")
     ax.set_title(f"sweep: {len(rows)} configurations, best first")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

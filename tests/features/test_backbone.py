@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.features import backbone as bb
+from pipeline.features import backbone
 
 BLOCK5, FC2 = [("block5_pool", "flatten")], [("fc2", None)]
 from pipeline.errors import PipelineError
@@ -13,20 +13,20 @@ def test_backbone_precision_stays_local_to_the_backbone():
     as before, and a model built afterwards computes in float32."""
     import keras
     before_policy, before_np = keras.config.dtype_policy().name, np.random.get_state()[1].copy()
-    m = bb.build_backbone(BLOCK5, 32, "random", 0, "bfloat16")
+    m = backbone.build_backbone(BLOCK5, 32, "random", 0, "bfloat16")
     assert m.layers[1].dtype_policy.name == "mixed_bfloat16" and m.output["block5_pool"].dtype == "bfloat16"
     assert keras.config.dtype_policy().name == before_policy == "float32"
     assert np.array_equal(np.random.get_state()[1], before_np)
     later = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     assert later.layers[0].compute_dtype == "float32"
-    f32 = bb.build_backbone(BLOCK5, 32, "random", 0, "float32")
+    f32 = backbone.build_backbone(BLOCK5, 32, "random", 0, "float32")
     assert model_weights_sha256(m) == model_weights_sha256(f32)        # same weights, only the compute dtype differs
 
 
 def test_random_weights_are_reproducible_and_glorot():
-    a = bb.build_backbone(BLOCK5, 32, "random", 3, "float32")
-    b = bb.build_backbone(BLOCK5, 32, "random", 3, "float32")
-    c = bb.build_backbone(BLOCK5, 32, "random", 4, "float32")
+    a = backbone.build_backbone(BLOCK5, 32, "random", 3, "float32")
+    b = backbone.build_backbone(BLOCK5, 32, "random", 3, "float32")
+    c = backbone.build_backbone(BLOCK5, 32, "random", 4, "float32")
     assert model_weights_sha256(a) == model_weights_sha256(b) != model_weights_sha256(c)
     kernel, bias = (np.asarray(w) for w in a.get_layer("block3_conv1").weights)
     limit = np.sqrt(6 / (9 * (128 + 256)))                        # Glorot-uniform of a 3x3, 128 -> 256 conv
@@ -35,7 +35,7 @@ def test_random_weights_are_reproducible_and_glorot():
 
 
 def test_fc2_at_224_has_the_notebook_shape():
-    m = bb.build_backbone(FC2, 224, "random", 0, "float32")
+    m = backbone.build_backbone(FC2, 224, "random", 0, "float32")
     assert tuple(m.output["fc2"].shape) == (None, 4096) and not m.trainable
     assert [layer.name for layer in m.layers][-3:] == ["flatten", "fc1", "fc2"]
 
@@ -46,40 +46,40 @@ def test_weights_file_that_does_not_fit(tmp_path):
     path = str(tmp_path / "other.weights.h5")
     other.save_weights(path)
     with pytest.raises(PipelineError, match="does not fit VGG19"):
-        bb.build_backbone(BLOCK5, 32, path, 0, "float32")
+        backbone.build_backbone(BLOCK5, 32, path, 0, "float32")
 
 
 def test_weights_file_that_fits_loads(tmp_path):
-    a = bb.build_backbone(BLOCK5, 32, "random", 5, "float32")
+    a = backbone.build_backbone(BLOCK5, 32, "random", 5, "float32")
     path = str(tmp_path / "mine.weights.h5")
     a.save_weights(path)
-    b = bb.build_backbone(BLOCK5, 32, path, 0, "float32")
+    b = backbone.build_backbone(BLOCK5, 32, path, 0, "float32")
     assert model_weights_sha256(a) == model_weights_sha256(b)
 
 
 def test_weights_file_changed_since_keyed_is_refused(tmp_path):
-    a = bb.build_backbone(BLOCK5, 32, "random", 5, "float32")
+    a = backbone.build_backbone(BLOCK5, 32, "random", 5, "float32")
     path = str(tmp_path / "mine.weights.h5")
     a.save_weights(path)
     with pytest.raises(PipelineError, match="changed since the cache was keyed"):
-        bb.build_backbone(BLOCK5, 32, path, 0, "float32", sha256="0" * 64)
+        backbone.build_backbone(BLOCK5, 32, path, 0, "float32", sha256="0" * 64)
     with pytest.raises(PipelineError, match="is gone"):
-        bb.build_backbone(BLOCK5, 32, str(tmp_path / "gone.weights.h5"), 0, "float32")
+        backbone.build_backbone(BLOCK5, 32, str(tmp_path / "gone.weights.h5"), 0, "float32")
 
 
 def test_one_pass_gives_every_layer_pooled_as_asked():
     """Several layers and poolings from one forward pass: each output equals the raw layer pooled."""
-    from pipeline.features import pooling as P
-    specs = P.parse_layers("block4_pool:avg2x2,block5_pool,block3_pool:max", "avg")
-    model = bb.build_backbone(specs, 64, "random", 0, "float32")
+    from pipeline.features import pooling
+    specs = pooling.parse_layers("block4_pool:avg2x2,block5_pool,block3_pool:max", "avg")
+    model = backbone.build_backbone(specs, 64, "random", 0, "float32")
     assert sorted(model.output) == ["block3_pool", "block4_pool", "block5_pool"]
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32) * 50
     raw = {k: np.asarray(v) for k, v in model.predict_on_batch(x).items()}
-    f16, f32 = bb.Backbone(model, [(specs[1:2], "float16"), (specs, "float32")])(x)
+    f16, f32 = backbone.Backbone(model, [(specs[1:2], "float16"), (specs, "float32")])(x)
     assert f16.dtype == np.float16 and f16.shape == (2, 512) and f32.shape == (2, 4 * 512 + 512 + 256)
     b4 = raw["block4_pool"]                                         # 4 x 4 x 512 at 64 px
     np.testing.assert_allclose(f32[:, :512], b4[:, :2, :2].mean((1, 2)), rtol=1e-5)          # top-left quadrant
     np.testing.assert_allclose(f32[:, 3 * 512:4 * 512], b4[:, 2:, 2:].mean((1, 2)), rtol=1e-5)
     np.testing.assert_allclose(f32[:, -256:], raw["block3_pool"].max((1, 2)), rtol=1e-6)
-    views = bb.Backbone(model, [(specs, "float32")])(np.stack([x, x[:, :, ::-1]]))[0]
+    views = backbone.Backbone(model, [(specs, "float32")])(np.stack([x, x[:, :, ::-1]]))[0]
     assert views.shape == (2, 2, f32.shape[1]) and np.allclose(views[:, 0], f32, rtol=1e-5, atol=1e-5)

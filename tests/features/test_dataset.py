@@ -15,7 +15,7 @@ def test_limit_is_stratified_and_deterministic():
 
 def test_subset_keeps_every_per_image_field():
     s = Split("train", np.array([0, 1, 2]), np.array(["a", "b", "c"], dtype=object), paths=["pa", "pb", "pc"],
-              max_pixels=7, digests=[b"1", b"2", b"3"])
+              max_pixels=7)
     t = s.subset([2, 0])
     assert list(t.labels) == [2, 0] and list(t.ids) == ["c", "a"] and t.paths == ["pc", "pa"]
-    assert t.digests == [b"3", b"1"] and t.max_pixels == 7 and len(t) == 2
+    assert t.max_pixels == 7 and len(t) == 2

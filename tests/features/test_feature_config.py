@@ -33,11 +33,11 @@ def test_every_setting_declares_how_it_enters_the_key():
     """A new FeatureConfig field without a key role fails here: the key is declared, not assembled by hand."""
     import dataclasses
 
-    from pipeline.features import config as C
+    from pipeline.features import config
     roles = {f.name: f.metadata.get("key") for f in dataclasses.fields(FeatureConfig)}
-    assert set(roles.values()) <= {C.KEYED, C.RESOLVED, C.FINGERPRINT, C.NOT_KEYED}, roles
-    assert FeatureConfig().keyed() == {n: getattr(FeatureConfig(), n) for n, r in roles.items() if r == C.KEYED}
-    assert roles["batch_size"] == roles["cache_dir"] == C.NOT_KEYED and roles["layer"] == C.KEYED
+    assert set(roles.values()) <= {config.KEYED, config.RESOLVED, config.FINGERPRINT, config.NOT_KEYED}, roles
+    assert FeatureConfig().keyed() == {n: getattr(FeatureConfig(), n) for n, r in roles.items() if r == config.KEYED}
+    assert roles["batch_size"] == roles["cache_dir"] == config.NOT_KEYED and roles["layer"] == config.KEYED
 
 
 def test_adding_a_setting_is_one_declaration(cifar_dir, tmp_path):
@@ -47,13 +47,13 @@ def test_adding_a_setting_is_one_declaration(cifar_dir, tmp_path):
     import dataclasses
 
     from pipeline.cli import add_feature_options, feature_config
-    from pipeline.features import config as C
+    from pipeline.features import config
     from pipeline.features.build import pass_of
     from pipeline.features.plan import plan
 
     @dataclasses.dataclass
     class WithContrast(FeatureConfig):
-        contrast: float = C.setting(1.0, C.KEYED, "a test-only setting: scale the images' contrast", parse=float,
+        contrast: float = config.setting(1.0, config.KEYED, "a test-only setting: scale the images' contrast", parse=float,
                                     axis=True)
 
     p = argparse.ArgumentParser()
@@ -62,7 +62,7 @@ def test_adding_a_setting_is_one_declaration(cifar_dir, tmp_path):
                          "--precision", "float32", "--cache-dir", str(tmp_path)])
     args.forward_batch_size = 8
     cfg = feature_config(args, WithContrast)
-    assert cfg.contrast == 1.5 and cfg.batch_size == 8 and "contrast" in C.axes(WithContrast)
+    assert cfg.contrast == 1.5 and cfg.batch_size == 8 and "contrast" in config.axes(WithContrast)
     one, other = plan(cfg), plan(dataclasses.replace(cfg, contrast=1.0))
     assert one.key != other.key and one.key_payload["contrast"] == 1.5       # keyed: a new value, a new file
     assert pass_of(one) != pass_of(other)                                    # changes the pass: not shared

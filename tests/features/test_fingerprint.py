@@ -40,3 +40,17 @@ def test_skipping_leaves_exactly_the_good_images(folder_dir):
     skipped = fp_of(folder_dir, on_bad_image="skip")
     os.remove(bad)
     assert fp_of(folder_dir) == skipped
+
+
+def test_the_fingerprint_takes_only_a_checked_dataset(folder_dir):
+    """The fingerprint hashes a CheckedDataset (its own type, made by check_images), never a dataset that
+    another module may or may not have checked first; checking leaves the unchecked dataset as it was."""
+    import pytest
+
+    from pipeline.features.image_folders import check_images, load_image_folders
+    raw = load_image_folders(folder_dir, ("train", "test"))
+    with pytest.raises(TypeError, match="expected a CheckedDataset"):
+        fingerprint(raw)
+    checked = check_images(raw)
+    assert fingerprint(checked) == fingerprint(check_images(raw)) and not hasattr(raw, "digests")
+    assert not hasattr(raw.splits["train"], "digests")

@@ -159,7 +159,7 @@ def test_bad_image_fails_or_is_skipped_and_listed(folder_dir):
         check_images(load_image_folders(folder_dir, ("train", "test")))
     ds = check_images(load_image_folders(folder_dir, ("train", "test")), on_bad_image="skip")
     assert ds.skipped == [{"split": "train", "path": "train/cat/bad.jpg", "reason": "zero-byte file"}]
-    assert "train/cat/bad.jpg" not in list(ds.splits["train"].ids) and len(ds.splits["train"].digests) == 12
+    assert "train/cat/bad.jpg" not in list(ds.splits["train"].ids) and len(ds.digests["train"]) == 12
 
 
 def test_image_over_the_pixel_limit_is_a_bad_image(folder_dir):

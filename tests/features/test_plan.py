@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from pipeline.features import config as C
+from pipeline.features import config
 from pipeline.features.config import FeatureConfig
 from pipeline.features.plan import plan, provenance
 
@@ -42,7 +42,7 @@ def test_the_key_follows_the_declared_roles(base, tmp_path):
         needs, value = CHANGES[f.name]
         one = dataclasses.replace(base, **needs)
         other = dataclasses.replace(one, **{f.name: values.get(value, value) if isinstance(value, str) else value})
-        assert (plan(other).key == plan(one).key) == (f.metadata["key"] == C.NOT_KEYED), f.name
+        assert (plan(other).key == plan(one).key) == (f.metadata["key"] == config.NOT_KEYED), f.name
 
 
 def test_payload_is_exactly_the_keyed_settings_plus_what_resolved(base):
@@ -70,9 +70,9 @@ def test_every_setting_that_changes_the_forward_pass_splits_passes(base):
         a = dataclasses.replace(one, **needs)
         b = dataclasses.replace(a, **{f.name: value})
         shared = pass_of(plan(a)) == pass_of(plan(b))
-        changes_numbers = f.metadata["key"] != C.NOT_KEYED
+        changes_numbers = f.metadata["key"] != config.NOT_KEYED
         assert shared == (f.metadata["shares_pass"] or not changes_numbers), f.name
-    assert {f.name for f in dataclasses.fields(FeatureConfig) if f.metadata["shares_pass"] and f.metadata["key"] != C.NOT_KEYED} \
+    assert {f.name for f in dataclasses.fields(FeatureConfig) if f.metadata["shares_pass"] and f.metadata["key"] != config.NOT_KEYED} \
         == {"layer", "pooling", "store_dtype"}
 
 

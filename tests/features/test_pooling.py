@@ -2,34 +2,34 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.features import pooling as P
+from pipeline.features import pooling
 
 
 def test_specs_parse_with_the_default_pooling_and_write_it_out():
-    layers = P.parse_layers("block4_pool:avg2x2, block5_pool,fc2", "avg")
+    layers = pooling.parse_layers("block4_pool:avg2x2, block5_pool,fc2", "avg")
     assert layers == [("block4_pool", "avg2x2"), ("block5_pool", "avg"), ("fc2", None)]
-    assert P.canonical(layers) == "block4_pool:avg2x2,block5_pool:avg,fc2" and P.needs_top(layers)
-    assert P.slug(P.parse_layers("block4_pool:avg2x2,block5_pool", "flatten")) == "block4_pool-avg2x2+block5_pool"
-    assert P.feature_dim(P.parse_layers("block4_pool:avg2x2,block5_pool", "flatten"), 128) == 2048 + 4 * 4 * 512
+    assert pooling.canonical(layers) == "block4_pool:avg2x2,block5_pool:avg,fc2" and pooling.needs_top(layers)
+    assert pooling.slug(pooling.parse_layers("block4_pool:avg2x2,block5_pool", "flatten")) == "block4_pool-avg2x2+block5_pool"
+    assert pooling.feature_dim(pooling.parse_layers("block4_pool:avg2x2,block5_pool", "flatten"), 128) == 2048 + 4 * 4 * 512
 
 
-@pytest.mark.parametrize("spec,pooling,needle", [("block9_pool", "avg", "expected a comma list"),
+@pytest.mark.parametrize("spec,default_pooling,needle", [("block9_pool", "avg", "expected a comma list"),
                                                  ("fc2:avg", "avg", "expected a comma list"),
                                                  ("block5_pool:mean", "avg", "pooling expected one of"),
                                                  ("block5_pool", "sum", "FeatureConfig.pooling: expected one of"),
                                                  ("block5_pool,block5_pool:flatten", "flatten", "twice")])
-def test_bad_specs_are_one_line(spec, pooling, needle):
+def test_bad_specs_are_one_line(spec, default_pooling, needle):
     with pytest.raises(PipelineError, match=needle):
-        P.parse_layers(spec, pooling)
+        pooling.parse_layers(spec, default_pooling)
 
 
 def test_keras_pooling_equals_numpy_pooling():
     """predict's end-to-end model pools with Keras' own layers exactly as stage one pooled with NumPy."""
     import keras
-    layers = P.parse_layers("block4_pool:avg2x2,block4_pool:max,block5_pool:flatten,block5_pool:avg", "avg")
+    layers = pooling.parse_layers("block4_pool:avg2x2,block4_pool:max,block5_pool:flatten,block5_pool:avg", "avg")
     rng = np.random.default_rng(0)
     raw = {"block4_pool": rng.normal(size=(3, 5, 5, 8)).astype(np.float32),   # odd size: quadrants 2 and 3 wide
            "block5_pool": rng.normal(size=(3, 2, 2, 8)).astype(np.float32)}
     inputs = {k: keras.Input(v.shape[1:], name=k) for k, v in raw.items()}
-    model = keras.Model(inputs, P.keras_pool(keras, inputs, layers))
-    np.testing.assert_allclose(np.asarray(model.predict(raw, verbose=0)), P.pool(raw, layers), rtol=1e-5, atol=1e-6)
+    model = keras.Model(inputs, pooling.keras_pool(keras, inputs, layers))
+    np.testing.assert_allclose(np.asarray(model.predict(raw, verbose=0)), pooling.pool(raw, layers), rtol=1e-5, atol=1e-6)

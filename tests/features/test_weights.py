@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pipeline.features import weights as wt
+from pipeline.features import weights
 from pipeline.errors import PipelineError
 
 
@@ -14,19 +14,19 @@ def keras_home(tmp_path, monkeypatch):
 
 
 def test_identity_of_random_weights_is_how_they_are_drawn():
-    r0, r1 = wt.weights_identity("random", 0, True), wt.weights_identity("random", 1, True)
-    assert r0 != r1 and r0 == {"kind": "random", "seed": 0, "init": wt.RANDOM_INIT}
+    r0, r1 = weights.weights_identity("random", 0, True), weights.weights_identity("random", 1, True)
+    assert r0 != r1 and r0 == {"kind": "random", "seed": 0, "init": weights.RANDOM_INIT}
 
 
 def test_imagenet_identity_is_the_files_sha256_not_its_name(keras_home, tmp_path):
     """Another file under Keras' standard name is another identity (so never a cache hit)."""
-    path = keras_home / "models" / wt.KERAS_WEIGHTS_FILE[False]
+    path = keras_home / "models" / weights.KERAS_WEIGHTS_FILE[False]
     path.write_bytes(b"abc")
-    a = wt.weights_identity("imagenet", 0, False, str(tmp_path / "c"))
-    assert a == {"kind": "imagenet", "file": wt.KERAS_WEIGHTS_FILE[False], "sha256": wt.file_sha256(str(path))}
+    a = weights.weights_identity("imagenet", 0, False, str(tmp_path / "c"))
+    assert a == {"kind": "imagenet", "file": weights.KERAS_WEIGHTS_FILE[False], "sha256": weights.file_sha256(str(path))}
     assert a["sha256"].startswith("ba7816bf")
     path.write_bytes(b"abd")
-    assert wt.weights_identity("imagenet", 0, False, str(tmp_path / "c"))["sha256"] != a["sha256"]
+    assert weights.weights_identity("imagenet", 0, False, str(tmp_path / "c"))["sha256"] != a["sha256"]
 
 
 def test_imagenet_offline_names_the_file(keras_home, monkeypatch):
@@ -36,7 +36,7 @@ def test_imagenet_offline_names_the_file(keras_home, monkeypatch):
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(PipelineError) as e:
-        wt.imagenet_file(True)
+        weights.imagenet_file(True)
     msg = str(e.value)
     assert "vgg19_weights_tf_dim_ordering_tf_kernels.h5" in msg and "weights=PATH" in msg and "[Errno -3]" in msg
     assert str(keras_home / "models") in msg and "\n" not in msg
@@ -50,6 +50,6 @@ def test_imagenet_download_goes_through_keras_with_its_checksum(keras_home, monk
         seen.update(name=name, url=url, sub=cache_subdir, md5=file_hash)
         return "/somewhere/" + name
     monkeypatch.setattr(keras.utils, "get_file", fake)
-    assert wt.imagenet_file(False) == "/somewhere/" + wt.KERAS_WEIGHTS_FILE[False]
-    assert seen == {"name": wt.KERAS_WEIGHTS_FILE[False], "url": wt.KERAS_WEIGHTS_URL + wt.KERAS_WEIGHTS_FILE[False],
+    assert weights.imagenet_file(False) == "/somewhere/" + weights.KERAS_WEIGHTS_FILE[False]
+    assert seen == {"name": weights.KERAS_WEIGHTS_FILE[False], "url": weights.KERAS_WEIGHTS_URL + weights.KERAS_WEIGHTS_FILE[False],
                     "sub": "models", "md5": "253f8cb515780f3b799900260a226db6"}

@@ -3,7 +3,7 @@ import json
 import os
 
 import pytest
-from conftest import run_captured
+from conftest import run_captured, is_one_line_error
 
 
 
@@ -44,7 +44,7 @@ def test_random_subset_and_toml(syn, tmp_path, capsys):
 ])
 def test_bad_sweeps(syn, tmp_path, capsys, args, needle):
     code, out, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, needle)
 
 
 def test_unknown_toml_key(syn, tmp_path, capsys):
@@ -66,7 +66,7 @@ def test_unknown_toml_key(syn, tmp_path, capsys):
 def test_bad_toml_is_one_line_and_leaves_no_folder(syn, tmp_path, capsys, toml, needle):
     (tmp_path / "s.toml").write_text(toml)
     code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", "--config", tmp_path / "s.toml")
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, needle)
     assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
 
 
@@ -75,7 +75,7 @@ def test_bad_toml_is_one_line_and_leaves_no_folder(syn, tmp_path, capsys, toml, 
                                          (["--param", "dropout=0.5", "--seed", "-1"], "seed: expected an integer in [0, 2^32-1], got -1")])
 def test_bad_params_leave_no_folder(syn, tmp_path, capsys, args, needle):
     code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", *args)
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, needle)
     assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
 
 

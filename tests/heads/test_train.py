@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_captured
+from conftest import run_captured, is_one_line_error
 
 
 
@@ -45,7 +45,7 @@ def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
 ])
 def test_values_out_of_range(syn, tmp_path, capsys, args, needle):
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, needle)
 
 
 def test_missing_and_incomplete_cache(tmp_path, capsys):
@@ -82,7 +82,7 @@ def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
 ])
 def test_bad_head_options_are_one_line(syn, tmp_path, capsys, args, needle):
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+    assert is_one_line_error(code, err, needle) and os.listdir(tmp_path) == []
 
 
 def test_runs_dir_that_is_a_file_fails_before_training(syn, tmp_path, capsys, monkeypatch):
@@ -100,13 +100,13 @@ def test_runs_dir_that_is_a_file_fails_before_training(syn, tmp_path, capsys, mo
 ])
 def test_names_and_paths_are_checked_before_training(syn, tmp_path, capsys, args, needle):
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
-    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+    assert is_one_line_error(code, err, needle) and os.listdir(tmp_path) == []
 
 
 def test_runs_dir_under_a_file_fails_before_training(syn, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "f" / "sub")
-    assert code == 1 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert is_one_line_error(code, err, "is a file, not a folder")
 
 
 def test_a_finished_run_named_like_a_temp_folder_is_kept(syn, tmp_path, capsys):
@@ -138,4 +138,4 @@ def test_softmax_l2_auto_run_and_bad_auto_values(syn, tmp_path, capsys):
     for args, needle in ((["--C", "often", "--head", "logreg"], "C: expected a number in (0, inf) or auto"),
                          (["--l2", "auto", "--val-fraction", "0"], "l2='auto' chooses the penalty on validation data")):
         code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "x", *args)
-        assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert is_one_line_error(code, err, needle), err
