@@ -32,7 +32,7 @@ def test_random_subset_and_toml(syn, tmp_path, capsys):
     toml.write_text('head = "logreg"\nrandom = 2\n[params]\nC = [0.01, 0.1, 1.0]\n')
     code, out, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "t", "--config", toml)
     assert code == 0 and len(list(csv.DictReader(open(tmp_path / "t" / "results.csv")))) == 2
-    assert os.path.exists(tmp_path / "t-best" / "head.keras") and not os.path.exists(tmp_path / "t-best" / "head.joblib")
+    assert os.path.exists(tmp_path / "t-best" / "head.keras")
 
 
 @pytest.mark.parametrize("args,needle", [
