@@ -48,10 +48,6 @@ class TrainingData:
         `rows` of X (view 0 the original)."""
         return head.predict_proba(X[self.views_of(rows)]).reshape(len(rows), self.views, -1)
 
-    def tta_accuracy(self, head, rows: np.ndarray) -> float:
-        """Accuracy of `head` on the images of the original-view `rows` of X, averaging over their views."""
-        return float((self.view_proba(head, self.X, rows).mean(1).argmax(1) == self.y[rows]).mean())
-
     def with_train_images(self, n: int | None, seed: int, val_fraction: float) -> "TrainingData":
         """The same cache with only a stratified, seeded subset of n of its train split's images, the
         validation split carved from them (see split_images)."""

@@ -429,6 +429,8 @@ def warm_up():
 if __name__ == "__main__":
     # Compile through the module as the program imports it: run as a script this file is `__main__`, and
     # Numba keys the cache by TrainState's class, so `__main__.TrainState` entries would never serve it.
+    import logging
     from pipeline.heads import kernels
+    logging.basicConfig(level=logging.INFO, format="%(message)s")      # this script's own process
     kernels.warm_up()
-    print("pipeline.heads.kernels: compiled")
+    logging.getLogger("pipeline.heads.kernels").info("pipeline.heads.kernels: compiled")

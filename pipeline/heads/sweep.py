@@ -21,7 +21,7 @@ from .data import TrainingData
 from ..durable import atomic_file, incomplete_dir, write_json
 from .runs import KIND_FILE, claim, new_run_dir, plain_text
 from .softmax import JointSoftmax
-from .train import finish_run, fit_head, make_head
+from .train import finish_run, fit_head, make_head, split_proba
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,9 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
         rows.append({**configs[i], "val_accuracy": kept["val_accuracy"], "val_loss": kept["val_loss"],
                      "train_accuracy": kept["train_accuracy"], "best_epoch": best, "_i": i})
         if data.views > 1:       # ranked as it will be reported: with test-time augmentation
-            rows[-1]["val_tta_accuracy"] = data.tta_accuracy(fitted, data.rows_val)
+            tta = split_proba(fitted, data, "val", data.X, data.rows_val)[1]
+            rows[-1]["val_tta_accuracy"] = kept["val_accuracy"] if tta is None else \
+                float((tta.argmax(1) == data.y[data.rows_val]).mean())        # a refit head: as it was chosen
     timings["train_s"] = time.perf_counter() - t
     rank = "val_tta_accuracy" if data.views > 1 else "val_accuracy"
     rows.sort(key=lambda r: (-r[rank], r["val_loss"]))
