@@ -26,7 +26,7 @@ from .features.config import axes, validate
 from .features.extract import extract_many
 from .heads.config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .heads.data import load_training_data
-from .heads.runs import KIND_FILE, evaluate, folder_kind
+from .heads.runs import KIND_FILE, folder_kind
 from .heads.train import finish_run
 from .study_report import accuracy, describe, plot_learning_curve, plot_study, wilson, write_tables
 
@@ -98,20 +98,17 @@ def row_tag(cache: str, kind: str, params: dict, opts: RunOptions) -> str:
 
 def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, object]:
     """Train one head; its row of metrics (val and test, original view and averaged over views)."""
-    from .heads.train import fit_head, make_head, split_proba
+    from .heads.train import evaluate_head, fit_head, make_head
     t = time.perf_counter()
     head = fit_head(make_head(kind, params, opts, len(data.class_names)), data)
     seconds = time.perf_counter() - t
     row = {"head": kind, **{f"head_{k}": v for k, v in params.items()}, "head_s": round(seconds, 2)}
-    n_classes = len(data.class_names)
-    for split, (X, y, rows) in data.splits().items():
-        if split == "train" or not len(rows):
+    for split, m in evaluate_head(head, data, ("val", "test")).items():
+        if not m["n"]:
             continue
-        p, tta = split_proba(head, data, split, X, rows)
-        m = evaluate(p, y[rows], n_classes)
         row.update({f"{split}_n": m["n"], f"{split}_accuracy": m["accuracy"], f"{split}_loss": m["loss"]})
-        if tta is not None:
-            row[f"{split}_tta_accuracy"] = evaluate(tta, y[rows], n_classes)["accuracy"]
+        if "tta" in m:
+            row[f"{split}_tta_accuracy"] = m["tta"]["accuracy"]
     for name in ("C", "l2"):
         if (getattr(head, "selection_", None) or {}).get(f"chosen_{name}") is not None:
             row[f"{name}_chosen"] = head.selection_[f"chosen_{name}"]

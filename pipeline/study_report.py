@@ -3,12 +3,11 @@ with 95% intervals against cost) and, for a grid over training-set sizes, learni
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
-from .durable import atomic_file, write_text
-from .heads.runs import plain_text
+from .durable import atomic_file
+from .heads.runs import plain_text, write_results
 
 Z95 = 1.959964
 
@@ -50,21 +49,10 @@ def _fmt(col: str, v) -> str:
 
 def write_tables(folder: str, rows: list):
     """results.csv (every field) and results.md (the columns people compare), best on validation first."""
-    import csv
-    import io
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["rank"] + keys)
-    w.writeheader()
-    w.writerows({"rank": i + 1, **r} for i, r in enumerate(rows))
-    write_text(os.path.join(folder, "results.csv"), buf.getvalue())
     params = sorted(k for k in {k for r in rows for k in r if k.startswith("head_") and k != "head_s"}
                     if len({json.dumps(r.get(k)) for r in rows if k in r}) > 1 or k == "head_C")
     cols = [c for c in COLUMNS[:5] + params + COLUMNS[5:] if any(r.get(c) not in (None, "") for r in rows)]
-    lines = ["| rank | " + " | ".join(c.removeprefix("head_") if c in params else c for c in cols) + " |",
-             "|" + "---|" * (len(cols) + 1)]
-    lines += [f"| {i + 1} | " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |" for i, r in enumerate(rows)]
-    write_text(os.path.join(folder, "results.md"), "\n".join(lines) + "\n")
+    write_results(folder, rows, cols, _fmt, lambda c: c.removeprefix("head_") if c in params else c)
 
 
 @plain_text

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ..durable import atomic_file, claim_dir, incomplete_dir
+from ..durable import atomic_file, claim_dir, incomplete_dir, write_text
 from ..errors import SettingError
 from .keras_file import write_head
 
@@ -90,6 +90,24 @@ def evaluate(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
             "loss": float(log_loss(y, proba.astype(np.float64), labels=labels)) if len(y) else float("nan"),
             "per_class_accuracy": [None if np.isnan(v) else float(v) for v in per_class],
             "confusion_matrix": cm.tolist()}
+
+
+def write_results(folder: str, rows: list, columns: list, fmt=str, header=lambda c: c) -> str:
+    """The one results-table writer (sweeps and studies), rows best first: results.csv with every field
+    of every row, results.md with `columns` (each value through `fmt(column, value)`, each header through
+    `header`). Returns the markdown."""
+    import io
+    keys = list(dict.fromkeys(k for r in rows for k in r if not k.startswith("_")))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["rank"] + keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows({"rank": i + 1, **r} for i, r in enumerate(rows))
+    write_text(os.path.join(folder, "results.csv"), buf.getvalue())
+    lines = ["| rank | " + " | ".join(header(c) for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {i + 1} | " + " | ".join(fmt(c, r.get(c)) for c in columns) + " |" for i, r in enumerate(rows)]
+    md = "\n".join(lines) + "\n"
+    write_text(os.path.join(folder, "results.md"), md)
+    return md
 
 
 def write_history(path: str, history: list):

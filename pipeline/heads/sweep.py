@@ -7,7 +7,6 @@ is evaluated on test and written as a normal run folder `<sweep>-best`.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import shutil
@@ -19,7 +18,7 @@ from ..errors import PipelineError, SettingError
 from .config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .data import TrainingData
 from ..durable import atomic_file, incomplete_dir, write_json
-from .runs import KIND_FILE, claim, new_run_dir, plain_text
+from .runs import KIND_FILE, claim, new_run_dir, plain_text, write_results
 from .softmax import JointSoftmax
 from .train import finish_run, fit_head, make_head, split_proba
 
@@ -102,19 +101,12 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
             yield i, sweep.head(k, list(range(n_classes)))
 
 
-def write_table(folder: str, rows: list, keys: list):
+def write_table(folder: str, rows: list, keys: list) -> str:
+    """results.csv and results.md of a sweep; the first ten rows of the markdown (for the terminal)."""
     cols = keys + [c for c in ("val_tta_accuracy",) if c in rows[0]] + ["val_accuracy", "val_loss", "train_accuracy",
                                                                          "best_epoch"]
-    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["rank"] + cols)
-        w.writeheader()
-        w.writerows({"rank": r + 1, **{c: row.get(c) for c in cols}} for r, row in enumerate(rows))
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| rank | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    lines += [f"| {r + 1} | " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for r, row in enumerate(rows)]
-    with open(os.path.join(folder, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return "\n".join(lines[:12])
+    md = write_results(folder, rows, cols, lambda c, v: f"{v:.4f}" if isinstance(v, float) else str(v))
+    return "\n".join(md.splitlines()[:12])
 
 
 @plain_text

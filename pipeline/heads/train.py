@@ -63,28 +63,36 @@ def train_head(data: TrainingData, kind: str, params: dict, opts: RunOptions, ti
     return finish_run(data, kind, params, head, opts, timings)
 
 
+def evaluate_head(head, data: TrainingData, splits=("train", "val", "test")) -> dict:
+    """The one evaluation of a fitted head: per split, its metrics (evaluate) on the original views and,
+    with views, `tta` (the mean over each image's views); {"n": 0} for an empty split."""
+    out, proba, n_classes = {}, {}, len(data.class_names)
+    for split, (X, y, rows) in data.splits().items():
+        if split not in splits:
+            continue
+        if not len(rows):
+            out[split] = {"n": 0}
+            continue
+        if "train" in splits and id(X) not in proba:  # train and val share one array: one pass over it
+            proba[id(X)] = head.predict_proba(X)
+        p, tta = split_proba(head, data, split, X, rows, proba.get(id(X)))
+        out[split] = evaluate(p, y[rows], n_classes)
+        if tta is not None:                   # test-time augmentation: the mean over each image's views
+            out[split]["tta"] = evaluate(tta, y[rows], n_classes)
+    return out
+
+
 def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptions, timings: dict,
                name: str | None = None, replace: bool = False, more: dict | None = None) -> str:
     """Evaluate a fitted head on train/val/test, write the run folder, print the summary. replace: the
     folder `name` is swapped out if it exists (a study's best); more: more fields for metrics.json."""
     t = time.perf_counter()
-    n_classes = len(data.class_names)
     extra = {"early_stopping": opts.early_stopping, "patience": opts.patience,
              "best_epoch": head.best_epoch_} if kind == "softmax" else {}
     metrics = {"head": kind, "views": data.views,
                "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction,
                                    "train_images": opts.train_images, **extra}}
-    proba = {}
-    for split, (X, y, rows) in data.splits().items():
-        if not len(rows):
-            metrics[split] = {"n": 0}
-            continue
-        if id(X) not in proba:  # train and val share one array: one pass over it
-            proba[id(X)] = head.predict_proba(X)
-        p, tta = split_proba(head, data, split, X, rows, proba[id(X)])
-        metrics[split] = evaluate(p, y[rows], n_classes)
-        if tta is not None:                   # test-time augmentation: the mean over each image's views
-            metrics[split]["tta"] = evaluate(tta, y[rows], n_classes)
+    metrics.update(evaluate_head(head, data))
     if getattr(head, "selection_", None):
         metrics["selection"] = head.selection_
     timings["evaluate_s"] = time.perf_counter() - t
