@@ -1,7 +1,9 @@
 """Tiny datasets the tests write themselves: official CIFAR batch layout, tarballs, image folders."""
 import os
 import pickle
+import json
 import sys
+import zipfile
 import tarfile
 
 import cv2
@@ -118,6 +120,23 @@ def run_captured(capsys, command, *args):
     code = run_cli(command, *args)
     out, err = capsys.readouterr()
     return code, out.strip().splitlines(), err
+
+
+def rewrite_zip(path, change, compression=zipfile.ZIP_STORED):
+    """Craft a .keras file: read its members into a dict, let `change` edit it in place, write them back."""
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    change(members)
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+
+
+def set_layer_class(members, i, name):
+    """In a .keras file's members: make layer i of its config ask for class `name`."""
+    cfg = json.loads(members["config.json"])
+    cfg["config"]["layers"][i]["class_name"] = name
+    members["config.json"] = json.dumps(cfg).encode()
 
 
 def is_one_line_error(code, err: str, needle: str) -> bool:

@@ -4,11 +4,10 @@ import json
 import os
 import pickle
 import shutil
-import zipfile
 
 import numpy as np
 import pytest
-from conftest import SMALL, run_captured, run_cli, is_one_line_error
+from conftest import SMALL, is_one_line_error, rewrite_zip, run_captured, run_cli, set_layer_class
 
 from pipeline.features.cache import load_cache
 from pipeline.heads.keras_file import head_model, read_head
@@ -85,14 +84,7 @@ class _Evil:
 
 def lambda_head(path):
     """A .keras whose config asks for a Lambda layer (code) in place of the Dense."""
-    with zipfile.ZipFile(path) as z:
-        parts = {n: z.read(n) for n in z.namelist()}
-    cfg = json.loads(parts["config.json"])
-    cfg["config"]["layers"][-1]["class_name"] = "Lambda"
-    parts["config.json"] = json.dumps(cfg).encode()
-    with zipfile.ZipFile(path, "w") as z:
-        for n, b in parts.items():
-            z.writestr(n, b)
+    rewrite_zip(path, lambda members: set_layer_class(members, -1, "Lambda"))
 
 
 def test_run_folder_never_runs_code(cached, tmp_path, capsys, monkeypatch):

@@ -1,8 +1,9 @@
-import json
 import zipfile
 
 import numpy as np
 import pytest
+
+from conftest import rewrite_zip, set_layer_class
 
 from pipeline.errors import PipelineError
 from pipeline.heads.keras_file import head_model, read_head, write_head
@@ -34,19 +35,7 @@ def test_standardising_head_loads_in_keras_and_means_what_it_says(parts, tmp_pat
     np.testing.assert_allclose(np.asarray(head_model(got).predict(x, verbose=0)), want, rtol=1e-5, atol=1e-6)
 
 
-def rewrite(path, change):
-    with zipfile.ZipFile(path) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    change(members)
-    with zipfile.ZipFile(path, "w") as z:
-        for n, b in members.items():
-            z.writestr(n, b)
-
-
-def layer_class(members, i, name):
-    cfg = json.loads(members["config.json"])
-    cfg["config"]["layers"][i]["class_name"] = name
-    members["config.json"] = json.dumps(cfg).encode()
+rewrite, layer_class = rewrite_zip, set_layer_class
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -112,12 +101,8 @@ def test_weights_from_elsewhere_or_too_big_are_refused_before_reading(parts, tmp
 def test_zip_bombs_and_deep_json_are_refused(parts, tmp_path):
     path = str(tmp_path / "h.keras")
     write_head(path, **parts)
-    with zipfile.ZipFile(path) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:          # 300 MB of zeros in ~300 KB
-        z.writestr("metadata.json", members["metadata.json"])
-        z.writestr("config.json", members["config.json"])
-        z.writestr("model.weights.h5", members["model.weights.h5"] + bytes(300 << 20))
+    rewrite_zip(path, lambda m: m.update({"model.weights.h5": m["model.weights.h5"] + bytes(300 << 20)}),
+                zipfile.ZIP_DEFLATED)                                     # 300 MB of zeros in ~300 KB
     refused(path, "model.weights.h5 declares")
     write_head(path, **parts)
     rewrite(path, lambda m: m.update({"config.json": b"[" * 100_000 + b"]" * 100_000}))
