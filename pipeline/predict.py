@@ -2,7 +2,7 @@
 
 The model is the frozen VGG19 base as the run's cache built it (same layer, weights, precision),
 VGG19's preprocessing as a fixed float32 layer, then the trained head. Its input is an RGB image
-upscaled with OpenCV as the cache did (`pipeline.preprocess.upscale`), values 0..255.
+upscaled with OpenCV as the cache did (`pipeline.features.preprocess.upscale`), values 0..255.
 """
 from __future__ import annotations
 
@@ -19,13 +19,12 @@ from .features.backbone import build_backbone
 from .features.config import FeatureConfig, validate
 from .features import pooling
 from .features.images import BadImage, decode_image
-from .features.preprocess import upscale
+from .features.preprocess import keras_preprocessing, upscale
 from .heads.keras_file import head_model, read_head
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 32   # images per forward pass
 
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg19.preprocess_input (caffe mode)
 
 
 MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
@@ -103,15 +102,11 @@ def end_to_end(run_info: dict):
     ident = run_info["metrics"]["provenance"].get("weights") or {}
     layers = s["layers"]
     base = build_backbone(layers, s["image_size"], s["weights"], s["weights_seed"], s["precision"],
-                             sha256=ident.get("sha256"))
-    # VGG19's preprocessing as a fixed 1x1 convolution in float32: RGB->BGR and minus the caffe mean,
-    # exactly preprocess_input's arithmetic (one nonzero term per output).
-    prep = keras.layers.Conv2D(3, 1, name="vgg19_preprocess", dtype="float32", trainable=False)
+                          sha256=ident.get("sha256"))
     inp = keras.Input((s["image_size"], s["image_size"], 3), name="image")
-    x = pooling.keras_pool(keras, base(prep(inp)), layers)
+    x = pooling.keras_pool(keras, base(keras_preprocessing(keras, inp)), layers)
     out = head_model(run_info["head"])(x)
     model = keras.Model(inp, out, name=re.sub(r"\W", "_", f"vgg19_{pooling.slug(layers)}_{kind}"))
-    prep.set_weights([np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3), -np.array(CAFFE_MEAN_BGR, np.float32)])
     return model
 
 

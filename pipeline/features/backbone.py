@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import PipelineError, SettingError, reason
 from . import pooling
+from .preprocess import keras_preprocessing
 from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
 
 
@@ -59,8 +60,9 @@ def with_precision(keras, model, precision: str):
 
 def build_backbone(layers, image_size: int, weights: str, seed: int, precision: str, sha256: str | None = None):
     """The frozen VGG19 with one output per layer named in `layers` (a parsed spec: [(layer, pooling)],
-    see pooling.py), a dict {layer: tensor}, computing in `precision` (a resolved dtype name). `sha256`:
-    what the weights file must hash to (the run's key was made from it)."""
+    see pooling.py), a dict {layer: tensor}, computing in `precision` (a resolved dtype name), on the
+    preprocessed float32 batch (`fed_pixels` puts the preprocessing inside). `sha256`: what the
+    weights file must hash to (the run's key was made from it)."""
     import keras
     top = pooling.needs_top(layers)
     path = weights_file(weights, top)
@@ -85,8 +87,19 @@ def build_backbone(layers, image_size: int, weights: str, seed: int, precision: 
     return model
 
 
+def fed_pixels(model):
+    """`model` (build_backbone's) taking the upscaled uint8 RGB images instead: VGG19's preprocessing
+    runs inside, in float32 (keras_preprocessing), so the host sends a quarter of the bytes and does no
+    per-pixel arithmetic."""
+    import keras
+    inp = keras.Input(tuple(model.input.shape[1:]), dtype="uint8", name="pixels")
+    fed = keras.Model(inp, model(keras_preprocessing(keras, inp)), name=model.name + "_pixels")
+    fed.trainable = False
+    return fed
+
+
 class Backbone:
-    """Callable mapper: float32 preprocessed images -> features, for one or several layer specs at once
+    """Callable mapper: upscaled uint8 images -> features, for one or several layer specs at once
     (`outputs`: [(parsed layers, store dtype)]), from one forward pass per view.
     A batch is N x S x S x 3 (-> N x D each) or K x N x S x S x 3 for K views (-> N x K x D each)."""
 

@@ -15,7 +15,7 @@ import time
 
 from ..durable import move_aside
 from ..errors import PipelineError
-from .backbone import Backbone, build_backbone
+from .backbone import Backbone, build_backbone, fed_pixels
 from .weights import model_weights_sha256, warn_random
 from .config import KEYED
 from .cache import DamagedCache, load_cache, read_provenance, write_cache, writer_lock
@@ -89,8 +89,8 @@ class BuiltBackbone:
                 warn_random(cfg.weights_seed)
             model = build_backbone(union, cfg.image_size, cfg.weights, cfg.weights_seed, plans[0].precision,
                                       plans[0].weights.get("sha256"))
-            self._sha = plans[0].weights.get("sha256") or model_weights_sha256(model)
-            self._model, self._sig = model, sig
+            self._sha = plans[0].weights.get("sha256") or model_weights_sha256(model)   # VGG19's own weights
+            self._model, self._sig = fed_pixels(model), sig
         return Backbone(self._model, [(specs, p.cfg.store_dtype) for specs, p in zip(layers, plans)])
 
     def sha256(self, plans: list) -> str:

@@ -6,6 +6,7 @@ upscaling and writing overlap the forward pass and memory stays bounded by the w
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -15,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from .preprocess import preprocess
+from .preprocess import upscale
 from .views import render
 
 PREFETCH = 4      # batches read and upscaled ahead of the model
-WORKERS = 2       # upscale threads (cv2 and numpy release the GIL)
+WORKERS = max(2, min(8, os.cpu_count() or 1))   # read/upscale threads, one per core (cv2 releases the GIL)
 WRITE_QUEUE = 8   # finished batches waiting for the writer
 
 
@@ -62,11 +63,11 @@ def preparer(image_size: int, interpolation: str, views: list | None = None, shi
     """The reader-side step for a batch: (images, first row) -> the model's input: N x S x S x 3, or
     K x N x S x S x 3 with K > 1 views (each view rendered on the small image, then upscaled)."""
     if not views or list(views) == ["orig"]:
-        return lambda images, first_row: preprocess(images, image_size, interpolation)
+        return lambda images, first_row: upscale(images, image_size, interpolation)
 
     def prepare(images, first_row):
         rendered = render(images, views, shift_range, views_seed, split, first_row)
-        return np.stack([preprocess(v, image_size, interpolation) for v in rendered])
+        return np.stack([upscale(v, image_size, interpolation) for v in rendered])
     return prepare
 
 

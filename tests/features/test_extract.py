@@ -97,7 +97,7 @@ def test_features_equal_a_direct_forward_pass_at_224(cifar_dir, tmp_path, capsys
     from pipeline.features.preprocess import preprocess
     from pipeline.features.sources import open_dataset
     images = open_dataset("cifar10", cifar_dir, ("test",), 3).splits["test"].images
-    model = backbone.build_backbone(FC2, 224, "random", 0, "float32")
+    model = backbone.build_backbone(FC2, 224, "random", 0, "float32")      # the host's preprocessing
     want = np.asarray(model.predict_on_batch(preprocess(images, 224, "cubic"))["fc2"])
     assert f.shape == (3, 4096) and np.abs(want).max() > 0
     # tolerance: float32 GEMMs blocked differently for batch 2 vs 3 round differently (~1e-6 relative)

@@ -20,8 +20,8 @@ def test_every_row_once_in_order_for_any_range():
     t = extract_range(split, 5, 21, mean_model, writer, batch_size=4, prepare=preparer(16, "cubic"), quiet=True)
     assert [(a, b) for a, b, _ in saved] == [(5, 9), (9, 13), (13, 17), (17, 21)]
     assert t["images"] == 16 and t["model_s"] >= 0 and set(t) >= {"read_upscale_s", "wait_input_s", "write_s"}
-    from pipeline.features.preprocess import preprocess
-    want = mean_model(preprocess(split.images[5:21], 16, "cubic"))
+    from pipeline.features.preprocess import upscale
+    want = mean_model(upscale(split.images[5:21], 16, "cubic"))           # the model gets uint8 pixels
     assert np.array_equal(np.concatenate([f for _, _, f in saved]), want)
 
 
