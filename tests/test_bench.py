@@ -9,6 +9,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pipeline.bench.FEED_IMAGES", 64)
     code = run_cli("bench", "--images", "32", "--image-size", "32", "--head-rows", "400", "--head-dim", "16", "--conv-dim", "24",
                    "--out-dir", tmp_path / "b", "--update-readme")
     out, err = capsys.readouterr()
@@ -21,5 +22,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys, monkeypatch):
     assert {"softmax", "logreg", "sweep24", "softmax_conv"} <= set(s2) and s2["softmax"]["train_s"] > 0
     md = open(os.path.join(tmp_path / "b", [f for f in os.listdir(tmp_path / "b") if f.endswith(".md")][0])).read()
     assert "| end to end / bare, float32 |" in md and md.count("\n|") >= 16
+    feed = result["feeding_path"]
+    assert feed["per_core_128px"] > 0 and feed["per_core_224px"] > 0 and "feeding path alone (null model), 128 px" in md
     text = readme.read_text()
     assert "old" not in text and "| measure | value | target |" in text

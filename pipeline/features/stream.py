@@ -72,9 +72,9 @@ def preparer(image_size: int, interpolation: str, views: list | None = None, shi
 
 
 def extract_range(split, start: int, stop: int, model, writer, *, batch_size: int, prepare, desc: str = "",
-                  quiet: bool = False) -> dict:
-    """Run images [start, stop) of `split`, made ready by `prepare` (see preparer), through `model` into
-    `writer`; return phase timings."""
+                  quiet: bool = False, workers: int = WORKERS) -> dict:
+    """Run images [start, stop) of `split`, made ready by `prepare` (see preparer) in `workers` threads,
+    through `model` into `writer`; return phase timings."""
     bounds = [(a, min(a + batch_size, stop)) for a in range(start, stop, batch_size)]
     timings = {"read_upscale_s": 0.0, "wait_input_s": 0.0, "model_s": 0.0, "write_s": 0.0}
     lock = threading.Lock()
@@ -89,11 +89,11 @@ def extract_range(split, start: int, stop: int, model, writer, *, batch_size: in
     t0 = time.perf_counter()
     bar = tqdm(total=stop - start, desc=desc, unit="img", disable=quiet, smoothing=0.1, dynamic_ncols=True)
     try:
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             todo, window = iter(bounds), deque()
             for a, b in todo:
                 window.append((a, b, pool.submit(load, a, b)))
-                if len(window) >= PREFETCH:
+                if len(window) >= max(PREFETCH, 2 * workers):
                     break
             while window:
                 a, b, future = window.popleft()
