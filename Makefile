@@ -1,5 +1,10 @@
 # Two commands do everything on a fresh machine: `make` (set-up + the main job) and `make test`.
 PYTHON ?= python3
+# Keras backend for every command (tensorflow, jax or torch); on a host where nvidia-smi works, `make`
+# installs that backend's CUDA build (pipeline/device.py decides the pip extras)
+BACKEND ?= $(or $(KERAS_BACKEND),tensorflow)
+export KERAS_BACKEND := $(BACKEND)
+EXTRAS  = $(shell $(PYTHON) pipeline/device.py extras --backend $(BACKEND))
 VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
@@ -12,13 +17,13 @@ all: features train-head
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,ray]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 install-ray: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,ray]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 
 # stage two's Numba kernels, compiled once (~40 s: float32 and float16 features) and cached next to
 # the source; again when it changes
@@ -43,8 +48,12 @@ study: $(KERNELS)
 bench: $(KERNELS)
 	$(PY) -m pipeline bench $(ARGS)
 
+# the suite on TensorFlow, then stage one, predict and export again on JAX (a second Keras backend)
+SECOND_BACKEND_TESTS := tests/features/test_backbone.py tests/features/test_preprocess.py tests/test_predict.py \
+	tests/features/test_extract.py
 test: $(KERNELS)
 	$(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider $(SECOND_BACKEND_TESTS) -k "not sigkill and not ray"
 
 clean:
 	rm -rf $(VENV) build *.egg-info pipeline/__pycache__ pipeline/*/__pycache__

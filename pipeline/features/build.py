@@ -13,7 +13,9 @@ import logging
 import os
 import time
 
+from .. import device
 from ..durable import move_aside
+from ..keras_env import keras_backend_name
 from ..errors import PipelineError
 from .backbone import Backbone, build_backbone, fed_pixels
 from .weights import model_weights_sha256, warn_random
@@ -76,7 +78,7 @@ class BuiltBackbone:
     """Build the backbone once per process and pass (shards reuse it)."""
 
     def __init__(self):
-        self._model = self._sig = self._sha = None
+        self._model = self._sig = self._sha = self.device = None
 
     def get(self, plans: list):
         """The mapper for `plans` (one pass): an output per plan, in order."""
@@ -91,6 +93,10 @@ class BuiltBackbone:
                                       plans[0].weights.get("sha256"))
             self._sha = plans[0].weights.get("sha256") or model_weights_sha256(model)   # VGG19's own weights
             self._model, self._sig = fed_pixels(model), sig
+            self.device, warning = device.where(device.nvidia_gpus(), device.keras_devices(), keras_backend_name())
+            log.info(f"features: {self.device}, computing in {plans[0].precision}")
+            if warning:
+                log.warning(warning)
         return Backbone(self._model, [(specs, p.cfg.store_dtype) for specs, p in zip(layers, plans)])
 
     def sha256(self, plans: list) -> str:
@@ -139,7 +145,7 @@ def extract_rows(plans: list, stems: list, ranges: dict, quiet: bool = False, mo
         stats["seconds"] = time.perf_counter() - t0
         sha = models.sha256([p for p, _ in todo])
         cost = {"images": stats["images"], "seconds": round(stats["seconds"], 2),        # this run's, when resumed
-                "model_s": round(stats.get("model_s", 0.0), 2), "caches_in_pass": len(todo)}
+                "model_s": round(stats.get("model_s", 0.0), 2), "caches_in_pass": len(todo), "device": models.device}
         for (p, stem), journal in zip(todo, journals):
             ds = p.dataset
             splits = {s: (ds.splits[s].labels[a:b], ds.splits[s].ids[a:b], a) for s, (a, b) in ranges.items()}

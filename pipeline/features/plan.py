@@ -58,8 +58,10 @@ class Plan:
 def key_payload(cfg: FeatureConfig, dataset_fingerprint: str, precision: str, weights: dict) -> dict:
     """What changes the numbers: the keyed settings' values, what the resolved ones resolved to, the
     dataset fingerprint (which the fingerprint settings shape), and the fixed parts of the method."""
-    return {"backbone": BACKBONE, "preprocessing": PREPROCESSING, "weights": weights,
-            "dataset_fingerprint": dataset_fingerprint, "precision": precision, **cfg.keyed()}
+    backend = keras_backend_name()     # other backends' kernels round differently: their own files (TensorFlow's
+    return {"backbone": BACKBONE, "preprocessing": PREPROCESSING, "weights": weights,     # keys as they were)
+            "dataset_fingerprint": dataset_fingerprint, "precision": precision, **cfg.keyed(),
+            **({"backend": backend} if backend != "tensorflow" else {})}
 
 
 def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
