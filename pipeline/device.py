@@ -29,6 +29,18 @@ def nvidia_gpus(binary: str = "nvidia-smi") -> list:
         if out.returncode == 0 else []
 
 
+def gpu_capability(binary: str = "nvidia-smi") -> float | None:
+    """The first GPU's CUDA compute capability (e.g. 9.0), or None when the tool does not say."""
+    if shutil.which(binary) is None:
+        return None
+    try:
+        out = subprocess.run([binary, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        return float(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.split() else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 def install_extras(backend: str, gpu: bool) -> str:
     """The pip extras `make` installs: the project's own, plus the backend's CUDA build on a GPU host."""
     if backend not in BACKENDS:

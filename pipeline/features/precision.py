@@ -1,9 +1,11 @@
 """Which dtype the backbone computes in (`--precision auto`).
 
-auto = float16 on a CUDA GPU. On a CPU: float32 unless its flags say native bf16 (AVX512-BF16 or
-AMX; without them bfloat16 is emulated, ~0.2x float32), and then whichever of float32 and bfloat16 a
-short probe measures faster here, because a flag does not tell: bfloat16 is ~2x float32 on an AMD
-EPYC with AVX512-BF16 and ~0.6x on an Intel Xeon with AVX512-BF16 but no AMX. The probe runs
+auto = the fastest of the dtypes this device runs natively, by measurement, because a flag or a
+capability does not tell which is faster. The candidates: on a CUDA GPU float32 and float16, and
+bfloat16 from compute capability 8.0 (Ampere) on; on a CPU float32, and bfloat16 when its flags say
+native bf16 (AVX512-BF16 or AMX; without them bfloat16 is emulated, ~0.2x float32, and float32 is
+chosen without measuring): bfloat16 is ~2x float32 on an AMD EPYC with AVX512-BF16 and ~0.6x on an
+Intel Xeon with AVX512-BF16 but no AMX. The probe runs
 VGG19-shaped convolutions (two 3x3, 512-channel layers on a 28x28 map, block4's shape at 224 px) in
 each dtype for about a second, once per machine: its answer is remembered by CPU model, flags, core
 count, backend and versions in `<cache-dir>/precision-probe.json`, and said once on the terminal.
@@ -21,6 +23,7 @@ import numpy as np
 
 from ..durable import write_json
 from ..hashing import tag
+from ..device import gpu_capability
 from ..keras_env import keras_backend_name
 
 log = logging.getLogger(__name__)
@@ -29,12 +32,15 @@ CPUINFO = "/proc/cpuinfo"      # where auto reads this CPU's flags and model
 MEMO = "precision-probe.json"
 PROBE_SECONDS = 0.5            # timed per dtype, after a warm-up
 NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}
-measure = None                 # a function () -> {dtype: rate} to use instead of the probe (tests); None: probe
+measure = None                 # a function (dtypes) -> {dtype: rate} to use instead of the probe (tests)
 
 
-def has_cuda_gpu() -> bool:
-    return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus")) \
-        and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
+def cuda_capability() -> float | None:
+    """This machine's CUDA GPU compute capability (e.g. 9.0 for an H200), or None without a visible one."""
+    if not (os.path.isdir("/proc/driver/nvidia/gpus") and os.listdir("/proc/driver/nvidia/gpus")) \
+            or os.environ.get("CUDA_VISIBLE_DEVICES", "x") in ("", "-1"):
+        return None
+    return gpu_capability() or 7.0         # a GPU whose capability the tool does not say: float16 only
 
 
 def _cpuinfo_field(name: str, cpuinfo: str | None) -> str:
@@ -60,24 +66,32 @@ def machine(flags: set) -> dict:
     return {"cpu": _cpuinfo_field("model name", None), "flags": tag(sorted(flags), 16), "cores": os.cpu_count(), "backend": keras_backend_name(), "versions": versions}
 
 
-def resolve_precision(precision: str, cuda: bool | None = None, flags: set | None = None,
+def candidates(cuda: float | None, flags: set) -> tuple:
+    """The dtypes worth measuring on this device (above): cuda is the GPU's compute capability or None."""
+    if cuda:
+        return ("float32", "float16") + (("bfloat16",) if cuda >= 8.0 else ())
+    return ("float32", "bfloat16") if NATIVE_BF16 & flags else ("float32",)
+
+
+def resolve_precision(precision: str, cuda: float | None | bool = None, flags: set | None = None,
                       memo_dir: str | None = None) -> str:
     """The dtype `precision` means here: itself, or for auto the fastest this machine runs (above).
-    `cuda` and `flags` default to this machine's; memo_dir keeps the probe's answer."""
+    `cuda` (the GPU's compute capability; False: none) and `flags` default to this machine's; memo_dir
+    keeps the probe's answer."""
     if precision != "auto":
         return precision
-    if has_cuda_gpu() if cuda is None else cuda:
-        return "float16"
+    cuda = cuda_capability() if cuda is None else (7.0 if cuda is True else cuda or None)
     flags = cpu_flags() if flags is None else flags
-    if not NATIVE_BF16 & flags:
-        return "float32"
-    rates = probe_rates(flags, memo_dir)
-    return "bfloat16" if rates["bfloat16"] > rates["float32"] else "float32"
+    dtypes = candidates(cuda, flags)
+    if len(dtypes) == 1:
+        return dtypes[0]
+    rates = probe_rates(dtypes, flags, memo_dir, cuda)
+    return max(dtypes, key=lambda d: rates[d])
 
 
-def probe_rates(flags: set, memo_dir: str | None) -> dict:
-    """{float32: rate, bfloat16: rate} on this machine: remembered, or measured now (and remembered)."""
-    ident = machine(flags)
+def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | None = None) -> dict:
+    """{dtype: rate} on this device: remembered, or measured now (and remembered)."""
+    ident = {**machine(flags), **({"cuda_capability": cuda} if cuda else {})}
     key = tag(ident, 16)
     path = os.path.join(memo_dir, MEMO) if memo_dir else None
     memo = {}
@@ -86,15 +100,15 @@ def probe_rates(flags: set, memo_dir: str | None) -> dict:
             with open(path) as f:
                 memo = json.load(f)
             rates = memo[key]["rates"]
-            if {"float32", "bfloat16"} <= set(rates) and all(isinstance(v, (int, float)) for v in rates.values()):
+            if set(dtypes) <= set(rates) and all(isinstance(v, (int, float)) for v in rates.values()):
                 return rates
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             memo = memo if isinstance(memo, dict) else {}
-    rates = (measure or measure_rates)()
-    choice = "bfloat16" if rates["bfloat16"] > rates["float32"] else "float32"
-    log.info(f"precision auto: {choice} on this CPU (probe: float32 {rates['float32']:.1f}, bfloat16 "
-             f"{rates['bfloat16']:.1f} images/s of VGG19 block4; measured once, remembered in "
-             f"{path or 'no file'})")
+    rates = (measure or measure_rates)(dtypes)
+    choice = max(dtypes, key=lambda d: rates[d])
+    log.info(f"precision auto: {choice} on this {'GPU' if cuda else 'CPU'} (probe: "
+             + ", ".join(f"{d} {rates[d]:.1f}" for d in dtypes) + " images/s of VGG19 block4; measured once, "
+             f"remembered in {path or 'no file'})")
     if path:
         os.makedirs(memo_dir, exist_ok=True)
         write_json(path, {**memo, key: {"machine": ident, "rates": rates, "choice": choice,
@@ -102,13 +116,13 @@ def probe_rates(flags: set, memo_dir: str | None) -> dict:
     return rates
 
 
-def measure_rates(seconds: float = PROBE_SECONDS) -> dict:
-    """Images/s of two VGG19 block4-shaped 3x3 convolutions (28 x 28 x 512, batch 8) in float32 and in
-    bfloat16, each dtype local to its own layers (no global policy)."""
+def measure_rates(dtypes=("float32", "bfloat16"), seconds: float = PROBE_SECONDS) -> dict:
+    """Images/s of two VGG19 block4-shaped 3x3 convolutions (28 x 28 x 512, batch 8) in each of `dtypes`,
+    each dtype local to its own layers (no global policy)."""
     import keras
     x = np.random.default_rng(0).random((8, 28, 28, 512), dtype=np.float32)
     rates = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         policy = "float32" if dtype == "float32" else "mixed_bfloat16"
         model = keras.Sequential([keras.Input((28, 28, 512)),
                                   keras.layers.Conv2D(512, 3, padding="same", activation="relu", dtype=policy),

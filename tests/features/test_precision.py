@@ -6,14 +6,21 @@ import pytest
 from pipeline.features import precision as pr
 
 
-@pytest.mark.parametrize("cuda,flags,want", [
-    (True, {"avx2", "avx512_bf16"}, "float16"),       # a CUDA GPU wins
-    (False, {"avx2", "fma", "avx512f"}, "float32"),    # no native bf16 (bf16 would be emulated, slower)
-    (False, {"avx512f", "avx512_bf16"}, "bfloat16"),   # AVX512-BF16
-    (False, {"amx_tile", "amx_bf16"}, "bfloat16"),     # AMX
+FAST_HALF = {"float32": 100.0, "float16": 400.0, "bfloat16": 300.0}   # a measurement where half precision wins
+
+
+@pytest.mark.parametrize("cuda,flags,want,measured", [
+    (9.0, {"avx2", "avx512_bf16"}, "float16", ("float32", "float16", "bfloat16")),   # a Hopper GPU: all three
+    (7.5, {"avx2"}, "float16", ("float32", "float16")),                            # a Turing GPU: no bfloat16
+    (False, {"avx2", "fma", "avx512f"}, "float32", None),    # no native bf16 (it would be emulated): no probe
+    (False, {"avx512f", "avx512_bf16"}, "bfloat16", ("float32", "bfloat16")),   # AVX512-BF16
+    (False, {"amx_tile", "amx_bf16"}, "bfloat16", ("float32", "bfloat16")),     # AMX
 ])
-def test_auto_precision_on_each_kind_of_machine(cuda, flags, want):
+def test_auto_precision_on_each_kind_of_machine(monkeypatch, cuda, flags, want, measured):
+    asked = []
+    monkeypatch.setattr(pr, "measure", lambda dtypes: asked.append(tuple(dtypes)) or {d: FAST_HALF[d] for d in dtypes})
     assert pr.resolve_precision("auto", cuda=cuda, flags=flags) == want
+    assert asked == ([measured] if measured else [])
     assert pr.resolve_precision("float32", cuda=cuda, flags=flags) == "float32"   # an explicit choice stays
 
 
@@ -28,7 +35,7 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
 def test_between_float32_and_bfloat16_the_measurement_decides_once_per_machine(tmp_path, monkeypatch, capsys,
                                                                                 rates, want):
     calls = []
-    monkeypatch.setattr(pr, "measure", lambda: calls.append(1) or rates)
+    monkeypatch.setattr(pr, "measure", lambda dtypes: calls.append(1) or rates)
     flags = {"avx512f", "avx512_bf16"}
     assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == want
     assert f"precision auto: {want}" in capsys.readouterr().err            # said once, with both rates
@@ -45,3 +52,11 @@ def test_between_float32_and_bfloat16_the_measurement_decides_once_per_machine(t
 def test_the_probe_measures_both_dtypes():
     rates = pr.measure_rates(seconds=0.05)
     assert set(rates) == {"float32", "bfloat16"} and all(r > 0 for r in rates.values())
+
+
+def test_the_gpu_capability_is_read_from_nvidia_smi(tmp_path):
+    from pipeline.device import gpu_capability
+    tool = tmp_path / "nvidia-smi"
+    tool.write_text("#!/bin/sh\necho 9.0\n")
+    tool.chmod(0o755)
+    assert gpu_capability(str(tool)) == 9.0 and gpu_capability(str(tmp_path / "absent")) is None
