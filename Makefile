@@ -11,7 +11,7 @@ ARGS   ?=
 STAMP  := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 
-.PHONY: all install install-ray kernels features train-head sweep study bench test clean
+.PHONY: all install install-ray kernels features train-head sweep study bench test clean gpu-wheels gpu-check
 all: features train-head
 
 $(STAMP): pyproject.toml
@@ -54,6 +54,18 @@ SECOND_BACKEND_TESTS := tests/features/test_backbone.py tests/features/test_prep
 test: $(KERNELS)
 	$(PY) -m pytest -q
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider $(SECOND_BACKEND_TESTS) -k "not sigkill and not ray"
+
+# stage one where a GPU is, in one prepared run (gpu/check.sh): on a GPU machine without the package
+# index, first `make gpu-wheels` here (for that machine's Python: GPU_PYTHON=3.x) and carry gpu/wheels along
+GPU_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+gpu-wheels:   # ~60 MB: within what travels with the tree (numpy is left out: JAX and PyTorch bring it)
+	rm -rf gpu/wheels
+	$(PYTHON) -m pip download --quiet --only-binary=:all: --python-version $(GPU_PYTHON) -d gpu/wheels \
+		keras 'opencv-python-headless<4.11' h5py tqdm
+	rm -f gpu/wheels/numpy-*.whl
+
+gpu-check:
+	bash gpu/check.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info pipeline/__pycache__ pipeline/*/__pycache__

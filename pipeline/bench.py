@@ -82,14 +82,15 @@ def model_flops(model) -> int:
     return int(total)
 
 
-def fake_cifar(root: str, n: int) -> str:
-    """n random 32x32 images in the official CIFAR-10 batch layout (content does not affect speed)."""
+def fake_cifar(root: str, n: int, test_n: int = 10) -> str:
+    """n (and test_n test) random 32x32 images in the official CIFAR-10 batch layout (content does not
+    affect speed)."""
     import pickle
     d = os.path.join(root, "cifar-10-batches-py")
     os.makedirs(d)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        k = n if name == "data_batch_1" else (10 if name == "test_batch" else 0)
+        k = n if name == "data_batch_1" else (test_n if name == "test_batch" else 0)
         with open(os.path.join(d, name), "wb") as f:
             pickle.dump({b"data": rng.integers(0, 256, (k, 3072), dtype=np.uint8),
                          b"labels": [int(v) for v in np.arange(k) % 10]}, f, protocol=4)

@@ -120,6 +120,12 @@ def cmd_predict(args):
         print(line)
 
 
+def cmd_gpu_check(args):
+    from . import gpu_check
+    print(gpu_check.run(out_dir=args.out_dir, quick=args.quick, data_dir=args.data_dir, batch_size=args.batch_size,
+                        full=not args.no_full))
+
+
 def cmd_bench(args):
     print(bench.run(images=args.images, full=args.full, image_size=args.image_size, head_rows=args.head_rows,
               head_dim=args.head_dim, conv_dim=args.conv_dim, out_dir=args.out_dir, readme=args.update_readme))
@@ -133,6 +139,7 @@ KEPT = {   # what Ctrl-C leaves, per command
              "to resume",
     "predict": "nothing was written (an export is written whole or not at all)",
     "bench": "nothing was written; re-run the command",
+    "gpu-check": "nothing was written; re-run the command",
 }
 
 
@@ -188,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out-dir", default="data/bench", help="where results go (default %(default)s)")
     b.add_argument("--update-readme", action="store_true", help="write the table into README.md (default off)")
     b.set_defaults(func=cmd_bench)
+    g = sub.add_parser("gpu-check", help="stage one where a GPU is: bench rows, the feeding path, the full extraction "
+                       "(gpu/check.sh installs what is missing first)")
+    g.add_argument("--out-dir", default="data/gpu-check", help="where gpu-check.json and .md go (default %(default)s)")
+    g.add_argument("--quick", action="store_true", help="tiny sizes: every part in about a minute, e.g. on a CPU "
+                   "(default off)")
+    g.add_argument("--data-dir", default=None, help="the full CIFAR-10 python tarball (default: ../shared/data or "
+                   "shared/data, else 60,000 synthetic images)")
+    g.add_argument("--batch-size", type=int, default=None, help=f"images per forward pass (default "
+                   f"{256} on a GPU, {32} on a CPU)")
+    g.add_argument("--no-full", action="store_true", help="skip the full extraction (default off)")
+    g.set_defaults(func=cmd_gpu_check)
     return parser
 
 
