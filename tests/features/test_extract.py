@@ -45,7 +45,7 @@ def test_auto_precision_is_resolved_recorded_and_keyed(cifar_dir, tmp_path, caps
     the same dtype is a hit)."""
     from pipeline.features import precision
     monkeypatch.setattr(precision, "cpu_flags", lambda *a: flags)
-    monkeypatch.setattr(precision, "has_cuda_gpu", lambda: False)
+    monkeypatch.setattr(precision, "cuda_capability", lambda: None)
     small = [a for a in SMALL if a not in ("--precision", "float32")]
     args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "test", "--limit", "2", *small)
     code, out, err = features(capsys, *args, "--precision", "auto")
