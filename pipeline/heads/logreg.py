@@ -23,6 +23,8 @@ from .validation import LOGREG, check_fit, check_inputs
 log = logging.getLogger(__name__)
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))   # half-decade steps, 1e-4 .. 1e2
 C_FINE = 10 ** 0.25                                         # then the quarter-decades around the best
+SEARCH_TOL = 1e-3       # the search's fits stop at this gradient tolerance (the refit at scikit-learn's 1e-4):
+                        # 4-6x fewer iterations; at full scale the chosen model tests the same (85.85 vs 85.80%)
 PATH_PATIENCE = 3       # the coarse path stops after this many steps without a better validation score:
                         # past the best, weaker regularisation only overfits more (and its fits are the slowest)
 
@@ -94,7 +96,8 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
 
         def score(c):
             t = time.perf_counter()
-            lr.set_params(C=c).fit(Z, y)
+            lr.set_params(C=c, tol=SEARCH_TOL).fit(Z, y)   # n_iter 0: the previous C's solution meets the
+                                                          # tolerance at this C too (a tie, the smaller C wins)
             p = self._columns(lr.predict_proba(Zv), lr.classes_)
             curve[c] = {"C": c, "val_accuracy": float((self.classes_[p.argmax(1)] == y_val).mean()),
                         "val_loss": float(log_loss(y_val, p, labels=self.classes_)), "n_iter": int(lr.n_iter_.max()),
@@ -117,7 +120,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         chosen = best()
         record = {"protocol": "C chosen on validation, refit on train + validation", "grid": sorted(curve),
                   "curve": [{k: v for k, v in curve[c].items() if k not in ("proba", "coef")} for c in sorted(curve)],
-                  "chosen_C": chosen, "coarse_C": coarse, "path_patience": PATH_PATIENCE,
+                  "chosen_C": chosen, "coarse_C": coarse, "path_patience": PATH_PATIENCE, "search_tol": SEARCH_TOL,
                   "seconds_per_fit": round(float(np.mean([r["seconds"] for r in curve.values()])), 2)}
         return chosen, record, curve[chosen]["proba"], curve[chosen]["coef"]
 
