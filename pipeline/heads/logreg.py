@@ -101,7 +101,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
             p = self._columns(lr.predict_proba(Zv), lr.classes_)
             curve[c] = {"C": c, "val_accuracy": float((self.classes_[p.argmax(1)] == y_val).mean()),
                         "val_loss": float(log_loss(y_val, p, labels=self.classes_)), "n_iter": int(lr.n_iter_.max()),
-                        "seconds": round(time.perf_counter() - t, 2), "proba": p,
+                        "seconds": round(time.perf_counter() - t, 4), "proba": p,
                         "coef": (lr.coef_.copy(), lr.intercept_.copy())}
             r = curve[c]
             log.info(f"logreg C={c:.3g}: validation {r['val_accuracy']:.2%} (loss {r['val_loss']:.4f}; "
@@ -121,7 +121,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         record = {"protocol": "C chosen on validation, refit on train + validation", "grid": sorted(curve),
                   "curve": [{k: v for k, v in curve[c].items() if k not in ("proba", "coef")} for c in sorted(curve)],
                   "chosen_C": chosen, "coarse_C": coarse, "path_patience": PATH_PATIENCE, "search_tol": SEARCH_TOL,
-                  "seconds_per_fit": round(float(np.mean([r["seconds"] for r in curve.values()])), 2)}
+                  "seconds_per_fit": round(float(np.mean([r["seconds"] for r in curve.values()])), 4)}
         return chosen, record, curve[chosen]["proba"], curve[chosen]["coef"]
 
     def _columns(self, p, fitted_classes):
