@@ -212,7 +212,7 @@ def table(r: dict) -> str:
         ("bfloat16 / float32, end to end", f"{s1['end_to_end_bfloat16'] / s1['end_to_end_float32']:.2f}", ""),
         (f"auto (= {auto}) / the faster of float32 and bfloat16, end to end",
          f"{s1[f'end_to_end_{auto}'] / max(s1['end_to_end_float32'], s1['end_to_end_bfloat16']):.2f}", ">= 0.97"),
-        *_feed_rows(r.get("feeding_path")),
+        *feed_rows(r.get("feeding_path")),
         (f"end to end (auto = {auto}) / notebook approach", f"{s1[f'end_to_end_{auto}'] / s1['notebook_float32']:.2f}", ">= 1.8"),
         (f"train-head softmax, 20 epochs, {s2['rows']:,} x {s2['dim']:,}: wall (start-up / load / train)",
          _split(s2["softmax"]), "< 12 s"),
@@ -232,7 +232,8 @@ def table(r: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _feed_rows(f: dict | None) -> list:
+def feed_rows(f: dict | None) -> list:
+    """The feeding path's table rows (bench and gpu-check)."""
     if not f:
         return []
     w = f["workers"]

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from . import device
-from .bench import fake_cifar, feeding_path, machine
+from .bench import fake_cifar, feed_rows, feeding_path, machine
 from .durable import write_text
 from .features import FeatureConfig, extract
 from .features.precision import resolve_precision
@@ -35,19 +35,14 @@ GPU_BATCH, CPU_BATCH = 256, 32
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _extract(data: str, tmp: str, name: str, **settings) -> dict:
-    cfg = FeatureConfig(data_dir=data, splits=("train",), weights="random", cache_dir=os.path.join(tmp, name),
-                        store_dtype="float16", **settings)
+def timed_extract(cfg: FeatureConfig) -> dict:
+    """Stage one end to end for `cfg` (a fresh cache): images, wall seconds, images/s."""
+    from .features.cache import read_provenance
     t = time.perf_counter()
     path = extract(cfg, quiet=True)
     wall = time.perf_counter() - t
-    n = _split_sizes(path)["train"]
+    n = sum(read_provenance(path)["split_sizes"].values())
     return {"images": n, "wall_s": round(wall, 2), "img_per_s": round(n / wall, 1)}
-
-
-def _split_sizes(path: str) -> dict:
-    from .features.cache import read_provenance
-    return read_provenance(path)["split_sizes"]
 
 
 def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | None = None,
@@ -67,9 +62,10 @@ def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | No
         for size, layer in ((224, "fc2"), (128, BEST_LAYERS)):
             for precision in dict.fromkeys(("float32", auto)):
                 log.info(f"gpu-check: stage one, {size} px, {layer}, {precision} ...")
-                r["stage_one"][f"{size}px_{precision}"] = _extract(
-                    data, tmp, f"s{size}{precision}", image_size=size, layer=layer, precision=precision,
-                    batch_size=batch)
+                r["stage_one"][f"{size}px_{precision}"] = timed_extract(FeatureConfig(
+                    data_dir=data, splits=("train",), weights="random", image_size=size, layer=layer,
+                    precision=precision, store_dtype="float16", batch_size=batch,
+                    cache_dir=os.path.join(tmp, f"s{size}{precision}")))
         log.info("gpu-check: the feeding path alone ...")
         r["feeding_path"] = feeding_path(1024 if quick else 16384)
         if full:
@@ -82,12 +78,7 @@ def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | No
             cfg = FeatureConfig(data_dir=full_data, weights="random", image_size=128, layer=BEST_LAYERS,
                                 precision=auto, store_dtype="float16", batch_size=batch,
                                 cache_dir=os.path.join(tmp, "full-cache"), limit=(100 if quick else None))
-            t = time.perf_counter()
-            path = extract(cfg, quiet=True)
-            wall = time.perf_counter() - t
-            images = sum(_split_sizes(path).values())
-            r["full_extraction"] = {"images": images, "wall_s": round(wall, 1), "img_per_s": round(images / wall, 1),
-                                    "layers": BEST_LAYERS, "image_size": 128, "precision": auto}
+            r["full_extraction"] = {**timed_extract(cfg), "layers": BEST_LAYERS, "image_size": 128, "precision": auto}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     md = table(r)
@@ -102,10 +93,7 @@ def table(r: dict) -> str:
     rows = [(f"stage one end to end, {k.replace('_', ', ')}", f"{v['img_per_s']:,.1f} img/s ({v['images']} images)",
              ">= 3,000 img/s at 224 px on a GPU" if k.startswith("224") else "")
             for k, v in r["stage_one"].items()]
-    f = r["feeding_path"]
-    rows += [(f"feeding path alone (null model), {s} px: per core / {f['workers']} workers",
-              f"{f['per_core_%dpx' % s]:,.0f} / {f['%dpx_%dw' % (s, f['workers'])]:,.0f} img/s",
-              f">= {f['need_per_core'][s]:,} per core") for s in (128, 224)]
+    rows += feed_rows(r["feeding_path"])
     if "full_extraction" in r:
         e = r["full_extraction"]
         rows.append((f"full extraction at the best configuration ({r['full_data']})",

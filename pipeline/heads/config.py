@@ -37,7 +37,7 @@ class Param:
         if self.kind is bool:
             return "true or false"
         lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else (f"{self.high:g}" if self.high < 2 ** 31 else "2^32-1" if self.high == 2 ** 32 - 1 else f"{self.high:g}")
+        hi = "inf" if self.high is None else "2^32-1" if self.high == 2 ** 32 - 1 else f"{self.high:g}"
         left, right = ("[" if self.closed in ("left", "both") else "("), ("]" if self.closed in ("right", "both") else ")")
         what = f"{'an integer' if self.kind is int else 'a number'} in {left}{lo}, {hi}{right}"
         return what + (" or auto" if self.auto else "")
@@ -144,7 +144,7 @@ class RunOptions:
     patience: int = PARAMS["patience"].default
     runs_dir: str = RUNS_DIR
     name: str | None = None
-    train_images: int | None = None     # a stratified subset of the training images (a learning curve)
+    train_images: int | None = PARAMS["train_images"].default   # a stratified subset (a learning curve)
     quiet: bool = False                 # no summary table on the terminal
 
     def validated(self) -> "RunOptions":
