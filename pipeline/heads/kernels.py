@@ -9,9 +9,10 @@
   in cache, and a gradient of its own (added in part order); _step_chunks (heads too big to stay in
   a core's cache, e.g. a 24-head sweep or 25,088 conv features) gives each part CHUNK feature
   columns: its slice of the gradient, with partial logits added in chunk order before the softmax.
-- Features are float32, or float16 passed as their uint16 bits and widened through a 65,536-entry
-  table (Numba has no float16), so a float16 cache trains without a float32 copy. Standardisation
-  (x - mean) / scale, when asked for, happens in the same pass.
+- Features are float32, or float16 passed as their uint16 bits (Numba has no float16) and widened
+  by integer arithmetic and a bit cast (`_half`: vectorises, unlike a table lookup), so a float16
+  cache trains without a float32 copy. Standardisation (x - mean) / scale, when asked for, happens
+  in the same pass. `widen` and `column_stats` are the same conversion for evaluation and statistics.
 - Dropout noise is counter-based: word w of row i at key k is SplitMix64(k + i * n_words + w), four
   16-bit draws per word; feature j is kept where its draw >= threshold. Step t of a run draws at
   step_key(key0, t, ...), so two steps never share a counter, and one draw per feature serves every
@@ -27,9 +28,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 CHUNK = 512       # _step_chunks: feature columns per work item (a multiple of 4: a noise word = 4 draws)
 ROWS = 4          # rows per register block
@@ -38,7 +40,6 @@ ROWS_KERNEL_BYTES = 256 * 1024   # heads with weights up to this size use _step_
 NOISE_LEVELS = 65536             # dropout rates are realised to 1/65536 (16-bit draws)
 GAMMA = np.uint64(0x9E3779B97F4A7C15)   # SplitMix64 constants
 M1, M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-HALF = np.arange(65536, dtype=np.uint64).astype(np.uint16).view(np.float16).astype(np.float32)  # float16 bits -> value
 
 
 class TrainState(NamedTuple):
@@ -66,7 +67,6 @@ class TrainState(NamedTuple):
     betas: np.ndarray      # (3,) float64: beta_1, beta_2, epsilon
     mean: np.ndarray       # (D,) float32 standardisation (empty: none)
     inv_scale: np.ndarray  # (D,) float32 1 / scale (empty: none)
-    table: np.ndarray      # HALF: float16 bits -> float32
     keys: np.ndarray       # (steps,) uint64: the noise key each step drew at (a record)
 
 
@@ -100,7 +100,7 @@ def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas,
         decay=f32(G * KP) if l2_rows is None else (2 * np.asarray(l2_rows)).astype(np.float32),
         betas=np.asarray(betas, np.float64), mean=np.asarray(mean if std else [], np.float32),
         inv_scale=(1 / np.asarray(scale, np.float64)).astype(np.float32) if std else f32(0),
-        table=HALF, keys=np.zeros(steps, np.uint64))
+        keys=np.zeros(steps, np.uint64))
 
 
 @njit(inline="always", cache=True)
@@ -131,19 +131,86 @@ def step_key(key0, t, batch_size, n_words):
     return key0 + np.uint64(t) * np.uint64(batch_size * n_words)
 
 
-def _value(v, table):
+@intrinsic
+def _bits_as_float32(typingctx, bits):
+    """The float32 whose IEEE bits are the low 32 bits of the integer `bits` (Numba widens uint32
+    arithmetic to 64 bits): a register bit cast, no memory."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low = builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0]
+        return builder.bitcast(low, ir.FloatType())
+    return types.float32(bits), codegen
+
+
+@njit(inline="always", cache=True)
+def _half(h):
+    """float16 bits (uint16) -> float32, exactly as numpy's astype (F. Giesen's half_to_float_fast):
+    exponent and mantissa moved into place and rebiased; subnormals renormalised through a float
+    subtraction, infinities and NaN kept. Branch-free, so loops over it vectorise."""
+    u = np.uint32(h)
+    o = (u & np.uint32(0x7FFF)) << np.uint32(13)
+    exp = o & np.uint32(0x0F800000)
+    special = np.uint32(exp == np.uint32(0x0F800000))      # inf, NaN: exponent 255
+    sub = np.uint32(exp == np.uint32(0))                   # zero, subnormal: renormalised below
+    o += np.uint32(112 << 23) + special * np.uint32(112 << 23) + sub * np.uint32(1 << 23)
+    f = _bits_as_float32(o) - np.float32(sub) * np.float32(2.0 ** -14)
+    return _bits_as_float32(_float32_bits(f) | ((u & np.uint32(0x8000)) << np.uint32(16)))
+
+
+@intrinsic
+def _float32_bits(typingctx, value):
+    """The uint32 IEEE bits of a float32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+def _value(v):
     """A stored feature as float32 (float16 arrive as their uint16 bits)."""
 
 
 @overload(_value, inline="always")
-def _value_impl(v, table):
+def _value_impl(v):
     if isinstance(v, types.Float):
-        return lambda v, table: v
-    return lambda v, table: table[v]
+        return lambda v: v
+    return lambda v: _half(v)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def widen(X, rows, out):
+    """out[i] = X[rows[i]] as float32 (X float32, or float16 as uint16 bits), rows in parallel."""
+    for i in prange(rows.shape[0]):
+        src, dst = X[rows[i]], out[i]
+        for j in range(src.shape[0]):
+            dst[j] = _value(src[j])
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def column_stats(X, rows, parts):
+    """(parts, 2, D) float64: per part of `rows` (split in order), each column's sum and sum of squares
+    of the float32 values; added in part order by the caller, so the result does not depend on threads."""
+    D, n = X.shape[1], rows.shape[0]
+    out = np.zeros((parts, 2, D))
+    for p in prange(parts):
+        s, q, v = np.zeros(D), np.zeros(D), np.empty(D, np.float32)
+        for i in range(p * n // parts, (p + 1) * n // parts):
+            src = X[rows[i]]
+            for j in range(D):
+                v[j] = _value(src[j])
+            for j in range(D):
+                s[j] += v[j]
+                q[j] += np.float64(v[j]) * v[j]
+        out[p, 0], out[p, 1] = s, q
+    return out
 
 
 @njit(inline="always", fastmath=True, cache=True)
-def _mask_block(X, idx, words, w0, t, r0, hi, j0, n, xm, mean, inv_scale, table):
+def _mask_block(X, idx, words, w0, t, r0, hi, j0, n, xm, mean, inv_scale):
     """xm[i, :n] = feature j0..j0+n of row X[idx[r0+i]] (standardised when mean is not empty) where
     its draw (words[r0+i-w0]) >= t, else 0; rows from `hi` on are 0."""
     std = mean.shape[0] > 0
@@ -155,11 +222,11 @@ def _mask_block(X, idx, words, w0, t, r0, hi, j0, n, xm, mean, inv_scale, table)
             if std:
                 mu, inv = mean[j0:j0 + n], inv_scale[j0:j0 + n]
                 for j in range(n):
-                    v = (_value(row[j], table) - mu[j]) * inv[j]
+                    v = (_value(row[j]) - mu[j]) * inv[j]
                     xm[i, j] = v if draws[j] >= t else np.float32(0)
             else:
                 for j in range(n):
-                    xm[i, j] = _value(row[j], table) if draws[j] >= t else np.float32(0)
+                    xm[i, j] = _value(row[j]) if draws[j] >= t else np.float32(0)
         else:
             for j in range(n):
                 xm[i, j] = 0
@@ -265,7 +332,7 @@ def _rows_part(X, idx, yb, key, state, gW, gb, st, lo, hi):
         _fill_words(key, words, r0, r0, min(hi, r0 + ROWS), 0, nw, nw)
         for g in range(G):
             kp = padded(state.n_heads[g], state.n_classes)
-            _mask_block(X, idx, words, r0, state.thr[g], r0, hi, 0, D, xm, state.mean, state.inv_scale, state.table)
+            _mask_block(X, idx, words, r0, state.thr[g], r0, hi, 0, D, xm, state.mean, state.inv_scale)
             _forward_block(xm, state.W[g], kp, 0, D, z, 0)
             for i in range(ROWS):
                 if r0 + i < hi:
@@ -295,7 +362,7 @@ def _forward_chunk(X, idx, key, state, j0, n, zp):
     for g in range(state.W.shape[0]):
         kp = padded(state.n_heads[g], state.n_classes)
         for r0 in range(0, B, ROWS):
-            _mask_block(X, idx, state.words, 0, state.thr[g], r0, B, j0, n, xm, state.mean, state.inv_scale, state.table)
+            _mask_block(X, idx, state.words, 0, state.thr[g], r0, B, j0, n, xm, state.mean, state.inv_scale)
             _forward_block(xm, state.W[g], kp, j0, n, zp[g], r0)
 
 
@@ -308,7 +375,7 @@ def _backward_chunk(X, idx, state, j0, n):
         kp = padded(state.n_heads[g], state.n_classes)
         gW[g, :, j0:j0 + n] = 0
         for r0 in range(0, idx.shape[0], ROWS):
-            _mask_block(X, idx, state.words, 0, state.thr[g], r0, idx.shape[0], j0, n, xm, state.mean, state.inv_scale, state.table)
+            _mask_block(X, idx, state.words, 0, state.thr[g], r0, idx.shape[0], j0, n, xm, state.mean, state.inv_scale)
             _backward_block(xm, state.dz[g], kp, j0, n, gW[g], r0, state.drop_scale[g])
 
 
@@ -424,6 +491,11 @@ def warm_up():
                      (0.9, 0.999, 1e-7), np.zeros(8), np.ones(8))
         train_epoch(X, np.arange(8), np.zeros(8, np.int64), 8, np.uint64(1), 0, state)
     draws(0, 1, 4)
+    for dtype in (np.float32, np.uint16):
+        X = np.zeros((4, 8), dtype)
+        X.flags.writeable = False
+        widen(X, np.arange(4), np.empty((4, 8), np.float32))
+        column_stats(X, np.arange(4), 2)
 
 
 if __name__ == "__main__":

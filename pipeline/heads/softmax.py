@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
 L2_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # l2="auto": the penalties tried, all at once
 INFER_ROWS = 4096                            # rows per inference product (float16 caches widen per block)
-STATS_ROWS = 256                             # rows per block of the standardisation statistics
+STATS_PARTS = 8                              # fixed parts of the standardisation statistics' sums
 
 
 def glorot_uniform(fan_in, fan_out, seed):
@@ -38,13 +38,12 @@ def glorot_uniform(fan_in, fan_out, seed):
 
 
 def feature_stats(X, rows) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale (standard deviation; 1 where it is 0) of X[rows], summed in float64 over float32
-    blocks of STATS_ROWS rows (small blocks stay in cache)."""
-    total, sq = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for a in range(0, len(rows), STATS_ROWS):
-        block = np.asarray(X[rows[a:a + STATS_ROWS]], np.float32)
-        total += block.sum(0, dtype=np.float64)
-        sq += np.einsum("ij,ij->j", block, block, dtype=np.float64)
+    """Mean and scale (standard deviation; 1 where it is 0) of X[rows]: float64 sums of the float32
+    values over STATS_PARTS fixed parts of the rows (added in order: the same on any number of cores),
+    float16 widened on the fly (kernels.column_stats)."""
+    from .kernels import column_stats
+    sums = column_stats(kernel_view(X), np.asarray(rows, np.int64), STATS_PARTS)
+    total, sq = sums[:, 0].sum(0), sums[:, 1].sum(0)
     mean = total / len(rows)
     std = np.sqrt(np.maximum(sq / len(rows) - mean ** 2, 0))
     return mean.astype(np.float32), np.where(std > 1e-6 * np.maximum(np.abs(mean), 1), std, 1.0).astype(np.float32)
@@ -61,13 +60,21 @@ def kernel_view(X) -> np.ndarray:
 
 
 def logits(X, W, b, mean=None, scale=None) -> np.ndarray:
-    """Standardised X @ W + b (W: D x K), block by block (float16 X widened per block)."""
+    """Standardised X @ W + b (W: D x K), block by block: float16 X widened per block (kernels.widen),
+    then one BLAS product per block."""
     if mean is not None:                     # fold the standardisation into the product
         W = W / scale[:, None]               # (x - mean) / scale @ W == x @ W' - mean @ W'
         b = b - mean @ W
-    out = np.empty((len(X), W.shape[1]), np.float32)
+    from .kernels import widen
+    Xk, out = kernel_view(X), np.empty((len(X), W.shape[1]), np.float32)
+    block = np.empty((min(INFER_ROWS, len(X)), X.shape[1]), np.float32) if Xk.dtype == np.uint16 else None
     for a in range(0, len(X), INFER_ROWS):
-        out[a:a + INFER_ROWS] = np.asarray(X[a:a + INFER_ROWS], np.float32) @ W + b
+        n = min(INFER_ROWS, len(X) - a)
+        if block is None:
+            out[a:a + n] = Xk[a:a + n] @ W + b
+        else:
+            widen(Xk, np.arange(a, a + n), block[:n])
+            out[a:a + n] = block[:n] @ W + b
     return out
 
 

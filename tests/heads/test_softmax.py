@@ -214,3 +214,63 @@ def test_early_stopping_in_a_sweep_stops_each_head_where_it_would_stop_alone(eas
         alone = SoftmaxHead(lr=lr, **kw).fit(X, y, Xv, yv)
         assert len(alone.history_) == lens[k] and alone.best_epoch_ == sweep.best_epoch_[k]
         np.testing.assert_allclose(sweep.head(k).coef_, alone.coef_, rtol=1e-5, atol=1e-6)
+
+
+def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes):
+    """The softmax head's training written plainly in NumPy (float64), from its definition: the
+    training rows' standardisation, Glorot-uniform start, per epoch a permutation from the seed's
+    SFC64 stream, per step dropout draws at the step's key (kernels.draws), Keras' Dropout scaling,
+    softmax cross-entropy's gradient, Keras' L2 and Adam. Any restructuring of the kernels must
+    reproduce it to float rounding (the numbers stay the same where the maths is)."""
+    from pipeline.heads import kernels
+    from pipeline.heads.softmax import BETA_1, BETA_2, EPSILON, feature_stats, glorot_uniform
+    mean, scale = feature_stats(X, np.arange(len(X)))
+    Z = (X.astype(np.float64) - mean) / scale
+    W, b = glorot_uniform(X.shape[1], n_classes, seed).astype(np.float64), np.zeros(n_classes)
+    mW, vW, mb, vb = np.zeros_like(W), np.zeros_like(W), np.zeros_like(b), np.zeros_like(b)
+    rng = np.random.Generator(np.random.SFC64(seed))
+    key0, t = int(rng.integers(0, 2 ** 63)), 0
+    thr = min(round(dropout * kernels.NOISE_LEVELS), kernels.NOISE_LEVELS - 1)
+    keep_scale = kernels.NOISE_LEVELS / (kernels.NOISE_LEVELS - thr)
+    n_words = (X.shape[1] + 3) // 4
+    for _ in range(epochs):
+        perm = rng.permutation(len(X))
+        for a in range(0, len(X), batch_size):
+            idx = perm[a:a + batch_size]
+            key = (key0 + t * batch_size * n_words) % 2 ** 64
+            xm = Z[idx] * (kernels.draws(key, len(idx), X.shape[1]) >= thr) * keep_scale
+            p = np.exp(xm @ W + b - (xm @ W + b).max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(idx)), y[idx]] -= 1
+            gW, gb = xm.T @ p / len(idx) + 2 * l2 * W, p.sum(0) / len(idx)
+            t += 1
+            alpha = lr * np.sqrt(1 - BETA_2 ** t) / (1 - BETA_1 ** t)
+            for w, g, m, v in ((W, gW, mW, vW), (b, gb, mb, vb)):
+                m += (g - m) * (1 - BETA_1)
+                v += (g * g - v) * (1 - BETA_2)
+                w -= alpha * m / (np.sqrt(v) + EPSILON)
+    return W, b
+
+
+@pytest.mark.parametrize("dim,dtype,by_rows", [(32, np.float32, True), (1030, np.float16, True),
+                                               (1030, np.float16, False), (600, np.float32, False)])
+def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, monkeypatch):
+    from pipeline.features.synthetic import make_features
+    from pipeline.heads import kernels
+    if not by_rows:
+        monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", -1)      # the chunks kernel, as for wide heads
+    X, y = make_features(300, dim, 4, seed=5, separation=0.6)
+    X = X.astype(dtype)
+    head = SoftmaxHead(dropout=0.3, lr=3e-3, l2=1e-3, epochs=3, batch_size=64, seed=7).fit(X, y)
+    W, b = reference_fit(X, y, 0.3, 3e-3, 1e-3, 3, 64, 7, 4)
+    np.testing.assert_allclose(head.coef_, W, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(head.intercept_, b, rtol=1e-4, atol=2e-5)
+    Xt = X[:50]
+    mean, scale = head.mean_, head.scale_
+    np.testing.assert_allclose(head.predict_proba(Xt)[:, 0], _softmax_rows(((Xt.astype(np.float64) - mean) / scale) @ W + b)[:, 0],
+                               rtol=1e-4, atol=1e-6)
+
+
+def _softmax_rows(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
