@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
 L2_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # l2="auto": the penalties tried, all at once
-INFER_ROWS = 4096                            # rows per inference product (float16 caches widen per block)
+INFER_BYTES = 4 << 20                        # float32 bytes per inference block: widened and multiplied in cache
 STATS_PARTS = 8                              # fixed parts of the standardisation statistics' sums
 
 
@@ -67,9 +67,10 @@ def logits(X, W, b, mean=None, scale=None) -> np.ndarray:
         b = b - mean @ W
     from .kernels import widen
     Xk, out = kernel_view(X), np.empty((len(X), W.shape[1]), np.float32)
-    block = np.empty((min(INFER_ROWS, len(X)), X.shape[1]), np.float32) if Xk.dtype == np.uint16 else None
-    for a in range(0, len(X), INFER_ROWS):
-        n = min(INFER_ROWS, len(X) - a)
+    step = max(1, INFER_BYTES // (4 * X.shape[1]))
+    block = np.empty((min(step, len(X)), X.shape[1]), np.float32) if Xk.dtype == np.uint16 else None
+    for a in range(0, len(X), step):
+        n = min(step, len(X) - a)
         if block is None:
             out[a:a + n] = Xk[a:a + n] @ W + b
         else:
