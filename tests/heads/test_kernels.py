@@ -168,3 +168,20 @@ def test_make_kernels_compiles_what_a_later_training_loads(tmp_path):
     out = subprocess.run([sys.executable, "-c", train], env=env, check=True, capture_output=True, text=True).stdout
     # no compile; both feature dtypes loaded from the cache (widen: float16 only, float32 needs no widening)
     assert out.split() == ["0", "2", "0", "2", "0", "1"]
+
+
+def test_the_integer_widening_for_cpus_without_f16c_is_exact_too():
+    """kernels._half_by_bits (used where LLVM has no float16 conversion instruction) for every pattern."""
+    from numba import njit
+
+    @njit
+    def widen_by_bits(bits, out):
+        for j in range(bits.shape[0]):
+            out[j] = kernels._half_by_bits(bits[j])
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(65536, np.float32)
+    widen_by_bits(bits, out)
+    want = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(out), nan)
+    assert np.array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))
