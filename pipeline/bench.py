@@ -1,7 +1,7 @@
 """`python -m pipeline bench`: throughput against the machine's limit and the notebook's approach.
 
-Stage one runs in this process on the same images at each precision; stage two runs the real
-commands as fresh processes (start-up included) on a synthetic 50,000 x 4,096 cache. Absolute
+Stage one runs in this process on the same images at each precision; stage two (bench_heads.py)
+runs the real commands as fresh processes (start-up included) on synthetic caches. Absolute
 times drift on shared machines, so the table leads with ratios from one run. Writes
 data/bench/<timestamp>.json and .md; `--update-readme` puts the table into README.md.
 """
@@ -15,13 +15,12 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+from . import bench_heads
 from .durable import write_text
 from .errors import PipelineError, SettingError
 from .features import FeatureConfig
@@ -159,40 +158,6 @@ def feeding_path(n: int, sizes=(128, 224)) -> dict:
     return out
 
 
-def run_cli(args: list) -> dict:
-    """Run `python -m pipeline ...` as a fresh process; return its run's metrics.json and wall time."""
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode:
-        raise PipelineError(f"bench: pipeline {' '.join(args[:2])} failed: {proc.stderr.strip().splitlines()[-1]}")
-    run = proc.stdout.strip().splitlines()[-1]
-    with open(os.path.join(run, "metrics.json")) as f:
-        return {"wall_s": wall, **json.load(f)["timings"]}
-
-
-def stage_two(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: float) -> dict:
-    from .features.synthetic import write_synthetic_cache
-    cache = write_synthetic_cache(os.path.join(tmp, "syn.h5"), rows, rows // 5, dim=dim, separation=0.03)
-    runs = os.path.join(tmp, "runs")
-    subprocess.run([sys.executable, "-m", "pipeline.heads.kernels"], check=True, capture_output=True)  # compiled once, untimed
-    out = {"rows": rows, "dim": dim,
-           "softmax": run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", "softmax"]),
-           "logreg": run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", "logreg", "--head", "logreg"]),
-           "sweep24": run_cli(["sweep", "--cache", cache, "--runs-dir", runs, "--name", "sweep",
-                               "--param", "dropout=0.2,0.35,0.5,0.65,0.8,0.9", "--param", "lr=3e-4,1e-3,3e-3,1e-2"])}
-    os.remove(cache)
-    conv = write_synthetic_cache(os.path.join(tmp, "conv.h5"), rows, rows // 5, dim=conv_dim, separation=0.03,
-                                 dtype="float16")
-    out["conv_dim"], out["softmax_conv"] = conv_dim, run_cli(["train-head", "--cache", conv, "--runs-dir", runs,
-                                                              "--name", "softmax-conv"])
-    train_rows, epochs, classes = int(rows * 0.9), 20, 10
-    flops = epochs * train_rows * dim * classes * 2 * 2            # forward and weight-gradient products
-    bytes_ = epochs * train_rows * dim * 4                         # every row read once per epoch (fused kernel)
-    out["softmax_floor_s"] = max(flops / (gflops * 1e9), bytes_ / (gbps * 1e9))
-    return out
-
-
 def table(r: dict) -> str:
     s1, s2 = r["stage_one"], r["stage_two"]
     auto = s1["auto_precision"] if s1["auto_precision"] != "float16" else "float32"
@@ -214,15 +179,7 @@ def table(r: dict) -> str:
          f"{s1[f'end_to_end_{auto}'] / max(s1['end_to_end_float32'], s1['end_to_end_bfloat16']):.2f}", ">= 0.97"),
         *feed_rows(r.get("feeding_path")),
         (f"end to end (auto = {auto}) / notebook approach", f"{s1[f'end_to_end_{auto}'] / s1['notebook_float32']:.2f}", ">= 1.8"),
-        (f"train-head softmax, 20 epochs, {s2['rows']:,} x {s2['dim']:,}: wall (start-up / load / train)",
-         _split(s2["softmax"]), "< 12 s"),
-        (f"train-head softmax, {s2['rows']:,} x {s2['conv_dim']:,} float16 (block5_pool flattened at 224): wall "
-         "(start-up / load / train)", _split(s2["softmax_conv"]), ""),
-        ("softmax head floor (FLOPs / matmul rate, bytes / bandwidth)", f"{s2['softmax_floor_s']:.1f} s "
-         f"(memory {r['memory_gbps']:.1f} GB/s)", ""),
-        ("train-head logreg: wall (start-up / load / train)", _split(s2["logreg"]), "< 60 s"),
-        ("sweep, 24 softmax configurations: wall / one configuration", f"{s2['sweep24']['wall_s']:.1f} s / "
-         f"{s2['sweep24']['wall_s'] / s2['softmax']['wall_s']:.1f}x", "< 3x"),
+        *bench_heads.rows(s2, r["matmul_gflops"]["float32"]),
         ("notebook's experiment (20 x 12,500 + 20 x 500 through VGG19) at its rate", f"{nb_hours:.1f} h", ""),
         ("this pipeline: all 60,000 CIFAR-10 images once + one head", f"{ours_hours:.1f} h "
          f"({nb_hours / ours_hours:.1f}x less)", ""),
@@ -240,10 +197,6 @@ def feed_rows(f: dict | None) -> list:
     return [(f"feeding path alone (null model), {size} px: per core / {w} workers",
              f"{f['per_core_%dpx' % size]:,.0f} / {f['%dpx_%dw' % (size, w)]:,.0f} img/s",
              f">= {f['need_per_core'][size]:,} per core") for size in (128, 224) if f"per_core_{size}px" in f]
-
-
-def _split(t: dict) -> str:
-    return f"{t['wall_s']:.1f} s ({t['startup_s']:.1f} / {t['load_s']:.1f} / {t['train_s']:.1f})"
 
 
 def machine() -> str:
@@ -275,8 +228,10 @@ def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_S
              "memory_gbps": memory_gbps(repeats)}
         r["stage_one"] = {"images": n, "image_size": image_size, **stage_one(n, image_size, repeats, tmp)}
         r["feeding_path"] = feeding_path(FEED_IMAGES * (2 if full else 1))
-        log.info("bench: stage two (train-head, logreg, 24-configuration sweep, a float16 conv-width cache) ...")
-        r["stage_two"] = stage_two(head_rows, head_dim, conv_dim, tmp, r["matmul_gflops"]["float32"], r["memory_gbps"])
+        log.info("bench: stage two (train-head, logreg, 24-configuration sweep, a float16 conv-width cache"
+                 + (", 6 views, the C search, a 60,000-file tree" if full else "") + ") ...")
+        r["stage_two"] = bench_heads.heads(head_rows, head_dim, conv_dim, tmp, r["matmul_gflops"]["float32"],
+                                           r["memory_gbps"], full)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     md = table(r)
