@@ -60,6 +60,8 @@ def add_head_options(p: argparse.ArgumentParser):
     for name, param in PARAMS.items():
         kw = {"action": argparse.BooleanOptionalAction} if param.kind is bool else \
             {"type": str if param.auto else param.kind}
+        if param.choices:
+            kw["choices"] = param.choices
         if name == "early_stopping":
             kw = {"action": "store_true"}
         o(head_flag(name), dest=name, default=param.default, help=_help(param.help), **kw)

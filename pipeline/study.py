@@ -100,7 +100,7 @@ def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, obj
     """Train one head; its row of metrics (val and test, original view and averaged over views)."""
     from .heads.train import evaluate_head, fit_head, make_head
     t = time.perf_counter()
-    head = fit_head(make_head(kind, params, opts, len(data.class_names)), data)
+    head = fit_head(make_head(kind, params, opts, data), data)
     seconds = time.perf_counter() - t
     row = {"head": kind, **{f"head_{k}": v for k, v in params.items()}, "head_s": round(seconds, 2)}
     for split, m in evaluate_head(head, data, ("val", "test")).items():

@@ -29,14 +29,17 @@ def train(root, cache, head, name, *extra):
     return str(root / "runs" / name)
 
 
-@pytest.mark.parametrize("head", ["softmax", "logreg"])
-def test_predict_agrees_with_head_on_cached_features(cached, capsys, head):
+@pytest.mark.parametrize("head,normalize", [("softmax", "none"), ("logreg", "none"), ("softmax", "sqrt-l2"),
+                                            ("logreg", "l2")])
+def test_predict_agrees_with_head_on_cached_features(cached, capsys, head, normalize):
+    """Also with the normalize step: head.keras, predict's model and the export all apply it."""
     root, data, cache = cached
-    run = train(root, cache, head, f"run-{head}")
+    run = train(root, cache, head, f"run-{head}-{normalize}", "--normalize", normalize)
+    assert (read_head(os.path.join(run, "head.keras"))["normalize"] or "none") == normalize
     X, y, meta = load_cache(cache)["test"]
     paths = [os.path.join(data, i) for i in meta["ids"]]
     capsys.readouterr()
-    assert run_cli("predict", "--run", run, *paths, "--export", root / f"{head}.keras") == 0
+    assert run_cli("predict", "--run", run, *paths, "--export", root / f"{head}-{normalize}.keras") == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(paths)
     want = np.asarray(head_model(read_head(os.path.join(run, "head.keras"))).predict(X, verbose=0))
@@ -48,7 +51,7 @@ def test_predict_agrees_with_head_on_cached_features(cached, capsys, head):
     import keras
     as_saved = keras.saving.load_model(os.path.join(run, "head.keras"))           # a real Keras file
     np.testing.assert_allclose(np.asarray(as_saved.predict(X, verbose=0)), want, atol=1e-6)
-    exported = keras.saving.load_model(str(root / f"{head}.keras"))
+    exported = keras.saving.load_model(str(root / f"{head}-{normalize}.keras"))
     from pipeline.features.images import decode_image
     from pipeline.features.preprocess import upscale
     x = upscale([decode_image(p) for p in paths], 32, "cubic").astype(np.float32)

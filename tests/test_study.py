@@ -127,9 +127,8 @@ def test_spellings_of_one_setting_are_one_configuration():
     from pipeline.study import feature_configs, head_configs, parse_grid
     axes, heads, _ = parse_grid(["views=flip,shift2;shift2,flip", "dropout=0.5,.5,0.50", "image_size=32,32"], ["softmax"])
     assert len(feature_configs(FeatureConfig(weights="random"), axes)) == 1
-    from pipeline.heads.config import HEAD_PARAMS
-    base = {p: v for p, v in {"dropout": 0.5, "lr": 1e-3, "l2": 0.0, "epochs": 2, "batch_size": 250,
-                              "standardize": True}.items() if p in HEAD_PARAMS["softmax"]}
+    from pipeline.heads.config import DEFAULTS, HEAD_PARAMS
+    base = {p: DEFAULTS[p] for p in HEAD_PARAMS["softmax"]}
     assert len(head_configs(heads, base)) == 1
 
 

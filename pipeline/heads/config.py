@@ -32,10 +32,13 @@ class Param:
     optional: bool = False
     heads: tuple = ()
     flag: str | None = None
+    choices: tuple = ()          # kind str: the values it takes
 
     def describe(self) -> str:
         if self.kind is bool:
             return "true or false"
+        if self.kind is str:
+            return "one of " + ", ".join(self.choices)
         lo = "-inf" if self.low is None else f"{self.low:g}"
         hi = "inf" if self.high is None else "2^32-1" if self.high == 2 ** 32 - 1 else f"{self.high:g}"
         left, right = ("[" if self.closed in ("left", "both") else "("), ("]" if self.closed in ("right", "both") else ")")
@@ -47,6 +50,8 @@ class Param:
             return True
         if self.kind is bool:
             return isinstance(v, bool)
+        if self.kind is str:
+            return v in self.choices
         if isinstance(v, float) and math.isnan(v):
             return False
         above = self.low is None or (v >= self.low if self.closed in ("left", "both") else v > self.low)
@@ -56,7 +61,12 @@ class Param:
 
 
 SOFTMAX, LOGREG = ("softmax",), ("logreg",)
+NORMALIZE = ("none", "l2", "sqrt-l2")
 PARAMS = {
+    # either head: the features' normalisation, per layer block of the cache, before standardisation
+    "normalize": Param("none", str, "scale each layer block of the features to unit L2 norm (l2), after a signed "
+                       "square root (sqrt-l2), or not (none); part of the saved head", heads=SOFTMAX + LOGREG,
+                       choices=NORMALIZE),
     # the softmax head: the notebook's Dropout(0.5) -> Dense softmax, trained with Adam
     "dropout": Param(0.5, float, "softmax: dropout rate before the softmax layer", 0, 1, "left", heads=SOFTMAX),
     "lr": Param(1e-3, float, "softmax: Adam learning rate", 0, None, "neither", heads=SOFTMAX),
@@ -122,6 +132,10 @@ def check_param(name: str, value, owner: str | None = None):
             return None
         if p.kind is bool:
             v = parse_bool(value)
+        elif p.kind is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            v = value.strip().lower()
         elif p.kind is int:
             if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
                 raise ValueError

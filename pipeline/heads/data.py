@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import SettingError
 from ..features.cache import load_cache
+from .normalize import blocks_of
 
 
 @dataclasses.dataclass
@@ -28,6 +29,10 @@ class TrainingData:
     cache_path: str
     provenance: dict           # the cache's attributes
     views: int = 1             # K
+
+    def blocks(self) -> list[int]:
+        """The widths of the cache's layer blocks (heads' normalize step)."""
+        return blocks_of(self.provenance, self.X.shape[1])
 
     def originals(self, rows) -> np.ndarray:
         """The original-view rows among `rows`."""

@@ -1,8 +1,10 @@
 """A trained head as a native `.keras` file, written and read without importing Keras (whose
 TensorFlow import costs ~7 s on a 2-core machine, more than training the head).
 
-The head is Input -> [Normalization(mean, variance)] -> [Dropout(p)] -> Dense(C, softmax): the
-notebook's head, with the feature standardisation it was trained with (if any) inside it. The
+The head is Input -> [BlockNormalization(blocks, mode)] -> [Normalization(mean, variance)] ->
+[Dropout(p)] -> Dense(C, softmax): the notebook's head, with the normalize step and the feature
+standardisation it was trained with (if any) inside it. BlockNormalization is this project's one
+layer of its own (layers.py: registered, so load_model finds it once pipeline.heads.layers is imported). The
 layout is what `keras.Model.save` writes for this model in Keras 3 (a zip of metadata.json,
 config.json and model.weights.h5), so `keras.saving.load_model` loads it (tested).
 
@@ -31,6 +33,9 @@ MEMBER_BYTES = {"metadata.json": 1 << 20, "config.json": 16 << 20, "model.weight
 MAX_EXPANSION = 50              # a member may expand at most this many times (plus 1 MB): zip bombs
 MAX_KERNEL_VALUES = 64 << 20    # D x C of the Dense kernel (256 MB of float32)
 WEIGHTS = {"layers/dense/vars/0": 2, "layers/dense/vars/1": 1}   # dataset -> rank: nothing else is read
+MAX_BLOCKS = 64                 # layer blocks of a normalize step
+BLOCK_LAYER = {"module": "pipeline.heads.layers", "class_name": "BlockNormalization",
+               "registered_name": "pipeline>BlockNormalization"}
 
 
 def _dtype():
@@ -46,11 +51,15 @@ def _layer(class_name: str, config: dict, shape=None) -> dict:
 
 
 def head_config(dim: int, n_classes: int, dropout: float | None, mean=None, variance=None,
-                name: str = "softmax_head") -> dict:
+                name: str = "softmax_head", normalize: str | None = None, blocks=None) -> dict:
     shape = [None, dim]
     layers = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
                "config": {"batch_shape": shape, "dtype": "float32", "sparse": False, "ragged": False,
                           "name": "input_layer", "optional": False}}]
+    if normalize is not None:
+        layers.append({**BLOCK_LAYER, "config": {"name": "normalize_blocks", "trainable": True, "dtype": _dtype(),
+                                                 "blocks": [int(b) for b in blocks], "mode": normalize},
+                       "build_config": {"input_shape": shape}})
     if mean is not None:
         layers.append(_layer("Normalization", {"name": "standardize", "axis": [-1], "invert": False,
                                                "mean": np.asarray(mean, np.float32).tolist(),
@@ -69,11 +78,15 @@ def head_config(dim: int, n_classes: int, dropout: float | None, mean=None, vari
             "build_config": {"input_shape": shape}, "compile_config": None}
 
 
-def write_head(path: str, kernel: np.ndarray, bias: np.ndarray, dropout: float | None = None, mean=None, variance=None):
-    """Write the head (kernel D x C, bias C; optional dropout rate and standardisation) to `path`."""
+def write_head(path: str, kernel: np.ndarray, bias: np.ndarray, dropout: float | None = None, mean=None, variance=None,
+               normalize: str | None = None, blocks=None):
+    """Write the head (kernel D x C, bias C; optional normalize step over layer blocks, dropout rate
+    and standardisation) to `path`."""
     dim, n_classes = kernel.shape
     weights = io.BytesIO()
     with h5py.File(weights, "w") as f:
+        if normalize is not None:
+            f.create_group("layers/block_normalization/vars").attrs["name"] = "normalize_blocks"
         if mean is not None:
             f.create_group("layers/normalization/vars").attrs["name"] = "standardize"
         if dropout is not None:
@@ -87,12 +100,13 @@ def write_head(path: str, kernel: np.ndarray, bias: np.ndarray, dropout: float |
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
     with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w") as z:
         z.writestr("metadata.json", json.dumps(meta))
-        z.writestr("config.json", json.dumps(head_config(dim, n_classes, dropout, mean, variance)))
+        z.writestr("config.json", json.dumps(head_config(dim, n_classes, dropout, mean, variance,
+                                                         normalize=normalize, blocks=blocks)))
         z.writestr("model.weights.h5", weights.getvalue())
 
 
 def read_head(path: str) -> dict:
-    """{kernel, bias, dropout, mean, variance} of a head file written by `write_head`; PipelineError
+    """{kernel, bias, dropout, mean, variance, normalize, blocks} of a head file written by `write_head`; PipelineError
     (one line) for anything else. Reads JSON and numeric HDF5 datasets only: nothing is unpickled,
     deserialised into objects, or run. Every size is checked before it is read: members against
     their caps and expansion, datasets against the weights file (no external, virtual or linked data)."""
@@ -117,16 +131,20 @@ def read_head(path: str) -> dict:
     try:
         layers = config["config"]["layers"]
         kinds = [(layer["module"], layer["class_name"]) for layer in layers]
-        ok = config["class_name"] == "Sequential" and config["module"] == "keras" and all(
-            m == "keras.layers" for m, _ in kinds) and [k for _, k in kinds] in (
-            ["InputLayer", "Dense"], ["InputLayer", "Dropout", "Dense"], ["InputLayer", "Normalization", "Dense"],
-            ["InputLayer", "Normalization", "Dropout", "Dense"])
+        blocked = len(layers) > 1 and {k: layers[1][k] for k in BLOCK_LAYER} == BLOCK_LAYER
+        plain = [k for m, k in kinds[1 + blocked:] if m == "keras.layers"]
+        ok = config["class_name"] == "Sequential" and config["module"] == "keras" and kinds[0] == (
+            "keras.layers", "InputLayer") and len(plain) == len(kinds) - 1 - blocked and plain in (
+            ["Dense"], ["Dropout", "Dense"], ["Normalization", "Dense"], ["Normalization", "Dropout", "Dense"])
         if not ok or layers[-1]["config"]["activation"] != "softmax":
-            raise refuse("not a head this project writes (Input, [Normalization], [Dropout], Dense softmax)")
+            raise refuse("not a head this project writes (Input, [BlockNormalization], [Normalization], [Dropout], "
+                         "Dense softmax)")
         by_kind = {k: layer["config"] for (_, k), layer in zip(kinds, layers)}
         kernel, bias = _read_weights(weights)
         head = {"kernel": kernel, "bias": bias, "dropout": by_kind.get("Dropout", {}).get("rate"),
-                "mean": None, "variance": None}
+                "mean": None, "variance": None, "normalize": None, "blocks": None}
+        if blocked:
+            head["normalize"], head["blocks"] = _normalize_step(by_kind["BlockNormalization"], kernel.shape[0], refuse)
         if "Normalization" in by_kind:
             head["mean"] = np.asarray(by_kind["Normalization"]["mean"], np.float32)
             head["variance"] = np.asarray(by_kind["Normalization"]["variance"], np.float32)
@@ -147,6 +165,18 @@ def read_head(path: str) -> dict:
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1):
         raise refuse(f"its dropout rate is {rate!r}, expected a number in [0, 1)")
     return head
+
+
+def _normalize_step(config: dict, dim: int, refuse) -> tuple[str, list]:
+    """(mode, blocks) of a BlockNormalization layer's config, checked: a known mode, at most MAX_BLOCKS
+    positive integer widths adding up to the head's features."""
+    mode, blocks = config["mode"], config["blocks"]
+    if mode not in ("l2", "sqrt-l2"):
+        raise refuse(f"its normalize step's mode is {str(mode)[:20]!r}, expected l2 or sqrt-l2")
+    if not isinstance(blocks, list) or not 0 < len(blocks) <= MAX_BLOCKS or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in blocks) or sum(blocks) != dim:
+        raise refuse(f"its normalize step's blocks are not at most {MAX_BLOCKS} positive widths adding up to {dim}")
+    return mode, blocks
 
 
 def _read_weights(weights: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -170,6 +200,9 @@ def head_model(head: dict):
     import keras
     d, c = head["kernel"].shape
     layers = [keras.Input((d,), name="features")]
+    if head.get("normalize"):
+        from .layers import BlockNormalization
+        layers.append(BlockNormalization(head["blocks"], head["normalize"], name="normalize_blocks", dtype="float32"))
     if head["mean"] is not None:
         layers.append(keras.layers.Normalization(mean=head["mean"], variance=head["variance"], name="standardize",
                                                  dtype="float32"))

@@ -18,6 +18,7 @@ from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
 from .config import DEFAULTS
+from .normalize import check_blocks, normalized
 from .validation import LOGREG, check_fit, check_inputs
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,18 @@ PATH_PATIENCE = 3       # the coarse path stops after this many steps without a 
 
 class LogRegHead(ClassifierMixin, BaseEstimator):
     """C: inverse L2 strength, or "auto" (chosen on X_val over `C_GRID`, then refit on train +
-    validation). classes: the columns of predict_proba (default: the classes in y). Fitted: classes_,
+    validation). classes: the columns of predict_proba (default: the classes in y). normalize: "none", "l2"
+    or "sqrt-l2" per layer block of `blocks` (widths; None: one block) before the scaler. Fitted: classes_,
     model_ (the scikit-learn pipeline), C_ (the C used), selection_ (C="auto": the grid, the validation
     curve, the choice), val_proba_ (C="auto": validation probabilities before the refit), history_,
     n_iter_, train_seconds_."""
 
     _parameter_constraints = LOGREG
 
-    def __init__(self, C=DEFAULTS["C"], max_iter=DEFAULTS["max_iter"], seed=DEFAULTS["seed"], classes=None):
+    def __init__(self, C=DEFAULTS["C"], max_iter=DEFAULTS["max_iter"], seed=DEFAULTS["seed"], classes=None,
+                 normalize=DEFAULTS["normalize"], blocks=None):
         self.C, self.max_iter, self.seed, self.classes = C, max_iter, seed, classes
+        self.normalize, self.blocks = normalize, blocks       # normalize.py: per layer block (None: one block)
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
         """Train on X[rows] (default all rows). C="auto": choose C on (X_val, y_val), then refit on
@@ -48,6 +52,9 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         self.classes_ = np.unique((y if rows is None else y[rows]) if self.classes is None else self.classes)
         t = time.perf_counter()
+        self.blocks_ = check_blocks(self.blocks, X.shape[1])
+        if self.normalize != "none":          # every row (rows index X), and the validation rows
+            X, X_val = self._normalized(X), None if X_val is None else self._normalized(X_val)
         rows = np.arange(len(X)) if rows is None else np.asarray(rows)
         if self.C == "auto":
             if X_val is None or not len(X_val):
@@ -131,15 +138,21 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         return out / out.sum(1, keepdims=True)     # float32 inputs give float32 sums: exact in float64
 
     def _point(self, split, X, y, proba=None):
-        p = self.predict_proba(X) if proba is None else proba
+        """Loss and accuracy on X, already through the normalize step (fit's own rows)."""
+        p = self._columns(self.model_.predict_proba(np.asarray(X, np.float32)), self.model_.classes_) if proba is None \
+            else proba
         return {f"{split}_loss": log_loss(y, p, labels=self.classes_),
                 f"{split}_accuracy": float((self.classes_[p.argmax(1)] == np.asarray(y)).mean())}
 
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities, columns in the order of classes_ (0 for a class absent from training)."""
         check_is_fitted(self)
-        X = check_inputs(self, X, reset=False)
+        X = self._normalized(check_inputs(self, X, reset=False))
         return self._columns(self.model_.predict_proba(np.asarray(X, np.float32)), self.model_.classes_)
+
+    def _normalized(self, X):
+        """X after the normalize step (a normalised copy; X itself for "none")."""
+        return X if self.normalize == "none" else normalized(X, self.blocks_, self.normalize)
 
     def predict(self, X) -> np.ndarray:
         proba = self.predict_proba(X)           # checks it is fitted first
@@ -157,4 +170,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         kernel = np.zeros((coef.shape[1], len(self.classes_)), np.float32)
         bias = np.full(len(self.classes_), -1e4, np.float32)
         kernel[:, cols], bias[cols] = coef.T, intercept
-        return {"kernel": kernel, "bias": bias, "mean": scaler.mean_, "variance": scaler.scale_ ** 2}
+        out = {"kernel": kernel, "bias": bias, "mean": scaler.mean_, "variance": scaler.scale_ ** 2}
+        if self.normalize != "none":
+            out.update(normalize=self.normalize, blocks=self.blocks_)
+        return out

@@ -21,6 +21,7 @@ from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
 from .config import DEFAULTS
+from .normalize import check_blocks, normalized
 from .validation import SOFTMAX, check_fit, check_inputs
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,24 @@ class JointSoftmax:
 
     def __init__(self, dropouts=(DEFAULTS["dropout"],), lrs=(DEFAULTS["lr"],), epochs=DEFAULTS["epochs"],
                  batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
-                 patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"], l2s=None):
+                 patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"], l2s=None,
+                 normalize=DEFAULTS["normalize"], blocks=None):
         self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
         self.early_stopping, self.patience, self.standardize, self.seed = early_stopping, patience, standardize, seed
         self.l2s = l2s                       # None: no penalty on any head
+        self.normalize, self.blocks = normalize, blocks   # normalize.py: per layer block (None: one block)
+
+    def _normalized(self, X):
+        """X after the normalize step (a normalised copy; X itself for "none")."""
+        return X if self.normalize == "none" else normalized(X, self.blocks_, self.normalize)
 
     def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
         """Train on X[rows] (all rows by default; rows avoid copying a big array); y: 0..C-1."""
         from threadpoolctl import threadpool_limits
         t0 = time.perf_counter()
+        self.blocks_ = check_blocks(self.blocks, X.shape[1])
+        if self.normalize != "none":         # every row (rows index X), and the validation rows
+            X, X_val = self._normalized(X), None if X_val is None else self._normalized(X_val)
         Xk = kernel_view(X)
         rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
         y = np.array(y, np.int64)
@@ -192,6 +202,7 @@ class JointSoftmax:
     def predict_proba(self, X) -> np.ndarray:
         """K x N x C probabilities (float64; inference: no dropout), heads in the order given to __init__."""
         c, out = self.n_classes_, np.empty((len(self.dropouts), len(X), self.n_classes_))
+        X = self._normalized(X)
         for g, ks in enumerate(self.groups_):
             z = logits(X, self.W_[g, :len(ks) * c].T, self.b_[g, :len(ks) * c], self.mean_, self.scale_).astype(np.float64)
             out[ks] = softmax(np.transpose(z.reshape(len(X), len(ks), c), (1, 0, 2)), axis=-1)
@@ -202,10 +213,10 @@ class JointSoftmax:
         g, r = self._rows(k)
         est = SoftmaxHead(dropout=self.dropouts[k], lr=self.lrs[k], epochs=self.epochs, batch_size=self.batch_size,
                           early_stopping=self.early_stopping, patience=self.patience, standardize=self.standardize,
-                          seed=self.seed, classes=classes, l2=self._l2(k))
+                          seed=self.seed, classes=classes, l2=self._l2(k), normalize=self.normalize, blocks=self.blocks)
         est.classes_ = np.arange(self.n_classes_) if classes is None else np.asarray(classes)
         est.coef_, est.intercept_ = self.W_[g, r].T.copy(), self.b_[g, r].copy()
-        est.mean_, est.scale_, est.n_features_in_ = self.mean_, self.scale_, self.W_.shape[2]
+        est.mean_, est.scale_, est.n_features_in_, est.blocks_ = self.mean_, self.scale_, self.W_.shape[2], self.blocks_
         est.history_, est.best_epoch_ = self.history_[k], self.best_epoch_[k]
         est.train_seconds_, est.keys_ = self.train_seconds_, self.keys_
         return est
@@ -215,6 +226,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2)), Adam(lr), `epochs` passes in batches of `batch_size`.
     l2 may be "auto" (chosen on X_val, then refit on train + validation); early_stopping: stop when the
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
+    normalize: "none", "l2" or "sqrt-l2" per layer block of `blocks` (widths; None: one block), first;
     standardize: scale features by the training rows' mean and standard deviation (inside the saved
     head); seed: initial weights and dropout noise; classes: every class the head must know (its
     columns), also one absent from the training rows (default: those in y). Ranges: heads/config.PARAMS. Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
@@ -225,10 +237,10 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     def __init__(self, dropout=DEFAULTS["dropout"], lr=DEFAULTS["lr"], epochs=DEFAULTS["epochs"],
                  batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
                  patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"],
-                 classes=None, l2=DEFAULTS["l2"]):
+                 classes=None, l2=DEFAULTS["l2"], normalize=DEFAULTS["normalize"], blocks=None):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
-        self.seed, self.classes, self.l2 = seed, classes, l2
+        self.seed, self.classes, self.l2, self.normalize, self.blocks = seed, classes, l2, normalize, blocks
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
         """Train on X[rows] (default all rows). l2="auto": every L2_GRID penalty trained at once, the
@@ -251,7 +263,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             else:
                 rows = refit_rows
         sweep = JointSoftmax((self.dropout,), (self.lr,), epochs, self.batch_size, early,
-                             self.patience, self.standardize, self.seed, (l2,))
+                             self.patience, self.standardize, self.seed, (l2,), self.normalize, self.blocks)
         sweep.fit(X, yk, None if self.l2 == "auto" else X_val, None if self.l2 == "auto" else yv,
                   n_classes=len(classes), rows=rows)
         fitted = sweep.head(0, classes)
@@ -268,7 +280,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             raise ValueError("l2='auto' chooses the penalty on validation data; pass X_val and y_val (--val-fraction > 0)")
         n = len(L2_GRID)
         grid = JointSoftmax((self.dropout,) * n, (self.lr,) * n, self.epochs, self.batch_size, self.early_stopping,
-                            self.patience, self.standardize, self.seed, L2_GRID)
+                            self.patience, self.standardize, self.seed, L2_GRID, self.normalize, self.blocks)
         grid.fit(X, y, X_val, y_val, n_classes=n_classes, rows=rows)
         proba, labels = grid.predict_proba(X_val), np.arange(n_classes)
         curve = [{"l2": l2, "val_accuracy": float((p.argmax(1) == y_val).mean()),
@@ -286,6 +298,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         """N x C probabilities (float64), columns in the order of classes_."""
         check_is_fitted(self)
         X = check_inputs(self, X, reset=False)
+        if self.normalize != "none":
+            X = normalized(X, self.blocks_, self.normalize)
         return softmax(logits(X, self.coef_, self.intercept_, self.mean_, self.scale_).astype(np.float64), axis=1)
 
     def predict(self, X) -> np.ndarray:
@@ -295,6 +309,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     def head_file(self) -> dict:
         """write_head's arguments: the Dense kernel and bias, the dropout rate, the standardisation."""
         out = {"kernel": self.coef_, "bias": self.intercept_, "dropout": float(self.dropout)}
+        if self.normalize != "none":
+            out.update(normalize=self.normalize, blocks=self.blocks_)
         if self.mean_ is not None:
             out.update(mean=self.mean_, variance=np.square(self.scale_.astype(np.float64)))
         return out

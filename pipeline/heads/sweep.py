@@ -82,20 +82,21 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
     n_classes = len(data.class_names)
     if head == "logreg":
         for i, cfg in enumerate(configs):
-            yield i, fit_head(make_head("logreg", cfg, opts, n_classes), data)
+            yield i, fit_head(make_head("logreg", cfg, opts, data), data)
         return
     groups = {}
     for i, cfg in enumerate(configs):
         if cfg["l2"] == "auto":              # its own grid of penalties, then a refit: trained alone
-            yield i, fit_head(make_head("softmax", cfg, opts, n_classes), data)
+            yield i, fit_head(make_head("softmax", cfg, opts, data), data)
             continue
-        groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"]), []).append(i)
+        groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"], cfg["normalize"]), []).append(i)
     rv = data.rows_val
-    for (epochs, batch_size, standardize), idx in groups.items():
+    for (epochs, batch_size, standardize, normalize), idx in groups.items():
         sweep = JointSoftmax(dropouts=[configs[i]["dropout"] for i in idx], lrs=[configs[i]["lr"] for i in idx],
                              l2s=[configs[i]["l2"] for i in idx],
                              epochs=epochs, batch_size=batch_size, early_stopping=opts.early_stopping,
-                             patience=opts.patience, standardize=standardize, seed=opts.seed)
+                             patience=opts.patience, standardize=standardize, seed=opts.seed,
+                             normalize=normalize, blocks=data.blocks())
         sweep.fit(data.X, data.y, data.X[rv], data.y[rv], n_classes=n_classes, rows=data.rows_train)
         for k, i in enumerate(idx):
             yield i, sweep.head(k, list(range(n_classes)))

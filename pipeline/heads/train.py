@@ -21,15 +21,16 @@ from .softmax import SoftmaxHead
 log = logging.getLogger(__name__)
 
 
-def make_head(kind: str, params: dict, opts: RunOptions, n_classes: int):
-    """An unfitted head of `kind` with `params`, knowing all n_classes classes."""
-    classes = list(range(n_classes))
+def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
+    """An unfitted head of `kind` with `params`, knowing every class of the cache and its layer blocks."""
+    classes, blocks = list(range(len(data.class_names))), data.blocks()
     if kind == "softmax":
         return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], l2=params["l2"], epochs=params["epochs"],
                            batch_size=params["batch_size"], standardize=params["standardize"],
-                           early_stopping=opts.early_stopping,
-                           patience=opts.patience, seed=opts.seed, classes=classes)
-    return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes)
+                           early_stopping=opts.early_stopping, patience=opts.patience, seed=opts.seed, classes=classes,
+                           normalize=params["normalize"], blocks=blocks)
+    return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes,
+                      normalize=params["normalize"], blocks=blocks)
 
 
 def fit_head(head, data: TrainingData):
@@ -58,7 +59,7 @@ def split_proba(head, data: TrainingData, split: str, X, rows, every_row_proba=N
 
 def train_head(data: TrainingData, kind: str, params: dict, opts: RunOptions, timings: dict) -> str:
     """Train a `kind` head with `params` on `data`; its run folder."""
-    head = fit_head(make_head(kind, params, opts, len(data.class_names)), data)
+    head = fit_head(make_head(kind, params, opts, data), data)
     timings["train_s"] = head.train_seconds_
     return finish_run(data, kind, params, head, opts, timings)
 

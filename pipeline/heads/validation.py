@@ -28,6 +28,8 @@ def constraints(names) -> dict:
         p = PARAMS[name]
         if p.kind is bool:
             c = ["boolean"]
+        elif p.kind is str:
+            c = [StrOptions(set(p.choices))]
         elif p.kind is int:
             c = [Interval(Integral, p.low, p.high, closed=p.closed)]
         else:
@@ -37,8 +39,9 @@ def constraints(names) -> dict:
     return out
 
 
-SOFTMAX = {**constraints(HEAD_PARAMS["softmax"] + ("early_stopping", "patience", "seed")), "classes": CLASSES}
-LOGREG = {**constraints(HEAD_PARAMS["logreg"] + ("seed",)), "classes": CLASSES}
+SOFTMAX = {**constraints(HEAD_PARAMS["softmax"] + ("early_stopping", "patience", "seed")), "classes": CLASSES,
+           "blocks": CLASSES}
+LOGREG = {**constraints(HEAD_PARAMS["logreg"] + ("seed",)), "classes": CLASSES, "blocks": CLASSES}
 
 
 def check_inputs(est, X, y="no_validation", reset: bool = True):

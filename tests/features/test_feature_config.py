@@ -77,7 +77,8 @@ def test_head_parameter_ranges_are_declared_once():
 
     from pipeline.heads.config import PARAMS, check_param
     from pipeline.heads.validation import constraints
-    probes = [-1, 0, 0.5, 1, 2.5, 3, 2 ** 32 - 1, 2 ** 32, math.inf, math.nan, True, "auto", None]
+    probes = [-1, 0, 0.5, 1, 2.5, 3, 2 ** 32 - 1, 2 ** 32, math.inf, math.nan, True, "auto", None, "l2", "sqrt-l2",
+              "none", "sqrt"]
     for name, param in PARAMS.items():
         for v in probes:
             try:
