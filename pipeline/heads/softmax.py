@@ -70,13 +70,15 @@ def logits(X, W, b, mean=None, scale=None) -> np.ndarray:
     Xk, out = kernel_view(X), np.empty((len(X), W.shape[1]), np.float32)
     step = max(1, INFER_BYTES // (4 * X.shape[1]))
     block = np.empty((min(step, len(X)), X.shape[1]), np.float32) if Xk.dtype == np.uint16 else None
-    for a in range(0, len(X), step):
-        n = min(step, len(X) - a)
-        if block is None:
-            out[a:a + n] = Xk[a:a + n] @ W + b
-        else:
-            widen(Xk, np.arange(a, a + n), block[:n])
-            out[a:a + n] = block[:n] @ W + b
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning between blocks stall widen's (Numba's)
+        for a in range(0, len(X), step):
+            n = min(step, len(X) - a)
+            if block is None:
+                out[a:a + n] = Xk[a:a + n] @ W + b
+            else:
+                widen(Xk, np.arange(a, a + n), block[:n])
+                out[a:a + n] = block[:n] @ W + b
     return out
 
 
