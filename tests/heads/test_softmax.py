@@ -160,7 +160,7 @@ def test_float16_features_train_without_a_float32_copy(easy):
 
 
 def test_standardize_is_training_on_standardised_features(easy):
-    from pipeline.heads.softmax import feature_stats
+    from pipeline.heads.linear import feature_stats
     X, y, Xv, _ = easy
     X = X * np.linspace(0.1, 50, X.shape[1], dtype=np.float32) + 3       # unscaled, shifted columns
     X[:, 5] = 2.0                                                       # a constant column: scale 1
@@ -223,7 +223,8 @@ def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes):
     softmax cross-entropy's gradient, Keras' L2 and Adam. Any restructuring of the kernels must
     reproduce it to float rounding (the numbers stay the same where the maths is)."""
     from pipeline.heads import kernels
-    from pipeline.heads.softmax import BETA_1, BETA_2, EPSILON, feature_stats, glorot_uniform
+    from pipeline.heads.linear import feature_stats
+    from pipeline.heads.softmax import BETA_1, BETA_2, EPSILON, glorot_uniform
     mean, scale = feature_stats(X, np.arange(len(X)))
     Z = (X.astype(np.float64) - mean) / scale
     W, b = glorot_uniform(X.shape[1], n_classes, seed).astype(np.float64), np.zeros(n_classes)
