@@ -185,6 +185,18 @@ def _half_by_instruction(typingctx, bits):
     return types.float32(bits), codegen
 
 
+@intrinsic
+def _float_to_half_bits(typingctx, value):
+    """float32 -> the uint16 bits of the nearest float16 (ties to even, as numpy's astype): LLVM's
+    `fptrunc float to half` (vcvtps2ph with F16C)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
 _FEATURES = llvm.get_host_cpu_features()
 _half = _half_by_instruction if _FEATURES.get("f16c", False) or platform.machine() in ("aarch64", "arm64") else _half_by_bits
 
@@ -207,6 +219,15 @@ def widen(X, rows, out):
         src, dst = X[rows[i]], out[i]
         for j in range(src.shape[0]):
             dst[j] = _value(src[j])
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def narrow(src, dst):
+    """dst (uint16 bits, N x D) = src (float32, N x D) as float16, rows in parallel."""
+    for i in prange(src.shape[0]):
+        s, d = src[i], dst[i]
+        for j in range(s.shape[0]):
+            d[j] = _float_to_half_bits(s[j])
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -530,6 +551,7 @@ def warm_up():
         X.flags.writeable = False
         widen(X, np.arange(4), np.empty((4, 8), np.float32))
         column_stats(X, np.arange(4), 2)
+    narrow(np.zeros((4, 8), np.float32), np.zeros((4, 8), np.uint16))
 
 
 if __name__ == "__main__":

@@ -185,3 +185,23 @@ def test_the_integer_widening_for_cpus_without_f16c_is_exact_too():
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(out), nan)
     assert np.array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def test_narrowing_to_float16_is_numpys():
+    """kernels.narrow (float32 -> float16, ties to even) bit for bit as numpy's astype: every float16
+    value, the midpoints between neighbours (ties), overflow, subnormals, infinities, random values."""
+    halves = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)].astype(np.float32)
+    f = np.sort(finite)
+    mids = (f[:-1].astype(np.float64) + f[1:]) / 2
+    rng = np.random.default_rng(0)
+    x = np.concatenate([finite, mids.astype(np.float32), np.nextafter(mids.astype(np.float32), np.float32(np.inf)),
+                        [np.inf, -np.inf, 65520.0, 65519.99, 1e6, -1e6, 1e-8, -1e-8, 2.0 ** -25, 2.0 ** -24 * 1.5],
+                        rng.normal(size=20000) * 10.0 ** rng.integers(-9, 6, 20000)]).astype(np.float32)
+    x = x[:len(x) // 8 * 8].reshape(-1, 8)
+    out = np.zeros(x.shape, np.uint16)
+    kernels.narrow(x, out)
+    assert np.array_equal(out, x.astype(np.float16).view(np.uint16))
+    nan = np.full((1, 8), np.nan, np.float32)
+    kernels.narrow(nan, out[:1])
+    assert np.isnan(out[:1].view(np.float16)).all()
