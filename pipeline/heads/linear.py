@@ -1,10 +1,12 @@
-"""Linear algebra on cached features for the heads, float16 widened in blocks by the kernels'
-conversion (never a float32 copy of a cache): the standardisation statistics, the kernels' view of
-the features, and logits.
+"""Linear algebra on cached features for the heads, in blocks of rows widened to float32 by the
+kernels' conversion (never a float32 copy of a cache) and put through the normalize step: the
+standardisation statistics, the kernels' view of the features, normalised copies, logits.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .normalize import transform
 
 INFER_BYTES = 4 << 20      # float32 bytes per inference block: widened and multiplied in cache
 STATS_PARTS = 8            # fixed parts of the standardisation statistics' sums (the same on any core count)
@@ -32,23 +34,48 @@ def kernel_view(X) -> np.ndarray:
     return X
 
 
-def logits(X, W, b, mean=None, scale=None) -> np.ndarray:
-    """Standardised X @ W + b (W: D x K), block by block: float16 X widened per block (kernels.widen),
-    then one BLAS product per block."""
+def float32_blocks(X, normalize: str = "none", blocks=None, rows=None, block_bytes: int | None = None):
+    """Yield (position, float32 rows) for X[rows] (all rows by default), a block of about INFER_BYTES
+    at a time, after the normalize step; one buffer reused, so use each block before the next. BLAS
+    runs on one thread meanwhile: its threads spinning between blocks stall the Numba widening."""
+    from threadpoolctl import threadpool_limits
+    from .kernels import widen
+    whole, rows = rows is None, np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
+    Xk = kernel_view(X)
+    step = max(1, (block_bytes or INFER_BYTES) // (4 * X.shape[1]))
+    plain = Xk.dtype == np.float32 and normalize == "none"
+    buffer = None if plain else np.empty((min(step, len(rows)), X.shape[1]), np.float32)
+    with threadpool_limits(1, user_api="blas"):
+        for a in range(0, len(rows), step):
+            r = rows[a:a + step]
+            if plain:
+                yield a, Xk[a:a + len(r)] if whole else Xk[r]
+                continue
+            widen(Xk, r, buffer[:len(r)])              # float32 rows are copied: the step works in place
+            yield a, transform(buffer[:len(r)], blocks, normalize)
+
+
+def normalized(X, blocks, mode: str, rows=None) -> np.ndarray:
+    """X[rows] after the normalize step as a new array: float16 for float16 features (the copy stays
+    half the size; narrowed by kernels.narrow, numpy's cast is ~10x slower), else float32."""
+    from .kernels import narrow
+    half = X.dtype == np.float16
+    n = len(X) if rows is None else len(rows)
+    out = np.empty((n, X.shape[1]), np.uint16 if half else np.float32)
+    for a, z in float32_blocks(X, mode, blocks, rows):
+        if half:
+            narrow(z, out[a:a + len(z)])
+        else:
+            out[a:a + len(z)] = z
+    return out.view(np.float16) if half else out
+
+
+def logits(X, W, b, mean=None, scale=None, normalize: str = "none", blocks=None) -> np.ndarray:
+    """X (after the normalize step, then standardised) @ W + b (W: D x K), one BLAS product per block."""
     if mean is not None:                     # fold the standardisation into the product
         W = W / scale[:, None]               # (x - mean) / scale @ W == x @ W' - mean @ W'
         b = b - mean @ W
-    from .kernels import widen
-    Xk, out = kernel_view(X), np.empty((len(X), W.shape[1]), np.float32)
-    step = max(1, INFER_BYTES // (4 * X.shape[1]))
-    block = np.empty((min(step, len(X)), X.shape[1]), np.float32) if Xk.dtype == np.uint16 else None
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning between blocks stall widen's (Numba's)
-        for a in range(0, len(X), step):
-            n = min(step, len(X) - a)
-            if block is None:
-                out[a:a + n] = Xk[a:a + n] @ W + b
-            else:
-                widen(Xk, np.arange(a, a + n), block[:n])
-                out[a:a + n] = block[:n] @ W + b
+    out = np.empty((len(X), W.shape[1]), np.float32)
+    for a, block in float32_blocks(X, normalize, blocks):
+        out[a:a + len(block)] = block @ W + b
     return out

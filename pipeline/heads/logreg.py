@@ -18,7 +18,8 @@ from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
 from .config import DEFAULTS
-from .normalize import check_blocks, normalized
+from .linear import float32_blocks, normalized
+from .normalize import check_blocks
 from .validation import LOGREG, check_fit, check_inputs
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,11 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities, columns in the order of classes_ (0 for a class absent from training)."""
         check_is_fitted(self)
-        X = self._normalized(check_inputs(self, X, reset=False))
-        return self._columns(self.model_.predict_proba(np.asarray(X, np.float32)), self.model_.classes_)
+        X = check_inputs(self, X, reset=False)
+        out = np.empty((len(X), len(self.classes_)))
+        for a, block in float32_blocks(X, self.normalize, self.blocks_):    # bounded memory, float16 widened fast
+            out[a:a + len(block)] = self._columns(self.model_.predict_proba(block), self.model_.classes_)
+        return out
 
     def _normalized(self, X):
         """X after the normalize step (a normalised copy; X itself for "none")."""

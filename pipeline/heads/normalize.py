@@ -2,7 +2,8 @@
 block5 flattened, ...) scaled to unit L2 norm ("l2"), after a signed square root ("sqrt-l2"), or
 left as it is ("none"): blocks of very different widths and scales then weigh alike before the
 standardisation. The blocks come from the cache's layer list; the same step is a Keras layer in the
-saved head (layers.BlockNormalization), so predict and an exported model apply it.
+saved head (layers.BlockNormalization), so predict and an exported model apply it. The heads apply
+it block by block of rows (linear.float32_blocks), never to a whole cache at once.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from ..errors import PipelineError
 from ..features.pooling import feature_dim, parse_layers
 
 EPS = 1e-12          # a block that is all zeros stays zeros (its norm is floored at EPS)
-ROW_BLOCK = 2048     # rows normalised at a time (float32 scratch)
 
 
 def blocks_of(provenance: dict, dim: int) -> list[int]:
@@ -28,27 +28,6 @@ def blocks_of(provenance: dict, dim: int) -> list[int]:
     except (KeyError, TypeError, ValueError, SyntaxError, PipelineError):      # not a layer list
         return [dim]
     return widths if sum(widths) == dim and all(w > 0 for w in widths) else [dim]
-
-
-def normalized(X, blocks, mode: str, rows=None) -> np.ndarray:
-    """X[rows] (all rows by default) with each block of columns normalised by `mode`, as float32 (float16
-    for float16 features: the copy stays half the size), ROW_BLOCK rows at a time, widened and
-    narrowed by the kernels' conversions (numpy's float16 casts are ~10x slower)."""
-    from .kernels import narrow, widen
-    from .linear import kernel_view
-    rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
-    Xk, half = kernel_view(X), X.dtype == np.float16
-    out = np.empty((len(rows), X.shape[1]), np.uint16 if half else np.float32)
-    block = np.empty((min(ROW_BLOCK, len(rows)), X.shape[1]), np.float32)
-    for a in range(0, len(rows), ROW_BLOCK):
-        r = rows[a:a + ROW_BLOCK]
-        widen(Xk, r, block[:len(r)])        # float32 copies too: transform works in place
-        z = transform(block[:len(r)], blocks, mode)
-        if half:
-            narrow(z, out[a:a + len(r)])
-        else:
-            out[a:a + len(r)] = z
-    return out.view(np.float16) if half else out
 
 
 def transform(x: np.ndarray, blocks, mode: str) -> np.ndarray:

@@ -21,8 +21,8 @@ from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
 from .config import DEFAULTS
-from .linear import feature_stats, kernel_view, logits
-from .normalize import check_blocks, normalized
+from .linear import feature_stats, kernel_view, logits, normalized
+from .normalize import check_blocks
 from .validation import SOFTMAX, check_fit, check_inputs
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ class JointSoftmax:
         from threadpoolctl import threadpool_limits
         t0 = time.perf_counter()
         self.blocks_ = check_blocks(self.blocks, X.shape[1])
-        if self.normalize != "none":         # every row (rows index X), and the validation rows
-            X, X_val = self._normalized(X), None if X_val is None else self._normalized(X_val)
+        if self.normalize != "none":         # every row (rows index X); validation goes through predict_proba
+            X = self._normalized(X)
         Xk = kernel_view(X)
         rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
         y = np.array(y, np.int64)
@@ -159,9 +159,9 @@ class JointSoftmax:
     def predict_proba(self, X) -> np.ndarray:
         """K x N x C probabilities (float64; inference: no dropout), heads in the order given to __init__."""
         c, out = self.n_classes_, np.empty((len(self.dropouts), len(X), self.n_classes_))
-        X = self._normalized(X)
         for g, ks in enumerate(self.groups_):
-            z = logits(X, self.W_[g, :len(ks) * c].T, self.b_[g, :len(ks) * c], self.mean_, self.scale_).astype(np.float64)
+            z = logits(X, self.W_[g, :len(ks) * c].T, self.b_[g, :len(ks) * c], self.mean_, self.scale_,
+                       self.normalize, self.blocks_).astype(np.float64)
             out[ks] = softmax(np.transpose(z.reshape(len(X), len(ks), c), (1, 0, 2)), axis=-1)
         return out
 
@@ -255,9 +255,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         """N x C probabilities (float64), columns in the order of classes_."""
         check_is_fitted(self)
         X = check_inputs(self, X, reset=False)
-        if self.normalize != "none":
-            X = normalized(X, self.blocks_, self.normalize)
-        return softmax(logits(X, self.coef_, self.intercept_, self.mean_, self.scale_).astype(np.float64), axis=1)
+        z = logits(X, self.coef_, self.intercept_, self.mean_, self.scale_, self.normalize, self.blocks_)
+        return softmax(z.astype(np.float64), axis=1)
 
     def predict(self, X) -> np.ndarray:
         proba = self.predict_proba(X)           # checks it is fitted first

@@ -5,7 +5,8 @@ import pytest
 from pipeline.heads import SoftmaxHead
 from pipeline.heads.keras_file import head_model, read_head, write_head
 from pipeline.heads.logreg import LogRegHead
-from pipeline.heads.normalize import blocks_of, check_blocks, normalized, transform
+from pipeline.heads.linear import normalized
+from pipeline.heads.normalize import blocks_of, check_blocks, transform
 
 BLOCKS = [6, 3, 11]
 
@@ -110,3 +111,12 @@ def test_a_crafted_normalize_step_is_refused(tmp_path):
         read_head(crafted(lambda layer: layer.update(module="os")))
     with pytest.raises(PipelineError, match="not a head this project writes"):
         read_head(crafted(lambda layer: layer.update(class_name="Lambda")))
+
+
+def test_validation_during_training_sees_the_step_once():
+    """The per-epoch validation figures are those of the finished head (the step applied once, not
+    again to rows already through it: sqrt-l2 twice is not sqrt-l2)."""
+    X, y = data(3)
+    head = SoftmaxHead(normalize="sqrt-l2", blocks=BLOCKS, epochs=2, batch_size=50).fit(X[:240], y[:240], X[240:], y[240:])
+    acc = float((head.predict(X[240:]) == y[240:]).mean())
+    assert head.history_[-1]["val_accuracy"] == pytest.approx(acc)
