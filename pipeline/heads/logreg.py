@@ -62,13 +62,15 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
                 raise ValueError("C='auto' chooses C on validation data; pass X_val and y_val (--val-fraction > 0)")
             self.C_, self.selection_, self.val_proba_, start = self._select(X[rows], y[rows], X_val, np.asarray(y_val))
             if refit_rows is None:
-                Xr, yr = np.concatenate([np.asarray(X[rows], np.float32), X_val]), np.concatenate([y[rows], y_val])
+                Xr, yr = np.concatenate([X[rows], X_val]), np.concatenate([y[rows], y_val])
             else:
                 Xr, yr = X[np.asarray(refit_rows)], y[np.asarray(refit_rows)]
+            X = None                           # a normalised copy of the cache is not needed any more
             self.model_ = self._fit(Xr, yr, self.C_, start)
         else:
             self.C_ = float(self.C)
             Xr, yr = X[rows], y[rows]
+            X = None
             self.model_ = self._fit(Xr, yr, self.C_)
         self.train_seconds_ = time.perf_counter() - t
         self.n_iter_ = self.model_[-1].n_iter_
@@ -139,9 +141,13 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         return out / out.sum(1, keepdims=True)     # float32 inputs give float32 sums: exact in float64
 
     def _point(self, split, X, y, proba=None):
-        """Loss and accuracy on X, already through the normalize step (fit's own rows)."""
-        p = self._columns(self.model_.predict_proba(np.asarray(X, np.float32)), self.model_.classes_) if proba is None \
-            else proba
+        """Loss and accuracy on X, already through the normalize step (fit's own rows), in blocks of rows."""
+        if proba is None:
+            p = np.empty((len(X), len(self.classes_)))
+            for a, block in float32_blocks(X):
+                p[a:a + len(block)] = self._columns(self.model_.predict_proba(block), self.model_.classes_)
+        else:
+            p = proba
         return {f"{split}_loss": log_loss(y, p, labels=self.classes_),
                 f"{split}_accuracy": float((self.classes_[p.argmax(1)] == np.asarray(y)).mean())}
 
