@@ -91,3 +91,19 @@ def test_auto_values_in_a_sweep(syn, tmp_path, capsys):
         assert code == 0, err
         rows = open(out[-1].removesuffix("-best") + "/results.csv").read()
         assert "auto" in rows
+
+
+def test_a_sweep_over_the_normalize_step_trains_each_on_its_own_features(syn, tmp_path, capsys):
+    """Configurations that differ in --normalize are trained in groups of their own (the features
+    differ), and each is the head a lone train-head with that step gives."""
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "n", "--epochs", "2",
+                         "--head-batch-size", "50", "--param", "normalize=none,sqrt-l2", "--param", "dropout=0.3")
+    assert code == 0, err
+    rows = {r["normalize"]: float(r["val_accuracy"]) for r in csv.DictReader(open(tmp_path / "n" / "results.csv"))}
+    assert set(rows) == {"none", "sqrt-l2"}
+    for step in rows:
+        code, _, err = run_captured(capsys, "train-head", "--cache", syn, "--runs-dir", tmp_path, "--name", f"alone-{step}",
+                                    "--epochs", "2", "--head-batch-size", "50", "--dropout", "0.3", "--normalize", step)
+        assert code == 0, err
+        alone = json.load(open(tmp_path / f"alone-{step}" / "metrics.json"))
+        assert alone["val"]["accuracy"] == pytest.approx(rows[step], abs=1e-9)
