@@ -57,7 +57,10 @@ def float32_blocks(X, normalize: str = "none", blocks=None, rows=None, block_byt
 
 def normalized(X, blocks, mode: str, rows=None) -> np.ndarray:
     """X[rows] after the normalize step as a new array: float16 for float16 features (the copy stays
-    half the size; narrowed by kernels.narrow, numpy's cast is ~10x slower), else float32."""
+    half the size; narrowed by kernels.narrow, numpy's cast is ~10x slower), else float32. Mode
+    "none" with all rows: X itself, no copy."""
+    if mode == "none" and rows is None:
+        return X
     from .kernels import narrow
     half = X.dtype == np.float16
     n = len(X) if rows is None else len(rows)

@@ -54,8 +54,8 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique((y if rows is None else y[rows]) if self.classes is None else self.classes)
         t = time.perf_counter()
         self.blocks_ = check_blocks(self.blocks, X.shape[1])
-        if self.normalize != "none":          # every row (rows index X), and the validation rows
-            X, X_val = self._normalized(X), None if X_val is None else self._normalized(X_val)
+        X = normalized(X, self.blocks_, self.normalize)       # every row (rows index X), and the validation rows
+        X_val = None if X_val is None else normalized(X_val, self.blocks_, self.normalize)
         rows = np.arange(len(X)) if rows is None else np.asarray(rows)
         if self.C == "auto":
             if X_val is None or not len(X_val):
@@ -159,10 +159,6 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         for a, block in float32_blocks(X, self.normalize, self.blocks_):    # bounded memory, float16 widened fast
             out[a:a + len(block)] = self._columns(self.model_.predict_proba(block), self.model_.classes_)
         return out
-
-    def _normalized(self, X):
-        """X after the normalize step (a normalised copy; X itself for "none")."""
-        return X if self.normalize == "none" else normalized(X, self.blocks_, self.normalize)
 
     def predict(self, X) -> np.ndarray:
         proba = self.predict_proba(X)           # checks it is fitted first

@@ -20,12 +20,9 @@ def blocks_of(provenance: dict, dim: int) -> list[int]:
     one block of `dim` when they cannot be told (a synthetic cache, or widths that do not add up)."""
     try:
         settings = provenance["settings"]
-        if isinstance(settings, str):
-            import ast
-            settings = ast.literal_eval(settings)
         layers, size = parse_layers(settings["layer"], "flatten"), int(settings["image_size"])
         widths = [feature_dim([layer], size) for layer in layers]
-    except (KeyError, TypeError, ValueError, SyntaxError, PipelineError):      # not a layer list
+    except (KeyError, TypeError, ValueError, PipelineError):      # not a layer list
         return [dim]
     return widths if sum(widths) == dim and all(w > 0 for w in widths) else [dim]
 

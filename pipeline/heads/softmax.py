@@ -51,17 +51,14 @@ class JointSoftmax:
         self.l2s = l2s                       # None: no penalty on any head
         self.normalize, self.blocks = normalize, blocks   # normalize.py: per layer block (None: one block)
 
-    def _normalized(self, X):
-        """X after the normalize step (a normalised copy; X itself for "none")."""
-        return X if self.normalize == "none" else normalized(X, self.blocks_, self.normalize)
-
     def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
         """Train on X[rows] (all rows by default; rows avoid copying a big array); y: 0..C-1."""
         from threadpoolctl import threadpool_limits
         t0 = time.perf_counter()
         self.blocks_ = check_blocks(self.blocks, X.shape[1])
-        if self.normalize != "none":         # every row (rows index X); validation goes through predict_proba
-            X = self._normalized(X)
+        X = normalized(X, self.blocks_, self.normalize)      # every row: rows index X
+        if X_val is not None:                 # once, not again for every epoch's scoring
+            X_val = normalized(X_val, self.blocks_, self.normalize)
         Xk = kernel_view(X)
         rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
         y = np.array(y, np.int64)
@@ -143,7 +140,7 @@ class JointSoftmax:
         if Xv is not None and len(Xv):
             labels = np.arange(self.n_classes_)
             va = [(log_loss(yv, pk, labels=labels), float((pk.argmax(1) == yv).mean()))
-                  for pk in self.predict_proba(Xv)]
+                  for pk in self._proba(Xv, "none")]             # Xv is through the step already
         improved = []
         for k in np.flatnonzero(active):
             g, h = self._place(k)
@@ -158,10 +155,14 @@ class JointSoftmax:
 
     def predict_proba(self, X) -> np.ndarray:
         """K x N x C probabilities (float64; inference: no dropout), heads in the order given to __init__."""
+        return self._proba(X, self.normalize)
+
+    def _proba(self, X, normalize):
+        """predict_proba with the given normalize step (none: X went through it already)."""
         c, out = self.n_classes_, np.empty((len(self.dropouts), len(X), self.n_classes_))
         for g, ks in enumerate(self.groups_):
             z = logits(X, self.W_[g, :len(ks) * c].T, self.b_[g, :len(ks) * c], self.mean_, self.scale_,
-                       self.normalize, self.blocks_).astype(np.float64)
+                       normalize, self.blocks_).astype(np.float64)
             out[ks] = softmax(np.transpose(z.reshape(len(X), len(ks), c), (1, 0, 2)), axis=-1)
         return out
 
