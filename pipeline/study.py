@@ -24,6 +24,7 @@ from .features import FeatureConfig
 from .features.cache import read_provenance
 from .features.config import axes, validate
 from .features.extract import extract_many
+from .heads import logreg, softmax
 from .heads.config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .heads.data import load_training_data
 from .heads.runs import KIND_FILE, folder_kind
@@ -92,8 +93,11 @@ def row_settings(kind: str, opts: RunOptions) -> dict:
 
 
 def row_tag(cache: str, kind: str, params: dict, opts: RunOptions) -> str:
-    """A finished row's key: the cache (its file name holds its key), the head and everything that changes it."""
-    return tag([cache, kind, params, row_settings(kind, opts)])
+    """A finished row's key: the cache (its file name holds its key), the head and everything that changes it,
+    for a value chosen on validation ("auto") the search that chose it (its grid, ...)."""
+    searches = {name: module.search_settings() for name, module in (("C", logreg), ("l2", softmax))
+                if params.get(name) == "auto"}
+    return tag([cache, kind, params, row_settings(kind, opts)] + ([searches] if searches else []))
 
 
 def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, object]:

@@ -96,6 +96,22 @@ def test_row_keys_hold_every_setting_that_changes_a_row():
         "c.h5", "softmax", {"dropout": 0.5}, base)             # patience without early stopping changes nothing
 
 
+def test_a_row_chosen_on_validation_is_keyed_by_its_search(monkeypatch):
+    """Another grid for C or l2 "auto" (a new version of the search) trains the row again, not reuse it."""
+    from pipeline.heads import logreg, softmax
+    from pipeline.heads.config import RunOptions
+    from pipeline.study import row_tag
+    o = RunOptions()
+    before = [row_tag("c.h5", "logreg", {"C": "auto"}, o), row_tag("c.h5", "softmax", {"l2": "auto"}, o),
+              row_tag("c.h5", "logreg", {"C": 1.0}, o)]
+    monkeypatch.setattr(logreg, "C_GRID", logreg.C_GRID[:-1])
+    monkeypatch.setattr(softmax, "L2_GRID", softmax.L2_GRID + (1.0,))
+    after = [row_tag("c.h5", "logreg", {"C": "auto"}, o), row_tag("c.h5", "softmax", {"l2": "auto"}, o),
+             row_tag("c.h5", "logreg", {"C": 1.0}, o)]
+    assert before[0] != after[0] and before[1] != after[1]
+    assert before[2] == after[2]                     # a fixed C does not depend on the search
+
+
 def test_a_name_that_holds_something_else_is_refused(data, capsys, syn):
     d, root = data
     runs = root / "runs"

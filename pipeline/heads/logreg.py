@@ -31,6 +31,11 @@ PATH_PATIENCE = 3       # the coarse path stops after this many steps without a 
                         # past the best, weaker regularisation only overfits more (and its fits are the slowest)
 
 
+def search_settings() -> dict:
+    """What C="auto"'s choice depends on besides the data: a study keys its rows by it."""
+    return {"grid": C_GRID, "fine": C_FINE, "tol": SEARCH_TOL, "patience": PATH_PATIENCE}
+
+
 class LogRegHead(ClassifierMixin, BaseEstimator):
     """C: inverse L2 strength, or "auto" (chosen on X_val over `C_GRID`, then refit on train +
     validation). classes: the columns of predict_proba (default: the classes in y). normalize: "none", "l2"
