@@ -50,11 +50,12 @@ class JointSoftmax:
     def __init__(self, dropouts=(DEFAULTS["dropout"],), lrs=(DEFAULTS["lr"],), epochs=DEFAULTS["epochs"],
                  batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
                  patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"], l2s=None,
-                 normalize=DEFAULTS["normalize"], blocks=None):
+                 normalize=DEFAULTS["normalize"], blocks=None, inits=None):
         self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
         self.early_stopping, self.patience, self.standardize, self.seed = early_stopping, patience, standardize, seed
         self.l2s = l2s                       # None: no penalty on any head
         self.normalize, self.blocks = normalize, blocks   # normalize.py: per layer block (None: one block)
+        self.inits = inits                   # per head: glorot_uniform or zeros (None: the default for all)
 
     def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
         """Train on X[rows] (all rows by default; rows avoid copying a big array); y: 0..C-1."""
@@ -104,11 +105,12 @@ class JointSoftmax:
         n_heads = [len(ks) for ks in self.groups_]
         G, kp = len(rates), int(kernels.padded(max(n_heads), c))
         self.n_classes_, self.W_, self.b_ = c, np.zeros((G, kp, d), np.float32), np.zeros((G, kp), np.float32)
-        init = glorot_uniform(d, c, self.seed).T                          # every head starts where Dense(C) would
+        glorot = glorot_uniform(d, c, self.seed).T        # every such head starts where Dense(C) would, seeded
         lr, l2 = np.zeros((G, kp)), np.zeros((G, kp))
         for g, ks in enumerate(self.groups_):
             for h, k in enumerate(ks):
-                self.W_[g, h * c:(h + 1) * c], lr[g, h * c:(h + 1) * c] = init, self.lrs[k]
+                self.W_[g, h * c:(h + 1) * c] = glorot if self._init(k) == "glorot_uniform" else 0.0
+                lr[g, h * c:(h + 1) * c] = self.lrs[k]
                 l2[g, h * c:(h + 1) * c] = self._l2(k)
         steps = self.epochs * -(-n_rows // self.batch_size)
         return kernels.allocate(self.W_, self.b_, rates, n_heads, c, lr.ravel(), self.batch_size, steps,
@@ -116,6 +118,9 @@ class JointSoftmax:
 
     def _l2(self, k) -> float:
         return 0.0 if self.l2s is None else float(self.l2s[k])
+
+    def _init(self, k) -> str:
+        return DEFAULTS["init"] if self.inits is None else self.inits[k]
 
     def _place(self, k):
         """(group, index in group) of head k."""
@@ -176,7 +181,8 @@ class JointSoftmax:
         g, r = self._rows(k)
         est = SoftmaxHead(dropout=self.dropouts[k], lr=self.lrs[k], epochs=self.epochs, batch_size=self.batch_size,
                           early_stopping=self.early_stopping, patience=self.patience, standardize=self.standardize,
-                          seed=self.seed, classes=classes, l2=self._l2(k), normalize=self.normalize, blocks=self.blocks)
+                          seed=self.seed, classes=classes, l2=self._l2(k), normalize=self.normalize, blocks=self.blocks,
+                          init=self._init(k))
         est.classes_ = np.arange(self.n_classes_) if classes is None else np.asarray(classes)
         est.coef_, est.intercept_ = self.W_[g, r].T.copy(), self.b_[g, r].copy()
         est.mean_, est.scale_, est.n_features_in_, est.blocks_ = self.mean_, self.scale_, self.W_.shape[2], self.blocks_
@@ -186,7 +192,8 @@ class JointSoftmax:
 
 
 class SoftmaxHead(ClassifierMixin, BaseEstimator):
-    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2)), Adam(lr), `epochs` passes in batches of `batch_size`.
+    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr), `epochs`
+    passes in batches of `batch_size`.
     l2 may be "auto" (chosen on X_val, then refit on train + validation); early_stopping: stop when the
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
     normalize: "none", "l2" or "sqrt-l2" per layer block of `blocks` (widths; None: one block), first;
@@ -200,10 +207,11 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     def __init__(self, dropout=DEFAULTS["dropout"], lr=DEFAULTS["lr"], epochs=DEFAULTS["epochs"],
                  batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
                  patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"],
-                 classes=None, l2=DEFAULTS["l2"], normalize=DEFAULTS["normalize"], blocks=None):
+                 classes=None, l2=DEFAULTS["l2"], normalize=DEFAULTS["normalize"], blocks=None, init=DEFAULTS["init"]):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
         self.seed, self.classes, self.l2, self.normalize, self.blocks = seed, classes, l2, normalize, blocks
+        self.init = init
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
         """Train on X[rows] (default all rows). l2="auto": every L2_GRID penalty trained at once, the
@@ -226,7 +234,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             else:
                 rows = refit_rows
         sweep = JointSoftmax((self.dropout,), (self.lr,), epochs, self.batch_size, early,
-                             self.patience, self.standardize, self.seed, (l2,), self.normalize, self.blocks)
+                             self.patience, self.standardize, self.seed, (l2,), self.normalize, self.blocks, (self.init,))
         sweep.fit(X, yk, None if self.l2 == "auto" else X_val, None if self.l2 == "auto" else yv,
                   n_classes=len(classes), rows=rows)
         fitted = sweep.head(0, classes)
@@ -243,7 +251,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             raise ValueError("l2='auto' chooses the penalty on validation data; pass X_val and y_val (--val-fraction > 0)")
         n = len(L2_GRID)
         grid = JointSoftmax((self.dropout,) * n, (self.lr,) * n, self.epochs, self.batch_size, self.early_stopping,
-                            self.patience, self.standardize, self.seed, L2_GRID, self.normalize, self.blocks)
+                            self.patience, self.standardize, self.seed, L2_GRID, self.normalize, self.blocks,
+                            (self.init,) * n)
         grid.fit(X, y, X_val, y_val, n_classes=n_classes, rows=rows)
         proba, labels = grid.predict_proba(X_val), np.arange(n_classes)
         curve = [{"l2": l2, "val_accuracy": float((p.argmax(1) == y_val).mean()),

@@ -132,6 +132,21 @@ def test_sweep_head_is_the_estimator_a_lone_fit_gives(easy):
     np.testing.assert_allclose(sweep.head(1).predict_proba(Xv), alone.predict_proba(Xv), rtol=1e-4, atol=1e-6)
 
 
+def test_each_head_of_a_sweep_starts_where_it_would_alone(easy):
+    """init: glorot_uniform (Keras' Dense default, seeded) or zeros, per head of a sweep."""
+    X, y, Xv, _ = easy
+    kw = dict(dropout=0.5, lr=1e-3, epochs=2, batch_size=100, seed=4)
+    sweep = JointSoftmax(dropouts=(0.5, 0.5), lrs=(1e-3, 1e-3), inits=("zeros", "glorot_uniform"), epochs=2,
+                         batch_size=100, seed=4).fit(X, y)
+    for k, init in enumerate(("zeros", "glorot_uniform")):
+        alone = SoftmaxHead(**kw, init=init).fit(X, y)
+        np.testing.assert_allclose(sweep.head(k).coef_, alone.coef_, rtol=1e-5, atol=1e-7)
+        assert sweep.head(k).get_params()["init"] == init
+    assert not np.allclose(sweep.head(0).coef_, sweep.head(1).coef_, atol=1e-3)
+    with pytest.raises(ValueError, match="init"):
+        SoftmaxHead(init="ones").fit(X, y)
+
+
 # --- the noise schedule ------------------------------------------------------------------------------------
 def test_two_steps_never_share_a_mask_and_a_head_sees_the_same_masks_alone_and_in_a_sweep(easy):
     from pipeline.heads import kernels
@@ -216,9 +231,9 @@ def test_early_stopping_in_a_sweep_stops_each_head_where_it_would_stop_alone(eas
         np.testing.assert_allclose(sweep.head(k).coef_, alone.coef_, rtol=1e-5, atol=1e-6)
 
 
-def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes):
+def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes, init="glorot_uniform"):
     """The softmax head's training written plainly in NumPy (float64), from its definition: the
-    training rows' standardisation, Glorot-uniform start, per epoch a permutation from the seed's
+    training rows' standardisation, a Glorot-uniform (or zero) start, per epoch a permutation from the seed's
     SFC64 stream, per step dropout draws at the step's key (kernels.draws), Keras' Dropout scaling,
     softmax cross-entropy's gradient, Keras' L2 and Adam. Any restructuring of the kernels must
     reproduce it to float rounding (the numbers stay the same where the maths is)."""
@@ -228,6 +243,7 @@ def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes):
     mean, scale = feature_stats(X, np.arange(len(X)))
     Z = (X.astype(np.float64) - mean) / scale
     W, b = glorot_uniform(X.shape[1], n_classes, seed).astype(np.float64), np.zeros(n_classes)
+    W *= init == "glorot_uniform"
     mW, vW, mb, vb = np.zeros_like(W), np.zeros_like(W), np.zeros_like(b), np.zeros_like(b)
     rng = np.random.Generator(np.random.SFC64(seed))
     key0, t = int(rng.integers(0, 2 ** 63)), 0
@@ -253,17 +269,19 @@ def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes):
     return W, b
 
 
-@pytest.mark.parametrize("dim,dtype,by_rows", [(32, np.float32, True), (1030, np.float16, True),
-                                               (1030, np.float16, False), (600, np.float32, False)])
-def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, monkeypatch):
+@pytest.mark.parametrize("dim,dtype,by_rows,init", [(32, np.float32, True, "glorot_uniform"),
+                                                    (1030, np.float16, True, "zeros"),
+                                                    (1030, np.float16, False, "glorot_uniform"),
+                                                    (600, np.float32, False, "zeros")])
+def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, init, monkeypatch):
     from pipeline.features.synthetic import make_features
     from pipeline.heads import kernels
     if not by_rows:
         monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", -1)      # the chunks kernel, as for wide heads
     X, y = make_features(300, dim, 4, seed=5, separation=0.6)
     X = X.astype(dtype)
-    head = SoftmaxHead(dropout=0.3, lr=3e-3, l2=1e-3, epochs=3, batch_size=64, seed=7).fit(X, y)
-    W, b = reference_fit(X, y, 0.3, 3e-3, 1e-3, 3, 64, 7, 4)
+    head = SoftmaxHead(dropout=0.3, lr=3e-3, l2=1e-3, epochs=3, batch_size=64, seed=7, init=init).fit(X, y)
+    W, b = reference_fit(X, y, 0.3, 3e-3, 1e-3, 3, 64, 7, 4, init)
     np.testing.assert_allclose(head.coef_, W, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(head.intercept_, b, rtol=1e-4, atol=2e-5)
     Xt = X[:50]
