@@ -72,9 +72,9 @@ PARAMS = {
     "lr": Param(1e-3, float, "softmax: Adam learning rate", 0, None, "neither", heads=SOFTMAX),
     "l2": Param(0.0, float, "softmax: L2 penalty on the Dense kernel, Keras' kernel_regularizer=L2(l2); or auto: "
                 "chosen on validation, then refit on train + validation", 0, None, "left", auto=True, heads=SOFTMAX),
-    "init": Param("glorot_uniform", str, "softmax: the Dense kernel's starting values: glorot_uniform (Keras' default, "
-                  "the notebook's) or zeros (where logistic regression starts)", heads=SOFTMAX,
-                  choices=("glorot_uniform", "zeros")),
+    "init": Param("zeros", str, "softmax: the Dense kernel's starting values: zeros (where logistic regression "
+                  "starts; the default: README, 'The softmax head's start') or glorot_uniform (Keras' default, the "
+                  "notebook's)", heads=SOFTMAX, choices=("zeros", "glorot_uniform")),
     "epochs": Param(20, int, "softmax: passes over the training rows", 1, None, "left", heads=SOFTMAX),
     "batch_size": Param(250, int, "softmax: rows per step", 1, None, "left", heads=SOFTMAX, flag="--head-batch-size"),
     "standardize": Param(True, bool, "softmax: standardise features with the training rows' mean and scale, inside "

@@ -37,6 +37,7 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 
 CHUNK = 512       # _step_chunks: feature columns per work item (a multiple of 4: a noise word = 4 draws)
+PANEL = 64        # _step_chunks: batch rows whose masked features are kept from the forward to the backward pass
 ROWS = 4          # rows per register block
 ROW_PARTS = 4     # _step_rows: parts of the batch (fixed, so results do not depend on the thread count)
 ROWS_KERNEL_BYTES = 256 * 1024   # heads with weights up to this size use _step_rows
@@ -58,6 +59,7 @@ class TrainState(NamedTuple):
     gb: np.ndarray         # (P, G, KP)
     stats: np.ndarray      # (P, G, H, 2) float64: the epoch's summed loss and number right, per head
     zpart: np.ndarray      # (chunks, G, B4, KP) float32 partial logits (_step_chunks)
+    panel: np.ndarray      # (G, chunks, PANEL, CHUNK) float32 a panel's masked features, chunk by chunk (_step_chunks)
     dz: np.ndarray         # (G, B4, KP) float32 logit gradients (_step_chunks)
     m_W: np.ndarray        # (G*KP, D) Adam's first and second moments of W, then of b (G*KP, 1)
     v_W: np.ndarray
@@ -96,7 +98,7 @@ def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas,
         thr=thr, drop_scale=drop_scale, n_heads=np.asarray(n_heads, np.int64), n_classes=int(n_classes),
         by_rows=by_rows, W=W, b=b, gW=f32(parts, G, KP, D), gb=f32(parts, G, KP),
         stats=np.zeros((parts, G, max(n_heads), 2)),
-        zpart=f32(n_chunks, G, bc, KP), dz=f32(G, bc, KP),
+        zpart=f32(n_chunks, G, bc, KP), panel=f32(G if n_chunks else 0, n_chunks, PANEL, CHUNK), dz=f32(G, bc, KP),
         m_W=f32(G * KP, D), v_W=f32(G * KP, D), m_b=f32(G * KP, 1), v_b=f32(G * KP, 1), alpha=f32(G * KP),
         lr=np.asarray(lr_rows, np.float64),
         decay=f32(G * KP) if l2_rows is None else (2 * np.asarray(l2_rows)).astype(np.float32),
@@ -406,42 +408,41 @@ def _block_words(key, words, r0, hi, j0, n, nw):
 
 
 @njit(fastmath=True, cache=True)
-def _forward_chunk(X, idx, key, state, j0, n, zp):
-    """Each group's partial logits over feature columns j0:j0+n, 4 rows at a time."""
-    B, nw = idx.shape[0], (X.shape[1] + 3) // 4
-    xm, words = np.empty((ROWS, CHUNK), np.float32), np.empty((ROWS, CHUNK // 4), np.uint64)
-    for r0 in range(0, B, ROWS):
-        _block_words(key, words, r0, B, j0, n, nw)
+def _forward_chunk(X, idx, key, state, c, j0, n, p0, p1):
+    """Each group's partial logits over feature columns j0:j0+n for batch rows p0..p1-1 (a panel), 4
+    rows at a time; the masked rows stay in state.panel for _backward_chunk."""
+    nw = (X.shape[1] + 3) // 4
+    words = np.empty((ROWS, CHUNK // 4), np.uint64)
+    for r0 in range(p0, p1, ROWS):
+        _block_words(key, words, r0, p1, j0, n, nw)
         for g in range(state.W.shape[0]):
             kp = padded(state.n_heads[g], state.n_classes)
-            _mask_block(X, idx, words, r0, state.thr[g], r0, B, j0, n, xm, state.mean, state.inv_scale, j0)
-            _forward_block(xm, state.W[g], kp, j0, n, zp[g], r0)
+            xm = state.panel[g, c, r0 - p0:r0 - p0 + ROWS]
+            _mask_block(X, idx, words, r0, state.thr[g], r0, p1, j0, n, xm, state.mean, state.inv_scale, j0)
+            _forward_block(xm, state.W[g], kp, j0, n, state.zpart[c, g], r0)
 
 
 @njit(fastmath=True, cache=True)
-def _backward_chunk(X, idx, key, state, j0, n):
-    """Every group's weight gradient for columns j0:j0+n (the draws computed again: cheaper than storing them)."""
-    B, nw = idx.shape[0], (X.shape[1] + 3) // 4
-    xm, words = np.empty((ROWS, CHUNK), np.float32), np.empty((ROWS, CHUNK // 4), np.uint64)
+def _backward_chunk(state, c, j0, n, p0, p1):
+    """Every group's weight gradient for columns j0:j0+n gains the panel p0..p1-1's part, from the masked
+    rows _forward_chunk kept (rows added in batch order, so panels change no sum)."""
     gW = state.gW[0]
-    for g in range(gW.shape[0]):
-        gW[g, :, j0:j0 + n] = 0
-    for r0 in range(0, B, ROWS):
-        _block_words(key, words, r0, B, j0, n, nw)
+    if p0 == 0:
+        for g in range(gW.shape[0]):
+            gW[g, :, j0:j0 + n] = 0
+    for r0 in range(p0, p1, ROWS):
         for g in range(gW.shape[0]):
             kp = padded(state.n_heads[g], state.n_classes)
-            _mask_block(X, idx, words, r0, state.thr[g], r0, B, j0, n, xm, state.mean, state.inv_scale, j0)
-            _backward_block(xm, state.dz[g], kp, j0, n, gW[g], r0, state.drop_scale[g])
+            _backward_block(state.panel[g, c, r0 - p0:r0 - p0 + ROWS], state.dz[g], kp, j0, n, gW[g], r0,
+                            state.drop_scale[g])
 
 
 @njit(fastmath=True, cache=True)
-def _logit_gradients(yb, state):
-    """Sum partial logits in chunk order, then _softmax_grad row by row into state.dz."""
+def _logit_gradients(yb, state, p0, p1):
+    """Rows p0..p1-1: partial logits summed in chunk order, then _softmax_grad row by row into state.dz."""
     inv_n = np.float32(1.0) / np.float32(yb.shape[0])
-    state.dz[...] = 0
-    state.gb[...] = 0
     for g in range(state.dz.shape[0]):
-        for i in range(yb.shape[0]):
+        for i in range(p0, p1):
             for k in range(state.dz.shape[2]):
                 acc = np.float32(0)
                 for c in range(state.zpart.shape[0]):
@@ -454,16 +455,21 @@ def _logit_gradients(yb, state):
 @njit(parallel=True, nogil=True, cache=True)
 def _step_chunks(X, idx, yb, key, state):
     """_step_rows' gradients and stats, for heads too big for it, split by feature columns into
-    state.gW (1, G, KP, D), state.gb (1, G, KP)."""
-    D = X.shape[1]
+    state.gW (1, G, KP, D), state.gb (1, G, KP): a panel of PANEL rows at a time, forward, softmax and
+    backward, so the backward pass reuses the panel's masked rows while they are in cache."""
+    D, B = X.shape[1], idx.shape[0]
     n_chunks = (D + CHUNK - 1) // CHUNK
-    for c in prange(n_chunks):
-        j0 = c * CHUNK
-        _forward_chunk(X, idx, key, state, j0, min(D, j0 + CHUNK) - j0, state.zpart[c])
-    _logit_gradients(yb, state)
-    for c in prange(n_chunks):
-        j0 = c * CHUNK
-        _backward_chunk(X, idx, key, state, j0, min(D, j0 + CHUNK) - j0)
+    state.dz[...] = 0
+    state.gb[...] = 0
+    for p0 in range(0, B, PANEL):
+        p1 = min(B, p0 + PANEL)
+        for c in prange(n_chunks):
+            j0 = c * CHUNK
+            _forward_chunk(X, idx, key, state, c, j0, min(D, j0 + CHUNK) - j0, p0, p1)
+        _logit_gradients(yb, state, p0, p1)
+        for c in prange(n_chunks):
+            j0 = c * CHUNK
+            _backward_chunk(state, c, j0, min(D, j0 + CHUNK) - j0, p0, p1)
 
 
 def train_step(X, idx, yb, key, state):

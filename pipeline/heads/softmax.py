@@ -2,7 +2,8 @@
 scikit-learn estimator (`SoftmaxHead`), and many of them trained at once (`JointSoftmax`).
 
 Training follows Keras' rules: Dropout(p) keeps a feature with probability 1-p and scales it by
-1/(1-p); Dense starts Glorot-uniform; the update is keras.optimizers.Adam's (tested against it).
+1/(1-p); Dense starts from zeros (init="zeros", where logistic regression starts: README) or Glorot-uniform
+(Keras' default); the update is keras.optimizers.Adam's (tested against it).
 Each step is one fused, multi-core Numba kernel for every head at once (kernels.py): Keras' own
 `fit` spends most of its time generating dropout noise and in per-step overhead (README: bench).
 With standardize=True, features are standardised with the mean and scale of the training rows

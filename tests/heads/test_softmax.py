@@ -88,7 +88,7 @@ def test_training_metrics_are_keras_style_running_means(easy):
     """history's train_loss/accuracy: the epoch's mean over its batches, with dropout, as Keras's fit
     reports them; without dropout and with lr ~ 0 that is the loss of the (unchanged) head."""
     X, y, _, _ = easy
-    head = JointSoftmax(dropouts=(0.0,), lrs=(1e-12,), epochs=1, batch_size=64).fit(X, y)
+    head = JointSoftmax(dropouts=(0.0,), lrs=(1e-12,), epochs=1, batch_size=64, inits=("glorot_uniform",)).fit(X, y)
     p = head.predict_proba(X)[0]
     assert head.history_[0][0]["train_loss"] == pytest.approx(log_loss(y, p.astype(np.float64)), rel=1e-4)
     assert head.history_[0][0]["train_accuracy"] == pytest.approx((p.argmax(1) == y).mean(), abs=1e-9)
@@ -269,19 +269,20 @@ def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes, in
     return W, b
 
 
-@pytest.mark.parametrize("dim,dtype,by_rows,init", [(32, np.float32, True, "glorot_uniform"),
-                                                    (1030, np.float16, True, "zeros"),
-                                                    (1030, np.float16, False, "glorot_uniform"),
-                                                    (600, np.float32, False, "zeros")])
-def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, init, monkeypatch):
+@pytest.mark.parametrize("dim,dtype,by_rows,init,batch", [(32, np.float32, True, "glorot_uniform", 64),
+                                                          (1030, np.float16, True, "zeros", 64),
+                                                          (1030, np.float16, False, "glorot_uniform", 100),
+                                                          (600, np.float32, False, "zeros", 70)])
+def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, init, batch, monkeypatch):
+    """Batches of 100 and 70 rows: the chunks kernel's panels of 64 rows, the last one partial."""
     from pipeline.features.synthetic import make_features
     from pipeline.heads import kernels
     if not by_rows:
         monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", -1)      # the chunks kernel, as for wide heads
     X, y = make_features(300, dim, 4, seed=5, separation=0.6)
     X = X.astype(dtype)
-    head = SoftmaxHead(dropout=0.3, lr=3e-3, l2=1e-3, epochs=3, batch_size=64, seed=7, init=init).fit(X, y)
-    W, b = reference_fit(X, y, 0.3, 3e-3, 1e-3, 3, 64, 7, 4, init)
+    head = SoftmaxHead(dropout=0.3, lr=3e-3, l2=1e-3, epochs=3, batch_size=batch, seed=7, init=init).fit(X, y)
+    W, b = reference_fit(X, y, 0.3, 3e-3, 1e-3, 3, batch, 7, 4, init)
     np.testing.assert_allclose(head.coef_, W, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(head.intercept_, b, rtol=1e-4, atol=2e-5)
     Xt = X[:50]
