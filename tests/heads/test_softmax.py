@@ -291,6 +291,22 @@ def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, init, batch
                                rtol=1e-4, atol=1e-6)
 
 
+def test_a_sweep_over_dropout_rates_is_the_plain_numpy_definition_for_every_head(monkeypatch):
+    """Several dropout groups in the chunks kernel (the masks drawn again for the backward pass, the whole
+    batch as one panel): each head as the plain definition trains it alone."""
+    from pipeline.features.synthetic import make_features
+    from pipeline.heads import kernels
+    monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", -1)
+    X, y = make_features(300, 700, 4, seed=5, separation=0.6)
+    X = X.astype(np.float16)
+    sweep = JointSoftmax(dropouts=(0.3, 0.6), lrs=(3e-3, 1e-3), l2s=(1e-3, 0.0), inits=("zeros", "glorot_uniform"),
+                         epochs=2, batch_size=100, seed=7).fit(X, y)
+    for k, (p, lr, l2, init) in enumerate([(0.3, 3e-3, 1e-3, "zeros"), (0.6, 1e-3, 0.0, "glorot_uniform")]):
+        W, b = reference_fit(X, y, p, lr, l2, 2, 100, 7, 4, init)
+        np.testing.assert_allclose(sweep.head(k).coef_, W, rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(sweep.head(k).intercept_, b, rtol=1e-4, atol=2e-5)
+
+
 def _softmax_rows(z):
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
