@@ -29,7 +29,7 @@ from .validation import SOFTMAX, check_fit, check_inputs
 log = logging.getLogger(__name__)
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
-L2_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # l2="auto": the penalties tried, all at once
+L2_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.3, 1.0)   # l2="auto": the penalties tried, all at once
 
 
 def search_settings() -> dict:
