@@ -41,6 +41,7 @@ PANEL = 64        # _step_chunks, one dropout group: batch rows whose masked fea
 ROWS = 4          # rows per register block
 ROW_PARTS = 4     # _step_rows: parts of the batch (fixed, so results do not depend on the thread count)
 ROWS_KERNEL_BYTES = 256 * 1024   # heads with weights up to this size use _step_rows
+AFFINE_ROWS = 16  # affine (inference): rows per work item, sharing each chunk of W
 NOISE_LEVELS = 65536             # dropout rates are realised to 1/65536 (16-bit draws)
 GAMMA = np.uint64(0x9E3779B97F4A7C15)   # SplitMix64 constants
 M1, M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -222,6 +223,31 @@ def widen(X, rows, out):
         src, dst = X[rows[i]], out[i]
         for j in range(src.shape[0]):
             dst[j] = _value(src[j])
+
+
+@njit(parallel=True, nogil=True, fastmath=True, cache=True)
+def affine(X, W, b, out):
+    """out = X @ W.T + b for X (N, D) float32 or float16 bits, W (KP, D) float32 with KP even: rows in
+    parallel, AFFINE_ROWS at a time, each CHUNK of columns widened once and multiplied by the training
+    kernels' 4 x 2 register blocks while that chunk of W is in cache (no float32 copy of X)."""
+    N, D, KP = X.shape[0], X.shape[1], W.shape[0]
+    for item in prange((N + AFFINE_ROWS - 1) // AFFINE_ROWS):
+        lo = item * AFFINE_ROWS
+        hi = min(N, lo + AFFINE_ROWS)
+        xm, z = np.zeros((AFFINE_ROWS, CHUNK), np.float32), np.empty((AFFINE_ROWS, KP), np.float32)
+        acc = np.zeros((AFFINE_ROWS, KP), np.float32)
+        for j0 in range(0, D, CHUNK):
+            n = min(D, j0 + CHUNK) - j0
+            for i in range(hi - lo):
+                src = X[lo + i, j0:j0 + n]
+                for j in range(n):
+                    xm[i, j] = _value(src[j])
+            for q in range(0, AFFINE_ROWS, ROWS):
+                _forward_block(xm[q:q + ROWS], W, KP, j0, n, z, q)
+            acc += z
+        for i in range(hi - lo):
+            for k in range(KP):
+                out[lo + i, k] = acc[i, k] + b[k]
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -567,6 +593,7 @@ def warm_up():
         X = np.zeros((4, 8), dtype)
         X.flags.writeable = False
         widen(X, np.arange(4), np.empty((4, 8), np.float32))
+        affine(X, np.zeros((2, 8), np.float32), np.zeros(2, np.float32), np.empty((4, 2), np.float32))
         column_stats(X, np.arange(4), 2)
     narrow(np.zeros((4, 8), np.float32), np.zeros((4, 8), np.uint16))
 

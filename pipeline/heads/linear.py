@@ -74,10 +74,19 @@ def normalized(X, blocks, mode: str, rows=None) -> np.ndarray:
 
 
 def logits(X, W, b, mean=None, scale=None, normalize: str = "none", blocks=None) -> np.ndarray:
-    """X (after the normalize step, then standardised) @ W + b (W: D x K), one BLAS product per block."""
+    """X (after the normalize step, then standardised) @ W + b (W: D x K): without a normalize step in one
+    pass of kernels.affine (float16 widened in cache), else one BLAS product per normalised block."""
     if mean is not None:                     # fold the standardisation into the product
         W = W / scale[:, None]               # (x - mean) / scale @ W == x @ W' - mean @ W'
         b = b - mean @ W
+    if normalize == "none":
+        from .kernels import affine
+        K = W.shape[1]
+        Wt, bp = np.zeros((K + K % 2, W.shape[0]), np.float32), np.zeros(K + K % 2, np.float32)
+        Wt[:K], bp[:K] = W.T, b              # an even number of outputs: the kernels' 2-output blocks
+        out = np.empty((len(X), len(bp)), np.float32)
+        affine(kernel_view(X), Wt, bp, out)
+        return out[:, :K]
     out = np.empty((len(X), W.shape[1]), np.float32)
     for a, block in float32_blocks(X, normalize, blocks):
         out[a:a + len(block)] = block @ W + b
