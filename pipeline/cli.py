@@ -145,8 +145,16 @@ KEPT = {   # what Ctrl-C leaves, per command
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but a mistaken option is one line and exit status 1 (argparse: the whole usage, 2);
+    subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(1, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser = Parser(prog="pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("features", help="stage one: extract and cache VGG19 features")
     add_feature_options(f)

@@ -46,3 +46,16 @@ def test_ctrl_c_says_what_the_command_keeps(command, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0] == f"interrupted: {cli.KEPT[command]}"
     assert ("journal" in err[0]) == (command == "features") and ("rows" in err[0]) == (command == "study")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train-head", "--init", "ones"], "argument --init: invalid choice: 'ones'"),
+    (["sweep", "--epochs", "many"], "argument --epochs: invalid"),
+    (["features", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+])
+def test_a_mistaken_option_is_one_line_and_exit_status_1(argv, needle, capsys):
+    from pipeline.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and needle in err and err.count("\n") == 1 and "--help" in err
