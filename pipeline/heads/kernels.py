@@ -466,8 +466,10 @@ def _backward_chunk(X, idx, key, state, c, j0, n, p0, p1):
             _block_words(key, words, r0, p1, j0, n, nw)
         for g in range(gW.shape[0]):
             kp = padded(state.n_heads[g], state.n_classes)
-            xm = state.panel[0, c, r0 - p0:r0 - p0 + ROWS] if keep else local
-            if not keep:
+            if keep:
+                xm = state.panel[0, c, r0 - p0:r0 - p0 + ROWS]
+            else:
+                xm = local
                 _mask_block(X, idx, words, r0, state.thr[g], r0, p1, j0, n, xm, state.mean, state.inv_scale, j0)
             _backward_block(xm, state.dz[g], kp, j0, n, gW[g], r0, state.drop_scale[g])
 

@@ -80,10 +80,10 @@ def logits(X, W, b, mean=None, scale=None, normalize: str = "none", blocks=None)
         W = W / scale[:, None]               # (x - mean) / scale @ W == x @ W' - mean @ W'
         b = b - mean @ W
     if normalize == "none":
-        from .kernels import affine
-        K = W.shape[1]
-        Wt, bp = np.zeros((K + K % 2, W.shape[0]), np.float32), np.zeros(K + K % 2, np.float32)
-        Wt[:K], bp[:K] = W.T, b              # an even number of outputs: the kernels' 2-output blocks
+        from .kernels import affine, padded
+        K, KP = W.shape[1], padded(1, W.shape[1])   # outputs padded as the kernels' 2-output blocks need
+        Wt, bp = np.zeros((KP, W.shape[0]), np.float32), np.zeros(KP, np.float32)
+        Wt[:K], bp[:K] = W.T, b
         out = np.empty((len(X), len(bp)), np.float32)
         affine(kernel_view(X), Wt, bp, out)
         return out[:, :K]
