@@ -36,6 +36,29 @@ def search_settings() -> dict:
     return {"grid": C_GRID, "fine": C_FINE, "tol": SEARCH_TOL, "patience": PATH_PATIENCE}
 
 
+def standardized(parts, scaler=None):
+    """(Z, scaler): the rows of parts [(X, rows or None for all), ...] one after another as a float32
+    array standardised by `scaler` (default: a StandardScaler fitted on those rows with partial_fit),
+    filled block by block: no other full-size copy (StandardScaler.fit on the whole float32 array makes
+    several), float16 widened on the fly."""
+    from sklearn.preprocessing import StandardScaler
+    parts = [(X, np.arange(len(X)) if rows is None else np.asarray(rows)) for X, rows in parts]
+    if scaler is None:
+        scaler = StandardScaler()
+        for X, rows in parts:
+            for _, block in float32_blocks(X, rows=rows):
+                scaler.partial_fit(block)
+    Z = np.empty((sum(len(rows) for _, rows in parts), parts[0][0].shape[1]), np.float32)
+    at = 0
+    for X, rows in parts:
+        for a, block in float32_blocks(X, rows=rows):
+            z = Z[at + a:at + a + len(block)]
+            z[...] = block
+            z[...] = scaler.transform(z, copy=False)     # in place (then a copy onto itself) or not: the same
+        at += len(rows)
+    return Z, scaler
+
+
 class LogRegHead(ClassifierMixin, BaseEstimator):
     """C: inverse L2 strength, or "auto" (chosen on X_val over `C_GRID`, then refit on train +
     validation). classes: the columns of predict_proba (default: the classes in y). normalize: "none", "l2"
@@ -62,50 +85,48 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         X = normalized(X, self.blocks_, self.normalize)       # every row (rows index X), and the validation rows
         X_val = None if X_val is None else normalized(X_val, self.blocks_, self.normalize)
         rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        start = None
         if self.C == "auto":
             if X_val is None or not len(X_val):
                 raise ValueError("C='auto' chooses C on validation data; pass X_val and y_val (--val-fraction > 0)")
-            self.C_, self.selection_, self.val_proba_, start = self._select(X[rows], y[rows], X_val, np.asarray(y_val))
+            self.C_, self.selection_, self.val_proba_, start = self._select(X, y, rows, X_val, np.asarray(y_val))
             if refit_rows is None:
-                Xr, yr = np.concatenate([X[rows], X_val]), np.concatenate([y[rows], y_val])
+                parts, yr = [(X, rows), (X_val, None)], np.concatenate([y[rows], y_val])
             else:
-                Xr, yr = X[np.asarray(refit_rows)], y[np.asarray(refit_rows)]
-            X = None                           # a normalised copy of the cache is not needed any more
-            self.model_ = self._fit(Xr, yr, self.C_, start)
+                parts, yr = [(X, np.asarray(refit_rows))], y[np.asarray(refit_rows)]
         else:
             self.C_ = float(self.C)
-            Xr, yr = X[rows], y[rows]
-            X = None
-            self.model_ = self._fit(Xr, yr, self.C_)
+            parts, yr = [(X, rows)], y[rows]
+        Z, scaler = standardized(parts)
+        self.model_ = self._fit(Z, yr, scaler, self.C_, start)
         self.train_seconds_ = time.perf_counter() - t
         self.n_iter_ = self.model_[-1].n_iter_
-        row = {"epoch": int(self.n_iter_.max()), **self._point("train", Xr, yr)}
+        row = {"epoch": int(self.n_iter_.max()), **self._point("train", yr, self._proba_scaled(Z))}
+        del Z
         if X_val is not None and len(X_val):
-            row.update(self._point("val", X_val, y_val, self.val_proba_ if self.C == "auto" else None))
+            val_proba = self.val_proba_ if self.C == "auto" else self._proba(X_val)
+            row.update(self._point("val", y_val, val_proba))
         self.history_ = [row]
         return self
 
-    def _fit(self, X, y, C, start=None):
-        """StandardScaler + LogisticRegression(C) on X (float32, standardised in place of a copy)."""
+    def _fit(self, Z, y, scaler, C, start=None):
+        """LogisticRegression(C) on Z (standardised by the fitted `scaler`), warm-started from `start`
+        (coef, intercept) if given; the model is the pipeline of the two."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import StandardScaler
-        scaler = StandardScaler(copy=False)
-        Z = scaler.fit_transform(np.array(X, np.float32))
-        scaler.set_params(copy=True)              # from now on it never writes into a caller's array
         lr = LogisticRegression(C=C, max_iter=self.max_iter, random_state=self.seed, warm_start=start is not None)
         if start is not None:
             lr.coef_, lr.intercept_ = start
         lr.fit(Z, y)
         return Pipeline([("standardscaler", scaler), ("logisticregression", lr)])
 
-    def _select(self, X, y, X_val, y_val):
-        """(chosen C, the selection record, validation probabilities at the chosen C, its coefficients)."""
+    def _select(self, X, y, rows, X_val, y_val):
+        """(chosen C, the selection record, validation probabilities at the chosen C, its coefficients),
+        trained on X[rows]."""
         from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-        scaler = StandardScaler(copy=False)
-        Z = scaler.fit_transform(np.array(X, np.float32))
-        Zv = scaler.transform(np.array(X_val, np.float32))
+        Z, scaler = standardized([(X, rows)])
+        y = y[rows]
+        Zv, _ = standardized([(X_val, None)], scaler)
         lr = LogisticRegression(max_iter=self.max_iter, random_state=self.seed, warm_start=True)
         curve = {}
 
@@ -145,16 +166,24 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         out[:, np.searchsorted(self.classes_, fitted_classes)] = p
         return out / out.sum(1, keepdims=True)     # float32 inputs give float32 sums: exact in float64
 
-    def _point(self, split, X, y, proba=None):
-        """Loss and accuracy on X, already through the normalize step (fit's own rows), in blocks of rows."""
-        if proba is None:
-            p = np.empty((len(X), len(self.classes_)))
-            for a, block in float32_blocks(X):
-                p[a:a + len(block)] = self._columns(self.model_.predict_proba(block), self.model_.classes_)
-        else:
-            p = proba
+    def _point(self, split, y, p):
         return {f"{split}_loss": log_loss(y, p, labels=self.classes_),
                 f"{split}_accuracy": float((self.classes_[p.argmax(1)] == np.asarray(y)).mean())}
+
+    def _proba_scaled(self, Z):
+        """Probabilities of already standardised rows (fit's own), in blocks of rows."""
+        lr, out = self.model_[-1], np.empty((len(Z), len(self.classes_)))
+        step = max(1, (16 << 20) // (4 * Z.shape[1]))
+        for a in range(0, len(Z), step):
+            out[a:a + step] = self._columns(lr.predict_proba(Z[a:a + step]), lr.classes_)
+        return out
+
+    def _proba(self, X):
+        """Probabilities of rows already through the normalize step (fit's own), in blocks of rows."""
+        out = np.empty((len(X), len(self.classes_)))
+        for a, block in float32_blocks(X):
+            out[a:a + len(block)] = self._columns(self.model_.predict_proba(block), self.model_.classes_)
+        return out
 
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities, columns in the order of classes_ (0 for a class absent from training)."""

@@ -71,3 +71,24 @@ def test_the_coarse_path_stops_past_the_best_and_chooses_as_the_whole_grid(monke
     coarse = [r["C"] for r in early.selection_["curve"] if r["C"] in logreg.C_GRID]
     assert len(coarse) < len(logreg.C_GRID) and coarse == list(logreg.C_GRID[:len(coarse)])
     assert early.C_ == whole.C_ and early.selection_["seconds_per_fit"] > 0
+
+
+def test_standardized_rows_are_the_scalers_fit_transform_block_by_block(easy, monkeypatch):
+    """The protocol's standardised copy, filled in blocks from several parts (train rows, then the
+    validation split), is StandardScaler's fit_transform of those rows; the caller's array is untouched."""
+    import pipeline.heads.linear as linear
+    from sklearn.preprocessing import StandardScaler
+    from pipeline.heads.logreg import standardized
+    X, _, Xv, _ = easy
+    X = X * 3 + 5
+    monkeypatch.setattr(linear, "INFER_BYTES", 4 * 32 * 7)        # blocks of 7 rows
+    rows = np.arange(0, len(X), 3)
+    for dtype in (np.float32, np.float16):
+        Xd, Xvd = X.astype(dtype), Xv.astype(dtype)
+        before = Xd.copy()
+        Z, scaler = standardized([(Xd, rows), (Xvd, None)])
+        want = StandardScaler().fit_transform(np.concatenate([Xd[rows], Xvd]).astype(np.float32))
+        assert Z.dtype == np.float32 and Z.shape == want.shape and np.array_equal(Xd, before)
+        np.testing.assert_allclose(Z, want, atol=2e-5)
+        Zv, same = standardized([(Xvd, None)], scaler)
+        assert same is scaler and np.array_equal(Zv, Z[len(rows):])
