@@ -75,6 +75,9 @@ PARAMS = {
     "init": Param("zeros", str, "softmax: the Dense kernel's starting values: zeros (where logistic regression "
                   "starts; the default: README, 'The softmax head's start') or glorot_uniform (Keras' default, the "
                   "notebook's)", heads=SOFTMAX, choices=("zeros", "glorot_uniform")),
+    "lr_schedule": Param("cosine", str, "softmax: the learning rate over the run: cosine (Keras' CosineDecay from lr "
+                         "to 0 over every step; the default: README, 'The learning-rate schedule') or constant (the "
+                         "notebook's)", heads=SOFTMAX, choices=("cosine", "constant")),
     "epochs": Param(20, int, "softmax: passes over the training rows", 1, None, "left", heads=SOFTMAX),
     "batch_size": Param(250, int, "softmax: rows per step", 1, None, "left", heads=SOFTMAX, flag="--head-batch-size"),
     "standardize": Param(True, bool, "softmax: standardise features with the training rows' mean and scale, inside "

@@ -69,6 +69,7 @@ class TrainState(NamedTuple):
     v_b: np.ndarray
     alpha: np.ndarray      # (G*KP,) float32 scratch: this step's Adam step size per weight row
     lr: np.ndarray         # (G*KP,) float64 learning rate per weight row
+    cosine_steps: np.ndarray  # (G*KP,) float64: the rate decays as Keras' CosineDecay(lr, steps) (0: constant)
     decay: np.ndarray      # (G*KP,) float32 2 * l2 per weight row: Keras' L2 kernel_regularizer's gradient
     betas: np.ndarray      # (3,) float64: beta_1, beta_2, epsilon
     mean: np.ndarray       # (D,) float32 standardisation (empty: none)
@@ -83,10 +84,10 @@ def padded(n_heads, n_classes):
 
 
 def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas, mean=None, scale=None,
-             l2_rows=None) -> TrainState:
+             l2_rows=None, cosine_rows=None) -> TrainState:
     """The state for training W (G, KP, D), b (G, KP) in place: dropout rate and head count per group,
-    lr (and L2 penalty, default none) per weight row; mean/scale: standardise features on the fly (None:
-    as they are)."""
+    lr (and L2 penalty, default none; cosine decay's steps, default none: constant) per weight row;
+    mean/scale: standardise features on the fly (None: as they are)."""
     G, KP, D = W.shape
     thr = np.minimum(np.round(np.asarray(rates) * NOISE_LEVELS), NOISE_LEVELS - 1).astype(np.uint16)
     drop_scale = (NOISE_LEVELS / (NOISE_LEVELS - thr.astype(np.float64))).astype(np.float32)
@@ -103,6 +104,7 @@ def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas,
         zpart=f32(n_chunks, G, bc, KP), panel=f32(int(G == 1 and n_chunks > 0), n_chunks, PANEL, CHUNK), dz=f32(G, bc, KP),
         m_W=f32(G * KP, D), v_W=f32(G * KP, D), m_b=f32(G * KP, 1), v_b=f32(G * KP, 1), alpha=f32(G * KP),
         lr=np.asarray(lr_rows, np.float64),
+        cosine_steps=np.zeros(G * KP) if cosine_rows is None else np.asarray(cosine_rows, np.float64),
         decay=f32(G * KP) if l2_rows is None else (2 * np.asarray(l2_rows)).astype(np.float32),
         betas=np.asarray(betas, np.float64), mean=np.asarray(mean if std else [], np.float32),
         inv_scale=(1 / np.asarray(scale, np.float64)).astype(np.float32) if std else f32(0),
@@ -555,7 +557,10 @@ def _adam_update(state, t):
     b1, b2, eps = state.betas[0], state.betas[1], state.betas[2]
     c = np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
     for r in range(G * KP):
-        state.alpha[r] = np.float32(state.lr[r] * c)
+        lr, n = state.lr[r], state.cosine_steps[r]
+        if n > 0:                  # Keras' CosineDecay at the optimizer's step count before this update (t - 1)
+            lr *= 0.5 * (1.0 + np.cos(np.pi * min(t - 1, n) / n))
+        state.alpha[r] = np.float32(lr * c)
     adam(state.W.reshape((G * KP, D)), state.gW.reshape((P, G * KP, D)), state.m_W, state.v_W, state.alpha, state.decay,
          np.float32(1 - b1), np.float32(1 - b2), np.float32(eps))
     adam_small(state.b.reshape((G * KP, 1)), state.gb.reshape((P, G * KP, 1)), state.m_b, state.v_b, state.alpha,

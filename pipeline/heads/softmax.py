@@ -3,7 +3,8 @@ scikit-learn estimator (`SoftmaxHead`), and many of them trained at once (`Joint
 
 Training follows Keras' rules: Dropout(p) keeps a feature with probability 1-p and scales it by
 1/(1-p); Dense starts from zeros (init="zeros", where logistic regression starts: README) or Glorot-uniform
-(Keras' default); the update is keras.optimizers.Adam's (tested against it).
+(Keras' default); the update is keras.optimizers.Adam's (tested against it), its learning rate
+constant or decayed as keras.optimizers.schedules.CosineDecay over the run's steps (lr_schedule).
 Each step is one fused, multi-core Numba kernel for every head at once (kernels.py): Keras' own
 `fit` spends most of its time generating dropout noise and in per-step overhead (README: bench).
 With standardize=True, features are standardised with the mean and scale of the training rows
@@ -51,12 +52,13 @@ class JointSoftmax:
     def __init__(self, dropouts=(DEFAULTS["dropout"],), lrs=(DEFAULTS["lr"],), epochs=DEFAULTS["epochs"],
                  batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
                  patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"], l2s=None,
-                 normalize=DEFAULTS["normalize"], blocks=None, inits=None):
+                 normalize=DEFAULTS["normalize"], blocks=None, inits=None, schedules=None):
         self.dropouts, self.lrs, self.epochs, self.batch_size = dropouts, lrs, epochs, batch_size
         self.early_stopping, self.patience, self.standardize, self.seed = early_stopping, patience, standardize, seed
         self.l2s = l2s                       # None: no penalty on any head
         self.normalize, self.blocks = normalize, blocks   # normalize.py: per layer block (None: one block)
         self.inits = inits                   # per head: glorot_uniform or zeros (None: the default for all)
+        self.schedules = schedules           # per head: cosine or constant (None: the default for all)
 
     def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
         """Train on X[rows] (all rows by default; rows avoid copying a big array); y: 0..C-1."""
@@ -107,21 +109,25 @@ class JointSoftmax:
         G, kp = len(rates), int(kernels.padded(max(n_heads), c))
         self.n_classes_, self.W_, self.b_ = c, np.zeros((G, kp, d), np.float32), np.zeros((G, kp), np.float32)
         glorot = glorot_uniform(d, c, self.seed).T        # every such head starts where Dense(C) would, seeded
-        lr, l2 = np.zeros((G, kp)), np.zeros((G, kp))
+        lr, l2, cosine = np.zeros((G, kp)), np.zeros((G, kp)), np.zeros((G, kp))
+        steps = self.epochs * -(-n_rows // self.batch_size)
         for g, ks in enumerate(self.groups_):
             for h, k in enumerate(ks):
                 self.W_[g, h * c:(h + 1) * c] = glorot if self._init(k) == "glorot_uniform" else 0.0
                 lr[g, h * c:(h + 1) * c] = self.lrs[k]
                 l2[g, h * c:(h + 1) * c] = self._l2(k)
-        steps = self.epochs * -(-n_rows // self.batch_size)
+                cosine[g, h * c:(h + 1) * c] = steps if self._schedule(k) == "cosine" else 0
         return kernels.allocate(self.W_, self.b_, rates, n_heads, c, lr.ravel(), self.batch_size, steps,
-                                (BETA_1, BETA_2, EPSILON), self.mean_, self.scale_, l2.ravel())
+                                (BETA_1, BETA_2, EPSILON), self.mean_, self.scale_, l2.ravel(), cosine.ravel())
 
     def _l2(self, k) -> float:
         return 0.0 if self.l2s is None else float(self.l2s[k])
 
     def _init(self, k) -> str:
         return DEFAULTS["init"] if self.inits is None else self.inits[k]
+
+    def _schedule(self, k) -> str:
+        return DEFAULTS["lr_schedule"] if self.schedules is None else self.schedules[k]
 
     def _place(self, k):
         """(group, index in group) of head k."""
@@ -183,7 +189,7 @@ class JointSoftmax:
         est = SoftmaxHead(dropout=self.dropouts[k], lr=self.lrs[k], epochs=self.epochs, batch_size=self.batch_size,
                           early_stopping=self.early_stopping, patience=self.patience, standardize=self.standardize,
                           seed=self.seed, classes=classes, l2=self._l2(k), normalize=self.normalize, blocks=self.blocks,
-                          init=self._init(k))
+                          init=self._init(k), lr_schedule=self._schedule(k))
         est.classes_ = np.arange(self.n_classes_) if classes is None else np.asarray(classes)
         est.coef_, est.intercept_ = self.W_[g, r].T.copy(), self.b_[g, r].copy()
         est.mean_, est.scale_, est.n_features_in_, est.blocks_ = self.mean_, self.scale_, self.W_.shape[2], self.blocks_
@@ -193,8 +199,8 @@ class JointSoftmax:
 
 
 class SoftmaxHead(ClassifierMixin, BaseEstimator):
-    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr), `epochs`
-    passes in batches of `batch_size`.
+    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr), its rate
+    constant or CosineDecay(lr, every step) (lr_schedule), `epochs` passes in batches of `batch_size`.
     l2 may be "auto" (chosen on X_val, then refit on train + validation); early_stopping: stop when the
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
     normalize: "none", "l2" or "sqrt-l2" per layer block of `blocks` (widths; None: one block), first;
@@ -208,11 +214,12 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     def __init__(self, dropout=DEFAULTS["dropout"], lr=DEFAULTS["lr"], epochs=DEFAULTS["epochs"],
                  batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
                  patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"],
-                 classes=None, l2=DEFAULTS["l2"], normalize=DEFAULTS["normalize"], blocks=None, init=DEFAULTS["init"]):
+                 classes=None, l2=DEFAULTS["l2"], normalize=DEFAULTS["normalize"], blocks=None, init=DEFAULTS["init"],
+                 lr_schedule=DEFAULTS["lr_schedule"]):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
         self.seed, self.classes, self.l2, self.normalize, self.blocks = seed, classes, l2, normalize, blocks
-        self.init = init
+        self.init, self.lr_schedule = init, lr_schedule
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
         """Train on X[rows] (default all rows). l2="auto": every L2_GRID penalty trained at once, the
@@ -235,7 +242,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             else:
                 rows = refit_rows
         sweep = JointSoftmax((self.dropout,), (self.lr,), epochs, self.batch_size, early,
-                             self.patience, self.standardize, self.seed, (l2,), self.normalize, self.blocks, (self.init,))
+                             self.patience, self.standardize, self.seed, (l2,), self.normalize, self.blocks, (self.init,),
+                             (self.lr_schedule,))
         sweep.fit(X, yk, None if self.l2 == "auto" else X_val, None if self.l2 == "auto" else yv,
                   n_classes=len(classes), rows=rows)
         fitted = sweep.head(0, classes)
@@ -253,7 +261,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         n = len(L2_GRID)
         grid = JointSoftmax((self.dropout,) * n, (self.lr,) * n, self.epochs, self.batch_size, self.early_stopping,
                             self.patience, self.standardize, self.seed, L2_GRID, self.normalize, self.blocks,
-                            (self.init,) * n)
+                            (self.init,) * n, (self.lr_schedule,) * n)
         grid.fit(X, y, X_val, y_val, n_classes=n_classes, rows=rows)
         proba, labels = grid.predict_proba(X_val), np.arange(n_classes)
         curve = [{"l2": l2, "val_accuracy": float((p.argmax(1) == y_val).mean()),

@@ -94,6 +94,7 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
     for (epochs, batch_size, standardize, normalize), idx in groups.items():
         sweep = JointSoftmax(dropouts=[configs[i]["dropout"] for i in idx], lrs=[configs[i]["lr"] for i in idx],
                              l2s=[configs[i]["l2"] for i in idx], inits=[configs[i]["init"] for i in idx],
+                             schedules=[configs[i]["lr_schedule"] for i in idx],
                              epochs=epochs, batch_size=batch_size, early_stopping=opts.early_stopping,
                              patience=opts.patience, standardize=standardize, seed=opts.seed,
                              normalize=normalize, blocks=data.blocks())

@@ -28,7 +28,8 @@ def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
         return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], l2=params["l2"], epochs=params["epochs"],
                            batch_size=params["batch_size"], standardize=params["standardize"],
                            early_stopping=opts.early_stopping, patience=opts.patience, seed=opts.seed, classes=classes,
-                           normalize=params["normalize"], blocks=blocks, init=params["init"])
+                           normalize=params["normalize"], blocks=blocks, init=params["init"],
+                           lr_schedule=params["lr_schedule"])
     return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes,
                       normalize=params["normalize"], blocks=blocks)
 

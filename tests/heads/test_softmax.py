@@ -231,11 +231,12 @@ def test_early_stopping_in_a_sweep_stops_each_head_where_it_would_stop_alone(eas
         np.testing.assert_allclose(sweep.head(k).coef_, alone.coef_, rtol=1e-5, atol=1e-6)
 
 
-def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes, init="glorot_uniform"):
+def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes, init="glorot_uniform", schedule="cosine"):
     """The softmax head's training written plainly in NumPy (float64), from its definition: the
     training rows' standardisation, a Glorot-uniform (or zero) start, per epoch a permutation from the seed's
     SFC64 stream, per step dropout draws at the step's key (kernels.draws), Keras' Dropout scaling,
-    softmax cross-entropy's gradient, Keras' L2 and Adam. Any restructuring of the kernels must
+    softmax cross-entropy's gradient, Keras' L2 and Adam (its rate from Keras' own CosineDecay over the
+    run's steps, or constant). Any restructuring of the kernels must
     reproduce it to float rounding (the numbers stay the same where the maths is)."""
     from pipeline.heads import kernels
     from pipeline.heads.linear import feature_stats
@@ -250,6 +251,9 @@ def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes, in
     thr = min(round(dropout * kernels.NOISE_LEVELS), kernels.NOISE_LEVELS - 1)
     keep_scale = kernels.NOISE_LEVELS / (kernels.NOISE_LEVELS - thr)
     n_words = (X.shape[1] + 3) // 4
+    if schedule == "cosine":
+        import keras
+        decay = keras.optimizers.schedules.CosineDecay(lr, epochs * -(-len(X) // batch_size))
     for _ in range(epochs):
         perm = rng.permutation(len(X))
         for a in range(0, len(X), batch_size):
@@ -261,7 +265,8 @@ def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes, in
             p[np.arange(len(idx)), y[idx]] -= 1
             gW, gb = xm.T @ p / len(idx) + 2 * l2 * W, p.sum(0) / len(idx)
             t += 1
-            alpha = lr * np.sqrt(1 - BETA_2 ** t) / (1 - BETA_1 ** t)
+            rate = lr if schedule == "constant" else float(keras.ops.convert_to_numpy(decay(t - 1)))
+            alpha = rate * np.sqrt(1 - BETA_2 ** t) / (1 - BETA_1 ** t)
             for w, g, m, v in ((W, gW, mW, vW), (b, gb, mb, vb)):
                 m += (g - m) * (1 - BETA_1)
                 v += (g * g - v) * (1 - BETA_2)
@@ -269,11 +274,11 @@ def reference_fit(X, y, dropout, lr, l2, epochs, batch_size, seed, n_classes, in
     return W, b
 
 
-@pytest.mark.parametrize("dim,dtype,by_rows,init,batch", [(32, np.float32, True, "glorot_uniform", 64),
-                                                          (1030, np.float16, True, "zeros", 64),
-                                                          (1030, np.float16, False, "glorot_uniform", 100),
-                                                          (600, np.float32, False, "zeros", 70)])
-def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, init, batch, monkeypatch):
+@pytest.mark.parametrize("dim,dtype,by_rows,init,batch,schedule", [(32, np.float32, True, "glorot_uniform", 64, "cosine"),
+                                                                   (1030, np.float16, True, "zeros", 64, "constant"),
+                                                                   (1030, np.float16, False, "glorot_uniform", 100, "constant"),
+                                                                   (600, np.float32, False, "zeros", 70, "cosine")])
+def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, init, batch, schedule, monkeypatch):
     """Batches of 100 and 70 rows: the chunks kernel's panels of 64 rows, the last one partial."""
     from pipeline.features.synthetic import make_features
     from pipeline.heads import kernels
@@ -281,8 +286,9 @@ def test_training_is_the_plain_numpy_definition(dim, dtype, by_rows, init, batch
         monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", -1)      # the chunks kernel, as for wide heads
     X, y = make_features(300, dim, 4, seed=5, separation=0.6)
     X = X.astype(dtype)
-    head = SoftmaxHead(dropout=0.3, lr=3e-3, l2=1e-3, epochs=3, batch_size=batch, seed=7, init=init).fit(X, y)
-    W, b = reference_fit(X, y, 0.3, 3e-3, 1e-3, 3, batch, 7, 4, init)
+    head = SoftmaxHead(dropout=0.3, lr=3e-3, l2=1e-3, epochs=3, batch_size=batch, seed=7, init=init,
+                       lr_schedule=schedule).fit(X, y)
+    W, b = reference_fit(X, y, 0.3, 3e-3, 1e-3, 3, batch, 7, 4, init, schedule)
     np.testing.assert_allclose(head.coef_, W, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(head.intercept_, b, rtol=1e-4, atol=2e-5)
     Xt = X[:50]
@@ -300,9 +306,10 @@ def test_a_sweep_over_dropout_rates_is_the_plain_numpy_definition_for_every_head
     X, y = make_features(300, 700, 4, seed=5, separation=0.6)
     X = X.astype(np.float16)
     sweep = JointSoftmax(dropouts=(0.3, 0.6), lrs=(3e-3, 1e-3), l2s=(1e-3, 0.0), inits=("zeros", "glorot_uniform"),
-                         epochs=2, batch_size=100, seed=7).fit(X, y)
-    for k, (p, lr, l2, init) in enumerate([(0.3, 3e-3, 1e-3, "zeros"), (0.6, 1e-3, 0.0, "glorot_uniform")]):
-        W, b = reference_fit(X, y, p, lr, l2, 2, 100, 7, 4, init)
+                         schedules=("constant", "cosine"), epochs=2, batch_size=100, seed=7).fit(X, y)
+    for k, (p, lr, l2, init, schedule) in enumerate([(0.3, 3e-3, 1e-3, "zeros", "constant"),
+                                                     (0.6, 1e-3, 0.0, "glorot_uniform", "cosine")]):
+        W, b = reference_fit(X, y, p, lr, l2, 2, 100, 7, 4, init, schedule)
         np.testing.assert_allclose(sweep.head(k).coef_, W, rtol=1e-4, atol=2e-5)
         np.testing.assert_allclose(sweep.head(k).intercept_, b, rtol=1e-4, atol=2e-5)
 
