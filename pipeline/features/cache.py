@@ -26,6 +26,7 @@ from ..durable import atomic_file, file_lock, write_error
 from ..finite import block_finite
 from ..hashing import array_sha256, json_sha256, tag
 from ..hdf5_layout import LayoutError, check_file, check_tree
+from . import cache_memo
 
 FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers changes
 REBUILD = "extract with the same settings (the features command): it moves the damaged file aside and rebuilds it"
@@ -223,10 +224,11 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
     over the mapped file, so loading costs no copy.
 
     Refuses an incomplete, truncated, edited or corrupt file (checksums of the attributes, labels,
-    ids and, unless `verify` is False, features), or one whose settings differ from `expect` (a dict
-    of setting -> value)."""
+    ids and, unless `verify` is False, features: once per version of the file, cache_memo.py), or one
+    whose settings differ from `expect` (a dict of setting -> value)."""
     if not os.path.exists(path):
         raise PipelineError(f"cache {path}: not found; build it with extract (the features command)")
+    now = cache_memo.stamp(path)           # before anything is read: it vouches for what is verified below
     meta, groups = _read_checked(path)
     for k, want in (expect or {}).items():
         have = meta.get("settings", {}).get(k, meta.get(k))
@@ -245,15 +247,22 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
                 out[name] = (_mapped(f[name]["features"], pages, path), labels, {**meta, "split": name, "ids": ids})
     except (OSError, KeyError) as e:
         raise DamagedCache(f"cache {path}: corrupt ({str(e).splitlines()[0][:80]}); {REBUILD}") from None
-    if verify:      # hashlib releases the GIL: one thread per split
-        with ThreadPoolExecutor(max(1, min(len(out), os.cpu_count() or 1))) as pool:
-            got = dict(zip(out, pool.map(_digest_finite, (out[n][0] for n in out))))
-        for name in out:
-            if got[name][0] != groups[name][2]["features_sha256"]:
-                raise DamagedCache(f"cache {path}: '{name}' features fail their SHA-256 check; {REBUILD}")
-            if not got[name][1]:
-                raise DamagedCache(f"cache {path}: refused, '{name}' features hold inf or NaN; {REBUILD}")
+    if verify and not cache_memo.verified(path, meta.get("checksum"), now):
+        _verify(path, out, groups)          # hashlib releases the GIL: one thread per split
+        if set(out) == set(groups):        # every split verified: the whole file is
+            cache_memo.remember(path, meta.get("checksum"), now)
     return out
+
+
+def _verify(path: str, out: dict, groups: dict):
+    """DamagedCache unless every split in `out` matches its features' SHA-256 and is finite."""
+    with ThreadPoolExecutor(max(1, min(len(out), os.cpu_count() or 1))) as pool:
+        got = dict(zip(out, pool.map(_digest_finite, (out[n][0] for n in out))))
+    for name in out:
+        if got[name][0] != groups[name][2]["features_sha256"]:
+            raise DamagedCache(f"cache {path}: '{name}' features fail their SHA-256 check; {REBUILD}")
+        if not got[name][1]:
+            raise DamagedCache(f"cache {path}: refused, '{name}' features hold inf or NaN; {REBUILD}")
 
 
 def _digest_finite(a: np.ndarray, block_bytes: int = 16 << 20) -> tuple[str, bool]:

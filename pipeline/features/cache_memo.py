@@ -1,0 +1,60 @@
+"""Cache files already verified, remembered by what identifies them on disk (size, mtime_ns,
+ctime_ns, inode), as source fingerprints (source_memo.py) and weight digests (hashing.file_sha256)
+are: loading an unchanged cache again skips the SHA-256 and finiteness pass over its features.
+
+Any write to a file changes its ctime (which no user can set back), a replaced file its inode, so
+a changed cache is verified again in full. The stamp is taken before the verification it vouches
+for, so a file changed while it was being verified is verified again next time. The memo holds
+nothing but names and numbers (JSON); one it cannot read is ignored, one it cannot write is skipped.
+`<cache-dir>/verified-caches.json`: absolute path -> {stamp, checksum (the file's own attribute)}.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from ..durable import write_json
+from ..errors import PipelineError
+
+MEMO = "verified-caches.json"
+MAX_ENTRIES = 1000      # the newest kept; entries of files that are gone are dropped
+
+
+def stamp(path: str) -> list | None:
+    """The file's identity now, or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _memo(path: str) -> tuple[str, dict]:
+    memo_path = os.path.join(os.path.dirname(os.path.abspath(path)), MEMO)
+    try:
+        with open(memo_path) as f:
+            memo = json.load(f)
+    except (OSError, ValueError):
+        memo = {}
+    return memo_path, memo if isinstance(memo, dict) else {}
+
+
+def verified(path: str, checksum: str, now: list | None) -> bool:
+    """Whether `path`, with identity `now` and this checksum attribute, was verified before as it is."""
+    got = _memo(path)[1].get(os.path.abspath(path))
+    return (now is not None and isinstance(got, dict) and got.get("stamp") == now
+            and isinstance(checksum, str) and got.get("checksum") == checksum)
+
+
+def remember(path: str, checksum: str, then: list | None) -> None:
+    """Record that `path` had identity `then` when its features passed verification."""
+    if then is None or not isinstance(checksum, str):
+        return
+    memo_path, memo = _memo(path)
+    key = os.path.abspath(path)
+    memo.pop(key, None)
+    kept = [(k, v) for k, v in memo.items() if os.path.exists(k)][-(MAX_ENTRIES - 1):]
+    try:
+        write_json(memo_path, {**dict(kept), key: {"stamp": then, "checksum": checksum}})
+    except (OSError, PipelineError):
+        pass            # a read-only cache folder: every load verifies, as without the memo
