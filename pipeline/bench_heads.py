@@ -48,23 +48,23 @@ def softmax_floor(train_rows: int, dim: int, itemsize: int, gflops: float, gbps:
 
 def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: float, full: bool = False) -> dict:
     from .features.cache import load_cache
-    from .features.synthetic import write_synthetic_cache as write
+    from .features.synthetic import write_synthetic_cache
     runs, train_rows = os.path.join(tmp, "runs"), int(rows * (1 - VAL_FRACTION))
+    first_load = {}                 # seconds of each cache's first, verifying load
 
-    def write_synthetic_cache(path, *args, **kw):
+    def verified_cache(name, *args, **kw):
         """A synthetic cache, loaded once untimed: the rows time a head on a cache an earlier head (or
         load) has verified, as every head after a cache's first (features/cache_memo.py)."""
-        path = write(path, *args, **kw)
+        path = write_synthetic_cache(os.path.join(tmp, name), *args, **kw)
         t = time.perf_counter()
         load_cache(path)
-        first_load[os.path.basename(path)] = time.perf_counter() - t
+        first_load[name] = time.perf_counter() - t
         return path
-    first_load = {}
 
     def train(name, cache, *extra):
         return run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", name, *extra])
     subprocess.run([sys.executable, "-m", "pipeline.heads.kernels"], check=True, capture_output=True)  # compiled once, untimed
-    cache = write_synthetic_cache(os.path.join(tmp, "syn.h5"), rows, rows // 5, dim=dim, separation=0.03)
+    cache = verified_cache("syn.h5", rows, rows // 5, dim=dim, separation=0.03)
     out = {"rows": rows, "dim": dim, "conv_dim": conv_dim, "softmax": train("softmax", cache),
            "logreg": train("logreg", cache, "--head", "logreg"),
            "sweep24": run_cli(["sweep", "--cache", cache, "--runs-dir", runs, "--name", "sweep",
@@ -72,18 +72,16 @@ def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: flo
     out["softmax"].update(softmax_floor(train_rows, dim, 4, gflops, gbps))
     out["sweep24"].update(softmax_floor(train_rows, dim, 4, gflops, gbps, heads=24))
     os.remove(cache)
-    conv = write_synthetic_cache(os.path.join(tmp, "conv.h5"), rows, rows // 5, dim=conv_dim, separation=0.03,
-                                 dtype="float16")
+    conv = verified_cache("conv.h5", rows, rows // 5, dim=conv_dim, separation=0.03, dtype="float16")
     out["softmax_conv"] = {**train("softmax-conv", conv), **softmax_floor(train_rows, conv_dim, 2, gflops, gbps)}
     os.remove(conv)
     if full:
-        views = write_synthetic_cache(os.path.join(tmp, "views.h5"), rows, rows // 5, dim=VIEW_DIM, separation=0.03,
-                                      views=VIEWS, dtype="float16")
+        views = verified_cache("views.h5", rows, rows // 5, dim=VIEW_DIM, separation=0.03, views=VIEWS,
+                               dtype="float16")
         out["softmax_views"] = {**train("softmax-views", views), "first_load_s": first_load["views.h5"],
                                 **softmax_floor(train_rows * VIEWS, VIEW_DIM, 2, gflops, gbps)}
         os.remove(views)
-        search = write_synthetic_cache(os.path.join(tmp, "search.h5"), rows, rows // 5, dim=SEARCH_DIM,
-                                       separation=0.03, dtype="float16")
+        search = verified_cache("search.h5", rows, rows // 5, dim=SEARCH_DIM, separation=0.03, dtype="float16")
         out["c_search"] = train("c-search", search, "--head", "logreg", "--C", "auto")
         os.remove(search)
         out["source_identity"] = source_identity_seconds(os.path.join(tmp, "tree"), TREE_FILES)

@@ -32,10 +32,15 @@ def tag(obj, n: int = 12) -> str:
     return json_sha256(obj)[:n]
 
 
+def file_stamp(st: os.stat_result) -> list:
+    """What identifies a file on disk, from its stat: size, mtime_ns, ctime_ns (which no user can set
+    back: any write moves it) and inode (a replaced file gets another)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
 def file_sha256(path: str, memo_dir: str | None = None) -> str:
     """SHA-256 of a file; with memo_dir, remembered there by path, size, mtime, ctime and inode."""
-    st = os.stat(path)
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    stamp = file_stamp(os.stat(path))
     memo_path, memo, key = None, {}, os.path.abspath(path)
     if memo_dir is not None:
         memo_path = os.path.join(memo_dir, MEMO)

@@ -15,6 +15,7 @@ import os
 
 from ..durable import write_json
 from ..errors import PipelineError
+from ..hashing import file_stamp
 
 MEMO = "verified-caches.json"
 MAX_ENTRIES = 1000      # the newest kept; entries of files that are gone are dropped
@@ -23,10 +24,9 @@ MAX_ENTRIES = 1000      # the newest kept; entries of files that are gone are dr
 def stamp(path: str) -> list | None:
     """The file's identity now, or None when it cannot be read."""
     try:
-        st = os.stat(path)
+        return file_stamp(os.stat(path))
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _memo(path: str) -> tuple[str, dict]:

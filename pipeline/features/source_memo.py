@@ -13,14 +13,10 @@ import json
 import os
 
 from ..durable import write_json
-from ..hashing import json_sha256
+from ..hashing import file_stamp, json_sha256
 from .fingerprint import FINGERPRINT_VERSION
 
 MEMO = "source-fingerprints.json"
-
-
-def _stamp(st) -> list:
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def source_identity(root: str, selection: dict) -> str | None:
@@ -31,14 +27,14 @@ def source_identity(root: str, selection: dict) -> str | None:
         return None
     try:
         if os.path.isfile(root):
-            entries.append([os.path.abspath(root), *_stamp(os.stat(root))])
+            entries.append([os.path.abspath(root), *file_stamp(os.stat(root))])
         else:
             for folder, dirs, files in os.walk(root):
                 dirs.sort()
-                entries.append([os.path.relpath(folder, root), *_stamp(os.stat(folder))])
+                entries.append([os.path.relpath(folder, root), *file_stamp(os.stat(folder))])
                 for name in sorted(files):
                     entries.append([os.path.relpath(os.path.join(folder, name), root),
-                                    *_stamp(os.stat(os.path.join(folder, name)))])
+                                    *file_stamp(os.stat(os.path.join(folder, name)))])
     except OSError:
         return None
     return json_sha256({"version": FINGERPRINT_VERSION, "root": os.path.abspath(root), "selection": selection,

@@ -101,10 +101,10 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         self.model_ = self._fit(Z, yr, scaler, self.C_, start)
         self.train_seconds_ = time.perf_counter() - t
         self.n_iter_ = self.model_[-1].n_iter_
-        row = {"epoch": int(self.n_iter_.max()), **self._point("train", yr, self._proba_scaled(Z))}
+        row = {"epoch": int(self.n_iter_.max()), **self._point("train", yr, self._proba(self.model_[-1], Z))}
         del Z
         if X_val is not None and len(X_val):
-            val_proba = self.val_proba_ if self.C == "auto" else self._proba(X_val)
+            val_proba = self.val_proba_ if self.C == "auto" else self._proba(self.model_, X_val)
             row.update(self._point("val", y_val, val_proba))
         self.history_ = [row]
         return self
@@ -170,19 +170,12 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         return {f"{split}_loss": log_loss(y, p, labels=self.classes_),
                 f"{split}_accuracy": float((self.classes_[p.argmax(1)] == np.asarray(y)).mean())}
 
-    def _proba_scaled(self, Z):
-        """Probabilities of already standardised rows (fit's own), in blocks of rows."""
-        lr, out = self.model_[-1], np.empty((len(Z), len(self.classes_)))
-        step = max(1, (16 << 20) // (4 * Z.shape[1]))
-        for a in range(0, len(Z), step):
-            out[a:a + step] = self._columns(lr.predict_proba(Z[a:a + step]), lr.classes_)
-        return out
-
-    def _proba(self, X):
-        """Probabilities of rows already through the normalize step (fit's own), in blocks of rows."""
+    def _proba(self, model, X):
+        """`model`'s probabilities (the pipeline, or its last step for rows already standardised) of
+        fit's own rows, already through the normalize step, in blocks of rows."""
         out = np.empty((len(X), len(self.classes_)))
         for a, block in float32_blocks(X):
-            out[a:a + len(block)] = self._columns(self.model_.predict_proba(block), self.model_.classes_)
+            out[a:a + len(block)] = self._columns(model.predict_proba(block), model.classes_)
         return out
 
     def predict_proba(self, X) -> np.ndarray:
