@@ -20,7 +20,7 @@ from .features.config import FeatureConfig, validate
 from .features import pooling
 from .features.images import BadImage, decode_image
 from .features.preprocess import keras_preprocessing, upscale
-from .heads.keras_file import head_model, read_head
+from .heads.keras_file import head_model, input_width, read_head
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 32   # images per forward pass
@@ -65,7 +65,7 @@ def read_run(run: str) -> dict:
                            "a run trained on a cache of stage one (features)", "predict")
     settings = _checked_settings(settings, refuse)
     head = read_head(head_file)
-    d, c = head["kernel"].shape
+    d, c = input_width(head), head["kernel"].shape[1]
     if c != len(names):
         raise SettingError("run", f"{run}: head.keras has {c} classes but metrics.json names {len(names)}; "
                            "re-run train-head", "predict")

@@ -29,17 +29,20 @@ def train(root, cache, head, name, *extra):
     return str(root / "runs" / name)
 
 
-@pytest.mark.parametrize("head,normalize", [("softmax", "none"), ("logreg", "none"), ("softmax", "sqrt-l2"),
-                                            ("logreg", "l2")])
-def test_predict_agrees_with_head_on_cached_features(cached, capsys, head, normalize):
-    """Also with the normalize step: head.keras, predict's model and the export all apply it."""
+@pytest.mark.parametrize("head,normalize,hidden", [("softmax", "none", 0), ("logreg", "none", 0),
+                                                   ("softmax", "sqrt-l2", 0), ("logreg", "l2", 0),
+                                                   ("softmax", "sqrt-l2", 8)])
+def test_predict_agrees_with_head_on_cached_features(cached, capsys, head, normalize, hidden):
+    """Also with the normalize step and a hidden layer: head.keras, predict's model and the export all apply them."""
     root, data, cache = cached
-    run = train(root, cache, head, f"run-{head}-{normalize}", "--normalize", normalize)
-    assert (read_head(os.path.join(run, "head.keras"))["normalize"] or "none") == normalize
+    more = ("--hidden", str(hidden)) if hidden else ()
+    run = train(root, cache, head, f"run-{head}-{normalize}-{hidden}", "--normalize", normalize, *more)
+    saved = read_head(os.path.join(run, "head.keras"))
+    assert (saved["normalize"] or "none") == normalize and (saved["hidden_kernel"] is not None) == bool(hidden)
     X, y, meta = load_cache(cache)["test"]
     paths = [os.path.join(data, i) for i in meta["ids"]]
     capsys.readouterr()
-    assert run_cli("predict", "--run", run, *paths, "--export", root / f"{head}-{normalize}.keras") == 0
+    assert run_cli("predict", "--run", run, *paths, "--export", root / f"{head}-{normalize}-{hidden}.keras") == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(paths)
     want = np.asarray(head_model(read_head(os.path.join(run, "head.keras"))).predict(X, verbose=0))
@@ -51,7 +54,7 @@ def test_predict_agrees_with_head_on_cached_features(cached, capsys, head, norma
     import keras
     as_saved = keras.saving.load_model(os.path.join(run, "head.keras"))           # a real Keras file
     np.testing.assert_allclose(np.asarray(as_saved.predict(X, verbose=0)), want, atol=1e-6)
-    exported = keras.saving.load_model(str(root / f"{head}-{normalize}.keras"))
+    exported = keras.saving.load_model(str(root / f"{head}-{normalize}-{hidden}.keras"))
     from pipeline.features.images import decode_image
     from pipeline.features.preprocess import upscale
     x = upscale([decode_image(p) for p in paths], 32, "cubic").astype(np.float32)

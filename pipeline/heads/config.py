@@ -78,6 +78,9 @@ PARAMS = {
     "lr_schedule": Param("cosine", str, "softmax: the learning rate over the run: cosine (Keras' CosineDecay from lr "
                          "to 0 over every step; the default: README, 'The learning-rate schedule') or constant (the "
                          "notebook's)", heads=SOFTMAX, choices=("cosine", "constant")),
+    "hidden": Param(0, int, "softmax: ReLU units of a hidden layer between the dropout and the softmax, itself "
+                    "followed by the same dropout (0: none, the notebook's head; README, 'A hidden layer'); trained "
+                    "by Keras' own fit", 0, 1 << 16, "both", heads=SOFTMAX),
     "epochs": Param(20, int, "softmax: passes over the training rows", 1, None, "left", heads=SOFTMAX),
     "batch_size": Param(250, int, "softmax: rows per step", 1, None, "left", heads=SOFTMAX, flag="--head-batch-size"),
     "standardize": Param(True, bool, "softmax: standardise features with the training rows' mean and scale, inside "

@@ -2,7 +2,7 @@
 TensorFlow import costs ~7 s on a 2-core machine, more than training the head).
 
 The head is Input -> [BlockNormalization(blocks, mode)] -> [Normalization(mean, variance)] ->
-[Dropout(p)] -> Dense(C, softmax): the notebook's head, with the normalize step and the feature
+[Dropout(p)] -> [Dense(H, relu) -> Dropout(p)] -> Dense(C, softmax): the notebook's head (with a hidden layer), with the normalize step and the feature
 standardisation it was trained with (if any) inside it. BlockNormalization is this project's one
 layer of its own (layers.py: registered, so load_model finds it once pipeline.heads.layers is imported). The
 layout is what `keras.Model.save` writes for this model in Keras 3 (a zip of metadata.json,
@@ -33,6 +33,10 @@ MEMBER_BYTES = {"metadata.json": 1 << 20, "config.json": 16 << 20, "model.weight
 MAX_EXPANSION = 50              # a member may expand at most this many times (plus 1 MB): zip bombs
 MAX_KERNEL_VALUES = 64 << 20    # D x C of the Dense kernel (256 MB of float32)
 WEIGHTS = {"layers/dense/vars/0": 2, "layers/dense/vars/1": 1}   # dataset -> rank: nothing else is read
+HIDDEN_WEIGHTS = {"layers/dense/vars/0": 2, "layers/dense/vars/1": 1,          # with a hidden layer: Keras names
+                  "layers/dense_1/vars/0": 2, "layers/dense_1/vars/1": 1}      # a model's second Dense dense_1
+PLAIN_LAYERS = (["Dense"], ["Dropout", "Dense"], ["Normalization", "Dense"], ["Normalization", "Dropout", "Dense"],
+                ["Dropout", "Dense", "Dropout", "Dense"], ["Normalization", "Dropout", "Dense", "Dropout", "Dense"])
 MAX_BLOCKS = 64                 # layer blocks of a normalize step
 BLOCK_LAYER = {"module": "pipeline.heads.layers", "class_name": "BlockNormalization",
                "registered_name": "pipeline>BlockNormalization"}
@@ -50,8 +54,18 @@ def _layer(class_name: str, config: dict, shape=None) -> dict:
     return out
 
 
+def _dense(name: str, units: int, activation: str, shape) -> dict:
+    return _layer("Dense", {
+        "name": name, "units": int(units), "activation": activation, "use_bias": True,
+        "kernel_initializer": {"module": "keras.initializers", "class_name": "GlorotUniform", "config": {"seed": None},
+                               "registered_name": None},
+        "bias_initializer": {"module": "keras.initializers", "class_name": "Zeros", "config": {}, "registered_name": None},
+        "kernel_regularizer": None, "bias_regularizer": None, "kernel_constraint": None, "bias_constraint": None},
+        shape)
+
+
 def head_config(dim: int, n_classes: int, dropout: float | None, mean=None, variance=None,
-                name: str = "softmax_head", normalize: str | None = None, blocks=None) -> dict:
+                name: str = "softmax_head", normalize: str | None = None, blocks=None, hidden: int = 0) -> dict:
     shape = [None, dim]
     layers = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
                "config": {"batch_shape": shape, "dtype": "float32", "sparse": False, "ragged": False,
@@ -66,23 +80,25 @@ def head_config(dim: int, n_classes: int, dropout: float | None, mean=None, vari
                                                "variance": np.asarray(variance, np.float32).tolist()}, shape))
     if dropout is not None:
         layers.append(_layer("Dropout", {"name": "dropout", "rate": float(dropout), "seed": None, "noise_shape": None}))
-    layers.append(_layer("Dense", {
-        "name": "predictions", "units": int(n_classes), "activation": "softmax", "use_bias": True,
-        "kernel_initializer": {"module": "keras.initializers", "class_name": "GlorotUniform", "config": {"seed": None},
-                               "registered_name": None},
-        "bias_initializer": {"module": "keras.initializers", "class_name": "Zeros", "config": {}, "registered_name": None},
-        "kernel_regularizer": None, "bias_regularizer": None, "kernel_constraint": None, "bias_constraint": None},
-        shape))
+    if hidden:
+        layers.append(_dense("hidden", hidden, "relu", shape))
+        layers.append(_layer("Dropout", {"name": "hidden_dropout", "rate": float(dropout), "seed": None,
+                                         "noise_shape": None}))
+        shape = [None, int(hidden)]
+    layers.append(_dense("predictions", n_classes, "softmax", shape))
     return {"module": "keras", "class_name": "Sequential", "registered_name": None,
             "config": {"name": name, "trainable": True, "dtype": _dtype(), "layers": layers, "build_input_shape": shape},
             "build_config": {"input_shape": shape}, "compile_config": None}
 
 
 def write_head(path: str, kernel: np.ndarray, bias: np.ndarray, dropout: float | None = None, mean=None, variance=None,
-               normalize: str | None = None, blocks=None):
-    """Write the head (kernel D x C, bias C; optional normalize step over layer blocks, dropout rate
-    and standardisation) to `path`."""
-    dim, n_classes = kernel.shape
+               normalize: str | None = None, blocks=None, hidden_kernel=None, hidden_bias=None):
+    """Write the head (kernel D x C, bias C; optional normalize step over layer blocks, dropout rate,
+    standardisation, and hidden layer: hidden_kernel D x H, hidden_bias H, kernel then H x C) to `path`."""
+    hidden = 0 if hidden_kernel is None else hidden_kernel.shape[1]
+    if hidden and dropout is None:
+        raise ValueError("a hidden layer comes with its dropout rate")
+    dim, n_classes = kernel.shape if not hidden else (hidden_kernel.shape[0], kernel.shape[1])
     weights = io.BytesIO()
     with h5py.File(weights, "w") as f:
         if normalize is not None:
@@ -91,22 +107,26 @@ def write_head(path: str, kernel: np.ndarray, bias: np.ndarray, dropout: float |
             f.create_group("layers/normalization/vars").attrs["name"] = "standardize"
         if dropout is not None:
             f.create_group("layers/dropout/vars").attrs["name"] = "dropout"
-        v = f.create_group("layers/dense/vars")
-        v.attrs["name"] = "predictions"
-        v.create_dataset("0", data=np.asarray(kernel, np.float32))
-        v.create_dataset("1", data=np.asarray(bias, np.float32))
+        dense = [("hidden", hidden_kernel, hidden_bias)] if hidden else []
+        for i, (name, k, b) in enumerate(dense + [("predictions", kernel, bias)]):
+            v = f.create_group(f"layers/dense{'_1' if i else ''}/vars")
+            v.attrs["name"] = name
+            v.create_dataset("0", data=np.asarray(k, np.float32))
+            v.create_dataset("1", data=np.asarray(b, np.float32))
+        if hidden:
+            f.create_group("layers/dropout_1/vars").attrs["name"] = "hidden_dropout"
         f.create_group("vars").attrs["name"] = "softmax_head"
     meta = {"keras_version": importlib.metadata.version("keras"),
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
     with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w") as z:
         z.writestr("metadata.json", json.dumps(meta))
         z.writestr("config.json", json.dumps(head_config(dim, n_classes, dropout, mean, variance,
-                                                         normalize=normalize, blocks=blocks)))
+                                                         normalize=normalize, blocks=blocks, hidden=hidden)))
         z.writestr("model.weights.h5", weights.getvalue())
 
 
 def read_head(path: str) -> dict:
-    """{kernel, bias, dropout, mean, variance, normalize, blocks} of a head file written by `write_head`; PipelineError
+    """{kernel, bias, dropout, mean, variance, normalize, blocks, hidden_kernel, hidden_bias} of a head file written by `write_head`; PipelineError
     (one line) for anything else. Reads JSON and numeric HDF5 datasets only: nothing is unpickled,
     deserialised into objects, or run. Every size is checked before it is read: members against
     their caps and expansion, datasets against the weights file (no external, virtual or linked data)."""
@@ -134,17 +154,22 @@ def read_head(path: str) -> dict:
         blocked = len(layers) > 1 and {k: layers[1][k] for k in BLOCK_LAYER} == BLOCK_LAYER
         plain = [k for m, k in kinds[1 + blocked:] if m == "keras.layers"]
         ok = config["class_name"] == "Sequential" and config["module"] == "keras" and kinds[0] == (
-            "keras.layers", "InputLayer") and len(plain) == len(kinds) - 1 - blocked and plain in (
-            ["Dense"], ["Dropout", "Dense"], ["Normalization", "Dense"], ["Normalization", "Dropout", "Dense"])
-        if not ok or layers[-1]["config"]["activation"] != "softmax":
+            "keras.layers", "InputLayer") and len(plain) == len(kinds) - 1 - blocked and plain in PLAIN_LAYERS
+        hidden = plain.count("Dense") == 2
+        configs = [layer["config"] for layer in layers]
+        dropouts = [c["rate"] for (_, k), c in zip(kinds, configs) if k == "Dropout"]
+        if not ok or configs[-1]["activation"] != "softmax" or hidden and (
+                configs[-3]["activation"] != "relu" or dropouts[0] != dropouts[1]):
             raise refuse("not a head this project writes (Input, [BlockNormalization], [Normalization], [Dropout], "
-                         "Dense softmax)")
-        by_kind = {k: layer["config"] for (_, k), layer in zip(kinds, layers)}
-        kernel, bias = _read_weights(weights)
-        head = {"kernel": kernel, "bias": bias, "dropout": by_kind.get("Dropout", {}).get("rate"),
-                "mean": None, "variance": None, "normalize": None, "blocks": None}
+                         "[Dense relu, the same Dropout], Dense softmax)")
+        by_kind = {k: c for (_, k), c in zip(kinds, configs)}
+        dense = _read_weights(weights, HIDDEN_WEIGHTS if hidden else WEIGHTS)
+        kernel, bias = dense[-1]
+        head = {"kernel": kernel, "bias": bias, "dropout": dropouts[0] if dropouts else None,
+                "mean": None, "variance": None, "normalize": None, "blocks": None,
+                "hidden_kernel": dense[0][0] if hidden else None, "hidden_bias": dense[0][1] if hidden else None}
         if blocked:
-            head["normalize"], head["blocks"] = _normalize_step(by_kind["BlockNormalization"], kernel.shape[0], refuse)
+            head["normalize"], head["blocks"] = _normalize_step(by_kind["BlockNormalization"], input_width(head), refuse)
         if "Normalization" in by_kind:
             head["mean"] = np.asarray(by_kind["Normalization"]["mean"], np.float32)
             head["variance"] = np.asarray(by_kind["Normalization"]["variance"], np.float32)
@@ -152,11 +177,14 @@ def read_head(path: str) -> dict:
         raise refuse(f"model.weights.h5 refused: {e}") from None
     except (KeyError, TypeError, ValueError, OSError, IndexError, AttributeError) as e:
         raise refuse(f"its layers or weights are not a head's ({type(e).__name__})") from None
-    d, c = kernel.shape
+    d, c = input_width(head), kernel.shape[1]
     stats_ok = head["mean"] is None or head["mean"].shape == head["variance"].shape == (d,)
-    if not d or not c or bias.shape != (c,) or not stats_ok:
-        raise refuse(f"inconsistent shapes: kernel {kernel.shape}, bias {bias.shape}")
-    if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
+    w1, b1 = head["hidden_kernel"], head["hidden_bias"]
+    hidden_ok = w1 is None or (w1.shape[1] == kernel.shape[0] and b1.shape == (w1.shape[1],))
+    if not d or not c or bias.shape != (c,) or not stats_ok or not hidden_ok:
+        raise refuse(f"inconsistent shapes: kernel {kernel.shape}, bias {bias.shape}"
+                     + ("" if w1 is None else f", hidden kernel {w1.shape}, hidden bias {b1.shape}"))
+    if not all(np.isfinite(a).all() for a in (kernel, bias, w1, b1) if a is not None):
         raise refuse("its weights are not finite")
     if head["mean"] is not None and not (np.isfinite(head["mean"]).all() and np.isfinite(head["variance"]).all()
                                          and (head["variance"] >= 0).all()):
@@ -179,26 +207,33 @@ def _normalize_step(config: dict, dim: int, refuse) -> tuple[str, list]:
     return mode, blocks
 
 
-def _read_weights(weights: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """The Dense kernel and bias from model.weights.h5's bytes, the layout checked first."""
+def input_width(head: dict) -> int:
+    """How many features a head read by read_head takes."""
+    return (head["kernel"] if head.get("hidden_kernel") is None else head["hidden_kernel"]).shape[0]
+
+
+def _read_weights(weights: bytes, expected: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each Dense layer's (kernel, bias) from model.weights.h5's bytes, in order, the layout (`expected`:
+    dataset -> rank, nothing else) checked first."""
     with h5py.File(io.BytesIO(weights), "r") as f:
         datasets = check_tree(f, len(weights))
-        extra = set(datasets) - set(WEIGHTS)
-        if extra or len(datasets) != len(WEIGHTS):
-            raise LayoutError(f"holds datasets {sorted(datasets)[:4]}, expected {sorted(WEIGHTS)}")
-        for name, rank in WEIGHTS.items():
+        extra = set(datasets) - set(expected)
+        if extra or len(datasets) != len(expected):
+            raise LayoutError(f"holds datasets {sorted(datasets)[:4]}, expected {sorted(expected)}")
+        for name, rank in expected.items():
             ds = datasets[name]
             if ds.dtype.kind != "f" or ds.ndim != rank or np.prod(ds.shape, dtype=np.float64) > MAX_KERNEL_VALUES:
                 raise LayoutError(f"{name} is {ds.dtype} {ds.shape}, expected a float array of rank {rank} with at "
                                   f"most {MAX_KERNEL_VALUES:,} values")
-        return (np.asarray(datasets["layers/dense/vars/0"][()], np.float32),
-                np.asarray(datasets["layers/dense/vars/1"][()], np.float32))
+        names = list(expected)
+        return [(np.asarray(datasets[k][()], np.float32), np.asarray(datasets[b][()], np.float32))
+                for k, b in zip(names[::2], names[1::2])]
 
 
 def head_model(head: dict):
     """The head as a Keras model on features (built from read_head's numbers, not deserialised)."""
     import keras
-    d, c = head["kernel"].shape
+    d, c = input_width(head), head["kernel"].shape[1]
     layers = [keras.Input((d,), name="features")]
     if head.get("normalize"):
         from .layers import BlockNormalization
@@ -208,7 +243,13 @@ def head_model(head: dict):
                                                  dtype="float32"))
     if head["dropout"] is not None:
         layers.append(keras.layers.Dropout(float(head["dropout"]), name="dropout", dtype="float32"))
+    hidden = None
+    if head.get("hidden_kernel") is not None:
+        hidden = keras.layers.Dense(head["hidden_kernel"].shape[1], activation="relu", name="hidden", dtype="float32")
+        layers += [hidden, keras.layers.Dropout(float(head["dropout"]), name="hidden_dropout", dtype="float32")]
     dense = keras.layers.Dense(c, activation="softmax", name="predictions", dtype="float32")
     model = keras.Sequential(layers + [dense], name="head")
+    if hidden is not None:
+        hidden.set_weights([head["hidden_kernel"], head["hidden_bias"]])
     dense.set_weights([head["kernel"], head["bias"]])
     return model

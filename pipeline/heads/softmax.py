@@ -205,7 +205,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
     normalize: "none", "l2" or "sqrt-l2" per layer block of `blocks` (widths; None: one block), first;
     standardize: scale features by the training rows' mean and standard deviation (inside the saved
-    head); seed: initial weights and dropout noise; classes: every class the head must know (its
+    head); hidden: H > 0 puts Dense(H, relu) -> Dropout(dropout) before the softmax (hidden.py: trained by
+    Keras' fit; hidden_kernel_/hidden_bias_ fitted, coef_ then H x C); seed: initial weights and dropout noise; classes: every class the head must know (its
     columns), also one absent from the training rows (default: those in y). Ranges: heads/config.PARAMS. Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
     history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_."""
 
@@ -215,11 +216,11 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
                  batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
                  patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"],
                  classes=None, l2=DEFAULTS["l2"], normalize=DEFAULTS["normalize"], blocks=None, init=DEFAULTS["init"],
-                 lr_schedule=DEFAULTS["lr_schedule"]):
+                 lr_schedule=DEFAULTS["lr_schedule"], hidden=DEFAULTS["hidden"]):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
         self.seed, self.classes, self.l2, self.normalize, self.blocks = seed, classes, l2, normalize, blocks
-        self.init, self.lr_schedule = init, lr_schedule
+        self.init, self.lr_schedule, self.hidden = init, lr_schedule, hidden
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
         """Train on X[rows] (default all rows). l2="auto": every L2_GRID penalty trained at once, the
@@ -233,6 +234,14 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         encode = lambda v: _encode(classes, v)  # noqa: E731
         yk, yv = encode(y), None if y_val is None else encode(y_val)
         l2, epochs, early = self.l2, self.epochs, self.early_stopping
+        if self.hidden:
+            if self.l2 == "auto":
+                raise ValueError("l2='auto' trains linear heads only; pass a number for l2 with hidden > 0, or hidden=0")
+            from .hidden import fit_hidden
+            self.classes_, self.l2_ = classes, float(l2)
+            fit_hidden(self, X, yk, X_val, yv, len(classes), rows, l2, epochs, early)
+            return self
+        self.hidden_kernel_ = self.hidden_bias_ = None
         if self.l2 == "auto":
             l2, epochs = self._select(X, yk, X_val, yv, len(classes), rows)
             early = False                              # the refit has no validation data left
@@ -279,6 +288,9 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         """N x C probabilities (float64), columns in the order of classes_."""
         check_is_fitted(self)
         X = check_inputs(self, X, reset=False)
+        if getattr(self, "hidden_kernel_", None) is not None:
+            from .hidden import hidden_proba
+            return hidden_proba(X, self)
         z = logits(X, self.coef_, self.intercept_, self.mean_, self.scale_, self.normalize, self.blocks_)
         return softmax(z.astype(np.float64), axis=1)
 
@@ -289,6 +301,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     def head_file(self) -> dict:
         """write_head's arguments: the Dense kernel and bias, the dropout rate, the standardisation."""
         out = {"kernel": self.coef_, "bias": self.intercept_, "dropout": float(self.dropout)}
+        if getattr(self, "hidden_kernel_", None) is not None:
+            out.update(hidden_kernel=self.hidden_kernel_, hidden_bias=self.hidden_bias_)
         if self.normalize != "none":
             out.update(normalize=self.normalize, blocks=self.blocks_)
         if self.mean_ is not None:

@@ -29,7 +29,7 @@ def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
                            batch_size=params["batch_size"], standardize=params["standardize"],
                            early_stopping=opts.early_stopping, patience=opts.patience, seed=opts.seed, classes=classes,
                            normalize=params["normalize"], blocks=blocks, init=params["init"],
-                           lr_schedule=params["lr_schedule"])
+                           lr_schedule=params["lr_schedule"], hidden=params["hidden"])
     return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes,
                       normalize=params["normalize"], blocks=blocks)
 

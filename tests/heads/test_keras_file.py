@@ -1,3 +1,4 @@
+import json
 import zipfile
 
 import numpy as np
@@ -117,3 +118,65 @@ def test_zip_bombs_and_deep_json_are_refused(parts, tmp_path):
 def test_impossible_numbers_are_refused(parts, tmp_path, change, needle):
     write_head(str(tmp_path / "h.keras"), **{**parts, **change})
     refused(str(tmp_path / "h.keras"), needle)
+
+
+def _set_layer_config(members, i, key, value):
+    cfg = json.loads(members["config.json"])
+    cfg["config"]["layers"][i]["config"][key] = value
+    members["config.json"] = json.dumps(cfg).encode()
+
+
+def _swap_weights(path, parts, **changed):
+    """Rewrite path's model.weights.h5 as write_head would for parts updated by `changed`."""
+    other = path + ".other"
+    write_head(other, **{**parts, **changed})
+    with zipfile.ZipFile(other) as z:
+        weights = z.read("model.weights.h5")
+    rewrite(path, lambda m: m.update({"model.weights.h5": weights}))
+
+
+@pytest.fixture
+def hidden_parts(parts):
+    rng = np.random.default_rng(2)
+    return {**parts, "hidden_kernel": rng.normal(size=(6, 4)).astype(np.float32),
+            "hidden_bias": rng.normal(size=4).astype(np.float32), "kernel": rng.normal(size=(4, 3)).astype(np.float32)}
+
+
+def test_a_hidden_layer_head_loads_in_keras_and_means_what_it_says(hidden_parts, tmp_path):
+    import keras
+    p = hidden_parts
+    write_head(str(tmp_path / "h.keras"), **p)
+    x = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
+    h = np.maximum(((x - p["mean"]) / np.sqrt(p["variance"])) @ p["hidden_kernel"] + p["hidden_bias"], 0)
+    want = softmax(h @ p["kernel"] + p["bias"])
+    model = keras.saving.load_model(str(tmp_path / "h.keras"))
+    assert [type(layer).__name__ for layer in model.layers] == ["Normalization", "Dropout", "Dense", "Dropout", "Dense"]
+    np.testing.assert_allclose(np.asarray(model.predict(x, verbose=0)), want, rtol=1e-5, atol=1e-6)
+    got = read_head(str(tmp_path / "h.keras"))
+    assert all(np.array_equal(got[k], p[k]) for k in ("hidden_kernel", "hidden_bias", "kernel", "bias"))
+    np.testing.assert_allclose(np.asarray(head_model(got).predict(x, verbose=0)), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda m: _set_layer_config(m, 3, "activation", "linear"), "not a head this project writes"),
+    (lambda m: _set_layer_config(m, 4, "rate", 0.9), "not a head this project writes"),
+    (lambda m: set_layer_class(m, 4, "GaussianNoise"), "not a head this project writes"),
+])
+def test_a_hidden_layer_head_unlike_ours_is_refused(hidden_parts, tmp_path, change, needle):
+    path = str(tmp_path / "h.keras")
+    write_head(path, **hidden_parts)
+    rewrite(path, change)
+    with pytest.raises(PipelineError, match=needle):
+        read_head(path)
+
+
+def test_hidden_layer_weights_that_do_not_fit_together_are_refused(hidden_parts, parts, tmp_path):
+    path = str(tmp_path / "h.keras")
+    write_head(path, **hidden_parts)
+    _swap_weights(path, hidden_parts, kernel=np.ones((5, 3), np.float32))        # 5 inputs after 4 hidden units
+    with pytest.raises(PipelineError, match="inconsistent shapes"):
+        read_head(path)
+    write_head(path, **hidden_parts)
+    _swap_weights(path, parts)                                                    # one Dense where two belong
+    with pytest.raises(PipelineError, match="model.weights.h5 refused: holds datasets"):
+        read_head(path)

@@ -107,3 +107,19 @@ def test_a_sweep_over_the_normalize_step_trains_each_on_its_own_features(syn, tm
         assert code == 0, err
         alone = json.load(open(tmp_path / f"alone-{step}" / "metrics.json"))
         assert alone["val"]["accuracy"] == pytest.approx(rows[step], abs=1e-9)
+
+
+def test_a_sweep_over_the_hidden_layer_trains_those_heads_alone_and_records_them(syn, tmp_path, capsys):
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "h", "--epochs", "2",
+                         "--head-batch-size", "50", "--param", "hidden=0,16", "--param", "dropout=0.2,0.5")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "h" / "results.csv")))
+    assert sorted((r["hidden"], r["dropout"]) for r in rows) == [("0", "0.2"), ("0", "0.5"), ("16", "0.2"), ("16", "0.5")]
+    best = json.load(open(tmp_path / "h-best" / "metrics.json"))
+    assert best["hyperparameters"]["hidden"] == int(rows[0]["hidden"])
+
+
+def test_a_hidden_layer_with_a_penalty_chosen_on_validation_is_one_line(syn, tmp_path, capsys):
+    code, _, err = run_captured(capsys, "train-head", "--cache", syn, "--runs-dir", tmp_path, "--hidden", "8",
+                                "--l2", "auto")
+    assert is_one_line_error(code, err, "l2='auto' trains linear heads only") and not os.listdir(tmp_path)

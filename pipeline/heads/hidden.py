@@ -1,0 +1,139 @@
+"""The softmax head with a hidden layer (SoftmaxHead(hidden=H), H > 0): Dropout(p) -> Dense(H, relu) ->
+Dropout(p) -> Dense(C, softmax), trained by Keras' own `fit` (any backend) with the linear head's
+rules: Adam(lr), constant or CosineDecay(lr, every step), L2(l2) on both kernels, the hidden kernel
+Glorot-uniform and the output kernel `init`, seeded; the normalize step and the standardisation with
+the training rows' statistics come first, as for the linear head.
+
+The rows stream from the cache (mapped float16 included) in shuffled batches, widened and
+standardised per batch (`_batches`): no float32 copy of a cache. Inference (`hidden_proba`) is
+plain NumPy in blocks of rows, the standardisation folded into the hidden layer's product.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from scipy.special import softmax
+
+from .linear import feature_stats, normalized
+from .normalize import check_blocks, transform
+
+log = logging.getLogger(__name__)
+INFER_ROWS = 2048          # rows per inference block (float32: 88 MB at 10,752 features)
+
+
+def _batches(keras, X, y, rows, mean, scale, batch_size, seed):
+    """A keras.utils.PyDataset of standardised float32 batches of X[rows], reshuffled every epoch."""
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng, self.order = np.random.default_rng(seed), None
+            self.on_epoch_end()
+
+        def __len__(self):
+            return -(-len(rows) // batch_size)
+
+        def __getitem__(self, i):
+            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])   # sorted: mapped reads in order
+            return standardized(X[idx], mean, scale), y[idx]
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(rows)
+    return Batches()
+
+
+def standardized(block, mean, scale) -> np.ndarray:
+    """A block of rows as float32, standardised (mean None: as it is)."""
+    z = np.asarray(block, np.float32)
+    return z if mean is None else (z - mean) / scale
+
+
+def build(keras, d, hidden, n_classes, dropout, l2, init, seed):
+    """The trained part of the head: Dropout -> Dense(hidden, relu) -> Dropout -> Dense softmax."""
+    L = keras.layers
+    reg = (lambda: keras.regularizers.L2(float(l2))) if l2 else (lambda: None)
+    out_init = "zeros" if init == "zeros" else keras.initializers.GlorotUniform(seed=seed + 1)
+    return keras.Sequential([
+        keras.Input((d,)), L.Dropout(dropout, seed=seed, name="dropout"),
+        L.Dense(hidden, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+                kernel_regularizer=reg(), name="hidden"),
+        L.Dropout(dropout, seed=seed + 2, name="hidden_dropout"),
+        L.Dense(n_classes, activation="softmax", kernel_initializer=out_init, kernel_regularizer=reg(),
+                name="predictions")], name="softmax_head")
+
+
+def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopping):
+    """Train est's hidden-layer head on X[rows] (y: 0..C-1); sets its fitted attributes."""
+    import keras
+    from .softmax import BETA_1, BETA_2, EPSILON
+    t0 = time.perf_counter()
+    est.blocks_ = check_blocks(est.blocks, X.shape[1])
+    X = normalized(X, est.blocks_, est.normalize)
+    rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
+    est.mean_, est.scale_ = feature_stats(X, rows) if est.standardize else (None, None)
+    model = build(keras, X.shape[1], est.hidden, n_classes, est.dropout, l2, est.init, est.seed)
+    train = _batches(keras, X, np.asarray(y, np.int64), rows, est.mean_, est.scale_, est.batch_size, est.seed)
+    steps = epochs * len(train)
+    lr = keras.optimizers.schedules.CosineDecay(est.lr, steps) if est.lr_schedule == "cosine" else est.lr
+    model.compile(optimizer=keras.optimizers.Adam(lr, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    val = None
+    if X_val is not None and len(X_val):
+        val = (standardized(normalized(X_val, est.blocks_, est.normalize), est.mean_, est.scale_), np.asarray(y_val))
+    progress = _Progress(keras, epochs, len(rows), early_stopping and val is not None, est.patience)
+    model.fit(train, epochs=epochs, validation_data=val, verbose=0, callbacks=[progress])
+    if progress.best is not None:
+        model.set_weights(progress.best)
+    (w1, b1), (w2, b2) = model.get_layer("hidden").get_weights(), model.get_layer("predictions").get_weights()
+    est.hidden_kernel_, est.hidden_bias_ = np.asarray(w1, np.float32), np.asarray(b1, np.float32)
+    est.coef_, est.intercept_ = np.asarray(w2, np.float32), np.asarray(b2, np.float32)
+    est.history_, est.best_epoch_, est.keys_ = progress.history, progress.best_epoch, None
+    est.train_seconds_ = time.perf_counter() - t0
+
+
+def _Progress(keras, epochs, n_rows, early, patience):
+    """A callback: history rows as the linear head writes them, one log line per epoch (images/s,
+    ETA), and with early stopping the best epoch's weights (lowest validation loss) kept."""
+    class Progress(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history, self.best, self.best_epoch, self.best_loss, self.stale = [], None, 0, np.inf, 0
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs, e = logs or {}, epoch + 1
+            row = {"epoch": e, "train_loss": float(logs["loss"]), "train_accuracy": float(logs["accuracy"])}
+            if "val_loss" in logs:
+                row.update(val_loss=float(logs["val_loss"]), val_accuracy=float(logs["val_accuracy"]))
+            self.history.append(row)
+            spent = time.perf_counter() - self.t0
+            val = f", validation {row['val_accuracy']:.2%}" if "val_loss" in row else ""
+            log.info(f"hidden-layer head: epoch {e}/{epochs}, loss {row['train_loss']:.4f}{val}; "
+                     f"{e * n_rows / spent:,.0f} rows/s, ETA {spent / e * (epochs - e):.0f} s")
+            if not early:
+                return
+            if row["val_loss"] < self.best_loss:
+                self.best_loss, self.best_epoch, self.stale = row["val_loss"], e, 0
+                self.best = self.model.get_weights()
+            else:
+                self.stale += 1
+                if self.stale >= patience:
+                    self.model.stop_training = True
+    return Progress()
+
+
+def hidden_proba(X, est) -> np.ndarray:
+    """N x C probabilities (float64) of a fitted hidden-layer head: per block of rows, the normalize
+    step, then relu(x @ W1' + b1') @ W2 + b2 with the standardisation folded into W1', b1'."""
+    W1, b1 = est.hidden_kernel_, est.hidden_bias_
+    if est.mean_ is not None:
+        W1 = W1 / est.scale_[:, None]
+        b1 = b1 - est.mean_ @ W1
+    out = np.empty((len(X), est.coef_.shape[1]), np.float32)
+    for a in range(0, len(X), INFER_ROWS):
+        z = transform(np.array(X[a:a + INFER_ROWS], np.float32), est.blocks_, est.normalize)
+        h = z @ W1 + b1
+        np.maximum(h, 0, out=h)
+        out[a:a + len(z)] = h @ est.coef_ + est.intercept_
+    return softmax(out.astype(np.float64), axis=1)
