@@ -48,9 +48,9 @@ study: $(KERNELS)
 bench: $(KERNELS)
 	$(PY) -m pipeline bench $(ARGS)
 
-# the suite on TensorFlow, then stage one, predict and export again on JAX (a second Keras backend)
+# the suite on TensorFlow, then stage one, predict, export and the hidden-layer head again on JAX (a second Keras backend)
 SECOND_BACKEND_TESTS := tests/features/test_backbone.py tests/features/test_preprocess.py tests/test_predict.py \
-	tests/features/test_extract.py
+	tests/features/test_extract.py tests/heads/test_hidden.py
 test: $(KERNELS)
 	$(PY) -m pytest -q
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider $(SECOND_BACKEND_TESTS) -k "not sigkill and not ray"
