@@ -93,8 +93,8 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
 
 
 def _Progress(keras, epochs, n_rows, early, patience):
-    """A callback: history rows as the linear head writes them, one log line per epoch (images/s,
-    ETA), and with early stopping the best epoch's weights (lowest validation loss) kept."""
+    """A callback: history rows and the best epoch (lowest validation loss) as the linear head records
+    them, one log line per epoch (rows/s, ETA), and with early stopping that epoch's weights kept."""
     class Progress(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
@@ -111,12 +111,12 @@ def _Progress(keras, epochs, n_rows, early, patience):
             val = f", validation {row['val_accuracy']:.2%}" if "val_loss" in row else ""
             log.info(f"hidden-layer head: epoch {e}/{epochs}, loss {row['train_loss']:.4f}{val}; "
                      f"{e * n_rows / spent:,.0f} rows/s, ETA {spent / e * (epochs - e):.0f} s")
-            if not early:
+            if "val_loss" not in row:
                 return
-            if row["val_loss"] < self.best_loss:
+            if row["val_loss"] < self.best_loss:      # the best epoch is recorded as the linear head's is
                 self.best_loss, self.best_epoch, self.stale = row["val_loss"], e, 0
-                self.best = self.model.get_weights()
-            else:
+                self.best = self.model.get_weights() if early else None
+            elif early:
                 self.stale += 1
                 if self.stale >= patience:
                     self.model.stop_training = True

@@ -24,6 +24,8 @@ def test_a_hidden_layer_learns_what_the_linear_head_cannot(xor):
     assert (linear.predict(Xv) == yv).mean() < 0.7                  # chance is 0.5
     assert (hidden.predict(Xv) == yv).mean() > 0.9
     assert hidden.hidden_kernel_.shape == (4, 32) and hidden.coef_.shape == (32, 2)
+    best = int(np.argmin([r["val_loss"] for r in hidden.history_])) + 1
+    assert hidden.best_epoch_ == best                     # recorded as the linear head records it
     proba = hidden.predict_proba(Xv)
     assert proba.shape == (200, 2) and np.allclose(proba.sum(1), 1)
     assert len(hidden.history_) == 30 and hidden.history_[-1]["val_accuracy"] == pytest.approx((proba.argmax(1) == yv).mean(), abs=1e-6)
