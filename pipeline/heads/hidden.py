@@ -16,7 +16,7 @@ import time
 import numpy as np
 from scipy.special import softmax
 
-from .linear import feature_stats, normalized
+from .linear import feature_stats, kernel_view, normalized
 from .normalize import check_blocks, transform
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ INFER_ROWS = 2048          # rows per inference block (float32: 88 MB at 10,752 
 
 def _batches(keras, X, y, rows, mean, scale, batch_size, seed):
     """A keras.utils.PyDataset of standardised float32 batches of X[rows], reshuffled every epoch."""
+    Xk = kernel_view(X)
+
     class Batches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
@@ -36,17 +38,27 @@ def _batches(keras, X, y, rows, mean, scale, batch_size, seed):
 
         def __getitem__(self, i):
             idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])   # sorted: mapped reads in order
-            return standardized(X[idx], mean, scale), y[idx]
+            return _standardized(_float32_rows(Xk, idx), mean, scale), y[idx]
 
         def on_epoch_end(self):
             self.order = self.rng.permutation(rows)
     return Batches()
 
 
-def standardized(block, mean, scale) -> np.ndarray:
-    """A block of rows as float32, standardised (mean None: as it is)."""
-    z = np.asarray(block, np.float32)
-    return z if mean is None else (z - mean) / scale
+def _float32_rows(Xk, rows) -> np.ndarray:
+    """Xk[rows] (linear.kernel_view's features) as a new float32 array, widened by kernels.widen."""
+    from .kernels import widen
+    out = np.empty((len(rows), Xk.shape[1]), np.float32)
+    widen(Xk, np.asarray(rows, np.int64), out)
+    return out
+
+
+def _standardized(z: np.ndarray, mean, scale) -> np.ndarray:
+    """float32 rows z standardised in place (mean None: as they are)."""
+    if mean is not None:
+        z -= mean
+        z /= scale
+    return z
 
 
 def build(keras, d, hidden, n_classes, dropout, l2, init, seed):
@@ -80,7 +92,8 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     val = None
     if X_val is not None and len(X_val):
-        val = (standardized(normalized(X_val, est.blocks_, est.normalize), est.mean_, est.scale_), np.asarray(y_val))
+        Xv = kernel_view(normalized(X_val, est.blocks_, est.normalize))
+        val = (_standardized(_float32_rows(Xv, np.arange(len(Xv))), est.mean_, est.scale_), np.asarray(y_val))
     progress = _Progress(keras, epochs, len(rows), early_stopping and val is not None, est.patience)
     model.fit(train, epochs=epochs, validation_data=val, verbose=0, callbacks=[progress])
     if progress.best is not None:
@@ -130,9 +143,9 @@ def hidden_proba(X, est) -> np.ndarray:
     if est.mean_ is not None:
         W1 = W1 / est.scale_[:, None]
         b1 = b1 - est.mean_ @ W1
-    out = np.empty((len(X), est.coef_.shape[1]), np.float32)
+    out, Xk = np.empty((len(X), est.coef_.shape[1]), np.float32), kernel_view(X)
     for a in range(0, len(X), INFER_ROWS):
-        z = transform(np.array(X[a:a + INFER_ROWS], np.float32), est.blocks_, est.normalize)
+        z = transform(_float32_rows(Xk, np.arange(a, min(a + INFER_ROWS, len(X)))), est.blocks_, est.normalize)
         h = z @ W1 + b1
         np.maximum(h, 0, out=h)
         out[a:a + len(z)] = h @ est.coef_ + est.intercept_
