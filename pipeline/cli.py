@@ -246,16 +246,18 @@ def configure_logging():
         logger.propagate = False
 
 
-def main(argv=None, fast_exit=False) -> int:
+def main(argv=None, fast_exit=False, before_exit=None) -> int:
     """Run one command; its exit status. With fast_exit (a process of its own, `python -m pipeline`),
-    the head commands end the process here: nothing is left to clean up (files closed, run folder
-    renamed into place), and skipping the interpreter's teardown of Numba's code saves ~0.5 s."""
+    the head commands end the process here, after before_exit(): nothing is left to clean up (files
+    closed, run folder renamed into place), and skipping the interpreter's teardown of Numba's code saves ~0.5 s."""
     args = build_parser().parse_args(argv)
     configure_logging()
     code = _run(args)
     if fast_exit and getattr(args, "exit_fast", False):
         sys.stdout.flush()
         sys.stderr.flush()
+        if before_exit:
+            before_exit()
         os._exit(code)
     return code
 
