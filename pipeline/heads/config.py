@@ -81,6 +81,9 @@ PARAMS = {
     "hidden": Param(0, int, "softmax: ReLU units of a hidden layer between the dropout and the softmax, itself "
                     "followed by the same dropout (0: none, the notebook's head; README, 'A hidden layer'); trained "
                     "by Keras' own fit", 0, 1 << 16, "both", heads=SOFTMAX),
+    "refit": Param(False, bool, "softmax: after training on train and scoring on validation, train the same head "
+                   "again on train + validation for the epochs it was scored at, the protocol's second half (twice "
+                   "the time; l2=auto always refits); validation figures are those before the refit", heads=SOFTMAX),
     "epochs": Param(20, int, "softmax: passes over the training rows", 1, None, "left", heads=SOFTMAX),
     "batch_size": Param(250, int, "softmax: rows per step", 1, None, "left", heads=SOFTMAX, flag="--head-batch-size"),
     "standardize": Param(True, bool, "softmax: standardise features with the training rows' mean and scale, inside "

@@ -201,7 +201,8 @@ class JointSoftmax:
 class SoftmaxHead(ClassifierMixin, BaseEstimator):
     """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr), its rate
     constant or CosineDecay(lr, every step) (lr_schedule), `epochs` passes in batches of `batch_size`.
-    l2 may be "auto" (chosen on X_val, then refit on train + validation); early_stopping: stop when the
+    l2 may be "auto" (chosen on X_val, then refit on train + validation); refit: train on X, score on X_val,
+    then train the same head again on train + validation (as l2="auto" does); early_stopping: stop when the
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
     normalize: "none", "l2" or "sqrt-l2" per layer block of `blocks` (widths; None: one block), first;
     standardize: scale features by the training rows' mean and standard deviation (inside the saved
@@ -216,16 +217,17 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
                  batch_size=DEFAULTS["batch_size"], early_stopping=DEFAULTS["early_stopping"],
                  patience=DEFAULTS["patience"], standardize=DEFAULTS["standardize"], seed=DEFAULTS["seed"],
                  classes=None, l2=DEFAULTS["l2"], normalize=DEFAULTS["normalize"], blocks=None, init=DEFAULTS["init"],
-                 lr_schedule=DEFAULTS["lr_schedule"], hidden=DEFAULTS["hidden"]):
+                 lr_schedule=DEFAULTS["lr_schedule"], hidden=DEFAULTS["hidden"], refit=DEFAULTS["refit"]):
         self.dropout, self.lr, self.epochs, self.batch_size = dropout, lr, epochs, batch_size
         self.early_stopping, self.patience, self.standardize = early_stopping, patience, standardize
         self.seed, self.classes, self.l2, self.normalize, self.blocks = seed, classes, l2, normalize, blocks
-        self.init, self.lr_schedule, self.hidden = init, lr_schedule, hidden
+        self.init, self.lr_schedule, self.hidden, self.refit = init, lr_schedule, hidden, refit
 
     def fit(self, X, y, X_val=None, y_val=None, rows=None, refit_rows=None):
         """Train on X[rows] (default all rows). l2="auto": every L2_GRID penalty trained at once, the
         best on (X_val, y_val) chosen, then one head refit with it on X[refit_rows] (default: X[rows]
-        and X_val), for the epochs it was chosen at."""
+        and X_val), for the epochs it was chosen at; refit=True: the same with the one penalty given.
+        After a refit, val_proba_ holds the probabilities on X_val before it."""
         X, y, X_val, y_val = check_fit(self, X, y, X_val, y_val)
         if self.classes is not None:
             classes = np.unique(self.classes)
@@ -234,39 +236,54 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         encode = lambda v: _encode(classes, v)  # noqa: E731
         yk, yv = encode(y), None if y_val is None else encode(y_val)
         l2, epochs, early = self.l2, self.epochs, self.early_stopping
-        if self.hidden:
-            if self.l2 == "auto":
-                raise ValueError("l2='auto' trains linear heads only; pass a number for l2 with hidden > 0, or hidden=0")
-            from .hidden import fit_hidden
-            self.classes_, self.l2_ = classes, float(l2)
-            fit_hidden(self, X, yk, X_val, yv, len(classes), rows, l2, epochs, early)
-            return self
-        self.hidden_kernel_ = self.hidden_bias_ = None
+        refit = self.refit or self.l2 == "auto"
+        if refit and (X_val is None or not len(X_val)):
+            raise ValueError(("l2='auto' chooses the penalty" if self.l2 == "auto" else "refit=True scores the head")
+                             + " on validation data; pass X_val and y_val (--val-fraction > 0)")
+        if self.hidden and self.l2 == "auto":
+            raise ValueError("l2='auto' trains linear heads only; pass a number for l2 with hidden > 0, or hidden=0")
+        self.classes_, self.val_proba_, self.selection_ = classes, None, None
         if self.l2 == "auto":
             l2, epochs = self._select(X, yk, X_val, yv, len(classes), rows)
-            early = False                              # the refit has no validation data left
+        elif refit:                                    # trained and scored as without the refit, then refit
+            self._fit_once(X, yk, X_val, yv, len(classes), rows, l2, epochs, early)
+            self.val_proba_, first = self.predict_proba(X_val), (self.history_, self.best_epoch_, self.train_seconds_)
+            epochs = (self.best_epoch_ or self.epochs) if early else self.epochs
+        if refit:                                      # on train + validation: no validation data left
+            log.info(f"softmax head: refit on train + validation for {epochs} epochs")
             if refit_rows is None:
                 X = np.concatenate([np.asarray(X[rows if rows is not None else slice(None)]), X_val])
                 yk, rows = np.concatenate([yk if rows is None else yk[rows], yv]), None
             else:
                 rows = refit_rows
+            X_val = yv = None
+            early = False
+        self._fit_once(X, yk, X_val, yv, len(classes), rows, l2, epochs, early)
+        if self.l2 == "auto":
+            self.history_ = self.selection_.pop("history")
+        elif refit:
+            self.history_, self.best_epoch_, seconds = first
+            self.train_seconds_ += seconds
+        return self
+
+    def _fit_once(self, X, y, X_val, y_val, n_classes, rows, l2, epochs, early):
+        """One training run with penalty l2 for `epochs` (the hidden layer's by Keras' fit); sets the fitted attributes."""
+        self.l2_ = float(l2)
+        if self.hidden:
+            from .hidden import fit_hidden
+            fit_hidden(self, X, y, X_val, y_val, n_classes, rows, l2, epochs, early)
+            return
         sweep = JointSoftmax((self.dropout,), (self.lr,), epochs, self.batch_size, early,
                              self.patience, self.standardize, self.seed, (l2,), self.normalize, self.blocks, (self.init,),
                              (self.lr_schedule,))
-        sweep.fit(X, yk, None if self.l2 == "auto" else X_val, None if self.l2 == "auto" else yv,
-                  n_classes=len(classes), rows=rows)
-        fitted = sweep.head(0, classes)
-        self.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
-        self.l2_ = float(l2)
-        if self.l2 == "auto":
-            self.history_ = self.selection_.pop("history")
-        return self
+        sweep.fit(X, y, X_val, y_val, n_classes=n_classes, rows=rows)
+        fitted = sweep.head(0, self.classes_)
+        self.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_") and k != "classes_"})
+        self.hidden_kernel_ = self.hidden_bias_ = None
 
     def _select(self, X, y, X_val, y_val, n_classes, rows):
         """(chosen penalty, epochs to refit for): every L2_GRID head trained at once on X[rows], scored on
         (X_val, y_val); sets selection_ (the grid, the validation curve, the choice) and val_proba_."""
-        if X_val is None or not len(X_val):
-            raise ValueError("l2='auto' chooses the penalty on validation data; pass X_val and y_val (--val-fraction > 0)")
         n = len(L2_GRID)
         grid = JointSoftmax((self.dropout,) * n, (self.lr,) * n, self.epochs, self.batch_size, self.early_stopping,
                             self.patience, self.standardize, self.seed, L2_GRID, self.normalize, self.blocks,

@@ -86,7 +86,7 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
         return
     groups = {}
     for i, cfg in enumerate(configs):
-        if cfg["l2"] == "auto" or cfg["hidden"]:   # its own grid and refit, or Keras' fit: trained alone
+        if cfg["l2"] == "auto" or cfg["hidden"] or cfg["refit"]:   # a refit, or Keras' fit: trained alone
             yield i, fit_head(make_head("softmax", cfg, opts, data), data)
             continue
         groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"], cfg["normalize"]), []).append(i)

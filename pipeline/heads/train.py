@@ -29,16 +29,16 @@ def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
                            batch_size=params["batch_size"], standardize=params["standardize"],
                            early_stopping=opts.early_stopping, patience=opts.patience, seed=opts.seed, classes=classes,
                            normalize=params["normalize"], blocks=blocks, init=params["init"],
-                           lr_schedule=params["lr_schedule"], hidden=params["hidden"])
+                           lr_schedule=params["lr_schedule"], hidden=params["hidden"], refit=params["refit"])
     return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes,
                       normalize=params["normalize"], blocks=blocks)
 
 
 def fit_head(head, data: TrainingData):
-    """Fit on every view of the training images; validation on the original views. A logreg head
-    with C="auto" refits on every view of the training and validation images."""
+    """Fit on every view of the training images; validation on the original views. A head that refits
+    (C or l2 "auto", refit=True) refits on every view of the training and validation images."""
     rv, kw = data.rows_val, {}
-    if "auto" in (getattr(head, "C", None), getattr(head, "l2", None)):
+    if "auto" in (getattr(head, "C", None), getattr(head, "l2", None)) or getattr(head, "refit", False):
         kw["refit_rows"] = np.sort(np.concatenate([data.rows_train, data.views_of(rv)]))
     try:
         return head.fit(data.X, data.y, data.X[rv], data.y[rv], rows=data.rows_train, **kw)

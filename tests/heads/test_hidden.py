@@ -73,6 +73,20 @@ def test_early_stopping_keeps_the_best_epoch():
     assert log_loss(yv, head.predict_proba(Xv)) == pytest.approx(hist[best]["val_loss"], rel=1e-3)
 
 
+def test_refit_keeps_the_validation_scores_and_trains_again_on_train_and_validation(xor):
+    """(Two fits never agree bit for bit here, TensorFlow's threaded sums and Adam: README, "A hidden
+    layer"; so the refit is checked against its own record, not against a second fit.)"""
+    X, y, Xv, yv = xor
+    head = SoftmaxHead(refit=True, hidden=16, dropout=0.1, epochs=6, batch_size=100, lr=1e-2).fit(X, y, Xv, yv)
+    assert len(head.history_) == 6 and head.best_epoch_ >= 1     # the first fit's record, scored on validation
+    assert head.history_[-1]["val_accuracy"] == pytest.approx((head.val_proba_.argmax(1) == yv).mean(), abs=1e-6)
+    assert head.history_[-1]["val_loss"] == pytest.approx(log_loss(yv, head.val_proba_), rel=1e-4)
+    both = np.concatenate([X, Xv])
+    np.testing.assert_allclose(head.mean_, both.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)   # refit rows' statistics
+    after = head.predict_proba(Xv)                                   # the refit head: it has seen these rows
+    assert np.abs(after - head.val_proba_).max() > 1e-3 and (after.argmax(1) == yv).mean() > 0.9
+
+
 def test_a_penalty_chosen_on_validation_is_for_linear_heads_only(xor):
     X, y, Xv, yv = xor
     with pytest.raises(ValueError, match="l2='auto' trains linear heads only"):

@@ -217,6 +217,31 @@ def test_l2_auto_chooses_on_validation_and_refits_on_train_and_validation(easy):
     assert float((head.val_proba_.argmax(1) == yv).mean()) == best["val_accuracy"]
 
 
+@pytest.mark.parametrize("early", [False, True])
+def test_refit_scores_on_validation_then_trains_the_same_head_on_train_and_validation(easy, early):
+    X, y, Xv, yv = easy
+    kw = dict(lr=0.05, epochs=8, batch_size=100, early_stopping=early, patience=1, lr_schedule="constant")
+    first = SoftmaxHead(**kw).fit(X, y, Xv, yv)
+    head = SoftmaxHead(refit=True, **kw).fit(X, y, Xv, yv)
+    np.testing.assert_allclose(head.val_proba_, first.predict_proba(Xv), rtol=1e-6)   # validation: before the refit
+    assert head.history_ == first.history_ and head.best_epoch_ == first.best_epoch_
+    epochs = first.best_epoch_ if early else 8
+    assert not early or epochs < 8                                  # this run does stop early
+    alone = SoftmaxHead(**{**kw, "epochs": epochs, "early_stopping": False}).fit(np.concatenate([X, Xv]),
+                                                                                np.concatenate([y, yv]))
+    np.testing.assert_array_equal(head.coef_, alone.coef_)         # the refit is that head, trained alone
+    assert not np.array_equal(head.coef_, first.coef_)
+    rows = np.arange(0, 600, 2)                                    # refit rows given (a cache's views): those
+    mixed = np.concatenate([X, Xv])
+    given = SoftmaxHead(refit=True, **kw).fit(mixed, np.concatenate([y, yv]), Xv, yv, rows=rows,
+                                              refit_rows=np.concatenate([rows, np.arange(600, 900)]))
+    on_rows = SoftmaxHead(**{**kw, "early_stopping": False, "epochs": given.best_epoch_ if early else 8}).fit(
+        mixed, np.concatenate([y, yv]), rows=np.concatenate([rows, np.arange(600, 900)]))
+    np.testing.assert_array_equal(given.coef_, on_rows.coef_)
+    with pytest.raises(ValueError, match="refit=True scores the head on validation data; pass X_val"):
+        SoftmaxHead(refit=True).fit(X, y)
+
+
 def test_early_stopping_in_a_sweep_stops_each_head_where_it_would_stop_alone(easy):
     """Each head its own patience: a fast head stops (and keeps its best epoch) at the epoch it would
     alone, while a slow one trains on; before, one counter made the fast head train past its stop."""

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 
@@ -139,3 +140,15 @@ def test_softmax_l2_auto_run_and_bad_auto_values(syn, tmp_path, capsys):
                          (["--l2", "auto", "--val-fraction", "0"], "l2='auto' chooses the penalty on validation data")):
         code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "x", *args)
         assert is_one_line_error(code, err, needle), err
+
+
+def test_refit_run_reports_validation_before_the_refit(syn, tmp_path, capsys):
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r", "--refit", "--epochs", "3")
+    assert code == 0, err
+    assert "refit on train + validation for 3 epochs" in err
+    m = json.load(open(tmp_path / "r" / "metrics.json"))
+    assert m["hyperparameters"]["refit"] is True
+    history = list(csv.DictReader(open(tmp_path / "r" / "history.csv")))
+    assert len(history) == 3 and float(history[-1]["val_accuracy"]) == pytest.approx(m["val"]["accuracy"])
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "x", "--refit", "--val-fraction", "0")
+    assert is_one_line_error(code, err, "refit=True scores the head on validation data"), err
