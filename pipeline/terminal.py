@@ -78,7 +78,7 @@ class NativeLogFilter:
         self.patterns, self.fd, self.child, self.original = tuple(patterns), fd, None, None
 
     def start(self) -> "NativeLogFilter":
-        if not self.patterns:
+        if not self.patterns or not hasattr(os, "fork"):        # nothing to drop, or no fork (Windows)
             return self
         read, write = os.pipe()
         for stream in (sys.stdout, sys.stderr):
@@ -87,6 +87,9 @@ class NativeLogFilter:
         if pid == 0:                                # the child: filter until the pipe's end, then go
             try:
                 os.close(write)
+                null = os.open(os.devnull, os.O_RDWR)   # hold no one's stdin or stdout open (`$(python -m pipeline ...)`)
+                os.dup2(null, 0)
+                os.dup2(null, 1)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 _pump(read, self.fd, LineFilter(self.patterns))

@@ -105,3 +105,17 @@ def test_the_program_ends_with_its_terminal_back(tmp_path):
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr
     assert b"timings:" in proc.stderr                   # the last line the command logs, through the filter
+
+
+def test_the_filter_holds_no_one_s_stdout_open():
+    """A caller reading stdout to its end (`path=$(python -m pipeline features ...)`) is not kept waiting
+    by the filter process: it ends with the program, which here leaves it running for 3 s more."""
+    import time
+    program = ("import os, time\nfrom pipeline.terminal import NativeLogFilter, patterns_for\n"
+               "NativeLogFilter(patterns_for('2')).start()\nprint('out', flush=True)\nos.close(1)\ntime.sleep(3)\n")
+    proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": ROOT})
+    t = time.perf_counter()
+    assert proc.stdout.read() == b"out\n"             # end of stdout once the program closes its own
+    assert time.perf_counter() - t < 2.5
+    proc.wait(timeout=30)
