@@ -7,10 +7,14 @@ hides them (tensorflow/tensorflow#100442). `python -m pipeline` (and only it: a 
 caller's descriptors alone) routes descriptor 2 through a pipe while a command runs and drops exactly
 those known lines at the level TF_CPP_MIN_LOG_LEVEL asks for (1: info, 2: warnings and the GPU probe's
 cuInit error too); every other byte passes through unchanged, a line that could still become one of
-them held only until its end. TF_CPP_MIN_LOG_LEVEL=0 shows everything.
+them held only until its end. TF_CPP_MIN_LOG_LEVEL=0 shows everything. Python's own `sys.stderr`
+(the program's log lines, progress bars, tracebacks) writes to the terminal directly, as before, so
+its order with standard output is kept: only what native code and child processes write to
+descriptor 2 passes the filter.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -72,10 +76,12 @@ class NativeLogFilter:
     before any thread exists) that writes what passes to the original descriptor. A process, not a
     thread, so what a crash writes last still reaches the terminal: the child reads to the pipe's end
     whenever and however this process ends. It ignores Ctrl-C and SIGTERM (this process reports
-    those) and exits when the pipe closes. stop() puts the descriptor back and waits for the child."""
+    those) and exits when the pipe closes. stop() puts the descriptor back and waits for the child.
+    For descriptor 2, `sys.stderr` meanwhile writes to the original descriptor (module docstring)."""
 
     def __init__(self, patterns, fd: int = 2):
         self.patterns, self.fd, self.child, self.original = tuple(patterns), fd, None, None
+        self.saved_stderr = None
 
     def start(self) -> "NativeLogFilter":
         if not self.patterns or not hasattr(os, "fork"):        # nothing to drop, or no fork (Windows)
@@ -99,6 +105,10 @@ class NativeLogFilter:
         self.original, self.child = os.dup(self.fd), pid
         os.dup2(write, self.fd)
         os.close(write)
+        if self.fd == 2:
+            self.saved_stderr = sys.stderr
+            sys.stderr = io.TextIOWrapper(io.FileIO(self.original, "w", closefd=False), encoding=sys.stderr.encoding,
+                                          errors="backslashreplace", line_buffering=True, write_through=True)
         return self
 
     def stop(self):
@@ -107,6 +117,9 @@ class NativeLogFilter:
             return
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        if self.saved_stderr is not None:
+            direct, sys.stderr, self.saved_stderr = sys.stderr, self.saved_stderr, None
+            direct.close()                    # flushed; the descriptor stays open (closefd=False)
         os.dup2(self.original, self.fd)       # this process's last write end closes: the child reads to the end
         os.close(self.original)
         for _ in range(200):                  # a child process that inherited the pipe may keep it open: 2 s at most
