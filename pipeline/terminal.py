@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 
+
 def _log_line(level: bytes, rest: bytes) -> bytes:
     """A C++ log line of `level` (I, W, E) whose source file and message match `rest`: absl's format
     (I0000 00:00:1796092241.880015   17063 port.cc:153] ...) or the older one (2025-09-17 14:44:05.157831: I
