@@ -248,7 +248,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         elif refit:                                    # trained and scored as without the refit, then refit
             self._fit_once(X, yk, X_val, yv, len(classes), rows, l2, epochs, early)
             self.val_proba_, first = self.predict_proba(X_val), (self.history_, self.best_epoch_, self.train_seconds_)
-            epochs = (self.best_epoch_ or self.epochs) if early else self.epochs
+            epochs = self._refit_epochs(self.best_epoch_)
         if refit:                                      # on train + validation: no validation data left
             log.info(f"softmax head: refit on train + validation for {epochs} epochs")
             if refit_rows is None:
@@ -299,7 +299,11 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         self.val_proba_ = proba[k]
         self.selection_ = {"protocol": "l2 chosen on validation, refit on train + validation", "grid": list(L2_GRID),
                            "curve": curve, "chosen_l2": L2_GRID[k], "history": grid.history_[k]}
-        return L2_GRID[k], (grid.best_epoch_[k] or self.epochs) if self.early_stopping else self.epochs
+        return L2_GRID[k], self._refit_epochs(grid.best_epoch_[k])
+
+    def _refit_epochs(self, best_epoch: int) -> int:
+        """How long a refit trains: the epoch early stopping kept, else every epoch."""
+        return (best_epoch or self.epochs) if self.early_stopping else self.epochs
 
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities (float64), columns in the order of classes_."""

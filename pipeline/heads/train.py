@@ -36,12 +36,11 @@ def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
 
 def fit_head(head, data: TrainingData):
     """Fit on every view of the training images; validation on the original views. A head that refits
-    (C or l2 "auto", refit=True) refits on every view of the training and validation images."""
-    rv, kw = data.rows_val, {}
-    if "auto" in (getattr(head, "C", None), getattr(head, "l2", None)) or getattr(head, "refit", False):
-        kw["refit_rows"] = np.sort(np.concatenate([data.rows_train, data.views_of(rv)]))
+    (C or l2 "auto", refit=True: the head knows) refits on every view of the training and validation images."""
+    rv = data.rows_val
+    refit_rows = np.sort(np.concatenate([data.rows_train, data.views_of(rv)]))
     try:
-        return head.fit(data.X, data.y, data.X[rv], data.y[rv], rows=data.rows_train, **kw)
+        return head.fit(data.X, data.y, data.X[rv], data.y[rv], rows=data.rows_train, refit_rows=refit_rows)
     except ValueError as e:      # the estimator's own checks (scikit-learn's InvalidParameterError is one)
         raise PipelineError(f"{str(e).splitlines()[0]}; change the option") from None
 
