@@ -84,12 +84,33 @@ def write_json(path: str, obj):
     write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
 
 
-def write_error(e: OSError, where: str) -> PipelineError:
-    """A failed write as one line: a full disk, or another cause (permissions, a folder that is a file)."""
-    if e.errno == errno.ENOSPC:
+def write_error(e: OSError, where: str, folder: str = "cache_dir", then: str = "re-run to resume") -> PipelineError:
+    """A failed write as one line: a full disk (free space or move `folder`, the setting that says where
+    it goes, then `then`), or another cause (permissions, a folder that is a file)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return PipelineError(f"no space left on the device while writing {where}; free space or move the "
-                             "cache_dir to a larger disk, then re-run to resume")
+                             f"{folder} to a larger disk, then {then}")
     return PipelineError(f"cannot write {where} ({e.strerror}); check the folder's permissions and space")
+
+
+@contextmanager
+def writing(where: str, folder: str, then: str):
+    """Any OSError inside as write_error's one line (what was being written, which setting moves it)."""
+    try:
+        yield
+    except OSError as e:
+        raise write_error(e, where, folder, then) from None
+
+
+def make_folder(path: str, name: str, owner: str | None = None) -> str:
+    """Create the folder `path` (and its parents) if missing; a SettingError naming the setting `name`
+    (of `owner`) where it cannot be (a read-only or special file system, permissions)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise SettingError(name, f"{path}: cannot create it ({e.strerror}); pass a folder you can write to",
+                           owner) from None
+    return path
 
 
 def move_aside(path: str) -> str:

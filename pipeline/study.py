@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from .durable import write_json
+from .durable import make_folder, write_json, writing
 from .hashing import tag
 from .errors import SettingError
 from .features import FeatureConfig
@@ -34,6 +34,7 @@ from .study_report import accuracy, describe, plot_learning_curve, plot_study, w
 log = logging.getLogger(__name__)
 
 FEATURE_AXES = tuple(axes())   # the stage-one settings a grid may vary, as features/config.py declares them
+RESUME = "re-run the same command: built caches and finished rows are kept"   # after a failed write
 
 
 def parse_grid(items: list, heads: list) -> tuple[dict, dict, list]:
@@ -164,8 +165,9 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
                                          sorted(row_settings("softmax", opts).items())] + ([sizes] if train_sizes else []))
     folder, best_dir = os.path.join(opts.runs_dir, name), os.path.join(opts.runs_dir, f"{name}-best")
     _check_folders(folder, best_dir, name)
-    os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
-    write_json(os.path.join(folder, KIND_FILE), {"kind": "study"})
+    make_folder(os.path.join(folder, "rows"), "runs_dir", "RunOptions")
+    with writing(folder, "runs_dir", RESUME):
+        write_json(os.path.join(folder, KIND_FILE), {"kind": "study"})
     log.info(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)"
              + (f" x {len(sizes)} training-set sizes" if train_sizes else ""))
     paths = extract_many(cfgs, quiet=quiet)                 # each distinct cache once; shared passes together
@@ -184,7 +186,8 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
                 row = {**crow, **row, "views_k": data.views, "train_images": size,
                        "train_n": len(part.originals(part.rows_train)), "labelled_n": len(part.originals(
                            part.rows_train)) + len(part.rows_val), "row": row_id}
-                write_json(os.path.join(folder, "rows", f"{row_id}.json"), row)
+                with writing(folder, "runs_dir", RESUME):
+                    write_json(os.path.join(folder, "rows", f"{row_id}.json"), row)
                 if not kept or accuracy(row, "val") > accuracy(kept["row"], "val"):
                     kept = {"row": row, "head": head, "data": part}
             rows.append(row)
@@ -192,10 +195,11 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
     for r in rows:
         for split in ("val", "test"):
             r[f"{split}_ci95"] = [round(v, 4) for v in wilson(accuracy(r, split), r[f"{split}_n"])]
-    write_tables(folder, rows)
-    plot_study(os.path.join(folder, "study.png"), rows)
-    if len(sizes) > 1:
-        plot_learning_curve(os.path.join(folder, "learning_curve.png"), rows)
+    with writing(folder, "runs_dir", RESUME):
+        write_tables(folder, rows)
+        plot_study(os.path.join(folder, "study.png"), rows)
+        if len(sizes) > 1:
+            plot_learning_curve(os.path.join(folder, "learning_curve.png"), rows)
     best = rows[0]
     if _study_of(best_dir) != (name, best["row"]):   # the best head as a run folder, ready for predict
         opts = dataclasses.replace(opts, train_images=best.get("train_images"))

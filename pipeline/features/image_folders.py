@@ -12,6 +12,7 @@ decoded once before any backbone work: bad ones stop the run or are skipped and 
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import logging
 import os
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..errors import PipelineError, SettingError, reason
 from .dataset import CheckedDataset, Dataset, Split
-from ..durable import file_lock, publish
+from ..durable import file_lock, publish, write_error
 from ..hashing import file_sha256
 from .config import FeatureConfig
 from .images import IMAGE_EXTS, BadImage, decode_image
@@ -130,7 +131,12 @@ def unpack(tar_path: str, sources_dir: str | None, max_bytes: int = FeatureConfi
                 raise
             publish(out + ".tmp", out)
         return out
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):   # the unpacked tree's side, not the archive's
+            raise write_error(e, sources_dir or "a temporary folder") from None
+        raise PipelineError(f"{tar_path}: not a readable .tar.gz ({reason(e, 60)}); pass a CIFAR folder, its .tar.gz, "
+                            "or an image-folder tree (or its .tar.gz)") from None
+    except (tarfile.TarError, EOFError) as e:
         raise PipelineError(f"{tar_path}: not a readable .tar.gz ({reason(e, 60)}); pass a CIFAR folder, its .tar.gz, "
                             "or an image-folder tree (or its .tar.gz)") from None
 

@@ -14,6 +14,7 @@ from ..keras_env import keras_backend_name
 from . import pooling
 from .weights import weights_identity
 from .cache import FORMAT_VERSION, cache_key, cache_stem
+from ..durable import make_folder
 from ..errors import PipelineError
 from .config import FINGERPRINT, FeatureConfig, validate
 from .dataset import Dataset
@@ -68,6 +69,7 @@ def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
     """The plan for `cfg`; `datasets` (optional) remembers datasets already opened and fingerprinted, by
     the settings that decide them, so many plans on the same data decode its images once."""
     cfg = validate(cfg)
+    make_folder(cfg.cache_dir, "cache_dir", "FeatureConfig")     # every memo and the cache go here
     which = tuple(getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata["key"] == FINGERPRINT)
     memo = {} if datasets is None else datasets
     if which not in memo:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ..durable import atomic_file, claim_dir, incomplete_dir, write_text
+from ..durable import atomic_file, claim_dir, incomplete_dir, make_folder, write_text, writing
 from ..errors import SettingError
 from .keras_file import write_head
 
@@ -51,8 +51,11 @@ def process_age() -> float:
         return float("nan")
 
 
+RERUN = "re-run the command"       # what a failed write of a run folder leaves to do (nothing was kept)
+
+
 def new_run_dir(runs_dir: str, name: str | None) -> str:
-    os.makedirs(runs_dir, exist_ok=True)
+    make_folder(runs_dir, "runs_dir", "RunOptions")
     if name:
         path = os.path.join(runs_dir, name)
         if os.path.exists(path):
@@ -200,24 +203,25 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
     write_head's arguments. auto_name: `run_dir` is a timestamp, so if another run took it meanwhile
     this one takes `<run_dir>-2`, ...; replace: swap out what `run_dir` holds (a study's best).
     Nothing in a run folder is a pickle: the head is plain numbers in head.keras."""
-    tmp = incomplete_dir(run_dir)
-    try:
-        t = time.perf_counter()
-        write_head(os.path.join(tmp, "head.keras"), **head)
-        write_history(os.path.join(tmp, "history.csv"), history)
-        title = f"{metrics['head']} head — test accuracy {metrics['test']['accuracy']:.1%}"
-        plot_learning_curves(os.path.join(tmp, "learning_curves.png"), history, title)
-        plot_confusion(os.path.join(tmp, "confusion_matrix.png"), metrics["test"]["confusion_matrix"], class_names,
-                       f"test confusion ({metrics['test']['n']} images)")
-        if metrics.get("selection"):
-            plot_validation_curve(os.path.join(tmp, "validation_curve.png"), metrics["selection"])
-        metrics["timings"]["write_s"] = time.perf_counter() - t
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1, default=str)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return claim(tmp, run_dir, auto_name, replace)
+    with writing(run_dir, "runs_dir", RERUN):
+        tmp = incomplete_dir(run_dir)
+        try:
+            t = time.perf_counter()
+            write_head(os.path.join(tmp, "head.keras"), **head)
+            write_history(os.path.join(tmp, "history.csv"), history)
+            title = f"{metrics['head']} head — test accuracy {metrics['test']['accuracy']:.1%}"
+            plot_learning_curves(os.path.join(tmp, "learning_curves.png"), history, title)
+            plot_confusion(os.path.join(tmp, "confusion_matrix.png"), metrics["test"]["confusion_matrix"], class_names,
+                           f"test confusion ({metrics['test']['n']} images)")
+            if metrics.get("selection"):
+                plot_validation_curve(os.path.join(tmp, "validation_curve.png"), metrics["selection"])
+            metrics["timings"]["write_s"] = time.perf_counter() - t
+            with open(os.path.join(tmp, "metrics.json"), "w") as f:
+                json.dump(metrics, f, indent=1, default=str)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return claim(tmp, run_dir, auto_name, replace)
 
 
 def claim(tmp: str, folder: str, auto_name: bool = False, replace: bool = False) -> str:

@@ -17,8 +17,8 @@ import tomllib
 from ..errors import PipelineError, SettingError
 from .config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .data import TrainingData
-from ..durable import atomic_file, incomplete_dir, write_json
-from .runs import KIND_FILE, claim, new_run_dir, plain_text, write_results
+from ..durable import atomic_file, incomplete_dir, write_json, writing
+from .runs import KIND_FILE, RERUN, claim, new_run_dir, plain_text, write_results
 from .softmax import JointSoftmax
 from .train import finish_run, fit_head, make_head, split_proba
 
@@ -155,15 +155,16 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
     rank = "val_tta_accuracy" if data.views > 1 else "val_accuracy"
     rows.sort(key=lambda r: (-r[rank], r["val_loss"]))
     keys = list(space)
-    tmp = incomplete_dir(folder)
-    try:
-        table = write_table(tmp, rows, keys)
-        plot_sweep(os.path.join(tmp, "sweep.png"), rows, keys)
-        write_json(os.path.join(tmp, KIND_FILE), {"kind": "sweep", "head": head, "space": space})
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    folder = claim(tmp, folder, auto_name=opts.name is None)
+    with writing(folder, "runs_dir", RERUN):
+        tmp = incomplete_dir(folder)
+        try:
+            table = write_table(tmp, rows, keys)
+            plot_sweep(os.path.join(tmp, "sweep.png"), rows, keys)
+            write_json(os.path.join(tmp, KIND_FILE), {"kind": "sweep", "head": head, "space": space})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        folder = claim(tmp, folder, auto_name=opts.name is None)
     best_dir = folder + "-best"
     log.info(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}")
     best = rows[0]

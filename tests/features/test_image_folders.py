@@ -249,3 +249,18 @@ def test_class_names_are_nfc_and_a_class_in_one_split_is_named(folder_dir, capsy
     load_image_folders(folder_dir, ("train", "test"))
     err = capsys.readouterr().err
     assert "class 'dog' is only in train" in err and "class 'dogs' is only in test" in err
+
+
+def test_a_full_disk_while_unpacking_blames_the_disk_not_the_archive(folder_dir, tmp_path, monkeypatch):
+    import errno
+    import shutil as shutil_module
+    tar = make_tar(folder_dir, str(tmp_path / "imgs.tar.gz"), "wrapped")
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(shutil_module, "copyfileobj", full)
+    with pytest.raises(PipelineError) as e:
+        unpack(tar, str(tmp_path / "src"))
+    assert str(e.value).startswith(f"no space left on the device while writing {tmp_path / 'src'}")
+    assert "not a readable" not in str(e.value) and "cache_dir" in str(e.value)
+    assert [f for f in os.listdir(tmp_path / "src") if not f.endswith((".lock", ".json"))] == []   # no half tree

@@ -123,3 +123,16 @@ def test_a_hidden_layer_with_a_penalty_chosen_on_validation_is_one_line(syn, tmp
     code, _, err = run_captured(capsys, "train-head", "--cache", syn, "--runs-dir", tmp_path, "--hidden", "8",
                                 "--l2", "auto")
     assert is_one_line_error(code, err, "l2='auto' trains linear heads only") and not os.listdir(tmp_path)
+
+
+def test_a_full_disk_while_writing_the_sweep_is_one_line_and_leaves_nothing(syn, tmp_path, capsys, monkeypatch):
+    import errno
+    from pipeline.heads import sweep as sweep_module
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(sweep_module, "write_table", full)
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "s", "--epochs", "2",
+                         "--param", "dropout=0.2,0.5")
+    assert is_one_line_error(code, err, f"no space left on the device while writing {tmp_path / 's'}")
+    assert os.listdir(tmp_path) == []

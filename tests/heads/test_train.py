@@ -152,3 +152,37 @@ def test_refit_run_reports_validation_before_the_refit(syn, tmp_path, capsys):
     assert len(history) == 3 and float(history[-1]["val_accuracy"]) == pytest.approx(m["val"]["accuracy"])
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "x", "--refit", "--val-fraction", "0")
     assert is_one_line_error(code, err, "refit=True scores the head on validation data"), err
+
+
+def test_an_existing_run_name_fails_before_training(syn, tmp_path, capsys, monkeypatch):
+    (tmp_path / "same").mkdir()
+    from pipeline.heads import train as train_module
+    monkeypatch.setattr(train_module, "fit_head", lambda *a: pytest.fail("trained"))
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "same")
+    assert is_one_line_error(code, err, "--name: same: run folder") and "exists" in err
+
+
+def test_a_runs_dir_that_cannot_be_created_fails_before_training(syn, tmp_path, capsys, monkeypatch):
+    from pipeline.heads import train as train_module
+    real = os.makedirs
+
+    def refuse(path, *a, **kw):
+        if str(path).startswith(str(tmp_path / "locked")):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, *a, **kw)
+    monkeypatch.setattr(os, "makedirs", refuse)
+    monkeypatch.setattr(train_module, "fit_head", lambda *a: pytest.fail("trained"))
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "locked")
+    assert is_one_line_error(code, err, f"--runs-dir: {tmp_path / 'locked'}: cannot create it (Permission denied)")
+
+
+def test_a_full_disk_while_writing_the_run_is_one_line_and_leaves_nothing(syn, tmp_path, capsys, monkeypatch):
+    import errno
+    from pipeline.heads import runs
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(runs, "write_history", full)
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r", "--epochs", "2", "--quiet")
+    assert is_one_line_error(code, err, f"no space left on the device while writing {tmp_path / 'r'}")
+    assert "runs_dir" in err and os.listdir(tmp_path) == []

@@ -1,0 +1,42 @@
+"""durable.py's failure paths: a folder that cannot be made, a write that fails, as one line naming the setting."""
+import errno
+import os
+
+import pytest
+
+from pipeline.durable import make_folder, write_error, writing
+from pipeline.errors import PipelineError, SettingError
+
+
+def test_make_folder_creates_parents_and_accepts_an_existing_folder(tmp_path):
+    path = tmp_path / "a" / "b"
+    assert make_folder(str(path), "runs_dir") == str(path) and path.is_dir()
+    assert make_folder(str(path), "runs_dir") == str(path)
+
+
+def test_a_folder_that_cannot_be_made_names_the_setting(tmp_path, monkeypatch):
+    def refuse(path, exist_ok=False):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+    monkeypatch.setattr(os, "makedirs", refuse)
+    with pytest.raises(SettingError) as e:
+        make_folder(str(tmp_path / "x"), "runs_dir", "RunOptions")
+    assert e.value.name == "runs_dir" and "cannot create it (Permission denied)" in e.value.detail
+
+
+def test_a_full_disk_says_which_setting_moves_the_files_and_what_then():
+    full = OSError(errno.ENOSPC, "No space left on device")
+    msg = str(write_error(full, "/r/run", "runs_dir", "re-run the command"))
+    assert msg == ("no space left on the device while writing /r/run; free space or move the runs_dir to a larger "
+                   "disk, then re-run the command")
+    assert "cache_dir" in str(write_error(full, "/c/x.h5")) and "resume" in str(write_error(full, "/c/x.h5"))
+    other = str(write_error(OSError(errno.EROFS, "Read-only file system"), "/r/run"))
+    assert other == "cannot write /r/run (Read-only file system); check the folder's permissions and space"
+
+
+def test_writing_turns_only_os_errors_into_one_line():
+    with pytest.raises(PipelineError, match="while writing /r/run; .* runs_dir"):
+        with writing("/r/run", "runs_dir", "re-run"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(ValueError):                  # a bug stays a bug, with its traceback
+        with writing("/r/run", "runs_dir", "re-run"):
+            raise ValueError("not an I/O problem")
