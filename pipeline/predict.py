@@ -138,7 +138,8 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
     info = read_run(run_dir)
     missing = [p for p in images if not os.path.isfile(p)]
     if missing:
-        raise PipelineError(f"image {missing[0]}: no such file; pass existing image files")
+        what = "a folder" if os.path.isdir(missing[0]) else "no such file"
+        raise PipelineError(f"image {missing[0]}: {what}; pass existing image files (a folder's: FOLDER/*.png)")
     model = end_to_end(info)
     names = info["class_names"]
     lines = [f"{path}\t{names[k]}\t{proba[k]:.4f}" for path, k, proba in predict_images(model, info, images, batch_size)]

@@ -140,6 +140,8 @@ def test_predict_bad_inputs(cached, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert run_cli("predict", "--run", run, tmp_path / "missing.png") == 1
     assert "no such file" in capsys.readouterr().err
+    assert run_cli("predict", "--run", run, tmp_path) == 1
+    assert f"image {tmp_path}: a folder; pass existing image files (a folder's: FOLDER/*.png)" in capsys.readouterr().err
     os.remove(os.path.join(run, "head.keras"))
     assert run_cli("predict", "--run", run, tmp_path / "bad.png") == 1
     assert "missing head.keras" in capsys.readouterr().err
