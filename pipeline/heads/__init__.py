@@ -10,7 +10,10 @@ def __getattr__(name):
     if name == "LogRegHead":
         from .logreg import LogRegHead
         return LogRegHead
-    if name in ("SoftmaxHead", "JointSoftmax"):
-        from . import softmax
-        return getattr(softmax, name)
+    if name == "SoftmaxHead":
+        from .softmax import SoftmaxHead
+        return SoftmaxHead
+    if name == "JointSoftmax":
+        from .joint import JointSoftmax
+        return JointSoftmax
     raise AttributeError(f"module 'pipeline.heads' has no attribute {name!r}")

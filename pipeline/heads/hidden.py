@@ -78,7 +78,7 @@ def build(keras, d, hidden, n_classes, dropout, l2, init, seed):
 def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopping):
     """Train est's hidden-layer head on X[rows] (y: 0..C-1); sets its fitted attributes."""
     import keras
-    from .softmax import BETA_1, BETA_2, EPSILON
+    from .joint import BETA_1, BETA_2, EPSILON
     t0 = time.perf_counter()
     est.blocks_ = check_blocks(est.blocks, X.shape[1])
     X = normalized(X, est.blocks_, est.normalize)

@@ -19,7 +19,8 @@ from .config import HEAD_PARAMS, RunOptions, check_param, key_values
 from .data import TrainingData
 from ..durable import atomic_file, incomplete_dir, write_json, writing
 from .runs import KIND_FILE, RERUN, claim, new_run_dir, plain_text, write_results
-from .softmax import JointSoftmax
+from .joint import JointSoftmax
+from .softmax import SoftmaxHead
 from .train import finish_run, fit_head, make_head, split_proba
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
                              normalize=normalize, blocks=data.blocks())
         sweep.fit(data.X, data.y, data.X[rv], data.y[rv], n_classes=n_classes, rows=data.rows_train)
         for k, i in enumerate(idx):
-            yield i, sweep.head(k, list(range(n_classes)))
+            yield i, SoftmaxHead.from_joint(sweep, k, list(range(n_classes)))
 
 
 def write_table(folder: str, rows: list, keys: list) -> str:

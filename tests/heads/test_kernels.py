@@ -135,7 +135,7 @@ def test_adam_matches_keras_adam(l2):
     """kernels.adam (gradient given in two parts, an L2 penalty per row) against keras.optimizers.Adam on
     the gradient plus that of keras.regularizers.L2(l2) (l2 * sum(w^2): 2 * l2 * w), step by step."""
     import keras
-    from pipeline.heads.softmax import BETA_1, BETA_2, EPSILON
+    from pipeline.heads.joint import BETA_1, BETA_2, EPSILON
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(6, 4)).astype(np.float32)
     assert np.isclose(float(keras.regularizers.L2(0.05)(w0)), 0.05 * np.square(w0.astype(np.float64)).sum(), rtol=1e-5)
