@@ -163,3 +163,17 @@ def easy():
     from pipeline.features.synthetic import make_features
     X, y = make_features(900, 32, 5, seed=0, separation=0.8)
     return X[:600], y[:600], X[600:], y[600:]
+
+
+@pytest.fixture
+def unmakeable(monkeypatch, tmp_path):
+    """A folder path under which os.makedirs fails as on a read-only or special file system (the tests
+    may run as root, whom permissions do not stop); anything else is made as usual."""
+    locked, real = tmp_path / "locked", os.makedirs
+
+    def refuse(path, *a, **kw):
+        if str(path).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, *a, **kw)
+    monkeypatch.setattr(os, "makedirs", refuse)
+    return locked

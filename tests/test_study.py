@@ -172,17 +172,10 @@ def test_without_a_name_each_setting_that_changes_rows_gets_its_own_study(data, 
     assert folders[0] != folders[1] and all(os.path.basename(f).startswith("study-") for f in folders)
 
 
-def test_a_runs_dir_that_cannot_be_created_is_one_line_before_any_cache(data, capsys, monkeypatch, tmp_path):
+def test_a_runs_dir_that_cannot_be_created_is_one_line_before_any_cache(data, capsys, monkeypatch, unmakeable):
     d, root = data
-    real = os.makedirs
-
-    def refuse(path, *a, **kw):
-        if str(path).startswith(str(tmp_path / "locked")):
-            raise PermissionError(13, "Permission denied", path)
-        return real(path, *a, **kw)
-    monkeypatch.setattr(os, "makedirs", refuse)
     from pipeline import study as study_module
     monkeypatch.setattr(study_module, "extract_many", lambda *a, **kw: pytest.fail("extracted"))
     code, _, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
-                                "--runs-dir", tmp_path / "locked", "--name", "st", "--grid", "dropout=0.2,0.5")
-    assert is_one_line_error(code, err, f"--runs-dir: {tmp_path / 'locked' / 'st' / 'rows'}: cannot create it")
+                                "--runs-dir", unmakeable, "--name", "st", "--grid", "dropout=0.2,0.5")
+    assert is_one_line_error(code, err, f"--runs-dir: {unmakeable / 'st' / 'rows'}: cannot create it")

@@ -314,14 +314,7 @@ def test_cache_dir_that_is_a_file(tmp_path, capsys):
     assert code == 1 and err.strip() == f"error: --cache-dir: {tmp_path / 'f'}: is a file, not a folder; pass a folder (created if missing)"
 
 
-def test_a_cache_dir_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch):
-    real = os.makedirs
-
-    def refuse(path, *a, **kw):
-        if str(path).startswith(str(tmp_path / "locked")):
-            raise PermissionError(13, "Permission denied", path)
-        return real(path, *a, **kw)
-    monkeypatch.setattr(os, "makedirs", refuse)
-    code, out, err = features(capsys, "--cache-dir", tmp_path / "locked", *SMALL)
-    assert code == 1 and err.strip() == (f"error: --cache-dir: {tmp_path / 'locked'}: cannot create it (Permission "
+def test_a_cache_dir_that_cannot_be_created_is_one_line(capsys, unmakeable):
+    code, out, err = features(capsys, "--cache-dir", unmakeable, *SMALL)
+    assert code == 1 and err.strip() == (f"error: --cache-dir: {unmakeable}: cannot create it (Permission "
                                          "denied); pass a folder you can write to")

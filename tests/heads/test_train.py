@@ -162,18 +162,11 @@ def test_an_existing_run_name_fails_before_training(syn, tmp_path, capsys, monke
     assert is_one_line_error(code, err, "--name: same: run folder") and "exists" in err
 
 
-def test_a_runs_dir_that_cannot_be_created_fails_before_training(syn, tmp_path, capsys, monkeypatch):
+def test_a_runs_dir_that_cannot_be_created_fails_before_training(syn, capsys, monkeypatch, unmakeable):
     from pipeline.heads import train as train_module
-    real = os.makedirs
-
-    def refuse(path, *a, **kw):
-        if str(path).startswith(str(tmp_path / "locked")):
-            raise PermissionError(13, "Permission denied", path)
-        return real(path, *a, **kw)
-    monkeypatch.setattr(os, "makedirs", refuse)
     monkeypatch.setattr(train_module, "fit_head", lambda *a: pytest.fail("trained"))
-    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path / "locked")
-    assert is_one_line_error(code, err, f"--runs-dir: {tmp_path / 'locked'}: cannot create it (Permission denied)")
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", unmakeable)
+    assert is_one_line_error(code, err, f"--runs-dir: {unmakeable}: cannot create it (Permission denied)")
 
 
 def test_a_full_disk_while_writing_the_run_is_one_line_and_leaves_nothing(syn, tmp_path, capsys, monkeypatch):
