@@ -23,7 +23,8 @@ def wilson(acc: float, n: int) -> tuple[float, float]:
 
 def accuracy(row: dict, split: str) -> float:
     """A row's accuracy as it is reported: averaged over views where the cache has them."""
-    return row.get(f"{split}_tta_accuracy") or row[f"{split}_accuracy"]
+    tta = row.get(f"{split}_tta_accuracy")
+    return row[f"{split}_accuracy"] if tta is None else tta      # 0.0 is an accuracy too
 
 
 def describe(row: dict) -> str:

@@ -158,6 +158,14 @@ def syn(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def syn_views(tmp_path_factory):
+    """A small synthetic cache with 3 views per image (400 train, 100 test, 16-d float16, 4 classes)."""
+    from pipeline.features.synthetic import write_synthetic_cache
+    return write_synthetic_cache(str(tmp_path_factory.mktemp("v") / "v.h5"), 400, 100, dim=16, n_classes=4,
+                                 separation=1.5, views=3, dtype="float16")
+
+
+@pytest.fixture(scope="module")
 def easy():
     """600 train and 300 validation rows of 32 separable features, 5 classes (in memory)."""
     from pipeline.features.synthetic import make_features

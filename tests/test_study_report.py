@@ -13,3 +13,10 @@ def test_the_plot_takes_any_number_of_layer_values(tmp_path):
              "test_ci95": [0.4, 0.6], "test_n": 10} for i in range(14)]
     plot_study(str(tmp_path / "s.png"), rows)
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_row_is_ranked_by_its_views_average_where_it_has_one_even_at_zero():
+    from pipeline.study_report import accuracy
+    assert accuracy({"val_accuracy": 0.4, "val_tta_accuracy": 0.5}, "val") == 0.5
+    assert accuracy({"val_accuracy": 0.4, "val_tta_accuracy": 0.0}, "val") == 0.0
+    assert accuracy({"val_accuracy": 0.4}, "val") == accuracy({"val_accuracy": 0.4, "val_tta_accuracy": None}, "val") == 0.4

@@ -9,6 +9,7 @@ have not beaten the best. The test split plays no part in the choice.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -64,8 +65,8 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
     validation). classes: the columns of predict_proba (default: the classes in y). normalize: "none", "l2"
     or "sqrt-l2" per layer block of `blocks` (widths; None: one block) before the scaler. Fitted: classes_,
     model_ (the scikit-learn pipeline), C_ (the C used), selection_ (C="auto": the grid, the validation
-    curve, the choice), val_proba_ (C="auto": validation probabilities before the refit), history_,
-    n_iter_, train_seconds_."""
+    curve, the choice), val_proba_ (C="auto": validation probabilities before the refit), before_refit_
+    (C="auto": the head as it was chosen, fitted on X[rows] only; else None), history_, n_iter_, train_seconds_."""
 
     _parameter_constraints = LOGREG
 
@@ -85,11 +86,13 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         X = normalized(X, self.blocks_, self.normalize)       # every row (rows index X), and the validation rows
         X_val = None if X_val is None else normalized(X_val, self.blocks_, self.normalize)
         rows = np.arange(len(X)) if rows is None else np.asarray(rows)
-        start = None
+        start, self.before_refit_ = None, None
         if self.C == "auto":
             if X_val is None or not len(X_val):
                 raise ValueError("C='auto' chooses C on validation data; pass X_val and y_val (--val-fraction > 0)")
-            self.C_, self.selection_, self.val_proba_, start = self._select(X, y, rows, X_val, np.asarray(y_val))
+            self.C_, self.selection_, self.val_proba_, start, chosen = self._select(X, y, rows, X_val, np.asarray(y_val))
+            self.before_refit_ = copy.copy(self).set_params(C=self.C_)      # the head as chosen: the refit replaces
+            self.before_refit_.model_, self.before_refit_.before_refit_ = chosen, None   # model_, never mutates it
             if refit_rows is None:
                 parts, yr = [(X, rows), (X_val, None)], np.concatenate([y[rows], y_val])
             else:
@@ -121,9 +124,10 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         return Pipeline([("standardscaler", scaler), ("logisticregression", lr)])
 
     def _select(self, X, y, rows, X_val, y_val):
-        """(chosen C, the selection record, validation probabilities at the chosen C, its coefficients),
-        trained on X[rows]."""
+        """(chosen C, the selection record, validation probabilities at the chosen C, its coefficients, its
+        model: the pipeline of the scaler and the fit), trained on X[rows]."""
         from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
         Z, scaler = standardized([(X, rows)])
         y = y[rows]
         Zv, _ = standardized([(X_val, None)], scaler)
@@ -138,7 +142,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
             curve[c] = {"C": c, "val_accuracy": float((self.classes_[p.argmax(1)] == y_val).mean()),
                         "val_loss": float(log_loss(y_val, p, labels=self.classes_)), "n_iter": int(lr.n_iter_.max()),
                         "seconds": round(time.perf_counter() - t, 4), "proba": p,
-                        "coef": (lr.coef_.copy(), lr.intercept_.copy())}
+                        "coef": (lr.coef_.copy(), lr.intercept_.copy()), "model": copy.deepcopy(lr)}
             r = curve[c]
             log.info(f"logreg C={c:.3g}: validation {r['val_accuracy']:.2%} (loss {r['val_loss']:.4f}; "
                      f"{r['n_iter']} iterations, {r['seconds']:.1f} s)")
@@ -155,10 +159,11 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
             score(c)
         chosen = best()
         record = {"protocol": "C chosen on validation, refit on train + validation", "grid": sorted(curve),
-                  "curve": [{k: v for k, v in curve[c].items() if k not in ("proba", "coef")} for c in sorted(curve)],
+                  "curve": [{k: v for k, v in curve[c].items() if k not in ("proba", "coef", "model")} for c in sorted(curve)],
                   "chosen_C": chosen, "coarse_C": coarse, "path_patience": PATH_PATIENCE, "search_tol": SEARCH_TOL,
                   "seconds_per_fit": round(float(np.mean([r["seconds"] for r in curve.values()])), 4)}
-        return chosen, record, curve[chosen]["proba"], curve[chosen]["coef"]
+        model = Pipeline([("standardscaler", scaler), ("logisticregression", curve[chosen]["model"])])
+        return chosen, record, curve[chosen]["proba"], curve[chosen]["coef"], model
 
     def _columns(self, p, fitted_classes):
         """Probabilities with a column per class of classes_ (0 for a class absent from training)."""

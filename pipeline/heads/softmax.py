@@ -5,6 +5,7 @@ validation and the head refit on train + validation when asked.
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -39,7 +40,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     head); hidden: H > 0 puts Dense(H, relu) -> Dropout(dropout) before the softmax (hidden.py: trained by
     Keras' fit; hidden_kernel_/hidden_bias_ fitted, coef_ then H x C); seed: initial weights and dropout noise; classes: every class the head must know (its
     columns), also one absent from the training rows (default: those in y). Ranges: heads/config.PARAMS. Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
-    history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_."""
+    history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_; after a refit
+    (l2="auto", refit=True) before_refit_: the head as it was chosen, fitted on X[rows] only (None without a refit)."""
 
     _parameter_constraints = SOFTMAX       # checked in fit, scikit-learn's way: one line naming the parameter
 
@@ -72,11 +74,12 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
                              + " on validation data; pass X_val and y_val (--val-fraction > 0)")
         if self.hidden and self.l2 == "auto":
             raise ValueError("l2='auto' trains linear heads only; pass a number for l2 with hidden > 0, or hidden=0")
-        self.classes_, self.val_proba_, self.selection_ = classes, None, None
+        self.classes_, self.val_proba_, self.selection_, self.before_refit_ = classes, None, None, None
         if self.l2 == "auto":
             l2, epochs = self._select(X, yk, X_val, yv, len(classes), rows)
         elif refit:                                    # trained and scored as without the refit, then refit
             self._fit_once(X, yk, X_val, yv, len(classes), rows, l2, epochs, early)
+            self.before_refit_ = copy.copy(self).set_params(refit=False)     # the refit replaces, never mutates
             self.val_proba_, first = self.predict_proba(X_val), (self.history_, self.best_epoch_, self.train_seconds_)
             epochs = self._refit_epochs(self.best_epoch_)
         if refit:                                      # on train + validation: no validation data left
@@ -125,7 +128,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         for r in curve:
             log.info(f"softmax l2={r['l2']:g}: validation {r['val_accuracy']:.2%} (loss {r['val_loss']:.4f})")
         k = max(range(n), key=lambda i: (curve[i]["val_accuracy"], -curve[i]["val_loss"]))
-        self.val_proba_ = proba[k]
+        self.val_proba_, self.before_refit_ = proba[k], SoftmaxHead.from_joint(grid, k, self.classes_)
         self.selection_ = {"protocol": "l2 chosen on validation, refit on train + validation", "grid": list(L2_GRID),
                            "curve": curve, "chosen_l2": L2_GRID[k], "history": grid.history_[k]}
         return L2_GRID[k], self._refit_epochs(grid.best_epoch_[k])
@@ -140,6 +143,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         est = cls(classes=classes, **joint.params(k))
         est.classes_ = np.arange(joint.n_classes_) if classes is None else np.asarray(classes)
         est.__dict__.update(joint.fitted(k))
+        est.val_proba_ = est.selection_ = est.before_refit_ = est.hidden_kernel_ = est.hidden_bias_ = None
         return est
 
     def predict_proba(self, X) -> np.ndarray:

@@ -87,7 +87,7 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
         return
     groups = {}
     for i, cfg in enumerate(configs):
-        if cfg["l2"] == "auto" or cfg["hidden"] or cfg["refit"]:   # a refit, or Keras' fit: trained alone
+        if refits(cfg) or cfg["hidden"]:             # a refit, or Keras' fit: trained alone
             yield i, fit_head(make_head("softmax", cfg, opts, data), data)
             continue
         groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"], cfg["normalize"]), []).append(i)
@@ -102,6 +102,12 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
         sweep.fit(data.X, data.y, data.X[rv], data.y[rv], n_classes=n_classes, rows=data.rows_train)
         for k, i in enumerate(idx):
             yield i, SoftmaxHead.from_joint(sweep, k, list(range(n_classes)))
+
+
+def refits(config: dict) -> bool:
+    """Whether a configuration's head is refit on train + validation: on validation it ties with its twin
+    that is not (the same first fit, scored before the refit), and wins the tie (it learns from more images)."""
+    return bool(config.get("refit")) or "auto" in (config.get("l2"), config.get("C"))
 
 
 def write_table(folder: str, rows: list, keys: list) -> str:
@@ -148,13 +154,12 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
         kept = fitted.history_[best - 1] if head == "softmax" and opts.early_stopping else last
         rows.append({**configs[i], "val_accuracy": kept["val_accuracy"], "val_loss": kept["val_loss"],
                      "train_accuracy": kept["train_accuracy"], "best_epoch": best, "_i": i})
-        if data.views > 1:       # ranked as it will be reported: with test-time augmentation
-            tta = split_proba(fitted, data, "val", data.X, data.rows_val)[1]
-            rows[-1]["val_tta_accuracy"] = kept["val_accuracy"] if tta is None else \
-                float((tta.argmax(1) == data.y[data.rows_val]).mean())        # a refit head: as it was chosen
+        if data.views > 1:       # ranked as it will be reported: with test-time augmentation (a refit
+            tta = split_proba(fitted, data, "val", data.X, data.rows_val)[1]      # head: as it was chosen)
+            rows[-1]["val_tta_accuracy"] = float((tta.argmax(1) == data.y[data.rows_val]).mean())
     timings["train_s"] = time.perf_counter() - t
     rank = "val_tta_accuracy" if data.views > 1 else "val_accuracy"
-    rows.sort(key=lambda r: (-r[rank], r["val_loss"]))
+    rows.sort(key=lambda r: (-r[rank], r["val_loss"], not refits(r)))
     keys = list(space)
     with writing(folder, "runs_dir", RERUN):
         tmp = incomplete_dir(folder)

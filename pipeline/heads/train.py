@@ -48,9 +48,9 @@ def fit_head(head, data: TrainingData):
 def split_proba(head, data: TrainingData, split: str, X, rows, every_row_proba=None):
     """Probabilities of `head` for the original-view `rows` of a split (N x C) and, with views, their
     mean over each image's views (or None). Validation of a head refit on train + validation is
-    scored as it was chosen: before the refit (original views; no TTA)."""
-    if split == "val" and getattr(head, "val_proba_", None) is not None:
-        return head.val_proba_, None
+    scored as it was chosen: the head before the refit (before_refit_), with views as any other."""
+    if split == "val" and getattr(head, "before_refit_", None) is not None:
+        head, every_row_proba = head.before_refit_, None
     if every_row_proba is not None:
         return every_row_proba[rows], data.tta(every_row_proba, rows) if data.views > 1 else None
     p = data.view_proba(head, X, rows)

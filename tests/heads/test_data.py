@@ -26,13 +26,6 @@ def test_training_data_maps_the_cache(syn):
     assert set(data.splits()) == {"train", "val", "test"}
 
 
-@pytest.fixture(scope="module")
-def syn_views(tmp_path_factory):
-    from pipeline.features.synthetic import write_synthetic_cache
-    return write_synthetic_cache(str(tmp_path_factory.mktemp("v") / "v.h5"), 400, 100, dim=16, n_classes=4,
-                                 separation=1.5, views=3, dtype="float16")
-
-
 def test_views_are_rows_and_validation_never_shares_an_image_with_training(syn_views):
     data = load_training_data(syn_views, 0.2, 0)
     assert data.views == 3 and data.X.shape == (1200, 16) and data.X.dtype == np.float16 and len(data.y) == 1200

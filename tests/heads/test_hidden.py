@@ -85,6 +85,9 @@ def test_refit_keeps_the_validation_scores_and_trains_again_on_train_and_validat
     np.testing.assert_allclose(head.mean_, both.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)   # refit rows' statistics
     after = head.predict_proba(Xv)                                   # the refit head: it has seen these rows
     assert np.abs(after - head.val_proba_).max() > 1e-3 and (after.argmax(1) == yv).mean() > 0.9
+    before = head.before_refit_                                     # the first fit, whole, as it was scored
+    np.testing.assert_array_equal(before.predict_proba(Xv), head.val_proba_)
+    assert before.hidden_kernel_ is not head.hidden_kernel_ and not before.refit
 
 
 def test_a_penalty_chosen_on_validation_is_for_linear_heads_only(xor):

@@ -43,6 +43,10 @@ def test_the_protocol_chooses_C_on_validation_only_and_refits_on_train_and_valid
     refit = LogRegHead(C=head.C_).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
     np.testing.assert_allclose(head.predict_proba(Xv), refit.predict_proba(Xv), atol=0.02)   # refit on train+val (lbfgs tolerance)
     assert head.history_[0]["val_accuracy"] == float((head.val_proba_.argmax(1) == yv).mean())  # before the refit
+    before = head.before_refit_                      # the head as it was chosen: trained on X only, at C_
+    assert before.C == head.C_ and before.before_refit_ is None and LogRegHead().fit(X, y).before_refit_ is None
+    np.testing.assert_allclose(before.predict_proba(Xv), head.val_proba_, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(before.predict_proba(Xv), head.predict_proba(Xv))
 
 
 def test_the_chosen_C_does_not_depend_on_test_data(easy):

@@ -106,6 +106,10 @@ def test_l2_auto_chooses_on_validation_and_refits_on_train_and_validation(easy):
     alone = SoftmaxHead(l2=head.l2_, epochs=5).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
     np.testing.assert_allclose(head.coef_, alone.coef_, rtol=1e-5, atol=1e-6)      # the refit is that head, alone
     assert float((head.val_proba_.argmax(1) == yv).mean()) == best["val_accuracy"]
+    before = head.before_refit_                                     # the head as it was chosen, on X only
+    assert before.l2 == head.l2_ and not before.refit and before.before_refit_ is None
+    np.testing.assert_allclose(before.predict_proba(Xv), head.val_proba_, rtol=1e-6)
+    assert SoftmaxHead(epochs=5).fit(X, y).before_refit_ is None
 
 
 @pytest.mark.parametrize("early", [False, True])
@@ -116,6 +120,9 @@ def test_refit_scores_on_validation_then_trains_the_same_head_on_train_and_valid
     head = SoftmaxHead(refit=True, **kw).fit(X, y, Xv, yv)
     np.testing.assert_allclose(head.val_proba_, first.predict_proba(Xv), rtol=1e-6)   # validation: before the refit
     assert head.history_ == first.history_ and head.best_epoch_ == first.best_epoch_
+    before = head.before_refit_                                     # that first fit, kept whole
+    np.testing.assert_array_equal(before.coef_, first.coef_)
+    assert before.get_params() == first.get_params() and before.before_refit_ is None
     epochs = first.best_epoch_ if early else 8
     assert not early or epochs < 8                                  # this run does stop early
     alone = SoftmaxHead(**{**kw, "epochs": epochs, "early_stopping": False}).fit(np.concatenate([X, Xv]),

@@ -136,3 +136,19 @@ def test_a_full_disk_while_writing_the_sweep_is_one_line_and_leaves_nothing(syn,
                          "--param", "dropout=0.2,0.5")
     assert is_one_line_error(code, err, f"no space left on the device while writing {tmp_path / 's'}")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_refit_head_on_views_is_ranked_with_test_time_augmentation_as_it_was_chosen(syn_views, tmp_path, capsys):
+    """A refit head is scored on validation before its refit, averaged over views like every other row:
+    it ties with its twin that is not refit (the same first fit) and wins the tie (more images)."""
+    code, _, err = sweep(capsys, "--cache", syn_views, "--runs-dir", tmp_path, "--name", "s", "--epochs", "3",
+                         "--param", "refit=false,true", "--param", "dropout=0.2,0.5")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "s" / "results.csv")))
+    for p in ("0.2", "0.5"):
+        twins = {r["refit"]: r for r in rows if r["dropout"] == p}
+        assert twins["True"]["val_tta_accuracy"] == twins["False"]["val_tta_accuracy"]
+        assert twins["True"]["val_accuracy"] == twins["False"]["val_accuracy"]
+        assert int(twins["True"]["rank"]) < int(twins["False"]["rank"])
+    m = json.load(open(tmp_path / "s-best" / "metrics.json"))
+    assert m["hyperparameters"]["refit"] and m["val"]["tta"]["accuracy"] == float(rows[0]["val_tta_accuracy"])
