@@ -112,6 +112,19 @@ def test_a_row_chosen_on_validation_is_keyed_by_its_search(monkeypatch):
     assert before[2] == after[2]                     # a fixed C does not depend on the search
 
 
+def test_a_refit_row_is_keyed_by_how_its_validation_is_scored(monkeypatch):
+    """A row trained by an older version that scored a refit head's validation otherwise (before its views
+    were averaged) is trained again, not ranked beside the new ones; rows without a refit are kept."""
+    from pipeline import study
+    from pipeline.heads.config import RunOptions
+    o, heads = RunOptions(), [("softmax", {"refit": True}), ("softmax", {"l2": "auto"}), ("logreg", {"C": "auto"}),
+                              ("softmax", {"refit": False, "l2": 0.0}), ("logreg", {"C": 1.0})]
+    before = [study.row_tag("c.h5", kind, p, o) for kind, p in heads]
+    monkeypatch.setattr(study, "REFIT_VALIDATION", study.REFIT_VALIDATION + 1)
+    after = [study.row_tag("c.h5", kind, p, o) for kind, p in heads]
+    assert [b != a for b, a in zip(before, after)] == [True, True, True, False, False]
+
+
 def test_a_name_that_holds_something_else_is_refused(data, capsys, syn):
     d, root = data
     runs = root / "runs"

@@ -194,3 +194,9 @@ def head_params(kind: str, values: dict) -> dict:
     if kind not in HEAD_PARAMS:
         raise SettingError("head", f"expected softmax or logreg, got {kind!r}")
     return {p: check_param(p, values[p]) for p in HEAD_PARAMS[kind]}
+
+
+def refits(params: dict) -> bool:
+    """Whether a head with these parameters is refit on train + validation after it is chosen: refit=True,
+    or a value chosen on validation (l2 or C "auto")."""
+    return bool(params.get("refit")) or "auto" in (params.get("l2"), params.get("C"))

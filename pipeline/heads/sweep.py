@@ -15,7 +15,7 @@ import tomllib
 
 
 from ..errors import PipelineError, SettingError
-from .config import HEAD_PARAMS, RunOptions, check_param, key_values
+from .config import HEAD_PARAMS, RunOptions, check_param, key_values, refits
 from .data import TrainingData
 from ..durable import atomic_file, incomplete_dir, write_json, writing
 from .runs import KIND_FILE, RERUN, claim, new_run_dir, plain_text, write_results
@@ -104,12 +104,6 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
             yield i, SoftmaxHead.from_joint(sweep, k, list(range(n_classes)))
 
 
-def refits(config: dict) -> bool:
-    """Whether a configuration's head is refit on train + validation: on validation it ties with its twin
-    that is not (the same first fit, scored before the refit), and wins the tie (it learns from more images)."""
-    return bool(config.get("refit")) or "auto" in (config.get("l2"), config.get("C"))
-
-
 def write_table(folder: str, rows: list, keys: list) -> str:
     """results.csv and results.md of a sweep; the first ten rows of the markdown (for the terminal)."""
     cols = keys + [c for c in ("val_tta_accuracy",) if c in rows[0]] + ["val_accuracy", "val_loss", "train_accuracy",
@@ -159,7 +153,8 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
             rows[-1]["val_tta_accuracy"] = float((tta.argmax(1) == data.y[data.rows_val]).mean())
     timings["train_s"] = time.perf_counter() - t
     rank = "val_tta_accuracy" if data.views > 1 else "val_accuracy"
-    rows.sort(key=lambda r: (-r[rank], r["val_loss"], not refits(r)))
+    rows.sort(key=lambda r: (-r[rank], r["val_loss"], not refits(r)))   # a refit row ties with its twin that is
+    # not refit (the same first fit, scored before the refit) and wins the tie: it learned from more images
     keys = list(space)
     with writing(folder, "runs_dir", RERUN):
         tmp = incomplete_dir(folder)

@@ -20,6 +20,9 @@ from .softmax import SoftmaxHead
 
 log = logging.getLogger(__name__)
 
+REFIT_VALIDATION = 2    # how a refit head's validation is scored (split_proba); a study keys refit rows by it:
+                        # 1 the original view only, 2 the head as chosen (before_refit_), views averaged
+
 
 def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
     """An unfitted head of `kind` with `params`, knowing every class of the cache and its layer blocks."""
