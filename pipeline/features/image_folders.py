@@ -131,12 +131,9 @@ def unpack(tar_path: str, sources_dir: str | None, max_bytes: int = FeatureConfi
                 raise
             publish(out + ".tmp", out)
         return out
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):   # the unpacked tree's side, not the archive's
-            raise write_error(e, sources_dir or "a temporary folder") from None
-        raise PipelineError(f"{tar_path}: not a readable .tar.gz ({reason(e, 60)}); pass a CIFAR folder, its .tar.gz, "
-                            "or an image-folder tree (or its .tar.gz)") from None
-    except (tarfile.TarError, EOFError) as e:
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):   # the unpacked tree's side
+            raise write_error(e, sources_dir or "a temporary folder") from None      # (a full disk), not the archive's
         raise PipelineError(f"{tar_path}: not a readable .tar.gz ({reason(e, 60)}); pass a CIFAR folder, its .tar.gz, "
                             "or an image-folder tree (or its .tar.gz)") from None
 

@@ -90,9 +90,10 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         if self.C == "auto":
             if X_val is None or not len(X_val):
                 raise ValueError("C='auto' chooses C on validation data; pass X_val and y_val (--val-fraction > 0)")
-            self.C_, self.selection_, self.val_proba_, start, chosen = self._select(X, y, rows, X_val, np.asarray(y_val))
+            self.C_, self.selection_, self.val_proba_, chosen = self._select(X, y, rows, X_val, np.asarray(y_val))
             self.before_refit_ = copy.copy(self).set_params(C=self.C_)      # the head as chosen: the refit replaces
-            self.before_refit_.model_, self.before_refit_.before_refit_ = chosen, None   # model_, never mutates it
+            self.before_refit_.model_ = chosen                              # model_, never mutates it
+            start = (chosen[-1].coef_.copy(), chosen[-1].intercept_.copy())  # the refit starts where it ended
             if refit_rows is None:
                 parts, yr = [(X, rows), (X_val, None)], np.concatenate([y[rows], y_val])
             else:
@@ -124,8 +125,8 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
         return Pipeline([("standardscaler", scaler), ("logisticregression", lr)])
 
     def _select(self, X, y, rows, X_val, y_val):
-        """(chosen C, the selection record, validation probabilities at the chosen C, its coefficients, its
-        model: the pipeline of the scaler and the fit), trained on X[rows]."""
+        """(chosen C, the selection record, validation probabilities at the chosen C, its model: the
+        pipeline of the scaler and the fit), trained on X[rows]."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
         Z, scaler = standardized([(X, rows)])
@@ -142,7 +143,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
             curve[c] = {"C": c, "val_accuracy": float((self.classes_[p.argmax(1)] == y_val).mean()),
                         "val_loss": float(log_loss(y_val, p, labels=self.classes_)), "n_iter": int(lr.n_iter_.max()),
                         "seconds": round(time.perf_counter() - t, 4), "proba": p,
-                        "coef": (lr.coef_.copy(), lr.intercept_.copy()), "model": copy.deepcopy(lr)}
+                        "model": copy.deepcopy(lr)}
             r = curve[c]
             log.info(f"logreg C={c:.3g}: validation {r['val_accuracy']:.2%} (loss {r['val_loss']:.4f}; "
                      f"{r['n_iter']} iterations, {r['seconds']:.1f} s)")
@@ -155,15 +156,15 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
                 break
         coarse = best()
         for c in (coarse / C_FINE, coarse * C_FINE):
-            lr.coef_, lr.intercept_ = curve[coarse]["coef"]
+            lr.coef_, lr.intercept_ = curve[coarse]["model"].coef_.copy(), curve[coarse]["model"].intercept_.copy()
             score(c)
         chosen = best()
         record = {"protocol": "C chosen on validation, refit on train + validation", "grid": sorted(curve),
-                  "curve": [{k: v for k, v in curve[c].items() if k not in ("proba", "coef", "model")} for c in sorted(curve)],
+                  "curve": [{k: v for k, v in curve[c].items() if k not in ("proba", "model")} for c in sorted(curve)],
                   "chosen_C": chosen, "coarse_C": coarse, "path_patience": PATH_PATIENCE, "search_tol": SEARCH_TOL,
                   "seconds_per_fit": round(float(np.mean([r["seconds"] for r in curve.values()])), 4)}
         model = Pipeline([("standardscaler", scaler), ("logisticregression", curve[chosen]["model"])])
-        return chosen, record, curve[chosen]["proba"], curve[chosen]["coef"], model
+        return chosen, record, curve[chosen]["proba"], model
 
     def _columns(self, p, fitted_classes):
         """Probabilities with a column per class of classes_ (0 for a class absent from training)."""

@@ -203,25 +203,33 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
     write_head's arguments. auto_name: `run_dir` is a timestamp, so if another run took it meanwhile
     this one takes `<run_dir>-2`, ...; replace: swap out what `run_dir` holds (a study's best).
     Nothing in a run folder is a pickle: the head is plain numbers in head.keras."""
-    with writing(run_dir, "runs_dir", RERUN):
-        tmp = incomplete_dir(run_dir)
+    def fill(tmp):
+        t = time.perf_counter()
+        write_head(os.path.join(tmp, "head.keras"), **head)
+        write_history(os.path.join(tmp, "history.csv"), history)
+        title = f"{metrics['head']} head — test accuracy {metrics['test']['accuracy']:.1%}"
+        plot_learning_curves(os.path.join(tmp, "learning_curves.png"), history, title)
+        plot_confusion(os.path.join(tmp, "confusion_matrix.png"), metrics["test"]["confusion_matrix"], class_names,
+                       f"test confusion ({metrics['test']['n']} images)")
+        if metrics.get("selection"):
+            plot_validation_curve(os.path.join(tmp, "validation_curve.png"), metrics["selection"])
+        metrics["timings"]["write_s"] = time.perf_counter() - t
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1, default=str)
+    return write_folder(run_dir, fill, auto_name, replace)[0]
+
+
+def write_folder(folder: str, fill, auto_name: bool = False, replace: bool = False) -> tuple:
+    """(the folder claimed, what fill returned): fill(tmp) writes a temp folder of this writer's own, removed
+    if it fails, then `folder` is claimed (see claim); a failed write is one line (write_error)."""
+    with writing(folder, "runs_dir", RERUN):
+        tmp = incomplete_dir(folder)
         try:
-            t = time.perf_counter()
-            write_head(os.path.join(tmp, "head.keras"), **head)
-            write_history(os.path.join(tmp, "history.csv"), history)
-            title = f"{metrics['head']} head — test accuracy {metrics['test']['accuracy']:.1%}"
-            plot_learning_curves(os.path.join(tmp, "learning_curves.png"), history, title)
-            plot_confusion(os.path.join(tmp, "confusion_matrix.png"), metrics["test"]["confusion_matrix"], class_names,
-                           f"test confusion ({metrics['test']['n']} images)")
-            if metrics.get("selection"):
-                plot_validation_curve(os.path.join(tmp, "validation_curve.png"), metrics["selection"])
-            metrics["timings"]["write_s"] = time.perf_counter() - t
-            with open(os.path.join(tmp, "metrics.json"), "w") as f:
-                json.dump(metrics, f, indent=1, default=str)
+            out = fill(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return claim(tmp, run_dir, auto_name, replace)
+        return claim(tmp, folder, auto_name, replace), out
 
 
 def claim(tmp: str, folder: str, auto_name: bool = False, replace: bool = False) -> str:

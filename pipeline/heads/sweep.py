@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import tomllib
 
@@ -17,8 +16,8 @@ import tomllib
 from ..errors import PipelineError, SettingError
 from .config import HEAD_PARAMS, RunOptions, check_param, key_values, refits
 from .data import TrainingData
-from ..durable import atomic_file, incomplete_dir, write_json, writing
-from .runs import KIND_FILE, RERUN, claim, new_run_dir, plain_text, write_results
+from ..durable import atomic_file, write_json
+from .runs import KIND_FILE, new_run_dir, plain_text, write_folder, write_results
 from .joint import JointSoftmax
 from .softmax import SoftmaxHead
 from .train import finish_run, fit_head, make_head, split_proba
@@ -156,16 +155,12 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
     rows.sort(key=lambda r: (-r[rank], r["val_loss"], not refits(r)))   # a refit row ties with its twin that is
     # not refit (the same first fit, scored before the refit) and wins the tie: it learned from more images
     keys = list(space)
-    with writing(folder, "runs_dir", RERUN):
-        tmp = incomplete_dir(folder)
-        try:
-            table = write_table(tmp, rows, keys)
-            plot_sweep(os.path.join(tmp, "sweep.png"), rows, keys)
-            write_json(os.path.join(tmp, KIND_FILE), {"kind": "sweep", "head": head, "space": space})
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        folder = claim(tmp, folder, auto_name=opts.name is None)
+    def fill(tmp):
+        table = write_table(tmp, rows, keys)
+        plot_sweep(os.path.join(tmp, "sweep.png"), rows, keys)
+        write_json(os.path.join(tmp, KIND_FILE), {"kind": "sweep", "head": head, "space": space})
+        return table
+    folder, table = write_folder(folder, fill, auto_name=opts.name is None)
     best_dir = folder + "-best"
     log.info(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}")
     best = rows[0]
