@@ -101,7 +101,8 @@ def cmd_sweep(args):
     opts = run_options(args)
     head, space, rand = read_space(args.head, args.param, args.config, args.random)
     base = head_params(head, vars(args))
-    print(run_sweep(_training_data(args, opts, timings), head, space, rand, base, opts, timings)[1])
+    print(run_sweep(_training_data(args, opts, timings), head, space, rand, base, opts, timings,
+                    refit_best=args.refit_best)[1])
 
 
 def cmd_study(args):
@@ -186,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="values to try, e.g. dropout=0.2,0.5 (repeatable; default: none)")
     s.add_argument("--random", type=int, default=None, metavar="N", help="sample N configurations (default: the grid)")
     s.add_argument("--config", default=None, help="TOML file: head = ..., random = N, [params] key = [values] (default: none)")
+    s.add_argument("--refit-best", action="store_true",
+                   help="train the configuration best on validation again on train + validation (every view) before "
+                        "its test score: the protocol's refit for the one chosen head, where --param refit=true refits "
+                        "every configuration (default: off)")
     p = sub.add_parser("predict", help="classify image files end to end")
     p.add_argument("--run", required=True, help="a run folder written by train-head or sweep")
     p.add_argument("images", nargs="+", help="image files")

@@ -3,7 +3,8 @@
 Softmax configurations that share epochs and batch size train together as one `JointSoftmax`: one
 pass over the data per epoch for all of them. Results are ranked by the validation accuracy of the
 weights each head ends with (its best epoch's with early stopping); the best configuration's head
-is evaluated on test and written as a normal run folder `<sweep>-best`.
+is evaluated on test and written as a normal run folder `<sweep>-best`; with refit_best, after it is
+trained again on train + validation (the protocol's second half for the one chosen head).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..durable import atomic_file, write_json
 from .runs import KIND_FILE, new_run_dir, plain_text, write_folder, write_results
 from .joint import JointSoftmax
 from .softmax import SoftmaxHead
-from .train import finish_run, fit_head, make_head, split_proba
+from .train import finish_run, fit_head, make_head, refit_chosen, split_proba
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,10 @@ def plot_sweep(path: str, rows: list, keys: list):
 
 
 def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base: dict, opts: RunOptions,
-              timings: dict) -> tuple[str, str]:
-    """Train every configuration, write the ranked table and plot; (sweep folder, best run folder)."""
+              timings: dict, refit_best: bool = False) -> tuple[str, str]:
+    """Train every configuration, write the ranked table and plot; (sweep folder, best run folder).
+    refit_best: the best configuration (unless it refits already) is trained again on train +
+    validation before its test score (refit_chosen)."""
     if not len(data.rows_val):
         raise SettingError("val_fraction", "0: a sweep ranks configurations on validation data; use a fraction > 0",
                           "RunOptions")
@@ -164,6 +167,12 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
     best_dir = folder + "-best"
     log.info(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}")
     best = rows[0]
-    params = {p: best[p] for p in HEAD_PARAMS[head]}
-    run = finish_run(data, head, params, trained[best["_i"]], opts, timings, name=os.path.basename(best_dir))
+    params, chosen, more = {p: best[p] for p in HEAD_PARAMS[head]}, trained[best["_i"]], None
+    if refit_best and not refits(params):
+        t = time.perf_counter()
+        chosen = refit_chosen(head, params, chosen, data, opts)
+        timings["refit_s"] = time.perf_counter() - t
+        params = dict(params, refit=True) if head == "softmax" else params
+        more = {"refit": "the configuration best on validation, trained again on train + validation after the sweep"}
+    run = finish_run(data, head, params, chosen, opts, timings, name=os.path.basename(best_dir), more=more)
     return folder, run

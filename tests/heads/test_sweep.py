@@ -152,3 +152,42 @@ def test_a_refit_head_on_views_is_ranked_with_test_time_augmentation_as_it_was_c
         assert int(twins["True"]["rank"]) < int(twins["False"]["rank"])
     m = json.load(open(tmp_path / "s-best" / "metrics.json"))
     assert m["hyperparameters"]["refit"] and m["val"]["tta"]["accuracy"] == float(rows[0]["val_tta_accuracy"])
+
+
+def test_refit_best_trains_the_chosen_head_again_as_train_head_refit_does(syn_views, tmp_path, capsys):
+    """--refit-best: the best configuration, ranked as without it, is refit on every view of train +
+    validation: the same head, to the last digit, as train-head --refit with its parameters."""
+    code, _, err = sweep(capsys, "--cache", syn_views, "--runs-dir", tmp_path, "--name", "s", "--epochs", "3",
+                         "--param", "dropout=0.2,0.6", "--param", "lr=0.0003,0.01", "--refit-best")
+    assert code == 0, err
+    assert "the configuration best on validation, refit on train + validation" in err
+    rows = list(csv.DictReader(open(tmp_path / "s" / "results.csv")))
+    m = json.load(open(tmp_path / "s-best" / "metrics.json"))
+    assert m["hyperparameters"]["refit"] is True and "refit" in m and m["timings"]["refit_s"] > 0
+    assert m["val"]["tta"]["accuracy"] == float(rows[0]["val_tta_accuracy"])     # scored as it was chosen
+    assert m["val"]["accuracy"] == float(rows[0]["val_accuracy"])
+    code, _, err = run_captured(capsys, "train-head", "--cache", syn_views, "--runs-dir", tmp_path, "--name", "t",
+                                "--epochs", "3", "--dropout", rows[0]["dropout"], "--lr", rows[0]["lr"], "--refit")
+    assert code == 0, err
+    t = json.load(open(tmp_path / "t" / "metrics.json"))
+    for split in ("train", "test"):
+        assert t[split]["loss"] == pytest.approx(m[split]["loss"], rel=1e-6, abs=0)
+        assert t[split]["tta"]["accuracy"] == m[split]["tta"]["accuracy"]
+    code, _, err = sweep(capsys, "--cache", syn_views, "--runs-dir", tmp_path, "--name", "plain", "--epochs", "3",
+                         "--param", "dropout=0.2,0.6", "--param", "lr=0.0003,0.01")
+    plain = json.load(open(tmp_path / "plain-best" / "metrics.json"))
+    assert plain["val"] == m["val"] and plain["test"]["loss"] != pytest.approx(m["test"]["loss"], rel=1e-6)
+
+
+def test_refit_best_of_a_logreg_sweep_and_of_a_best_that_refits_already(syn, tmp_path, capsys):
+    args = ["--cache", syn, "--runs-dir", tmp_path, "--head", "logreg", "--max-iter", "50", "--param", "C=0.01,1"]
+    assert sweep(capsys, *args, "--name", "plain")[0] == 0
+    code, _, err = sweep(capsys, *args, "--name", "r", "--refit-best")
+    assert code == 0, err
+    plain, m = (json.load(open(tmp_path / f"{n}-best" / "metrics.json")) for n in ("plain", "r"))
+    assert "refit" in m and "refit" not in plain and plain["val"] == m["val"]
+    assert plain["test"]["loss"] != pytest.approx(m["test"]["loss"], rel=1e-6)     # trained on 10% more images
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "a", "--epochs", "2",
+                         "--param", "l2=auto", "--refit-best")                   # l2=auto refits already: once
+    assert code == 0, err
+    assert "refit_s" not in json.load(open(tmp_path / "a-best" / "metrics.json"))["timings"]
