@@ -80,7 +80,7 @@ PARAMS = {
                          "notebook's)", heads=SOFTMAX, choices=("cosine", "constant")),
     "hidden": Param(0, int, "softmax: ReLU units of a hidden layer between the dropout and the softmax, itself "
                     "followed by the same dropout (0: none, the notebook's head; README, 'A hidden layer'); trained "
-                    "by Keras' own fit", 0, 1 << 16, "both", heads=SOFTMAX),
+                    "by Keras' own train step", 0, 1 << 16, "both", heads=SOFTMAX),
     "refit": Param(False, bool, "softmax: after training on train and scoring on validation, train the same head "
                    "again on train + validation for the epochs it was scored at, the protocol's second half (twice "
                    "the time; l2=auto always refits); validation figures are those before the refit", heads=SOFTMAX),

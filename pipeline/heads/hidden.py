@@ -1,11 +1,12 @@
 """The softmax head with a hidden layer (SoftmaxHead(hidden=H), H > 0): Dropout(p) -> Dense(H, relu) ->
-Dropout(p) -> Dense(C, softmax), trained by Keras' own `fit` (any backend) with the linear head's
+Dropout(p) -> Dense(C, softmax), trained by Keras' own train step (any backend) with the linear head's
 rules: Adam(lr), constant or CosineDecay(lr, every step), L2(l2) on both kernels, the hidden kernel
 Glorot-uniform and the output kernel `init`, seeded; the normalize step and the standardisation with
-the training rows' statistics come first, as for the linear head.
+the training rows' statistics come first, as for the linear head. Each step is Keras' own train step
+(`train_on_batch`, any backend), each epoch's validation Keras' `evaluate`.
 
 The rows stream from the cache (mapped float16 included) in shuffled batches, widened and
-standardised per batch (`_batches`): no float32 copy of a cache. Inference (`hidden_proba`) is
+standardised per batch (`_Batches`): no float32 copy of a cache. Inference (`hidden_proba`) is
 plain NumPy in blocks of rows, the standardisation folded into the hidden layer's product.
 """
 from __future__ import annotations
@@ -23,26 +24,24 @@ log = logging.getLogger(__name__)
 INFER_ROWS = 2048          # rows per inference block (float32: 88 MB at 10,752 features)
 
 
-def _batches(keras, X, y, rows, mean, scale, batch_size, seed):
-    """A keras.utils.PyDataset of standardised float32 batches of X[rows], reshuffled every epoch."""
-    Xk = kernel_view(X)
+class _Batches:
+    """Standardised float32 batches of X[rows] (mapped float16 widened per batch), in an order reshuffled
+    every epoch from `seed`: batch i of an epoch is `self[i]`."""
 
-    class Batches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.rng, self.order = np.random.default_rng(seed), None
-            self.on_epoch_end()
+    def __init__(self, X, y, rows, mean, scale, batch_size, seed):
+        self.Xk, self.y, self.rows, self.mean, self.scale = kernel_view(X), y, rows, mean, scale
+        self.batch_size, self.rng = batch_size, np.random.default_rng(seed)
+        self.on_epoch_end()
 
-        def __len__(self):
-            return -(-len(rows) // batch_size)
+    def __len__(self):
+        return -(-len(self.rows) // self.batch_size)
 
-        def __getitem__(self, i):
-            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])   # sorted: mapped reads in order
-            return _standardized(_float32_rows(Xk, idx), mean, scale), y[idx]
+    def __getitem__(self, i):
+        idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])   # sorted: mapped reads in order
+        return _standardized(_float32_rows(self.Xk, idx), self.mean, self.scale), self.y[idx]
 
-        def on_epoch_end(self):
-            self.order = self.rng.permutation(rows)
-    return Batches()
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(self.rows)
 
 
 def _float32_rows(Xk, rows) -> np.ndarray:
@@ -85,7 +84,7 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
     rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
     est.mean_, est.scale_ = feature_stats(X, rows) if est.standardize else (None, None)
     model = build(keras, X.shape[1], est.hidden, n_classes, est.dropout, l2, est.init, est.seed)
-    train = _batches(keras, X, np.asarray(y, np.int64), rows, est.mean_, est.scale_, est.batch_size, est.seed)
+    train = _Batches(X, np.asarray(y, np.int64), rows, est.mean_, est.scale_, est.batch_size, est.seed)
     steps = epochs * len(train)
     lr = keras.optimizers.schedules.CosineDecay(est.lr, steps) if est.lr_schedule == "cosine" else est.lr
     model.compile(optimizer=keras.optimizers.Adam(lr, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON),
@@ -94,8 +93,14 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
     if X_val is not None and len(X_val):
         Xv = kernel_view(normalized(X_val, est.blocks_, est.normalize))
         val = (_standardized(_float32_rows(Xv, np.arange(len(Xv))), est.mean_, est.scale_), np.asarray(y_val))
-    progress = _Progress(keras, epochs, len(rows), early_stopping and val is not None, est.patience)
-    model.fit(train, epochs=epochs, validation_data=val, verbose=0, callbacks=[progress])
+    progress = _Progress(epochs, len(rows), early_stopping and val is not None, est.patience)
+    for epoch in range(epochs):
+        logs = _train_epoch(model, train)
+        if val is not None:
+            scores = model.evaluate(*val, batch_size=INFER_ROWS, verbose=0, return_dict=True)
+            logs.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+        if progress.epoch_end(model, epoch, logs):
+            break
     if progress.best is not None:
         model.set_weights(progress.best)
     (w1, b1), (w2, b2) = model.get_layer("hidden").get_weights(), model.get_layer("predictions").get_weights()
@@ -105,35 +110,51 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
     est.train_seconds_ = time.perf_counter() - t0
 
 
-def _Progress(keras, epochs, n_rows, early, patience):
-    """A callback: history rows and the best epoch (lowest validation loss) as the linear head records
-    them, one log line per epoch (rows/s, ETA), and with early stopping that epoch's weights kept."""
-    class Progress(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.history, self.best, self.best_epoch, self.best_loss, self.stale = [], None, 0, np.inf, 0
-            self.t0 = time.perf_counter()
+def _train_epoch(model, train: _Batches) -> dict:
+    """One pass of Keras' train step over every batch, then a reshuffle; the epoch's loss and accuracy as
+    `fit` reports them (the mean over its batches, weighted by their rows). A loop of `train_on_batch`
+    rather than `fit` on a PyDataset: TensorFlow's fit wraps one in a tf.data generator whose iterator,
+    deleted at an epoch's end with the GIL held, can wait forever on a thread that needs the GIL (seen
+    here: a refit hung at its fourth epoch; README, "A hidden layer")."""
+    total = {"loss": 0.0, "accuracy": 0.0}
+    for i in range(len(train)):
+        xb, yb = train[i]
+        logs = model.train_on_batch(xb, yb, return_dict=True)
+        for k in total:
+            total[k] += float(logs[k]) * len(yb)
+    train.on_epoch_end()
+    return {k: v / len(train.rows) for k, v in total.items()}
 
-        def on_epoch_end(self, epoch, logs=None):
-            logs, e = logs or {}, epoch + 1
-            row = {"epoch": e, "train_loss": float(logs["loss"]), "train_accuracy": float(logs["accuracy"])}
-            if "val_loss" in logs:
-                row.update(val_loss=float(logs["val_loss"]), val_accuracy=float(logs["val_accuracy"]))
-            self.history.append(row)
-            spent = time.perf_counter() - self.t0
-            val = f", validation {row['val_accuracy']:.2%}" if "val_loss" in row else ""
-            log.info(f"hidden-layer head: epoch {e}/{epochs}, loss {row['train_loss']:.4f}{val}; "
-                     f"{e * n_rows / spent:,.0f} rows/s, ETA {spent / e * (epochs - e):.0f} s")
-            if "val_loss" not in row:
-                return
-            if row["val_loss"] < self.best_loss:      # the best epoch is recorded as the linear head's is
-                self.best_loss, self.best_epoch, self.stale = row["val_loss"], e, 0
-                self.best = self.model.get_weights() if early else None
-            elif early:
-                self.stale += 1
-                if self.stale >= patience:
-                    self.model.stop_training = True
-    return Progress()
+
+class _Progress:
+    """Per epoch: a history row as the linear head records it, the best epoch (lowest validation loss),
+    one log line (rows/s, ETA); with early stopping that epoch's weights kept and the stop decided."""
+
+    def __init__(self, epochs, n_rows, early, patience):
+        self.epochs, self.n_rows, self.early, self.patience = epochs, n_rows, early, patience
+        self.history, self.best, self.best_epoch, self.best_loss, self.stale = [], None, 0, np.inf, 0
+        self.t0 = time.perf_counter()
+
+    def epoch_end(self, model, epoch, logs) -> bool:
+        """Record the epoch; True when early stopping ends the run."""
+        e = epoch + 1
+        row = {"epoch": e, "train_loss": float(logs["loss"]), "train_accuracy": float(logs["accuracy"])}
+        if "val_loss" in logs:
+            row.update(val_loss=float(logs["val_loss"]), val_accuracy=float(logs["val_accuracy"]))
+        self.history.append(row)
+        spent = time.perf_counter() - self.t0
+        val = f", validation {row['val_accuracy']:.2%}" if "val_loss" in row else ""
+        log.info(f"hidden-layer head: epoch {e}/{self.epochs}, loss {row['train_loss']:.4f}{val}; "
+                 f"{e * self.n_rows / spent:,.0f} rows/s, ETA {spent / e * (self.epochs - e):.0f} s")
+        if "val_loss" not in row:
+            return False
+        if row["val_loss"] < self.best_loss:      # the best epoch is recorded as the linear head's is
+            self.best_loss, self.best_epoch, self.stale = row["val_loss"], e, 0
+            self.best = model.get_weights() if self.early else None
+        elif self.early:
+            self.stale += 1
+            return self.stale >= self.patience
+        return False
 
 
 def hidden_proba(X, est) -> np.ndarray:

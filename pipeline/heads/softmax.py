@@ -1,6 +1,6 @@
 """The notebook's head on cached features, Dropout(p) -> Dense(C, softmax) trained with Adam, as a
 scikit-learn estimator (`SoftmaxHead`): trained as a JointSoftmax of one head (joint.py: how, and
-Keras' rules it follows), or by Keras' fit with a hidden layer (hidden.py); its l2 chosen on
+Keras' rules it follows), or by Keras' train step with a hidden layer (hidden.py); its l2 chosen on
 validation and the head refit on train + validation when asked.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     normalize: "none", "l2" or "sqrt-l2" per layer block of `blocks` (widths; None: one block), first;
     standardize: scale features by the training rows' mean and standard deviation (inside the saved
     head); hidden: H > 0 puts Dense(H, relu) -> Dropout(dropout) before the softmax (hidden.py: trained by
-    Keras' fit; hidden_kernel_/hidden_bias_ fitted, coef_ then H x C); seed: initial weights and dropout noise; classes: every class the head must know (its
+    Keras' train step; hidden_kernel_/hidden_bias_ fitted, coef_ then H x C); seed: initial weights and dropout noise; classes: every class the head must know (its
     columns), also one absent from the training rows (default: those in y). Ranges: heads/config.PARAMS. Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
     history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_; after a refit
     (l2="auto", refit=True) before_refit_: the head as it was chosen, fitted on X[rows] only (None without a refit)."""
@@ -100,7 +100,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_once(self, X, y, X_val, y_val, n_classes, rows, l2, epochs, early):
-        """One training run with penalty l2 for `epochs` (the hidden layer's by Keras' fit); sets the fitted attributes."""
+        """One training run with penalty l2 for `epochs` (the hidden layer's by Keras' train step); sets the fitted attributes."""
         self.l2_ = float(l2)
         if self.hidden:
             from .hidden import fit_hidden

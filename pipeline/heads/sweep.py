@@ -87,7 +87,7 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
         return
     groups = {}
     for i, cfg in enumerate(configs):
-        if refits(cfg) or cfg["hidden"]:             # a refit, or Keras' fit: trained alone
+        if refits(cfg) or cfg["hidden"]:             # a refit, or Keras' train step: trained alone
             yield i, fit_head(make_head("softmax", cfg, opts, data), data)
             continue
         groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"], cfg["normalize"]), []).append(i)
