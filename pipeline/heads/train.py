@@ -10,7 +10,6 @@ import logging
 import os
 import time
 
-
 from ..errors import PipelineError
 from .config import RunOptions
 from .data import TrainingData
