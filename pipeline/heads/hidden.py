@@ -1,9 +1,9 @@
 """The softmax head with a hidden layer (SoftmaxHead(hidden=H), H > 0): Dropout(p) -> Dense(H, relu) ->
-Dropout(p) -> Dense(C, softmax), trained by Keras' own train step (any backend) with the linear head's
-rules: Adam(lr), constant or CosineDecay(lr, every step), L2(l2) on both kernels, the hidden kernel
-Glorot-uniform and the output kernel `init`, seeded; the normalize step and the standardisation with
-the training rows' statistics come first, as for the linear head. Each step is Keras' own train step
-(`train_on_batch`, any backend), each epoch's validation Keras' `evaluate`.
+Dropout(p) -> Dense(C, softmax), trained by Keras' own train step (`train_on_batch`, any backend; each
+epoch's validation by `evaluate`) with the linear head's rules: Adam(lr), constant or CosineDecay(lr,
+every step), L2(l2) on both kernels, the hidden kernel Glorot-uniform and the output kernel `init`,
+seeded; the normalize step and the standardisation with the training rows' statistics come first, as
+for the linear head.
 
 The rows stream from the cache (mapped float16 included) in shuffled batches, widened and
 standardised per batch (`_Batches`): no float32 copy of a cache. Inference (`hidden_proba`) is
@@ -95,11 +95,11 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
         val = (_standardized(_float32_rows(Xv, np.arange(len(Xv))), est.mean_, est.scale_), np.asarray(y_val))
     progress = _Progress(epochs, len(rows), early_stopping and val is not None, est.patience)
     for epoch in range(epochs):
-        logs = _train_epoch(model, train)
+        row = {"epoch": epoch + 1, **_train_epoch(model, train)}
         if val is not None:
             scores = model.evaluate(*val, batch_size=INFER_ROWS, verbose=0, return_dict=True)
-            logs.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
-        if progress.epoch_end(model, epoch, logs):
+            row.update(val_loss=float(scores["loss"]), val_accuracy=float(scores["accuracy"]))
+        if progress.epoch_end(model, row):
             break
     if progress.best is not None:
         model.set_weights(progress.best)
@@ -111,19 +111,18 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
 
 
 def _train_epoch(model, train: _Batches) -> dict:
-    """One pass of Keras' train step over every batch, then a reshuffle; the epoch's loss and accuracy as
-    `fit` reports them (the mean over its batches, weighted by their rows). A loop of `train_on_batch`
+    """One pass of Keras' train step over every batch, then a reshuffle; the epoch's train_loss and
+    train_accuracy as `fit` reports them (the mean over its batches, weighted by their rows). A loop of `train_on_batch`
     rather than `fit` on a PyDataset: TensorFlow's fit wraps one in a tf.data generator whose iterator,
     deleted at an epoch's end with the GIL held, can wait forever on a thread that needs the GIL (seen
     here: a refit hung at its fourth epoch; README, "A hidden layer")."""
-    total = {"loss": 0.0, "accuracy": 0.0}
+    loss = accuracy = 0.0
     for i in range(len(train)):
         xb, yb = train[i]
         logs = model.train_on_batch(xb, yb, return_dict=True)
-        for k in total:
-            total[k] += float(logs[k]) * len(yb)
+        loss, accuracy = loss + float(logs["loss"]) * len(yb), accuracy + float(logs["accuracy"]) * len(yb)
     train.on_epoch_end()
-    return {k: v / len(train.rows) for k, v in total.items()}
+    return {"train_loss": loss / len(train.rows), "train_accuracy": accuracy / len(train.rows)}
 
 
 class _Progress:
@@ -135,12 +134,10 @@ class _Progress:
         self.history, self.best, self.best_epoch, self.best_loss, self.stale = [], None, 0, np.inf, 0
         self.t0 = time.perf_counter()
 
-    def epoch_end(self, model, epoch, logs) -> bool:
-        """Record the epoch; True when early stopping ends the run."""
-        e = epoch + 1
-        row = {"epoch": e, "train_loss": float(logs["loss"]), "train_accuracy": float(logs["accuracy"])}
-        if "val_loss" in logs:
-            row.update(val_loss=float(logs["val_loss"]), val_accuracy=float(logs["val_accuracy"]))
+    def epoch_end(self, model, row) -> bool:
+        """Record the epoch's history row (epoch, train_*, val_* with validation); True when early
+        stopping ends the run."""
+        e = row["epoch"]
         self.history.append(row)
         spent = time.perf_counter() - self.t0
         val = f", validation {row['val_accuracy']:.2%}" if "val_loss" in row else ""
