@@ -93,7 +93,7 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
             self.C_, self.selection_, self.val_proba_, chosen = self._select(X, y, rows, X_val, np.asarray(y_val))
             self.before_refit_ = copy.copy(self).set_params(C=self.C_)      # the head as chosen: the refit replaces
             self.before_refit_.model_ = chosen                              # model_, never mutates it
-            start = (chosen[-1].coef_.copy(), chosen[-1].intercept_.copy())  # the refit starts where it ended
+            start = self.before_refit_._end()                               # the refit starts where it ended
             if refit_rows is None:
                 parts, yr = [(X, rows), (X_val, None)], np.concatenate([y[rows], y_val])
             else:
@@ -112,6 +112,24 @@ class LogRegHead(ClassifierMixin, BaseEstimator):
             row.update(self._point("val", y_val, val_proba))
         self.history_ = [row]
         return self
+
+    def refit_on(self, X, y, rows=None) -> "LogRegHead":
+        """The protocol's second half for this head, fitted and chosen on validation: a new head, its C trained
+        again on X[rows] (e.g. every view of train + validation), starting where this one ended, as C="auto"
+        refits. Its before_refit_ is this head and its history_ this head's (validation is scored as it was chosen)."""
+        check_is_fitted(self)
+        X, y = check_inputs(self, X, y, reset=False)
+        t, rows = time.perf_counter(), np.arange(len(X)) if rows is None else np.asarray(rows)
+        head = copy.copy(self)
+        head.val_proba_, head.selection_, head.before_refit_ = None, None, self
+        Z, scaler = standardized([(normalized(X, self.blocks_, self.normalize), rows)])
+        head.model_ = self._fit(Z, np.asarray(y)[rows], scaler, self.C_, self._end())
+        head.n_iter_, head.train_seconds_ = head.model_[-1].n_iter_, self.train_seconds_ + time.perf_counter() - t
+        return head
+
+    def _end(self) -> tuple:
+        """(coef, intercept) where this fitted head's optimisation ended: a refit's warm start."""
+        return self.model_[-1].coef_.copy(), self.model_[-1].intercept_.copy()
 
     def _fit(self, Z, y, scaler, C, start=None):
         """LogisticRegression(C) on Z (standardised by the fitted `scaler`), warm-started from `start`

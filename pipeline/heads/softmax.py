@@ -67,7 +67,6 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             classes = np.unique(y if rows is None else np.asarray(y)[rows])
         encode = lambda v: _encode(classes, v)  # noqa: E731
         yk, yv = encode(y), None if y_val is None else encode(y_val)
-        l2, epochs, early = self.l2, self.epochs, self.early_stopping
         refit = self.refit or self.l2 == "auto"
         if refit and (X_val is None or not len(X_val)):
             raise ValueError(("l2='auto' chooses the penalty" if self.l2 == "auto" else "refit=True scores the head")
@@ -75,28 +74,40 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         if self.hidden and self.l2 == "auto":
             raise ValueError("l2='auto' trains linear heads only; pass a number for l2 with hidden > 0, or hidden=0")
         self.classes_, self.val_proba_, self.selection_, self.before_refit_ = classes, None, None, None
+        if not refit:
+            self._fit_once(X, yk, X_val, yv, len(classes), rows, self.l2, self.epochs, self.early_stopping)
+            return self
         if self.l2 == "auto":
-            l2, epochs = self._select(X, yk, X_val, yv, len(classes), rows)
-        elif refit:                                    # trained and scored as without the refit, then refit
-            self._fit_once(X, yk, X_val, yv, len(classes), rows, l2, epochs, early)
-            self.before_refit_ = copy.copy(self).set_params(refit=False)     # the refit replaces, never mutates
-            self.val_proba_, first = self.predict_proba(X_val), (self.history_, self.best_epoch_, self.train_seconds_)
-            epochs = self._refit_epochs(self.best_epoch_)
-        if refit:                                      # on train + validation: no validation data left
-            log.info(f"softmax head: refit on train + validation for {epochs} epochs")
-            if refit_rows is None:
-                X = np.concatenate([np.asarray(X[rows if rows is not None else slice(None)]), X_val])
-                yk, rows = np.concatenate([yk if rows is None else yk[rows], yv]), None
-            else:
-                rows = refit_rows
-            X_val = yv = None
-            early = False
-        self._fit_once(X, yk, X_val, yv, len(classes), rows, l2, epochs, early)
-        if self.l2 == "auto":
-            self.history_ = self.selection_.pop("history")
-        elif refit:
-            self.history_, self.best_epoch_, seconds = first
-            self.train_seconds_ += seconds
+            chosen = self._select(X, yk, X_val, yv, len(classes), rows)
+        else:                                          # trained and scored as without the refit, then refit
+            chosen = copy.copy(self).set_params(refit=False)                 # the refit replaces, never mutates
+            chosen._fit_once(X, yk, X_val, yv, len(classes), rows, self.l2, self.epochs, self.early_stopping)
+            self.val_proba_ = chosen.predict_proba(X_val)
+        if refit_rows is None:                         # on train + validation: no validation data left
+            X = np.concatenate([np.asarray(X[rows if rows is not None else slice(None)]), X_val])
+            yk, rows = np.concatenate([yk if rows is None else yk[rows], yv]), None
+        else:
+            rows = refit_rows
+        return self._refit_from(chosen, X, yk, rows)
+
+    def refit_on(self, X, y, rows=None) -> "SoftmaxHead":
+        """The protocol's second half for this head, fitted and chosen on validation: a new head (refit=True),
+        its configuration trained again on X[rows] (e.g. every view of train + validation) as fit's refit
+        does it. Its before_refit_ is this head (validation is scored as it was chosen)."""
+        check_is_fitted(self)
+        X, y = check_inputs(self, X, y, reset=False)
+        head = copy.copy(self).set_params(refit=True)
+        head.val_proba_ = head.selection_ = None
+        return head._refit_from(self, X, _encode(self.classes_, y), rows)
+
+    def _refit_from(self, chosen: "SoftmaxHead", X, y, rows) -> "SoftmaxHead":
+        """Train self with `chosen`'s penalty on X[rows] (y: class indices), without validation data, for the
+        epochs `chosen` was kept at; chosen becomes before_refit_ and its history_ and best_epoch_ this head's."""
+        epochs = chosen._refit_epochs(chosen.best_epoch_)
+        log.info(f"softmax head: refit on train + validation for {epochs} epochs")
+        self._fit_once(X, y, None, None, len(self.classes_), rows, chosen.l2, epochs, False)
+        self.history_, self.best_epoch_, self.before_refit_ = chosen.history_, chosen.best_epoch_, chosen
+        self.train_seconds_ += chosen.train_seconds_
         return self
 
     def _fit_once(self, X, y, X_val, y_val, n_classes, rows, l2, epochs, early):
@@ -113,9 +124,9 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         self.__dict__.update(sweep.fitted(0))
         self.hidden_kernel_ = self.hidden_bias_ = None
 
-    def _select(self, X, y, X_val, y_val, n_classes, rows):
-        """(chosen penalty, epochs to refit for): every L2_GRID head trained at once on X[rows], scored on
-        (X_val, y_val); sets selection_ (the grid, the validation curve, the choice) and val_proba_."""
+    def _select(self, X, y, X_val, y_val, n_classes, rows) -> "SoftmaxHead":
+        """The head chosen: every L2_GRID head trained at once on X[rows], scored on (X_val, y_val), the best
+        one (a SoftmaxHead with its penalty); sets selection_ (the grid, the validation curve, the choice) and val_proba_."""
         n = len(L2_GRID)
         grid = JointSoftmax((self.dropout,) * n, (self.lr,) * n, self.epochs, self.batch_size, self.early_stopping,
                             self.patience, self.standardize, self.seed, L2_GRID, self.normalize, self.blocks,
@@ -128,10 +139,10 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         for r in curve:
             log.info(f"softmax l2={r['l2']:g}: validation {r['val_accuracy']:.2%} (loss {r['val_loss']:.4f})")
         k = max(range(n), key=lambda i: (curve[i]["val_accuracy"], -curve[i]["val_loss"]))
-        self.val_proba_, self.before_refit_ = proba[k], SoftmaxHead.from_joint(grid, k, self.classes_)
+        self.val_proba_ = proba[k]
         self.selection_ = {"protocol": "l2 chosen on validation, refit on train + validation", "grid": list(L2_GRID),
-                           "curve": curve, "chosen_l2": L2_GRID[k], "history": grid.history_[k]}
-        return L2_GRID[k], self._refit_epochs(grid.best_epoch_[k])
+                           "curve": curve, "chosen_l2": L2_GRID[k]}
+        return SoftmaxHead.from_joint(grid, k, self.classes_)
 
     def _refit_epochs(self, best_epoch: int) -> int:
         """How long a refit trains: the epoch early stopping kept, else every epoch."""

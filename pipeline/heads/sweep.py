@@ -21,7 +21,7 @@ from ..durable import atomic_file, write_json
 from .runs import KIND_FILE, new_run_dir, plain_text, write_folder, write_results
 from .joint import JointSoftmax
 from .softmax import SoftmaxHead
-from .train import finish_run, fit_head, make_head, refit_chosen, split_proba
+from .train import finish_run, fit_head, make_head, split_proba
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
               timings: dict, refit_best: bool = False) -> tuple[str, str]:
     """Train every configuration, write the ranked table and plot; (sweep folder, best run folder).
     refit_best: the best configuration (unless it refits already) is trained again on train +
-    validation before its test score (refit_chosen)."""
+    validation before its test score (the head's refit_on)."""
     if not len(data.rows_val):
         raise SettingError("val_fraction", "0: a sweep ranks configurations on validation data; use a fraction > 0",
                           "RunOptions")
@@ -170,7 +170,8 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
     params, chosen, more = {p: best[p] for p in HEAD_PARAMS[head]}, trained[best["_i"]], None
     if refit_best and not refits(params):
         t = time.perf_counter()
-        chosen = refit_chosen(head, params, chosen, data, opts)
+        log.info(f"{head} head: the configuration best on validation, refit on train + validation")
+        chosen = chosen.refit_on(data.X, data.y, rows=data.train_and_val_rows())
         timings["refit_s"] = time.perf_counter() - t
         params = dict(params, refit=True) if head == "softmax" else params
         more = {"refit": "the configuration best on validation, trained again on train + validation after the sweep"}

@@ -5,7 +5,6 @@ once, at the end, in full. Everything lands in a run folder (runs.py).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -45,23 +44,6 @@ def fit_head(head, data: TrainingData):
                         refit_rows=data.train_and_val_rows())
     except ValueError as e:      # the estimator's own checks (scikit-learn's InvalidParameterError is one)
         raise PipelineError(f"{str(e).splitlines()[0]}; change the option") from None
-
-
-def refit_chosen(kind: str, params: dict, chosen, data: TrainingData, opts: RunOptions):
-    """`chosen` (a head fitted on the training rows and chosen among others on validation) trained again
-    with its parameters on every view of train + validation: the protocol's second half, as refit=True
-    does it inside a softmax head (the same numbers: its epochs, no validation, the same seed). The
-    result keeps `chosen` as before_refit_ (validation is scored as it was chosen) and its history."""
-    refit_params, refit_opts = dict(params), dataclasses.replace(opts, early_stopping=False)
-    if kind == "softmax":
-        refit_params.update(refit=False, epochs=chosen._refit_epochs(chosen.best_epoch_))
-    log.info(f"{kind} head: the configuration best on validation, refit on train + validation")
-    head = make_head(kind, refit_params, refit_opts, data).fit(data.X, data.y, rows=data.train_and_val_rows())
-    head.before_refit_, head.history_ = chosen, chosen.history_
-    if kind == "softmax":
-        head.best_epoch_ = chosen.best_epoch_
-        head.set_params(refit=True, epochs=params["epochs"], early_stopping=opts.early_stopping)
-    return head
 
 
 def split_proba(head, data: TrainingData, split: str, X, rows, every_row_proba=None):

@@ -49,6 +49,18 @@ def test_the_protocol_chooses_C_on_validation_only_and_refits_on_train_and_valid
     assert not np.allclose(before.predict_proba(Xv), head.predict_proba(Xv))
 
 
+def test_refit_on_trains_a_chosen_C_again_on_more_rows_from_where_it_ended(easy):
+    X, y, Xv, yv = easy
+    both, yb = np.concatenate([X, Xv]), np.concatenate([y, yv])
+    first = LogRegHead(C=0.1).fit(both, yb, Xv, yv, rows=np.arange(len(X)))
+    head = first.refit_on(both, yb)
+    alone = LogRegHead(C=0.1).fit(both, yb)
+    np.testing.assert_allclose(head.predict_proba(Xv), alone.predict_proba(Xv), atol=0.02)   # lbfgs tolerance
+    assert head.before_refit_ is first and head.history_ == first.history_ and head.C_ == first.C_ == 0.1
+    assert not np.allclose(first.predict_proba(Xv), head.predict_proba(Xv))        # first itself untouched
+    assert head.train_seconds_ > first.train_seconds_
+
+
 def test_the_chosen_C_does_not_depend_on_test_data(easy):
     """The protocol sees no test data at all: what changes test labels cannot change the choice."""
     X, y, Xv, yv = easy

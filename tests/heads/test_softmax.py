@@ -138,6 +138,10 @@ def test_refit_scores_on_validation_then_trains_the_same_head_on_train_and_valid
     np.testing.assert_array_equal(given.coef_, on_rows.coef_)
     with pytest.raises(ValueError, match="refit=True scores the head on validation data; pass X_val"):
         SoftmaxHead(refit=True).fit(X, y)
+    later = first.refit_on(mixed, np.concatenate([y, yv]))         # a head chosen elsewhere (a sweep), refit:
+    np.testing.assert_array_equal(later.coef_, head.coef_)          # fit(refit=True)'s refit, to the last bit
+    assert later.before_refit_ is first and later.history_ == first.history_ and later.get_params()["refit"]
+    assert not first.get_params()["refit"] and first.before_refit_ is None             # first itself untouched
 
 
 def test_early_stopping_in_a_sweep_stops_each_head_where_it_would_stop_alone(easy):
