@@ -51,6 +51,7 @@ class JointSoftmax:
     def fit(self, X, y, X_val=None, y_val=None, n_classes=None, rows=None):
         """Train on X[rows] (all rows by default; rows avoid copying a big array); y: 0..C-1."""
         from threadpoolctl import threadpool_limits
+        self._check_lengths()
         t0 = time.perf_counter()
         self.blocks_ = check_blocks(self.blocks, X.shape[1])
         X = normalized(X, self.blocks_, self.normalize)      # every row: rows index X
@@ -102,20 +103,36 @@ class JointSoftmax:
         for g, ks in enumerate(self.groups_):
             for h, k in enumerate(ks):
                 self.W_[g, h * c:(h + 1) * c] = glorot if self._init(k) == "glorot_uniform" else 0.0
-                lr[g, h * c:(h + 1) * c] = self.lrs[k]
+                lr[g, h * c:(h + 1) * c] = self._lr(k)
                 l2[g, h * c:(h + 1) * c] = self._l2(k)
                 cosine[g, h * c:(h + 1) * c] = steps if self._schedule(k) == "cosine" else 0
         return kernels.allocate(self.W_, self.b_, rates, n_heads, c, lr.ravel(), self.batch_size, steps,
                                 (BETA_1, BETA_2, EPSILON), self.mean_, self.scale_, l2.ravel(), cosine.ravel())
 
+    def _check_lengths(self):
+        """Every per-head setting: one value for all heads, or one per head (dropouts sets the count)."""
+        for name in ("lrs", "l2s", "inits", "schedules"):
+            values = getattr(self, name)
+            if values is not None and len(values) not in (1, len(self.dropouts)):
+                raise ValueError(f"JointSoftmax {name}: expected 1 or {len(self.dropouts)} values (one per dropout "
+                                 f"rate), got {len(values)}; give one value for all heads or one per head")
+
+    @staticmethod
+    def _each(values, k, default):
+        """Head k's value of a per-head setting: `default` if None, the one value if one, else the k-th."""
+        return default if values is None else values[0] if len(values) == 1 else values[k]
+
+    def _lr(self, k) -> float:
+        return float(self._each(self.lrs, k, DEFAULTS["lr"]))
+
     def _l2(self, k) -> float:
-        return 0.0 if self.l2s is None else float(self.l2s[k])
+        return float(self._each(self.l2s, k, 0.0))
 
     def _init(self, k) -> str:
-        return DEFAULTS["init"] if self.inits is None else self.inits[k]
+        return self._each(self.inits, k, DEFAULTS["init"])
 
     def _schedule(self, k) -> str:
-        return DEFAULTS["lr_schedule"] if self.schedules is None else self.schedules[k]
+        return self._each(self.schedules, k, DEFAULTS["lr_schedule"])
 
     def _place(self, k):
         """(group, index in group) of head k."""
@@ -173,7 +190,7 @@ class JointSoftmax:
 
     def params(self, k: int) -> dict:
         """Head k's parameters, as SoftmaxHead takes them."""
-        return {"dropout": self.dropouts[k], "lr": self.lrs[k], "epochs": self.epochs, "batch_size": self.batch_size,
+        return {"dropout": self.dropouts[k], "lr": self._lr(k), "epochs": self.epochs, "batch_size": self.batch_size,
                 "early_stopping": self.early_stopping, "patience": self.patience, "standardize": self.standardize,
                 "seed": self.seed, "l2": self._l2(k), "normalize": self.normalize, "blocks": self.blocks,
                 "init": self._init(k), "lr_schedule": self._schedule(k)}

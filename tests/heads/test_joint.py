@@ -195,3 +195,15 @@ def test_a_sweep_over_dropout_rates_is_the_plain_numpy_definition_for_every_head
 def _softmax_rows(z):
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+def test_one_value_of_a_per_head_setting_serves_every_head(easy):
+    """As the README's example writes it: three dropout rates, the default learning rate for all."""
+    X, y, _, _ = easy
+    short = JointSoftmax(dropouts=(0.2, 0.5, 0.8), lrs=(3e-3,), l2s=(1e-3,), epochs=2, batch_size=100).fit(X, y)
+    spelt = JointSoftmax(dropouts=(0.2, 0.5, 0.8), lrs=(3e-3,) * 3, l2s=(1e-3,) * 3, epochs=2, batch_size=100).fit(X, y)
+    np.testing.assert_array_equal(short.W_, spelt.W_)
+    assert [short.params(k) for k in range(3)] == [spelt.params(k) for k in range(3)]
+    assert JointSoftmax(dropouts=(0.2, 0.5, 0.8), epochs=1).fit(X, y).params(2)["lr"] == 1e-3
+    with pytest.raises(ValueError, match=r"JointSoftmax lrs: expected 1 or 3 values .*got 2"):
+        JointSoftmax(dropouts=(0.2, 0.5, 0.8), lrs=(1e-3, 1e-2)).fit(X, y)
