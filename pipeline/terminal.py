@@ -108,8 +108,10 @@ class NativeLogFilter:
         os.close(write)
         if self.fd == 2:
             self.saved_stderr = sys.stderr
-            sys.stderr = io.TextIOWrapper(io.FileIO(self.original, "w", closefd=False), encoding=sys.stderr.encoding,
-                                          errors="backslashreplace", line_buffering=True, write_through=True)
+            # as Python's own stderr: line-buffered over a buffered writer, so that each line (print's text and
+            # its newline) leaves in one write and the filter's child cannot land inside it
+            sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(self.original, "w", closefd=False)),
+                                          encoding=sys.stderr.encoding, errors="backslashreplace", line_buffering=True)
         return self
 
     def stop(self):

@@ -78,11 +78,15 @@ def _child(code: str, level: str = "2"):
 def test_a_process_writes_through_the_filter_and_gets_its_descriptor_back():
     chatter = b"\n".join(CHATTER).decode()
     proc = _child(f"os.write(2, {chatter!r}.encode() + b'\\nnative kept\\n')\nprint('python kept', file=sys.stderr)\n"
+                  "for i in range(200):\n    os.write(2, b'native %d\\n' % i)\n    print('python', i, file=sys.stderr)\n"
                   "assert os.fstat(2).st_ino != before.st_ino\nterminal.stop()\n"
                   "assert (os.fstat(2).st_ino, os.fstat(2).st_dev) == (before.st_ino, before.st_dev)\n"
                   "print('after stop', file=sys.stderr)")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stderr.splitlines()) == [b"after stop", b"native kept", b"python kept"]    # two paths: any order
+    # two paths, any order, each line whole (print writes a line in one piece: the child never lands inside it)
+    expected = [b"after stop", b"native kept", b"python kept"] + [b"%s %d" % (w, i) for w in (b"native", b"python")
+                                                                    for i in range(200)]
+    assert sorted(proc.stderr.splitlines()) == sorted(expected)
 
 
 def test_what_a_crash_writes_last_still_arrives():
