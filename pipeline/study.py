@@ -107,10 +107,12 @@ def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, obj
     """Train one head; its row of metrics (val and test, original view and averaged over views)."""
     from .heads.train import evaluate_head, fit_head, make_head
     t = time.perf_counter()
-    head = fit_head(make_head(kind, params, opts, data), data)
-    seconds = time.perf_counter() - t
+    with data.checked():                       # a verified cache is not scanned again
+        head = fit_head(make_head(kind, params, opts, data), data)
+        seconds = time.perf_counter() - t
+        scores = evaluate_head(head, data, ("val", "test"))
     row = {"head": kind, **{f"head_{k}": v for k, v in params.items()}, "head_s": round(seconds, 2)}
-    for split, m in evaluate_head(head, data, ("val", "test")).items():
+    for split, m in scores.items():
         if not m["n"]:
             continue
         row.update({f"{split}_n": m["n"], f"{split}_accuracy": m["accuracy"], f"{split}_loss": m["loss"]})
@@ -212,8 +214,9 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
             data = load_training_data(os.path.join(base.cache_dir, best["cache"]), opts.val_fraction, opts.seed,
                                       opts.train_images)
             _, head = run_head(data, best["head"], params, opts)
-        finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best",
-                   replace=True, more={"study": name, "study_row": best["row"]})
+        with data.checked():
+            finish_run(data, best["head"], params, head, opts, {"train_s": best["head_s"]}, name=f"{name}-best",
+                       replace=True, more={"study": name, "study_row": best["row"]})
     log.info(f"study: best on validation: {describe(best)} -> {best_dir}")
     return folder
 

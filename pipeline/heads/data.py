@@ -8,6 +8,7 @@ probabilities of an image's K views. Validation images never share an image with
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -29,10 +30,19 @@ class TrainingData:
     cache_path: str
     provenance: dict           # the cache's attributes
     views: int = 1             # K
+    verified: bool = False     # X and X_test passed their cache's SHA-256 and finiteness check (load_training_data)
 
     def blocks(self) -> list[int]:
         """The widths of the cache's layer blocks (heads' normalize step)."""
         return blocks_of(self.provenance, self.X.shape[1])
+
+    def checked(self):
+        """A context in which the heads skip their own finiteness pass over these features (scikit-learn's
+        `assume_finite`) when the cache's load has checked them already (verified); otherwise nothing changes."""
+        if not self.verified:
+            return contextlib.nullcontext()
+        from sklearn import config_context
+        return config_context(assume_finite=True)
 
     def originals(self, rows) -> np.ndarray:
         """The original-view rows among `rows`."""
@@ -127,4 +137,4 @@ def load_training_data(cache_path: str, val_fraction: float, seed: int, train_im
     rows_train = (images_train[:, None] * K + np.arange(K)).ravel()
     prov = {k: v for k, v in meta.items() if k not in ("ids", "split")}
     return TrainingData(as_rows(X), np.repeat(y, K), rows_train, images_val * K, as_rows(X_test), np.repeat(y_test, K),
-                        list(meta["class_names"]), cache_path, prov, K)
+                        list(meta["class_names"]), cache_path, prov, K, verified=True)

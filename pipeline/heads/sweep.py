@@ -135,6 +135,11 @@ def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base
     """Train every configuration, write the ranked table and plot; (sweep folder, best run folder).
     refit_best: the best configuration (unless it refits already) is trained again on train +
     validation before its test score (the head's refit_on)."""
+    with data.checked():                       # a verified cache is not scanned again
+        return _sweep(data, head, space, rand, base, opts, timings, refit_best)
+
+
+def _sweep(data, head, space, rand, base, opts, timings, refit_best):
     if not len(data.rows_val):
         raise SettingError("val_fraction", "0: a sweep ranks configurations on validation data; use a fraction > 0",
                           "RunOptions")

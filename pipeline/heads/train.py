@@ -61,9 +61,10 @@ def split_proba(head, data: TrainingData, split: str, X, rows, every_row_proba=N
 def train_head(data: TrainingData, kind: str, params: dict, opts: RunOptions, timings: dict) -> str:
     """Train a `kind` head with `params` on `data`; its run folder (its name checked free before any work)."""
     new_run_dir(opts.runs_dir, opts.name)
-    head = fit_head(make_head(kind, params, opts, data), data)
-    timings["train_s"] = head.train_seconds_
-    return finish_run(data, kind, params, head, opts, timings)
+    with data.checked():                       # a verified cache is not scanned again
+        head = fit_head(make_head(kind, params, opts, data), data)
+        timings["train_s"] = head.train_seconds_
+        return finish_run(data, kind, params, head, opts, timings)
 
 
 def evaluate_head(head, data: TrainingData, splits=("train", "val", "test")) -> dict:

@@ -3,13 +3,16 @@
 refusal as the CLI ("The 'dropout' parameter of SoftmaxHead must be a float in the range [0.0, 1.0).
 Got -0.5 instead."); inputs through `validate_data` (2-D, no sparse or complex data, as many labels as
 rows, the fitted width at predict time, classification targets) with finiteness checked from the
-raw bits (finite.py: a mapped float16 cache is neither copied nor widened).
+raw bits (finite.py: a mapped float16 cache is neither copied nor widened), unless scikit-learn's
+`assume_finite` is set: the head commands set it (TrainingData.checked) for features their cache's
+load has checked already, so a head never scans a verified cache again.
 """
 from __future__ import annotations
 
 from numbers import Integral, Real
 
 import numpy as np
+from sklearn import get_config
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
@@ -54,7 +57,7 @@ def check_inputs(est, X, y="no_validation", reset: bool = True):
     X, y = (out, None) if only_x else out
     if not only_x:
         check_classification_targets(y)
-    if not all_finite(X):
+    if not get_config()["assume_finite"] and not all_finite(X):
         raise ValueError(f"Input X contains NaN or infinity; {type(est).__name__} needs finite features")
     return X if only_x else (X, y)
 

@@ -62,3 +62,18 @@ def test_a_training_budget_is_taken_before_the_validation_split():
     full_train, full_val = split_images(y, 0.1, 0)
     from pipeline.heads.data import validation_split
     assert [a.tolist() for a in (full_train, full_val)] == [a.tolist() for a in validation_split(y, 0.1, 0)]
+
+
+def test_only_features_from_a_verified_load_skip_the_heads_finiteness_pass(syn):
+    """load_training_data's features passed the cache's own SHA-256 and finiteness check, so the head
+    commands run under scikit-learn's assume_finite; TrainingData built any other way keeps the check."""
+    import dataclasses
+
+    from sklearn import get_config
+    data = load_training_data(syn, 0.1, 0)
+    assert data.verified and data.with_train_images(100, 0, 0.1).verified
+    with data.checked():
+        assert get_config()["assume_finite"]
+    assert not get_config()["assume_finite"]            # restored after
+    with dataclasses.replace(data, verified=False).checked():
+        assert not get_config()["assume_finite"]

@@ -179,3 +179,29 @@ def test_a_full_disk_while_writing_the_run_is_one_line_and_leaves_nothing(syn, t
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r", "--epochs", "2", "--quiet")
     assert is_one_line_error(code, err, f"no space left on the device while writing {tmp_path / 'r'}")
     assert "runs_dir" in err and os.listdir(tmp_path) == []
+
+
+def test_heads_never_scan_a_verified_cache_again_but_check_other_features(syn, tmp_path, capsys, monkeypatch):
+    """The cache's load checks its features once per version of the file; train-head, sweep and study
+    heads do not pass over them again. A TrainingData that did not come from a load is still checked."""
+    import dataclasses
+
+    from pipeline.errors import PipelineError
+    from pipeline.heads import validation
+    from pipeline.heads.config import DEFAULTS, RunOptions, head_params
+    from pipeline.heads.data import load_training_data
+    from pipeline.heads.train import train_head
+    scans = []
+    real = validation.all_finite
+    monkeypatch.setattr(validation, "all_finite", lambda a: scans.append(a.shape) or real(a))
+    assert train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r", "--epochs", "2")[0] == 0
+    assert run_captured(capsys, "sweep", "--cache", syn, "--runs-dir", tmp_path, "--name", "s", "--epochs", "2",
+                        "--param", "dropout=0.2,0.5", "--refit-best")[0] == 0
+    assert scans == []
+    data = load_training_data(syn, 0.1, 0)
+    X = np.array(data.X)
+    X[7, 3] = np.inf
+    opts = RunOptions(runs_dir=str(tmp_path), name="bad")
+    with pytest.raises(PipelineError, match="NaN or infinity"):
+        train_head(dataclasses.replace(data, X=X, verified=False), "softmax", head_params("softmax", DEFAULTS), opts, {})
+    assert scans and not os.path.exists(tmp_path / "bad")

@@ -51,3 +51,26 @@ def test_float16_features_are_neither_copied_nor_widened_by_validation(monkeypat
     X2[3, 1] = np.inf
     with pytest.raises(ValueError, match="NaN or infinity"):
         SoftmaxHead(epochs=1).fit(X2, np.arange(40) % 2)
+
+
+def test_the_finiteness_pass_is_skipped_only_where_scikit_learn_is_told_to_assume_finite(monkeypatch):
+    """scikit-learn's `assume_finite` (the head commands set it for a verified cache's features) skips the
+    pass over X; without it a NaN is refused, in fit and in predict_proba."""
+    from sklearn import config_context
+    from pipeline.heads import validation
+    X, y = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
+    scans = []
+    real = validation.all_finite
+    monkeypatch.setattr(validation, "all_finite", lambda a: scans.append(len(a)) or real(a))
+    with config_context(assume_finite=True):
+        head = SoftmaxHead(epochs=1).fit(X, y)
+        head.predict_proba(X)
+    assert scans == []
+    head.predict_proba(X)
+    assert scans == [40]
+    bad = X.copy()
+    bad[5, 2] = np.nan
+    for call in (lambda: SoftmaxHead(epochs=1).fit(bad, y), lambda: head.predict_proba(bad),
+                 lambda: LogRegHead().fit(bad, y)):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            call()
