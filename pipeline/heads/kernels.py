@@ -522,10 +522,11 @@ def train_step(X, idx, yb, key, state):
 def _adam_row(p, g, m, v, a, d, r, one_minus_beta_1, one_minus_beta_2, epsilon):
     """Row r, its gradient plus d * p (an L2 penalty; d = 0: none); error_model="numpy" (no
     ZeroDivisionError check) lets the loop vectorise."""
-    pr, mr, vr = p[r], m[r], v[r]
-    for q in range(1, g.shape[0]):
-        g[0, r] += g[q, r]
-    gr = g[0, r]
+    pr, mr, vr, gr = p[r], m[r], v[r], g[0, r]
+    for q in range(1, g.shape[0]):          # parts added in order, by a plain loop (an array += took ~2x as long)
+        gq = g[q, r]
+        for j in range(gr.shape[0]):
+            gr[j] += gq[j]
     for j in range(p.shape[1]):
         gj = gr[j] + d * pr[j]
         mj = mr[j] + (gj - mr[j]) * one_minus_beta_1
