@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {features,train-head,sweep,predict,bench}` (also `pipeline`).
+"""Command line: `python -m pipeline {features,train-head,sweep,study,ensemble,predict,bench,gpu-check}` (also `pipeline`).
 
 The front door: it parses options into each stage's settings (stage one: `FeatureConfig`; stage
 two: head parameters and `RunOptions`) and calls the stages; nothing imports it. A user's mistake
@@ -118,6 +118,14 @@ def cmd_study(args):
                     train_sizes=sizes))
 
 
+def cmd_ensemble(args):
+    from .heads.ensemble import read_members, run_ensemble, split_of
+    timings = {"startup_s": process_age()}
+    members = read_members(args.run)
+    opts = RunOptions(runs_dir=args.runs_dir, name=args.name, quiet=args.quiet, **split_of(members[0])).validated()
+    print(run_ensemble(_training_data(args, opts, timings), members, opts, timings))
+
+
 def cmd_predict(args):
     for line in predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size):
         print(line)
@@ -140,6 +148,7 @@ KEPT = {   # what Ctrl-C leaves, per command
     "sweep": "nothing was written (the sweep and its best run appear only when finished); re-run the command",
     "study": "built caches and every finished (cache, head) row are kept (<study>/rows); re-run the same command "
              "to resume",
+    "ensemble": "nothing was written (its run folder appears only when it is finished); re-run the command",
     "predict": "nothing was written (an export is written whole or not at all)",
     "bench": "nothing was written; re-run the command",
     "gpu-check": "nothing was written; re-run the command",
@@ -191,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the configuration best on validation again on train + validation (every view) before "
                         "its test score: the protocol's refit for the one chosen head, where --param refit=true refits "
                         "every configuration (default: off)")
+    e = sub.add_parser("ensemble", help="one classifier from heads trained on one cache: the mean of their "
+                       "probabilities, scored and written as a run folder of its own")
+    e.add_argument("--run", action="append", required=True, help="a run folder of train-head or sweep on the cache "
+                   "(repeat: 2 to 16 heads; their validation split is the ensemble's)")
+    add_feature_options(e)
+    e.add_argument("--cache", default=None, help="cache file (default: the one the feature options select)")
+    e.add_argument("--name", default=None, help="run folder name (default: a timestamp)")
+    e.add_argument("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)")
+    add_run_options(e)
+    e.set_defaults(func=cmd_ensemble, exit_fast=True)
     p = sub.add_parser("predict", help="classify image files end to end")
     p.add_argument("--run", required=True, help="a run folder written by train-head or sweep")
     p.add_argument("images", nargs="+", help="image files")

@@ -6,7 +6,6 @@ upscaled with OpenCV as the cache did (`pipeline.features.preprocess.upscale`), 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -21,13 +20,11 @@ from .features import pooling
 from .features.images import BadImage, decode_image
 from .features.preprocess import keras_preprocessing, upscale
 from .heads.keras_file import head_model, input_width, read_head
+from .heads.ensemble import head_files
+from .heads.runs import read_metrics
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 32   # images per forward pass
-
-
-
-MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
 RUN_SETTINGS = {"layer": str, "image_size": int, "interpolation": str, "precision": str, "weights": str}
 
 
@@ -37,43 +34,31 @@ def read_run(run: str) -> dict:
     accepts them), the head's width against those settings' features, printable class names."""
     def refuse(why):
         return SettingError("run", f"{run}: {why}; pass a folder written by train-head or sweep", "predict")
-    metrics_path = os.path.join(run, "metrics.json")
-    if not os.path.isfile(metrics_path):
-        raise refuse("no metrics.json")
-    if os.path.getsize(metrics_path) > MAX_METRICS_BYTES:
-        raise refuse(f"metrics.json is larger than {MAX_METRICS_BYTES:,} bytes")
-    try:
-        with open(metrics_path) as f:
-            metrics = json.load(f)
-        settings = metrics["provenance"]["settings"]
-        names, kind = metrics["class_names"], metrics["head"]
-    except RecursionError:
-        raise refuse("metrics.json is nested too deeply") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise refuse(f"metrics.json is not a run's ({type(e).__name__}: {str(e)[:60]})") from None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.isprintable() for n in names):
-        raise refuse("its class names are not a list of printable names (a TAB or newline would forge output lines)")
-    if kind not in ("softmax", "logreg"):
-        raise refuse(f"its head is {str(kind)[:40]!r}, expected softmax or logreg")
-    head_file = os.path.join(run, "head.keras")
-    if not os.path.isfile(head_file):
-        old = " (head.joblib is an older version's pickle: never loaded; re-run train-head)" \
-            if os.path.exists(os.path.join(run, "head.joblib")) else "; re-run train-head"
-        raise SettingError("run", f"{run}: missing head.keras{old}", "predict")
+    metrics = read_metrics(run, refuse)
+    settings, names, kind = metrics["provenance"].get("settings"), metrics["class_names"], metrics["head"]
+    if kind not in ("softmax", "logreg", "ensemble"):
+        raise refuse(f"its head is {str(kind)[:40]!r}, expected softmax, logreg or ensemble")
+    files = head_files(run, metrics, refuse)
+    for path in files:
+        if not os.path.isfile(path):
+            old = " (head.joblib is an older version's pickle: never loaded; re-run train-head)" \
+                if os.path.exists(os.path.join(run, "head.joblib")) else "; re-run train-head"
+            raise SettingError("run", f"{run}: missing {os.path.basename(path)}{old}", "predict")
     if not isinstance(settings, dict) or "image_size" not in settings:
         raise SettingError("run", f"{run}: its cache has no backbone settings (a synthetic cache?); predict needs "
                            "a run trained on a cache of stage one (features)", "predict")
     settings = _checked_settings(settings, refuse)
-    head = read_head(head_file)
-    d, c = input_width(head), head["kernel"].shape[1]
-    if c != len(names):
-        raise SettingError("run", f"{run}: head.keras has {c} classes but metrics.json names {len(names)}; "
-                           "re-run train-head", "predict")
     want = pooling.feature_dim(settings["layers"], settings["image_size"])
-    if d != want:
-        raise refuse(f"head.keras takes {d} features but layer {settings['layer']} at {settings['image_size']} px "
-                     f"gives {want}")
-    return {"metrics": metrics, "head": head, "settings": settings, "class_names": names, "kind": kind}
+    heads = [read_head(path) for path in files]
+    for path, head in zip(files, heads):
+        d, c = input_width(head), head["kernel"].shape[1]
+        if c != len(names):
+            raise SettingError("run", f"{run}: {os.path.basename(path)} has {c} classes but metrics.json names "
+                               f"{len(names)}; re-run train-head", "predict")
+        if d != want:
+            raise refuse(f"{os.path.basename(path)} takes {d} features but layer {settings['layer']} at "
+                         f"{settings['image_size']} px gives {want}")
+    return {"metrics": metrics, "heads": heads, "settings": settings, "class_names": names, "kind": kind}
 
 
 def _checked_settings(settings: dict, refuse) -> dict:
@@ -105,7 +90,9 @@ def end_to_end(run_info: dict):
                           sha256=ident.get("sha256"))
     inp = keras.Input((s["image_size"], s["image_size"], 3), name="image")
     x = pooling.keras_pool(keras, base(keras_preprocessing(keras, inp)), layers)
-    out = head_model(run_info["head"])(x)
+    outs = [head_model(h, name=f"head_{i}" if len(run_info["heads"]) > 1 else "head")(x)
+            for i, h in enumerate(run_info["heads"])]
+    out = keras.layers.Average(name="ensemble")(outs) if len(outs) > 1 else outs[0]   # an ensemble: the mean
     model = keras.Model(inp, out, name=re.sub(r"\W", "_", f"vgg19_{pooling.slug(layers)}_{kind}"))
     return model
 

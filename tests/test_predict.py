@@ -61,6 +61,33 @@ def test_predict_agrees_with_head_on_cached_features(cached, capsys, head, norma
     np.testing.assert_allclose(np.asarray(exported.predict(x, verbose=0)), want, atol=1e-5)   # weights kept
 
 
+def test_predict_an_ensemble_is_the_mean_of_its_heads(cached, capsys):
+    """An ensemble's run folder (member files, no head.keras) is a run to predict: the mean of its
+    members' probabilities, and its export a Keras model that computes the same."""
+    root, data, cache = cached
+    runs = [train(root, cache, "softmax", "ens-soft"), train(root, cache, "logreg", "ens-logreg", "--val-fraction", "0.2")]
+    code, out, err = run_captured(capsys, "ensemble", "--run", runs[0], "--run", runs[1], "--cache", cache,
+                                  "--runs-dir", root / "runs", "--name", "ens", "--quiet")
+    assert code == 0, err
+    X, y, meta = load_cache(cache)["test"]
+    paths = [os.path.join(data, i) for i in meta["ids"]]
+    want = np.mean([head_model(read_head(os.path.join(r, "head.keras"))).predict(X, verbose=0) for r in runs], axis=0)
+    code, lines, err = run_captured(capsys, "predict", "--run", out[-1], *paths, "--export", root / "ens.keras")
+    assert code == 0 and len(lines) == len(paths), err
+    for line, w in zip(lines, want):
+        _, cls, prob = line.split("\t")
+        assert cls == meta["class_names"][int(w.argmax())] and float(prob) == pytest.approx(float(w.max()), abs=2e-4)
+    import keras
+    from pipeline.features.images import decode_image
+    from pipeline.features.preprocess import upscale
+    x = upscale([decode_image(p) for p in paths], 32, "cubic").astype(np.float32)
+    exported = keras.saving.load_model(str(root / "ens.keras"))
+    np.testing.assert_allclose(np.asarray(exported.predict(x, verbose=0)), want, atol=1e-5)
+    os.remove(os.path.join(out[-1], "member_1.keras"))            # a member file missing: one line, nothing built
+    code, lines, err = run_captured(capsys, "predict", "--run", out[-1], *paths)
+    assert is_one_line_error(code, err, "missing member_1.keras") and not lines
+
+
 def test_logreg_head_equals_scikit_learn_also_with_a_class_missing_from_train(tmp_path):
     """Train has cat, dog, frog; the cache's classes also include bird: the saved head gives each class
     its own column, so the class printed is the class the head means (and bird gets probability 0)."""
@@ -185,7 +212,7 @@ def _edit_settings(m, **kw):
     (lambda m: _edit_settings(m, layer="block5_pool:avg"), "head.keras takes"),          # width 512 vs the head's
     (lambda m: _edit_settings(m, precision="float64"), "expected float32, bfloat16 or float16"),
     (lambda m: m.update(class_names=["cat\tx", "dog", "frog"]), "printable"),
-    (lambda m: m.update(head=["softmax"]), "expected softmax or logreg"),
+    (lambda m: m.update(head=["softmax"]), "expected softmax, logreg or ensemble"),
 ])
 def test_a_run_folder_is_validated_like_a_cache(cached, tmp_path, capsys, monkeypatch, change, needle):
     root, data, cache = cached

@@ -230,7 +230,7 @@ def _read_weights(weights: bytes, expected: dict) -> list[tuple[np.ndarray, np.n
                 for k, b in zip(names[::2], names[1::2])]
 
 
-def head_model(head: dict):
+def head_model(head: dict, name: str = "head"):
     """The head as a Keras model on features (built from read_head's numbers, not deserialised)."""
     import keras
     d, c = input_width(head), head["kernel"].shape[1]
@@ -248,7 +248,7 @@ def head_model(head: dict):
         hidden = keras.layers.Dense(head["hidden_kernel"].shape[1], activation="relu", name="hidden", dtype="float32")
         layers += [hidden, keras.layers.Dropout(float(head["dropout"]), name="hidden_dropout", dtype="float32")]
     dense = keras.layers.Dense(c, activation="softmax", name="predictions", dtype="float32")
-    model = keras.Sequential(layers + [dense], name="head")
+    model = keras.Sequential(layers + [dense], name=name)
     if hidden is not None:
         hidden.set_weights([head["hidden_kernel"], head["hidden_bias"]])
     dense.set_weights([head["kernel"], head["bias"]])

@@ -23,6 +23,33 @@ from .keras_file import write_head
 KIND_FILE = "kind.json"     # in a sweep's or a study's folder: {"kind": "sweep"|"study", ...}
 
 
+MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
+
+
+def read_metrics(run: str, refuse) -> dict:
+    """A run folder's metrics.json (which may come from anyone), read as predict and ensemble need it:
+    its size checked before reading, a JSON object with a head kind (checked by the caller), printable
+    class names and a provenance object; anything else is refuse(why), an exception to raise."""
+    path = os.path.join(run, "metrics.json")
+    if not os.path.isfile(path):
+        raise refuse("no metrics.json")
+    if os.path.getsize(path) > MAX_METRICS_BYTES:
+        raise refuse(f"metrics.json is larger than {MAX_METRICS_BYTES:,} bytes")
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+        names, prov, _ = metrics["class_names"], metrics["provenance"], metrics["head"]
+    except RecursionError:
+        raise refuse("metrics.json is nested too deeply") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise refuse(f"metrics.json is not a run's ({type(e).__name__}: {str(e)[:60]})") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.isprintable() for n in names):
+        raise refuse("its class names are not a list of printable names (a TAB or newline would forge output lines)")
+    if not isinstance(prov, dict):
+        raise refuse("metrics.json is not a run's (its provenance is not an object)")
+    return metrics
+
+
 def folder_kind(path: str) -> str | None:
     """What a folder in the runs dir holds: "sweep" or "study" (its kind.json), "run" (metrics.json),
     "other" (anything else), None when it does not exist or is empty."""

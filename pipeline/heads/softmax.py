@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from .config import DEFAULTS
 from .joint import JointSoftmax
 from .linear import logits
+from .normalize import check_blocks
 from .validation import SOFTMAX, check_fit, check_inputs
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,27 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         est.classes_ = np.arange(joint.n_classes_) if classes is None else np.asarray(classes)
         est.__dict__.update(joint.fitted(k))
         est.val_proba_ = est.selection_ = est.before_refit_ = est.hidden_kernel_ = est.hidden_bias_ = None
+        return est
+
+    @classmethod
+    def from_file(cls, head: dict, classes) -> "SoftmaxHead":
+        """A fitted head, for inference, from a head file's numbers (keras_file.read_head): what the file
+        computes in Keras, as plain arrays (a logreg run's file too: the same softmax of an affine map).
+        The standardisation's scale is Keras' Normalization's, max(sqrt(variance), 1e-7)."""
+        hidden = head.get("hidden_kernel")
+        est = cls(classes=classes, dropout=float(head["dropout"] or 0.0), normalize=head["normalize"] or "none",
+                  blocks=head["blocks"], standardize=head["mean"] is not None,
+                  hidden=0 if hidden is None else int(hidden.shape[1]))
+        est.classes_ = np.asarray(classes)
+        est.coef_, est.intercept_ = head["kernel"], head["bias"]
+        est.hidden_kernel_, est.hidden_bias_ = hidden, head.get("hidden_bias")
+        est.mean_, est.scale_ = head["mean"], None
+        if head["mean"] is not None:
+            est.scale_ = np.maximum(np.sqrt(head["variance"]), np.float32(1e-7)).astype(np.float32)
+        est.n_features_in_ = (head["kernel"] if hidden is None else hidden).shape[0]
+        est.blocks_ = check_blocks(head["blocks"], est.n_features_in_)
+        est.history_, est.best_epoch_, est.train_seconds_ = [], None, 0.0
+        est.val_proba_ = est.selection_ = est.before_refit_ = None
         return est
 
     def predict_proba(self, X) -> np.ndarray:

@@ -1,0 +1,157 @@
+"""`ensemble`: heads trained on one cache as one classifier, the mean of their probabilities (with
+views, then the mean over each image's views, as for any head): the last points of accuracy once the
+single heads are chosen, for no training at all.
+
+An ensemble is a run folder of its own, self-contained: its members' head files (member_0.keras, ...:
+the format of head.keras, read as numbers only), metrics.json (each member's run, kind, parameters and
+own scores; the ensemble's scores) and the test confusion plot, so `predict --run` and `--export`
+take it as any run. The members must share the cache (its key and checksum) and the validation split
+(seed, val_fraction, train_images). The ensemble is scored on validation only when no member was
+refit on it (refit, or a value chosen on validation): a refit member has seen those images.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from ..errors import SettingError
+from .config import RunOptions, check_param, refits
+from .keras_file import input_width, read_head, write_head
+from .runs import new_run_dir, plot_confusion, read_metrics, summary_table, write_folder
+
+log = logging.getLogger(__name__)
+
+MAX_MEMBERS = 16                 # heads in one ensemble
+MEMBER_FILE = "member_{}.keras"  # an ensemble's head files, in its folder
+SPLIT = ("seed", "val_fraction", "train_images")    # what decides a run's validation split on its cache
+
+
+def head_files(run: str, metrics: dict, refuse) -> list[str]:
+    """The head files of a run folder whose metrics.json is `metrics`: head.keras, or an ensemble's members."""
+    if metrics["head"] != "ensemble":
+        return [os.path.join(run, "head.keras")]
+    members = metrics.get("members")
+    if not isinstance(members, list) or not 2 <= len(members) <= MAX_MEMBERS:
+        raise refuse(f"its members are not a list of 2 to {MAX_MEMBERS} heads")
+    return [os.path.join(run, MEMBER_FILE.format(i)) for i in range(len(members))]
+
+
+class EnsembleHead:
+    """The mean of fitted heads' probabilities (members: estimators with predict_proba, the same classes_)."""
+
+    def __init__(self, members):
+        self.members = members
+
+    @property
+    def classes_(self):
+        return self.members[0].classes_
+
+    def predict_proba(self, X) -> np.ndarray:
+        return sum(m.predict_proba(X) for m in self.members) / len(self.members)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+def read_members(runs: list) -> list[dict]:
+    """Each run folder's metrics and head file, checked as predict checks a run (numbers only, sizes first),
+    all on one validation split; SettingError (one line) naming the run otherwise."""
+    if not 2 <= len(runs) <= MAX_MEMBERS:
+        raise SettingError("run", f"expected 2 to {MAX_MEMBERS} run folders, got {len(runs)}; pass --run once per head",
+                           "ensemble")
+    seen, out = set(), []
+    for run in runs:
+        def refuse(why, run=run):
+            return SettingError("run", f"{run}: {why}; pass run folders of train-head or sweep on one cache", "ensemble")
+        if os.path.realpath(run) in seen:
+            raise refuse("given twice")
+        seen.add(os.path.realpath(run))
+        metrics = read_metrics(run, refuse)
+        if metrics["head"] not in ("softmax", "logreg"):
+            raise refuse(f"its head is {str(metrics['head'])[:40]!r}, expected softmax or logreg (single heads)")
+        hp = metrics.get("hyperparameters")
+        if not isinstance(hp, dict) or not os.path.isfile(os.path.join(run, "head.keras")):
+            raise refuse("no hyperparameters in metrics.json or no head.keras")
+        out.append({"run": os.path.abspath(run), "kind": metrics["head"], "hyperparameters": hp,
+                    "refit": refits(hp) or bool(metrics.get("selection")), "metrics": metrics,
+                    "head": read_head(os.path.join(run, "head.keras")), "refuse": refuse})
+    want = split_of(out[0])
+    for m in out[1:]:
+        if split_of(m) != want:
+            raise m["refuse"](f"its validation split is {split_of(m)}, the first run's {want}; pass runs of one split")
+    return out
+
+
+def split_of(member: dict) -> dict:
+    """The run options that decide a member's validation split (SPLIT), checked as the CLI checks them."""
+    try:
+        return {k: check_param(k, member["hyperparameters"].get(k)) for k in SPLIT}
+    except SettingError as e:
+        raise member["refuse"](f"its {e.name} in metrics.json: {e.detail[:80]}") from None
+
+
+def check_members(members: list, data) -> None:
+    """Every member trained on `data`'s cache (key and checksum) for its classes and width."""
+    prov = data.provenance
+    for m in members:
+        theirs, refuse = m["metrics"]["provenance"], m["refuse"]
+        same = theirs.get("key") == prov.get("key") and theirs.get("checksum") == prov.get("checksum")
+        if not same or prov.get("key") is None:
+            raise refuse(f"trained on another cache (key {str(theirs.get('key'))[:16]}, this cache's "
+                         f"{str(prov.get('key'))[:16]})")
+        if m["metrics"]["class_names"] != data.class_names or m["head"]["kernel"].shape[1] != len(data.class_names):
+            raise refuse("its classes are not this cache's")
+        if input_width(m["head"]) != data.X.shape[1]:
+            raise refuse(f"its head takes {input_width(m['head'])} features, this cache has {data.X.shape[1]}")
+
+
+def _scores(metrics: dict) -> dict:
+    """A member's own accuracies (original view, TTA) per split, as its run recorded them."""
+    out = {}
+    for split in ("val", "test"):
+        m = metrics.get(split) if isinstance(metrics.get(split), dict) else {}
+        out[split] = {"accuracy": m.get("accuracy"), "tta": (m.get("tta") or {}).get("accuracy")}
+    return out
+
+
+def run_ensemble(data, members: list, opts: RunOptions, timings: dict) -> str:
+    """Score the mean of `members` (read_members, on data's cache) on test, and on validation when none was
+    refit; write its run folder; its path."""
+    from .softmax import SoftmaxHead
+    from .train import evaluate_head
+    folder = new_run_dir(opts.runs_dir, opts.name)
+    check_members(members, data)
+    head = EnsembleHead([SoftmaxHead.from_file(m["head"], np.arange(len(data.class_names))) for m in members])
+    refit = [os.path.basename(m["run"]) for m in members if m["refit"]]
+    t = time.perf_counter()
+    with data.checked():
+        scores = evaluate_head(head, data, ("test",) if refit else ("val", "test"))
+    timings["evaluate_s"] = time.perf_counter() - t
+    val = scores.get("val") or {"n": 0, "not_scored": f"member(s) {', '.join(refit)[:200]} refit on validation"}
+    hp = members[0]["hyperparameters"]
+    metrics = {"head": "ensemble", "views": data.views,
+               "hyperparameters": {"members": len(members), **{k: hp.get(k) for k in SPLIT}},
+               "members": [{"run": m["run"], "head": m["kind"], "hyperparameters": m["hyperparameters"],
+                            "refit": m["refit"], **_scores(m["metrics"])} for m in members],
+               "train": {"n": 0}, "val": val, "test": scores["test"], "class_names": data.class_names,
+               "cache": os.path.abspath(data.cache_path), "provenance": data.provenance, "timings": timings}
+
+    def fill(tmp):
+        t = time.perf_counter()
+        for i, m in enumerate(members):
+            write_head(os.path.join(tmp, MEMBER_FILE.format(i)), **m["head"])
+        plot_confusion(os.path.join(tmp, "confusion_matrix.png"), scores["test"]["confusion_matrix"], data.class_names,
+                       f"ensemble of {len(members)} heads: test confusion ({scores['test']['n']} images)")
+        timings["write_s"] = time.perf_counter() - t
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1, default=str)
+    run_dir = write_folder(folder, fill, auto_name=opts.name is None)[0]
+    log.info(f"run {run_dir}: ensemble of {len(members)} heads" + (f" (validation not scored: {val['not_scored']})"
+                                                                    if refit else ""))
+    if not opts.quiet:
+        log.info(summary_table(metrics))
+    return run_dir

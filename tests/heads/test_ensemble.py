@@ -1,0 +1,96 @@
+"""ensemble: the mean of heads trained on one cache, scored as one head (views averaged), written as a
+run folder of its own; members from another cache or split, or not single heads, are refused."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import is_one_line_error, run_captured
+
+from pipeline.heads.keras_file import head_model, read_head
+
+
+def train(capsys, cache, runs, name, *extra):
+    code, out, err = run_captured(capsys, "train-head", "--cache", cache, "--runs-dir", runs, "--name", name,
+                                  "--epochs", "3", "--quiet", *extra)
+    assert code == 0, err
+    return out[-1]
+
+
+@pytest.fixture(scope="module")
+def members(syn_views, tmp_path_factory):
+    """Three heads of different kinds on the 3-view cache, none refit, and one refit."""
+    from conftest import run_cli
+    runs = tmp_path_factory.mktemp("runs")
+    for name, extra in (("soft", ()), ("hidden", ("--hidden", "8", "--normalize", "sqrt-l2")),
+                        ("logreg", ("--head", "logreg")), ("refit", ("--refit",))):
+        assert run_cli("train-head", "--cache", syn_views, "--runs-dir", runs, "--name", name, "--epochs", "3",
+                       "--quiet", *extra) == 0
+    return runs
+
+
+def test_from_file_predicts_as_the_head_file(members, syn_views):
+    """SoftmaxHead.from_file computes what the run's head.keras computes in Keras (a logreg's and a hidden
+    layer's with the normalize step too)."""
+    from pipeline.features.cache import load_cache
+    from pipeline.heads.softmax import SoftmaxHead
+    X = load_cache(syn_views)["test"][0].reshape(-1, 16)
+    for name in ("soft", "hidden", "logreg"):
+        head = read_head(str(members / name / "head.keras"))
+        want = np.asarray(head_model(head).predict(X.astype(np.float32), verbose=0))
+        got = SoftmaxHead.from_file(head, np.arange(4)).predict_proba(X)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_ensemble_is_the_mean_of_its_members(members, syn_views, tmp_path, capsys):
+    from pipeline.features.cache import load_cache
+    runs = [members / n for n in ("soft", "hidden", "logreg")]
+    code, out, err = run_captured(capsys, "ensemble", *(a for r in runs for a in ("--run", r)), "--cache", syn_views,
+                                  "--runs-dir", tmp_path, "--name", "ens")
+    assert code == 0, err
+    assert out[-1] == str(tmp_path / "ens") and "TTA" in err
+    assert set(os.listdir(tmp_path / "ens")) == {"metrics.json", "member_0.keras", "member_1.keras",
+                                                 "member_2.keras", "confusion_matrix.png"}
+    m = json.load(open(tmp_path / "ens" / "metrics.json"))
+    X, y, _ = load_cache(syn_views)["test"]
+    proba = np.mean([head_model(read_head(str(r / "head.keras"))).predict(X.reshape(-1, 16).astype(np.float32),
+                                                                          verbose=0) for r in runs], axis=0)
+    proba = proba.reshape(len(y), 3, -1)
+    assert m["head"] == "ensemble" and m["test"]["n"] == len(y) and m["train"] == {"n": 0}
+    assert m["test"]["accuracy"] == pytest.approx((proba[:, 0].argmax(1) == y).mean(), abs=1.01 / len(y))
+    assert m["test"]["tta"]["accuracy"] == pytest.approx((proba.mean(1).argmax(1) == y).mean(), abs=1.01 / len(y))
+    from sklearn.metrics import log_loss                          # the mean itself, not one member's
+    assert m["test"]["loss"] == pytest.approx(log_loss(y, proba[:, 0], labels=range(4)), rel=1e-4)
+    assert m["test"]["tta"]["loss"] == pytest.approx(log_loss(y, proba.mean(1), labels=range(4)), rel=1e-4)
+    assert m["val"]["n"] > 0 and "tta" in m["val"]              # no member refit: validation is scored
+    assert [x["head"] for x in m["members"]] == ["softmax", "softmax", "logreg"]
+    for i, r in enumerate(runs):                                  # the members' heads, copied as they were
+        a, b = read_head(str(tmp_path / "ens" / f"member_{i}.keras")), read_head(str(r / "head.keras"))
+        assert all(np.array_equal(a[k], b[k]) for k in ("kernel", "bias")) and a["normalize"] == b["normalize"]
+
+
+def test_a_refit_member_leaves_validation_unscored(members, syn_views, tmp_path, capsys):
+    code, _, err = run_captured(capsys, "ensemble", "--run", members / "soft", "--run", members / "refit",
+                                "--cache", syn_views, "--runs-dir", tmp_path, "--name", "e")
+    assert code == 0, err
+    m = json.load(open(tmp_path / "e" / "metrics.json"))
+    assert m["val"]["n"] == 0 and "refit" in m["val"]["not_scored"] and m["test"]["n"] > 0
+    assert [x["refit"] for x in m["members"]] == [False, True]
+
+
+def test_members_must_share_cache_split_and_be_single_heads(members, syn_views, syn, tmp_path, capsys):
+    other = train(capsys, syn, tmp_path / "o", "other")
+    seeded = train(capsys, syn_views, tmp_path / "o", "seeded", "--seed", "1")
+    shutil.copytree(members / "soft", tmp_path / "nested")
+    meta = json.load(open(tmp_path / "nested" / "metrics.json"))
+    json.dump({**meta, "head": "ensemble"}, open(tmp_path / "nested" / "metrics.json", "w"))
+    soft = members / "soft"
+    for runs, needle in (([soft], "expected 2 to 16"), ([soft, soft], "given twice"),
+                         ([soft, other], "another cache"), ([soft, seeded], "validation split"),
+                         ([soft, tmp_path / "nested"], "expected softmax or logreg"),
+                         ([soft, tmp_path / "missing"], "no metrics.json")):
+        code, out, err = run_captured(capsys, "ensemble", *(a for r in runs for a in ("--run", r)), "--cache",
+                                      syn_views, "--runs-dir", tmp_path / "e", "--name", "x")
+        assert is_one_line_error(code, err, needle), err
+        assert not os.path.exists(tmp_path / "e" / "x")
