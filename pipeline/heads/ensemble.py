@@ -6,8 +6,9 @@ An ensemble is a run folder of its own, self-contained: its members' head files 
 the format of head.keras, read as numbers only), metrics.json (each member's run, kind, parameters and
 own scores; the ensemble's scores) and the test confusion plot, so `predict --run` and `--export`
 take it as any run. The members must share the cache (its key and checksum) and the validation split
-(seed, val_fraction, train_images). The ensemble is scored on validation only when no member was
-refit on it (refit, or a value chosen on validation): a refit member has seen those images.
+(seed, val_fraction, train_images). Validation is scored as each member's was: a member refit on
+train + validation (refit, or a value chosen on validation) has seen those images, so its share is
+its head as chosen, before the refit, whose probabilities its run folder keeps (runs.VAL_PROBA).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 from ..errors import SettingError
 from .config import RunOptions, check_param, refits
 from .keras_file import input_width, read_head, write_head
-from .runs import new_run_dir, plot_confusion, read_metrics, summary_table, write_folder
+from .runs import VAL_PROBA, evaluate, new_run_dir, plot_confusion, read_metrics, read_val_proba, summary_table, write_folder
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,44 @@ def _scores(metrics: dict) -> dict:
     return out
 
 
+def _validation(heads: list, members: list, data) -> dict:
+    """The ensemble's validation metrics: the mean of each member's probabilities on every view of the
+    validation images, a refit member's as it was chosen (its run's VAL_PROBA, as its own validation was
+    scored); {"n": 0, "not_scored": why} where a refit member's run has none (made before they were kept)."""
+    rows, n_classes = data.rows_val, len(data.class_names)
+    parts, missing = [], []
+    for head, m in zip(heads, members):
+        if not m["refit"]:
+            parts.append(data.view_proba(head, data.X, rows))
+            continue
+        p = read_val_proba(m["run"], (len(rows), data.views, n_classes), m["refuse"])
+        if p is None:
+            missing.append(os.path.basename(m["run"]))
+        else:
+            parts.append(p)
+    if missing or not len(rows):
+        return {"n": 0, "not_scored": f"refit member(s) {', '.join(missing)[:200]} keep no {VAL_PROBA}" if missing
+                else "no validation split"}
+    p, y = sum(parts) / len(parts), data.y[rows]
+    out = evaluate(p[:, 0], y, n_classes)
+    if data.views > 1:
+        out["tta"] = evaluate(p.mean(1), y, n_classes)
+    return out
+
+
 def run_ensemble(data, members: list, opts: RunOptions, timings: dict) -> str:
-    """Score the mean of `members` (read_members, on data's cache) on test, and on validation when none was
-    refit; write its run folder; its path."""
+    """Score the mean of `members` (read_members, on data's cache) on validation and test; write its run
+    folder; its path."""
     from .softmax import SoftmaxHead
     from .train import evaluate_head
     folder = new_run_dir(opts.runs_dir, opts.name)
     check_members(members, data)
-    head = EnsembleHead([SoftmaxHead.from_file(m["head"], np.arange(len(data.class_names))) for m in members])
-    refit = [os.path.basename(m["run"]) for m in members if m["refit"]]
+    heads = [SoftmaxHead.from_file(m["head"], np.arange(len(data.class_names))) for m in members]
     t = time.perf_counter()
     with data.checked():
-        scores = evaluate_head(head, data, ("test",) if refit else ("val", "test"))
+        scores = evaluate_head(EnsembleHead(heads), data, ("test",))
+        val = _validation(heads, members, data)
     timings["evaluate_s"] = time.perf_counter() - t
-    val = scores.get("val") or {"n": 0, "not_scored": f"member(s) {', '.join(refit)[:200]} refit on validation"}
     hp = members[0]["hyperparameters"]
     metrics = {"head": "ensemble", "views": data.views,
                "hyperparameters": {"members": len(members), **{k: hp.get(k) for k in SPLIT}},
@@ -151,7 +176,7 @@ def run_ensemble(data, members: list, opts: RunOptions, timings: dict) -> str:
             json.dump(metrics, f, indent=1, default=str)
     run_dir = write_folder(folder, fill, auto_name=opts.name is None)[0]
     log.info(f"run {run_dir}: ensemble of {len(members)} heads" + (f" (validation not scored: {val['not_scored']})"
-                                                                    if refit else ""))
+                                                                    if "not_scored" in val else ""))
     if not opts.quiet:
         log.info(summary_table(metrics))
     return run_dir

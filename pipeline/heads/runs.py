@@ -225,11 +225,13 @@ def plot_confusion(path: str, cm, class_names: list, title: str):
 
 
 def write_run(run_dir: str, metrics: dict, history: list, class_names: list, head: dict, auto_name: bool = False,
-              replace: bool = False) -> str:
+              replace: bool = False, val_proba=None) -> str:
     """Write everything in a temp folder of this run's own, then claim `run_dir` (durably); `head`:
     write_head's arguments. auto_name: `run_dir` is a timestamp, so if another run took it meanwhile
     this one takes `<run_dir>-2`, ...; replace: swap out what `run_dir` holds (a study's best).
-    Nothing in a run folder is a pickle: the head is plain numbers in head.keras."""
+    val_proba: a refit head's validation probabilities as it was chosen (images x views x classes), kept
+    as VAL_PROBA for an ensemble's validation (read_val_proba). Nothing in a run folder is a pickle: the
+    head is plain numbers in head.keras."""
     def fill(tmp):
         t = time.perf_counter()
         write_head(os.path.join(tmp, "head.keras"), **head)
@@ -240,10 +242,35 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
                        f"test confusion ({metrics['test']['n']} images)")
         if metrics.get("selection"):
             plot_validation_curve(os.path.join(tmp, "validation_curve.png"), metrics["selection"])
+        if val_proba is not None:
+            with open(os.path.join(tmp, VAL_PROBA), "wb") as f:
+                np.save(f, np.asarray(val_proba, np.float32), allow_pickle=False)
         metrics["timings"]["write_s"] = time.perf_counter() - t
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1, default=str)
     return write_folder(run_dir, fill, auto_name, replace)[0]
+
+
+VAL_PROBA = "val_proba.npy"    # a refit run's validation probabilities before the refit (write_run)
+
+
+def read_val_proba(run: str, shape: tuple, refuse):
+    """A run folder's VAL_PROBA as float32 of exactly `shape` (images x views x classes), or None when it
+    has none; checked as any file of a run folder: its size before reading, no pickle, rows of
+    probabilities (finite, 0..1, each summing to 1)."""
+    path = os.path.join(run, VAL_PROBA)
+    if not os.path.exists(path):
+        return None
+    if not os.path.isfile(path) or os.path.getsize(path) > 4 * int(np.prod(shape)) + 4096:
+        raise refuse(f"{VAL_PROBA} is not a file of {shape} float32 probabilities")
+    try:
+        p = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise refuse(f"{VAL_PROBA} is not a readable .npy file ({str(e)[:60]})") from None
+    if p.dtype != np.float32 or p.shape != tuple(shape) or not np.isfinite(p).all() or (p < 0).any() or \
+            not np.allclose(p.sum(-1), 1, atol=1e-3):
+        raise refuse(f"{VAL_PROBA} holds {p.dtype} {p.shape}, expected float32 probabilities of shape {tuple(shape)}")
+    return p
 
 
 def write_folder(folder: str, fill, auto_name: bool = False, replace: bool = False) -> tuple:

@@ -46,15 +46,18 @@ def fit_head(head, data: TrainingData):
         raise PipelineError(f"{str(e).splitlines()[0]}; change the option") from None
 
 
-def split_proba(head, data: TrainingData, split: str, X, rows, every_row_proba=None):
+def split_proba(head, data: TrainingData, split: str, X, rows, every_row_proba=None, views: dict | None = None):
     """Probabilities of `head` for the original-view `rows` of a split (N x C) and, with views, their
     mean over each image's views (or None). Validation of a head refit on train + validation is
-    scored as it was chosen: the head before the refit (before_refit_), with views as any other."""
+    scored as it was chosen: the head before the refit (before_refit_), with views as any other;
+    `views` (a dict), if given, keeps those probabilities per view (N x K x C) under the split's name."""
     if split == "val" and getattr(head, "before_refit_", None) is not None:
         head, every_row_proba = head.before_refit_, None
     if every_row_proba is not None:
         return every_row_proba[rows], data.tta(every_row_proba, rows) if data.views > 1 else None
     p = data.view_proba(head, X, rows)
+    if views is not None:
+        views[split] = p
     return p[:, 0], p.mean(1) if data.views > 1 else None
 
 
@@ -67,9 +70,9 @@ def train_head(data: TrainingData, kind: str, params: dict, opts: RunOptions, ti
         return finish_run(data, kind, params, head, opts, timings)
 
 
-def evaluate_head(head, data: TrainingData, splits=("train", "val", "test")) -> dict:
+def evaluate_head(head, data: TrainingData, splits=("train", "val", "test"), views: dict | None = None) -> dict:
     """The one evaluation of a fitted head: per split, its metrics (evaluate) on the original views and,
-    with views, `tta` (the mean over each image's views); {"n": 0} for an empty split."""
+    with views, `tta` (the mean over each image's views); {"n": 0} for an empty split. `views`: see split_proba."""
     out, proba, n_classes = {}, {}, len(data.class_names)
     for split, (X, y, rows) in data.splits().items():
         if split not in splits:
@@ -79,7 +82,7 @@ def evaluate_head(head, data: TrainingData, splits=("train", "val", "test")) -> 
             continue
         if "train" in splits and id(X) not in proba:  # train and val share one array: one pass over it
             proba[id(X)] = head.predict_proba(X)
-        p, tta = split_proba(head, data, split, X, rows, proba.get(id(X)))
+        p, tta = split_proba(head, data, split, X, rows, proba.get(id(X)), views)
         out[split] = evaluate(p, y[rows], n_classes)
         if tta is not None:                   # test-time augmentation: the mean over each image's views
             out[split]["tta"] = evaluate(tta, y[rows], n_classes)
@@ -96,7 +99,8 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     metrics = {"head": kind, "views": data.views,
                "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction,
                                    "train_images": opts.train_images, **extra}}
-    metrics.update(evaluate_head(head, data))
+    views = {}
+    metrics.update(evaluate_head(head, data, views=views))
     if getattr(head, "selection_", None):
         metrics["selection"] = head.selection_
     timings["evaluate_s"] = time.perf_counter() - t
@@ -104,8 +108,9 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
                    timings=timings, **(more or {}))
     name = name or opts.name
     folder = os.path.join(opts.runs_dir, name) if replace else new_run_dir(opts.runs_dir, name)
+    chosen = views.get("val") if getattr(head, "before_refit_", None) is not None else None   # not in head.keras
     run_dir = write_run(folder, metrics, head.history_, data.class_names, head.head_file(), auto_name=name is None,
-                        replace=replace)
+                        replace=replace, val_proba=chosen)
     log.info(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()))
     if not opts.quiet:
         log.info(summary_table(metrics))

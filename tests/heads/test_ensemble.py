@@ -70,13 +70,44 @@ def test_ensemble_is_the_mean_of_its_members(members, syn_views, tmp_path, capsy
         assert all(np.array_equal(a[k], b[k]) for k in ("kernel", "bias")) and a["normalize"] == b["normalize"]
 
 
-def test_a_refit_member_leaves_validation_unscored(members, syn_views, tmp_path, capsys):
-    code, _, err = run_captured(capsys, "ensemble", "--run", members / "soft", "--run", members / "refit",
-                                "--cache", syn_views, "--runs-dir", tmp_path, "--name", "e")
-    assert code == 0, err
+def test_a_refit_member_is_validated_as_it_was_chosen(members, syn_views, tmp_path, capsys):
+    """A refit run keeps its head's validation probabilities before the refit (its own validation score);
+    the ensemble's validation averages those, as the member was scored; a run without them (made before
+    they were kept) leaves the ensemble's validation unscored, and a crafted file is refused."""
+    from sklearn.metrics import log_loss
+    from pipeline.features.cache import load_cache
+    refit, soft = members / "refit", members / "soft"
+    assert not os.path.exists(soft / "val_proba.npy")
+    kept = np.load(refit / "val_proba.npy", allow_pickle=False)
+    own = json.load(open(refit / "metrics.json"))["val"]
+    assert kept.shape == (own["n"], 3, 4) and kept.dtype == np.float32
+    from pipeline.heads.data import load_training_data
+    data = load_training_data(syn_views, 0.1, 0)                  # the split the runs used (the defaults)
+    y_val = data.y[data.rows_val]
+    assert own["loss"] == pytest.approx(log_loss(y_val, kept[:, 0], labels=range(4)), rel=1e-4)  # the same figures
+    assert own["tta"]["accuracy"] == pytest.approx((kept.mean(1).argmax(1) == y_val).mean(), abs=1e-9)
+
+    def ensemble(name, *runs):
+        code, _, err = run_captured(capsys, "ensemble", *(a for r in runs for a in ("--run", r)), "--cache", syn_views,
+                                    "--runs-dir", tmp_path, "--name", name)
+        return code, err
+    assert ensemble("e", soft, refit)[0] == 0
     m = json.load(open(tmp_path / "e" / "metrics.json"))
-    assert m["val"]["n"] == 0 and "refit" in m["val"]["not_scored"] and m["test"]["n"] > 0
-    assert [x["refit"] for x in m["members"]] == [False, True]
+    assert [x["refit"] for x in m["members"]] == [False, True] and m["val"]["n"] == own["n"]
+    X = load_cache(syn_views)["train"][0].reshape(-1, 16)
+    soft_views = head_model(read_head(str(soft / "head.keras"))).predict(
+        X[data.views_of(data.rows_val)].astype(np.float32), verbose=0).reshape(-1, 3, 4)
+    want = (soft_views + kept) / 2
+    assert m["val"]["tta"]["loss"] == pytest.approx(log_loss(y_val, want.mean(1), labels=range(4)), rel=1e-4)
+    shutil.copytree(refit, tmp_path / "old")
+    os.remove(tmp_path / "old" / "val_proba.npy")
+    assert ensemble("e2", soft, tmp_path / "old")[0] == 0
+    val = json.load(open(tmp_path / "e2" / "metrics.json"))["val"]
+    assert val["n"] == 0 and "keep no val_proba.npy" in val["not_scored"]
+    for crafted in (np.array([{"a": 1}], dtype=object), kept[:, :2], kept.astype(np.float64), kept * 2):
+        np.save(tmp_path / "old" / "val_proba.npy", crafted, allow_pickle=True)
+        code, err = ensemble("e3", soft, tmp_path / "old")
+        assert is_one_line_error(code, err, "val_proba.npy") and not os.path.exists(tmp_path / "e3"), err
 
 
 def test_members_must_share_cache_split_and_be_single_heads(members, syn_views, syn, tmp_path, capsys):
