@@ -11,7 +11,7 @@ ARGS   ?=
 STAMP  := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 
-.PHONY: all install install-ray kernels features train-head sweep study bench test clean gpu-wheels gpu-check
+.PHONY: all install install-ray kernels features train-head sweep study ensemble bench test clean gpu-wheels gpu-check
 all: features train-head
 
 $(STAMP): pyproject.toml
@@ -44,6 +44,9 @@ sweep: $(KERNELS)
 
 study: $(KERNELS)
 	$(PY) -m pipeline study $(ARGS)
+
+ensemble: $(KERNELS)
+	$(PY) -m pipeline ensemble $(ARGS)
 
 bench: $(KERNELS)
 	$(PY) -m pipeline bench $(ARGS)
