@@ -124,20 +124,20 @@ def _validation(heads: list, members: list, data) -> dict:
     validation images, a refit member's as it was chosen (its run's VAL_PROBA, as its own validation was
     scored); {"n": 0, "not_scored": why} where a refit member's run has none (made before they were kept)."""
     rows, n_classes = data.rows_val, len(data.class_names)
-    parts, missing = [], []
-    for head, m in zip(heads, members):
-        if not m["refit"]:
-            parts.append(data.view_proba(head, data.X, rows))
-            continue
-        p = read_val_proba(m["run"], (len(rows), data.views, n_classes), m["refuse"])
-        if p is None:
-            missing.append(os.path.basename(m["run"]))
-        else:
-            parts.append(p)
+    kept, missing = [], []
+    for m in members:
+        if m["refit"]:
+            p = read_val_proba(m["run"], (len(rows), data.views, n_classes), m["refuse"])
+            if p is None:
+                missing.append(os.path.basename(m["run"]))
+            else:
+                kept.append(p)
     if missing or not len(rows):
         return {"n": 0, "not_scored": f"refit member(s) {', '.join(missing)[:200]} keep no {VAL_PROBA}" if missing
                 else "no validation split"}
-    p, y = sum(parts) / len(parts), data.y[rows]
+    fresh = [h for h, m in zip(heads, members) if not m["refit"]]     # scored here, the validation rows read once
+    parts = kept + ([len(fresh) * data.view_proba(EnsembleHead(fresh), data.X, rows)] if fresh else [])
+    p, y = sum(parts) / len(members), data.y[rows]
     out = evaluate(p[:, 0], y, n_classes)
     if data.views > 1:
         out["tta"] = evaluate(p.mean(1), y, n_classes)

@@ -38,7 +38,7 @@ def read_metrics(run: str, refuse) -> dict:
     try:
         with open(path) as f:
             metrics = json.load(f)
-        names, prov, _ = metrics["class_names"], metrics["provenance"], metrics["head"]
+        names, prov, _ = metrics["class_names"], metrics["provenance"], metrics["head"]   # a kind: callers check which
     except RecursionError:
         raise refuse("metrics.json is nested too deeply") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
