@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 
-from .durable import atomic_file
-from .heads.runs import plain_text, write_results
+from .heads.runs import png_figure, write_results
 
 Z95 = 1.959964
 
@@ -56,17 +55,21 @@ def write_tables(folder: str, rows: list):
     write_results(folder, rows, cols, _fmt, lambda c: c.removeprefix("head_") if c in params else c)
 
 
-@plain_text
 def plot_study(path: str, rows: list):
     """Validation (hollow) and test (filled) accuracy with 95% intervals against cost: extraction speed
     coloured by interpolation, cache size coloured by layers; marker: head (o softmax, s logreg)."""
-    import matplotlib.pyplot as plt
-    acc = accuracy
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=True)
+    with png_figure(path, figsize=(14, 6)) as fig:
+        _study_points(fig, rows)
+
+
+def _study_points(fig, rows: list):
+    from matplotlib import colormaps
+    acc, tab20 = accuracy, colormaps["tab20"]
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, xkey, group, xlabel in ((axes[0], "extract_img_per_s", "interpolation", "extraction, images/s (log)"),
                                     (axes[1], "cache_mb", "layer", "cache size, MB (log)")):
         names = list(dict.fromkeys(str(r[group]) for r in rows))
-        colours = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}     # any number of values
+        colours = {n: tab20(i % 20) for i, n in enumerate(names)}     # any number of values
         for i, r in enumerate(rows):
             if not r.get(xkey):
                 continue
@@ -91,22 +94,23 @@ def plot_study(path: str, rows: list):
     axes[0].set_ylabel("accuracy (mean over views where the cache has them), 95% interval")
     fig.suptitle(f"study: {len(rows)} configurations ({rows[0]['test_n']} test images)")
     fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
-@plain_text
 def plot_learning_curve(path: str, rows: list):
     """Test accuracy (95% interval) against the number of training images, a line per cache and head
     configuration: what more data buys."""
-    import matplotlib.pyplot as plt
+    with png_figure(path, figsize=(8, 5)) as fig:
+        _learning_lines(fig, rows)
+
+
+def _learning_lines(fig, rows: list):
+    from matplotlib import colormaps
     lines = {}
     for r in rows:
         key = (r["cache"], r["head"], json.dumps({k: v for k, v in r.items() if k.startswith("head_") and k != "head_s"},
                                                 sort_keys=True))
         lines.setdefault(key, []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    ax = fig.subplots()
     for i, ((cache, head, params), pts) in enumerate(lines.items()):
         pts.sort(key=lambda r: r.get("labelled_n", r["train_n"]))
         x = [r.get("labelled_n", r["train_n"]) for r in pts]
@@ -114,7 +118,7 @@ def plot_learning_curve(path: str, rows: list):
         lo = [v - r["test_ci95"][0] for v, r in zip(y, pts)]
         hi = [r["test_ci95"][1] - v for v, r in zip(y, pts)]
         label = f"{head} {params if params != '{}' else ''} {cache}"[:90]
-        ax.errorbar(x, y, yerr=[lo, hi], fmt="-o", ms=4, capsize=2, color=plt.cm.tab20(i % 20), label=label)
+        ax.errorbar(x, y, yerr=[lo, hi], fmt="-o", ms=4, capsize=2, color=colormaps["tab20"](i % 20), label=label)
     ax.set_xscale("log")
     ax.set_xlabel("labelled images of the train split used, validation included (log)")
     ax.set_ylabel("test accuracy (mean over views where the cache has them), 95% interval")
@@ -122,6 +126,3 @@ def plot_learning_curve(path: str, rows: list):
     ax.legend(fontsize=6, loc="lower right")
     ax.set_title(f"learning curve ({rows[0]['test_n']} test images)")
     fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)

@@ -5,9 +5,9 @@ runs never share a temp folder, and a name already taken is never half-overwritt
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
-import functools
 import json
 import os
 import shutil
@@ -97,16 +97,18 @@ def new_run_dir(runs_dir: str, name: str | None) -> str:
     return path
 
 
-def plain_text(plot):
-    """A plotting function run with Matplotlib's Agg backend and every label plain text (a class folder
-    named `$\\foo$` is a name, not mathtext to parse), settings restored after."""
-    @functools.wraps(plot)
-    def wrapped(*args, **kwargs):
-        import matplotlib
-        matplotlib.use("Agg")
-        with matplotlib.rc_context({"text.parse_math": False}):
-            return plot(*args, **kwargs)
-    return wrapped
+@contextlib.contextmanager
+def png_figure(path: str, **figure_kw):
+    """A Matplotlib figure for a PNG, drawn without pyplot (no backend chosen, no figure kept: nothing
+    of the caller's process changes) with every label plain text (a class folder named `$\\foo$` is a
+    name, not mathtext to parse); saved to `path` through a temp file when the block ends."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+    with rc_context({"text.parse_math": False}):
+        fig = Figure(**figure_kw)
+        yield fig
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
 
 
 def evaluate(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
@@ -148,11 +150,14 @@ def write_history(path: str, history: list):
         w.writerows(history)
 
 
-@plain_text
 def plot_learning_curves(path: str, history: list, title: str):
-    import matplotlib.pyplot as plt
+    with png_figure(path, figsize=(10, 4)) as fig:
+        _learning_curves(fig, history, title)
+
+
+def _learning_curves(fig, history: list, title: str):
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, what in zip(axes, ("loss", "accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
             vals = [r.get(f"{split}_{what}") for r in history]
@@ -165,20 +170,20 @@ def plot_learning_curves(path: str, history: list, title: str):
         ax.legend()
     fig.suptitle(title)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.88, wspace=0.25)   # tight_layout costs a draw
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
-@plain_text
 def plot_validation_curve(path: str, selection: dict):
     """Validation accuracy and loss against the regularisation (logreg's C, softmax's l2; log scale),
     the chosen value marked: how the protocol chose."""
-    import matplotlib.pyplot as plt
+    with png_figure(path, figsize=(7, 4)) as fig:
+        _validation_curve(fig, selection)
+
+
+def _validation_curve(fig, selection: dict):
     param = "C" if "chosen_C" in selection else "l2"
     curve, chosen = selection["curve"], selection[f"chosen_{param}"]
     cs = [r[param] for r in curve]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(cs, [r["val_accuracy"] for r in curve], "-o", markersize=3, label="validation accuracy")
     ax.axvline(chosen, color="tab:red", ls="--", label=f"chosen {param} = {chosen:.3g}")
     if param == "C":
@@ -194,17 +199,17 @@ def plot_validation_curve(path: str, selection: dict):
     ax.legend(loc="lower center", fontsize=8)
     ax.set_title(f"{param} chosen on validation, then refit on train + validation")
     fig.subplots_adjust(left=0.1, right=0.88, bottom=0.14, top=0.9)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
-@plain_text
 def plot_confusion(path: str, cm, class_names: list, title: str):
-    import matplotlib.pyplot as plt
-    cm = np.asarray(cm)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(5, 0.55 * n + 2), max(4.5, 0.5 * n + 1.5)))
+    with png_figure(path, figsize=(max(5, 0.55 * n + 2), max(4.5, 0.5 * n + 1.5))) as fig:
+        _confusion(fig, np.asarray(cm), class_names, title)
+
+
+def _confusion(fig, cm: np.ndarray, class_names: list, title: str):
+    n = len(class_names)
+    ax = fig.subplots()
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     if n <= 20:
@@ -219,9 +224,6 @@ def plot_confusion(path: str, cm, class_names: list, title: str):
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     fig.subplots_adjust(left=0.18, right=0.86, bottom=0.22, top=0.92)   # tight_layout costs a draw
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 def write_run(run_dir: str, metrics: dict, history: list, class_names: list, head: dict, auto_name: bool = False,

@@ -17,8 +17,8 @@ import tomllib
 from ..errors import PipelineError, SettingError
 from .config import HEAD_PARAMS, RunOptions, check_param, key_values, refits
 from .data import TrainingData
-from ..durable import atomic_file, write_json
-from .runs import KIND_FILE, new_run_dir, plain_text, write_folder, write_results
+from ..durable import write_json
+from .runs import KIND_FILE, new_run_dir, png_figure, write_folder, write_results
 from .joint import JointSoftmax
 from .softmax import SoftmaxHead
 from .train import finish_run, fit_head, make_head, split_proba
@@ -112,11 +112,14 @@ def write_table(folder: str, rows: list, keys: list) -> str:
     return "\n".join(md.splitlines()[:12])
 
 
-@plain_text
 def plot_sweep(path: str, rows: list, keys: list):
-    import matplotlib.pyplot as plt
+    with png_figure(path, figsize=(8, max(3, 0.28 * len(rows) + 1))) as fig:
+        _sweep_bars(fig, rows, keys)
+
+
+def _sweep_bars(fig, rows: list, keys: list):
     labels = [", ".join(f"{k}={r[k]}" for k in keys) for r in rows]
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(rows) + 1)))
+    ax = fig.subplots()
     ax.barh(range(len(rows)), [r["val_accuracy"] for r in rows], color="tab:blue")
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
@@ -125,9 +128,6 @@ def plot_sweep(path: str, rows: list, keys: list):
     ax.set_xlabel("validation accuracy")
     ax.set_title(f"sweep: {len(rows)} configurations, best first")
     fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base: dict, opts: RunOptions,

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.heads.runs import evaluate, new_run_dir, plot_confusion, process_age, summary_table
+from pipeline.heads.runs import (evaluate, new_run_dir, plot_confusion, plot_learning_curves, plot_validation_curve,
+                                 process_age, summary_table)
 
 
 def test_evaluate_counts_and_per_class():
@@ -62,3 +63,21 @@ def test_runs_finishing_together_never_share_a_folder(tmp_path):
 def test_plot_labels_are_plain_text(tmp_path):
     plot_confusion(str(tmp_path / "c.png"), [[3, 1], [0, 4]], ["$\\foo$", "a$b"], "t $\\bar$")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plots_leave_the_callers_matplotlib_alone(tmp_path, monkeypatch):
+    """A run's plots neither choose a backend (a notebook's stays its own) nor keep settings or figures."""
+    import matplotlib
+    monkeypatch.setitem(matplotlib.rcParams, "backend", "svg")
+    before = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_accuracy": 0.5, "val_accuracy": 0.4}
+               for e in (1, 2)]
+    plot_learning_curves(str(tmp_path / "l.png"), history, "$x$")
+    plot_validation_curve(str(tmp_path / "v.png"), {"chosen_C": 0.1, "curve": [
+        {"C": c, "val_accuracy": 0.5, "val_loss": 1.0} for c in (0.01, 0.1, 1.0)]})
+    plot_confusion(str(tmp_path / "c.png"), [[3, 1], [0, 4]], ["a", "b"], "t")
+    assert dict.__getitem__(matplotlib.rcParams, "backend") == "svg"
+    assert {k: v for k, v in matplotlib.rcParams.items() if k != "backend"} == before
+    assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in ("l.png", "v.png", "c.png"))
+    pyplot = __import__("sys").modules.get("matplotlib.pyplot")
+    assert pyplot is None or not pyplot.get_fignums()
