@@ -58,7 +58,7 @@ def write_tables(folder: str, rows: list):
 def plot_study(path: str, rows: list):
     """Validation (hollow) and test (filled) accuracy with 95% intervals against cost: extraction speed
     coloured by interpolation, cache size coloured by layers; marker: head (o softmax, s logreg)."""
-    with png_figure(path, figsize=(14, 6)) as fig:
+    with png_figure(path, figsize=(14, 6), layout="tight") as fig:
         _study_points(fig, rows)
 
 
@@ -93,13 +93,12 @@ def _study_points(fig, rows: list):
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("accuracy (mean over views where the cache has them), 95% interval")
     fig.suptitle(f"study: {len(rows)} configurations ({rows[0]['test_n']} test images)")
-    fig.tight_layout()
 
 
 def plot_learning_curve(path: str, rows: list):
     """Test accuracy (95% interval) against the number of training images, a line per cache and head
     configuration: what more data buys."""
-    with png_figure(path, figsize=(8, 5)) as fig:
+    with png_figure(path, figsize=(8, 5), layout="tight") as fig:
         _learning_lines(fig, rows)
 
 
@@ -121,8 +120,7 @@ def _learning_lines(fig, rows: list):
         ax.errorbar(x, y, yerr=[lo, hi], fmt="-o", ms=4, capsize=2, color=colormaps["tab20"](i % 20), label=label)
     ax.set_xscale("log")
     ax.set_xlabel("labelled images of the train split used, validation included (log)")
-    ax.set_ylabel("test accuracy (mean over views where the cache has them), 95% interval")
+    ax.set_ylabel("test accuracy, 95% interval (views averaged)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="lower right")
     ax.set_title(f"learning curve ({rows[0]['test_n']} test images)")
-    fig.tight_layout()

@@ -107,8 +107,21 @@ def png_figure(path: str, **figure_kw):
     with rc_context({"text.parse_math": False}):
         fig = Figure(**figure_kw)
         yield fig
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                if axis.get_scale() in ("log", "symlog"):
+                    _plain_log_labels(axis)
         with atomic_file(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
+
+
+def _plain_log_labels(axis):
+    """Plain-number tick labels (1e-04, 100, 200) on a log or symlog axis: Matplotlib's own are mathtext
+    (`$\\mathdefault{10^{2}}$`), which plain text would print as typed."""
+    from matplotlib.ticker import LogFormatter
+    linthresh = getattr(axis.get_transform(), "linthresh", None)      # symlog's linear range
+    axis.set_major_formatter(LogFormatter(linthresh=linthresh))
+    axis.set_minor_formatter(LogFormatter(linthresh=linthresh))
 
 
 def evaluate(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict:

@@ -113,7 +113,7 @@ def write_table(folder: str, rows: list, keys: list) -> str:
 
 
 def plot_sweep(path: str, rows: list, keys: list):
-    with png_figure(path, figsize=(8, max(3, 0.28 * len(rows) + 1))) as fig:
+    with png_figure(path, figsize=(8, max(3, 0.28 * len(rows) + 1)), layout="tight") as fig:
         _sweep_bars(fig, rows, keys)
 
 
@@ -127,7 +127,6 @@ def _sweep_bars(fig, rows: list, keys: list):
     ax.set_xlim(max(0, lo - 0.05), min(1, max(r["val_accuracy"] for r in rows) + 0.02))
     ax.set_xlabel("validation accuracy")
     ax.set_title(f"sweep: {len(rows)} configurations, best first")
-    fig.tight_layout()
 
 
 def run_sweep(data: TrainingData, head: str, space: dict, rand: int | None, base: dict, opts: RunOptions,

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.heads.runs import (evaluate, new_run_dir, plot_confusion, plot_learning_curves, plot_validation_curve,
-                                 process_age, summary_table)
+                                 png_figure, process_age, summary_table)
 
 
 def test_evaluate_counts_and_per_class():
@@ -81,3 +81,14 @@ def test_plots_leave_the_callers_matplotlib_alone(tmp_path, monkeypatch):
     assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in ("l.png", "v.png", "c.png"))
     pyplot = __import__("sys").modules.get("matplotlib.pyplot")
     assert pyplot is None or not pyplot.get_fignums()
+
+
+@pytest.mark.parametrize("scale", [{"value": "log"}, {"value": "symlog", "linthresh": 1e-4}])
+def test_log_axes_are_labelled_with_plain_numbers(tmp_path, scale):
+    """Labels are plain text in the plots, so a log axis's ticks must not be Matplotlib's mathtext ($10^{2}$)."""
+    with png_figure(str(tmp_path / "p.png"), figsize=(4, 3)) as fig:
+        ax = fig.subplots()
+        ax.plot([0 if scale["value"] == "symlog" else 1e-4, 10], [0, 1])
+        ax.set_xscale(**scale)
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert "10" in labels and not any("$" in t or "mathdefault" in t for t in labels), labels
