@@ -12,7 +12,6 @@ its head as chosen, before the refit, whose probabilities its run folder keeps (
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -22,7 +21,8 @@ import numpy as np
 from ..errors import SettingError
 from .config import RunOptions, check_param, refits
 from .keras_file import input_width, read_head, write_head
-from .runs import VAL_PROBA, evaluate, new_run_dir, plot_confusion, read_metrics, read_val_proba, summary_table, write_folder
+from .runs import (VAL_PROBA, evaluate, new_run_dir, plot_confusion, read_metrics, read_val_proba, summary_table,
+                   write_folder, write_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,7 @@ def run_ensemble(data, members: list, opts: RunOptions, timings: dict) -> str:
         plot_confusion(os.path.join(tmp, "confusion_matrix.png"), scores["test"]["confusion_matrix"], data.class_names,
                        f"ensemble of {len(members)} heads: test confusion ({scores['test']['n']} images)")
         timings["write_s"] = time.perf_counter() - t
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1, default=str)
+        write_metrics(tmp, metrics)
     run_dir = write_folder(folder, fill, auto_name=opts.name is None)[0]
     log.info(f"run {run_dir}: ensemble of {len(members)} heads" + (f" (validation not scored: {val['not_scored']})"
                                                                     if "not_scored" in val else ""))

@@ -261,9 +261,14 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
             with open(os.path.join(tmp, VAL_PROBA), "wb") as f:
                 np.save(f, np.asarray(val_proba, np.float32), allow_pickle=False)
         metrics["timings"]["write_s"] = time.perf_counter() - t
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1, default=str)
+        write_metrics(tmp, metrics)
     return write_folder(run_dir, fill, auto_name, replace)[0]
+
+
+def write_metrics(folder: str, metrics: dict):
+    """A run's metrics.json (read_metrics reads it), last into its temp folder: claim_dir fsyncs the files."""
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1, default=str)
 
 
 VAL_PROBA = "val_proba.npy"    # a refit run's validation probabilities before the refit (write_run)
