@@ -21,7 +21,7 @@ from .features.images import BadImage, decode_image
 from .features.preprocess import keras_preprocessing, upscale
 from .heads.keras_file import head_model, input_width, read_head
 from .heads.ensemble import head_files
-from .heads.runs import read_metrics
+from .heads.run_files import read_metrics
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 32   # images per forward pass

@@ -147,6 +147,21 @@ def test_metrics_that_is_not_a_runs(cached, tmp_path, capsys, content, needle):
     assert is_one_line_error(code, err, needle)
 
 
+@pytest.mark.parametrize("name", ["metrics.json", "head.keras"])
+def test_links_in_a_run_folder_are_not_followed(cached, tmp_path, capsys, name):
+    """A crafted run folder's file that is a link (here to the very file it replaces) is refused, not read:
+    a link could lead to any file this user can read."""
+    root, data, cache = cached
+    run = shutil.copytree(train(root, cache, "logreg", f"run-link-{name}"), tmp_path / "r")
+    image = os.path.join(data, "test", "cat", "000.png")
+    assert run_cli("predict", "--run", run, image) == 0
+    os.replace(run / name, tmp_path / name)
+    os.symlink(tmp_path / name, run / name)
+    capsys.readouterr()
+    code, out, err = run_captured(capsys, "predict", "--run", run, image)
+    assert is_one_line_error(code, err, f"{name} is a link") and not out, err
+
+
 @pytest.mark.parametrize("args,needle", [(["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
                                          (["--export", "out.txt"], "--export out.txt: expected a path ending in .keras"),
                                          (["--export", "/nonexistent/m.keras"], "in an existing folder")])

@@ -8,7 +8,7 @@ own scores; the ensemble's scores) and the test confusion plot, so `predict --ru
 take it as any run. The members must share the cache (its key and checksum) and the validation split
 (seed, val_fraction, train_images). Validation is scored as each member's was: a member refit on
 train + validation (refit, or a value chosen on validation) has seen those images, so its share is
-its head as chosen, before the refit, whose probabilities its run folder keeps (runs.VAL_PROBA).
+its head as chosen, before the refit, whose probabilities its run folder keeps (run_files.VAL_PROBA).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import numpy as np
 from ..errors import SettingError
 from .config import RunOptions, check_param, refits
 from .keras_file import input_width, read_head, write_head
-from .runs import (VAL_PROBA, evaluate, new_run_dir, plot_confusion, read_metrics, read_val_proba, summary_table,
-                   write_folder, write_metrics)
+from .run_files import VAL_PROBA, read_metrics, read_val_proba
+from .runs import evaluate, new_run_dir, plot_confusion, summary_table, write_folder, write_metrics
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ config.json and model.weights.h5), so `keras.saving.load_model` loads it (tested
 
 `read_head` is how this project opens a head from a run folder, which may come from anyone: it
 accepts exactly this structure and reads numbers only (JSON and HDF5 datasets), so no file can
-make it run code or build anything but these layers.
+make it run code or build anything but these layers; the file itself is the folder's own (run_files.open_own).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import numpy as np
 from ..durable import atomic_file
 from ..errors import PipelineError
 from ..hdf5_layout import LayoutError, check_tree
+from .run_files import open_own
 
 # what a head file may hold, each member's cap: the config's mean and variance of 27,136 features are
 # ~0.7 MB of JSON; a kernel of 200,704 features x 100 classes is 80 MB
@@ -133,7 +134,7 @@ def read_head(path: str) -> dict:
     def refuse(why):
         return PipelineError(f"head file {path}: {why}; re-run train-head to write it again")
     try:
-        with zipfile.ZipFile(path) as z:
+        with open_own(path, refuse, sum(MEMBER_BYTES.values()) + (1 << 20)) as f, zipfile.ZipFile(f) as z:
             infos = {i.filename: i for i in z.infolist()}
             if set(infos) != set(MEMBER_BYTES):
                 raise refuse(f"holds {sorted(infos)[:5]}, expected {sorted(MEMBER_BYTES)}")

@@ -18,36 +18,10 @@ import numpy as np
 from ..durable import atomic_file, claim_dir, incomplete_dir, make_folder, write_text, writing
 from ..errors import SettingError
 from .keras_file import write_head
+from .run_files import VAL_PROBA
 
 
 KIND_FILE = "kind.json"     # in a sweep's or a study's folder: {"kind": "sweep"|"study", ...}
-
-
-MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
-
-
-def read_metrics(run: str, refuse) -> dict:
-    """A run folder's metrics.json (which may come from anyone), read as predict and ensemble need it:
-    its size checked before reading, a JSON object with a head kind (checked by the caller), printable
-    class names and a provenance object; anything else is refuse(why), an exception to raise."""
-    path = os.path.join(run, "metrics.json")
-    if not os.path.isfile(path):
-        raise refuse("no metrics.json")
-    if os.path.getsize(path) > MAX_METRICS_BYTES:
-        raise refuse(f"metrics.json is larger than {MAX_METRICS_BYTES:,} bytes")
-    try:
-        with open(path) as f:
-            metrics = json.load(f)
-        names, prov, _ = metrics["class_names"], metrics["provenance"], metrics["head"]   # a kind: callers check which
-    except RecursionError:
-        raise refuse("metrics.json is nested too deeply") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise refuse(f"metrics.json is not a run's ({type(e).__name__}: {str(e)[:60]})") from None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.isprintable() for n in names):
-        raise refuse("its class names are not a list of printable names (a TAB or newline would forge output lines)")
-    if not isinstance(prov, dict):
-        raise refuse("metrics.json is not a run's (its provenance is not an object)")
-    return metrics
 
 
 def folder_kind(path: str) -> str | None:
@@ -245,7 +219,7 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
     write_head's arguments. auto_name: `run_dir` is a timestamp, so if another run took it meanwhile
     this one takes `<run_dir>-2`, ...; replace: swap out what `run_dir` holds (a study's best).
     val_proba: a refit head's validation probabilities as it was chosen (images x views x classes), kept
-    as VAL_PROBA for an ensemble's validation (read_val_proba). Nothing in a run folder is a pickle: the
+    as VAL_PROBA for an ensemble's validation (run_files.read_val_proba). Nothing in a run folder is a pickle: the
     head is plain numbers in head.keras."""
     def fill(tmp):
         t = time.perf_counter()
@@ -266,31 +240,9 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
 
 
 def write_metrics(folder: str, metrics: dict):
-    """A run's metrics.json (read_metrics reads it), last into its temp folder: claim_dir fsyncs the files."""
+    """A run's metrics.json (run_files.read_metrics reads it), last into its temp folder: claim_dir fsyncs the files."""
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1, default=str)
-
-
-VAL_PROBA = "val_proba.npy"    # a refit run's validation probabilities before the refit (write_run)
-
-
-def read_val_proba(run: str, shape: tuple, refuse):
-    """A run folder's VAL_PROBA as float32 of exactly `shape` (images x views x classes), or None when it
-    has none; checked as any file of a run folder: its size before reading, no pickle, rows of
-    probabilities (finite, 0..1, each summing to 1)."""
-    path = os.path.join(run, VAL_PROBA)
-    if not os.path.exists(path):
-        return None
-    if not os.path.isfile(path) or os.path.getsize(path) > 4 * int(np.prod(shape)) + 4096:
-        raise refuse(f"{VAL_PROBA} is not a file of {shape} float32 probabilities")
-    try:
-        p = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise refuse(f"{VAL_PROBA} is not a readable .npy file ({str(e)[:60]})") from None
-    if p.dtype != np.float32 or p.shape != tuple(shape) or not np.isfinite(p).all() or (p < 0).any() or \
-            not np.allclose(p.sum(-1), 1, atol=1e-3):
-        raise refuse(f"{VAL_PROBA} holds {p.dtype} {p.shape}, expected float32 probabilities of shape {tuple(shape)}")
-    return p
 
 
 def write_folder(folder: str, fill, auto_name: bool = False, replace: bool = False) -> tuple:

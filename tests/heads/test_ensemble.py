@@ -108,6 +108,10 @@ def test_a_refit_member_is_validated_as_it_was_chosen(members, syn_views, tmp_pa
         np.save(tmp_path / "old" / "val_proba.npy", crafted, allow_pickle=True)
         code, err = ensemble("e3", soft, tmp_path / "old")
         assert is_one_line_error(code, err, "val_proba.npy") and not os.path.exists(tmp_path / "e3"), err
+    os.remove(tmp_path / "old" / "val_proba.npy")
+    os.symlink(refit / "val_proba.npy", tmp_path / "old" / "val_proba.npy")   # the right numbers, through a link
+    code, err = ensemble("e3", soft, tmp_path / "old")
+    assert is_one_line_error(code, err, "val_proba.npy is a link") and not os.path.exists(tmp_path / "e3"), err
 
 
 def test_members_must_share_cache_split_and_be_single_heads(members, syn_views, syn, tmp_path, capsys):

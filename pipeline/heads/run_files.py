@@ -1,0 +1,73 @@
+"""Reading a run folder, which may come from anyone (predict, ensemble): each file is opened as the
+folder's own regular file, never through a link (a link in a crafted folder could lead to any file
+this user can read), its size checked before a byte is read, and parsed as JSON or numbers only.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+
+import numpy as np
+
+MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
+VAL_PROBA = "val_proba.npy"      # a refit run's validation probabilities before the refit (runs.write_run)
+
+
+def open_own(path: str, refuse, max_bytes: int):
+    """`path` opened for reading (binary) as its folder's own regular file, at most `max_bytes`; else
+    refuse(why), an exception to raise: a link (not followed), a folder, FIFO or device (opened without
+    blocking, never read). FileNotFoundError when there is nothing by that name."""
+    name = os.path.basename(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise refuse(f"{name} is a link; a run folder's files are its own: put the file itself there") from None
+        raise refuse(f"cannot read {name} ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
+        raise refuse(f"{name} is not a regular file" if not stat.S_ISREG(st.st_mode) else
+                     f"{name} is larger than {max_bytes:,} bytes")
+    return os.fdopen(fd, "rb")
+
+
+def read_metrics(run: str, refuse) -> dict:
+    """A run folder's metrics.json as predict and ensemble need it: a JSON object with a head kind
+    (checked by the caller), printable class names and a provenance object; anything else is refuse(why)."""
+    try:
+        with open_own(os.path.join(run, "metrics.json"), refuse, MAX_METRICS_BYTES) as f:
+            metrics = json.load(f)
+        names, prov, _ = metrics["class_names"], metrics["provenance"], metrics["head"]   # a kind: callers check which
+    except FileNotFoundError:
+        raise refuse("no metrics.json") from None
+    except RecursionError:
+        raise refuse("metrics.json is nested too deeply") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise refuse(f"metrics.json is not a run's ({type(e).__name__}: {str(e)[:60]})") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.isprintable() for n in names):
+        raise refuse("its class names are not a list of printable names (a TAB or newline would forge output lines)")
+    if not isinstance(prov, dict):
+        raise refuse("metrics.json is not a run's (its provenance is not an object)")
+    return metrics
+
+
+def read_val_proba(run: str, shape: tuple, refuse):
+    """A run folder's VAL_PROBA as float32 of exactly `shape` (images x views x classes), or None when it
+    has none: no pickle, rows of probabilities (finite, 0..1, each summing to 1)."""
+    try:
+        with open_own(os.path.join(run, VAL_PROBA), refuse, 4 * int(np.prod(shape)) + 4096) as f:
+            p = np.load(f, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as e:
+        raise refuse(f"{VAL_PROBA} is not a readable .npy file ({str(e)[:60]})") from None
+    if not isinstance(p, np.ndarray) or p.dtype != np.float32 or p.shape != tuple(shape) or not np.isfinite(p).all() \
+            or (p < 0).any() or not np.allclose(p.sum(-1), 1, atol=1e-3):
+        raise refuse(f"{VAL_PROBA} holds {getattr(p, 'dtype', type(p).__name__)} {getattr(p, 'shape', '')}, "
+                     f"expected float32 probabilities of shape {tuple(shape)}")
+    return p
