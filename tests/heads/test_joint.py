@@ -39,7 +39,7 @@ def test_big_heads_train_like_small_ones(monkeypatch):
     """_step_chunks (heads too big for one core's cache) learns what _step_rows does."""
     from pipeline.features.synthetic import make_features
     from pipeline.heads import kernels
-    X, y = make_features(400, 8192, 10, seed=2, separation=0.5)
+    X, y = make_features(400, 16384, 10, seed=2, separation=0.5)
     big = JointSoftmax(epochs=2, batch_size=50).fit(X, y)
     assert big.W_.nbytes > kernels.ROWS_KERNEL_BYTES
     monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", big.W_.nbytes)
