@@ -61,7 +61,7 @@ def _finished(path: str, key: str, full: bool) -> bool:
     if not os.path.exists(path) or read_provenance(path).get("key") != key:
         return False
     if full:
-        load_cache(path)
+        load_cache(path, populate=False)     # checked (its features once per version of the file), not read
     return True
 
 

@@ -219,9 +219,10 @@ def read_provenance(path: str) -> dict:
     return _read_checked(path)[0]
 
 
-def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool = True) -> dict:
+def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool = True, populate: bool = True) -> dict:
     """Load a finished cache: {split: (features, labels, metadata)}; features are read-only arrays
-    over the mapped file, so loading costs no copy.
+    over the mapped file, so loading costs no copy; populate: its pages read in up front (for the heads,
+    which read every row; False for a check that reads none, such as a cache hit's).
 
     Refuses an incomplete, truncated, edited or corrupt file (checksums of the attributes, labels,
     ids and, unless `verify` is False, features: once per version of the file, cache_memo.py), or one
@@ -238,7 +239,7 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
     out = {}
     try:
         with h5py.File(path, "r") as f, open(path, "rb") as raw:
-            pages = _pages(raw)
+            pages = _pages(raw, populate)
             for name in splits or list(f.keys()):
                 if name not in f:
                     raise PipelineError(f"cache {path}: has no '{name}' split (it has {', '.join(f.keys())}); "
@@ -277,9 +278,10 @@ def _digest_finite(a: np.ndarray, block_bytes: int = 16 << 20) -> tuple[str, boo
     return h.hexdigest(), finite
 
 
-def _pages(raw):
-    """The whole file mapped read-only, pages populated up front (the page cache, not a copy)."""
-    return mmap.mmap(raw.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+def _pages(raw, populate: bool = True):
+    """The whole file mapped read-only (the page cache, not a copy), pages populated up front if asked."""
+    return mmap.mmap(raw.fileno(), 0, flags=mmap.MAP_PRIVATE | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0),
+                     prot=mmap.PROT_READ)
 
 
 def _mapped(ds, pages, path) -> np.ndarray:
