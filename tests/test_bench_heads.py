@@ -3,19 +3,22 @@ from pipeline import bench_heads
 
 
 def test_full_stage_two_rows_on_tiny_caches(tmp_path, monkeypatch):
-    for name, value in (("VIEW_DIM", 12), ("SEARCH_DIM", 12), ("TREE_FILES", 30)):
+    for name, value in (("VIEW_DIM", 12), ("SEARCH_DIM", 12), ("TREE_FILES", 30), ("TARBALL_IMAGES", 60)):
         monkeypatch.setattr(bench_heads, name, value)
     s2 = bench_heads.heads(300, 16, 24, str(tmp_path), gflops=100.0, gbps=10.0, full=True)
-    assert {"softmax", "logreg", "sweep24", "softmax_conv", "softmax_views", "c_search", "source_identity"} <= set(s2)
+    assert {"softmax", "logreg", "sweep24", "softmax_conv", "softmax_views", "c_search", "source_identity",
+            "tarball_identity"} <= set(s2)
     for row in ("softmax", "softmax_conv", "softmax_views", "sweep24"):
         assert s2[row]["train_s"] > 0 and s2[row]["floor_s"] > 0
     assert s2["sweep24"]["flops"] == 24 * s2["softmax"]["flops"]
     assert s2["softmax_views"]["flops"] == s2["softmax"]["flops"] * 6 * 12 // 16     # 6 views of 12 values
     assert s2["c_search"]["selection"]["chosen_C"] > 0 and s2["c_search"]["selection"]["seconds_per_fit"] >= 0
     assert s2["source_identity"]["files"] == 30 and s2["source_identity"]["decode_s"] > 0
+    assert s2["tarball_identity"]["images"] == 60 and s2["tarball_identity"]["decode_s"] > 0
     rows = bench_heads.rows(s2, 100.0)
-    assert len(rows) == 7 and all(len(r) == 3 for r in rows)
+    assert len(rows) == 8 and all(len(r) == 3 for r in rows)
     assert "6 views" in rows[2][0] and "search" in rows[5][0] and "30-file image tree" in rows[6][0]
+    assert "python batches of 60 images as a .tar.gz" in rows[7][0]
 
 
 def test_floor_is_the_slower_of_compute_and_memory():
