@@ -222,7 +222,8 @@ def read_provenance(path: str) -> dict:
 def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool = True, populate: bool = True) -> dict:
     """Load a finished cache: {split: (features, labels, metadata)}; features are read-only arrays
     over the mapped file, so loading costs no copy; populate: its pages read in up front (for the heads,
-    which read every row; False for a check that reads none, such as a cache hit's).
+    which read every row; False for a check that reads none, such as a cache hit's, unless its features
+    are verified now).
 
     Refuses an incomplete, truncated, edited or corrupt file (checksums of the attributes, labels,
     ids and, unless `verify` is False, features: once per version of the file, cache_memo.py), or one
@@ -236,10 +237,10 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
         if have != want:
             raise PipelineError(f"cache {path}: built with {k}={have!r}, asked for {want!r}; extract with the "
                                 "settings you want, or pass the matching cache")
-    out = {}
+    out, unverified = {}, verify and not cache_memo.verified(path, meta.get("checksum"), now)
     try:
         with h5py.File(path, "r") as f, open(path, "rb") as raw:
-            pages = _pages(raw, populate)
+            pages = _pages(raw, populate or unverified)      # a verification reads every page: in one go
             for name in splits or list(f.keys()):
                 if name not in f:
                     raise PipelineError(f"cache {path}: has no '{name}' split (it has {', '.join(f.keys())}); "
@@ -248,7 +249,7 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
                 out[name] = (_mapped(f[name]["features"], pages, path), labels, {**meta, "split": name, "ids": ids})
     except (OSError, KeyError) as e:
         raise DamagedCache(f"cache {path}: corrupt ({str(e).splitlines()[0][:80]}); {REBUILD}") from None
-    if verify and not cache_memo.verified(path, meta.get("checksum"), now):
+    if unverified:
         _verify(path, out, groups)          # hashlib releases the GIL: one thread per split
         if set(out) == set(groups):        # every split verified: the whole file is
             cache_memo.remember(path, meta.get("checksum"), now)
