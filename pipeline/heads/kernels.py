@@ -20,7 +20,9 @@
   step_key(key0, t, ...), so two steps never share a counter, and one draw per feature serves every
   group of heads (a head alone and in a sweep sees the same masks).
 - Heads live in a (G, KP, D) block: group g (one dropout rate) holds its heads' C-class weight rows
-  one after another, padded with zero rows to an even KP (the register block is 4 rows x 2 outputs).
+  one after another, padded with zero rows to an even KP. The products run in register blocks of 4 rows
+  x 5 outputs where the CPU has 32 vector registers (AVX-512; 20 sums, and a 10-class head reads its
+  rows twice instead of five times: 19% faster on the 6-view full cache), else and for the rest 4 x 2.
 Compiled code is cached next to this file (`cache=True`); `python -m pipeline.heads.kernels` compiles it.
 All jitted code stays in this one file: Numba invalidates a cache only when the function's own file
 changes, so a kernel split over files could run stale code of the other after an edit.
@@ -208,6 +210,7 @@ def _float_to_half_bits(typingctx, value):
 
 
 _FEATURES = llvm.get_host_cpu_features()
+WIDE_BLOCKS = _FEATURES.get("avx512f", False)   # 32 vector registers: _forward_block's 4 x 5 blocks (20 sums) fit
 _half = _half_by_instruction if _FEATURES.get("f16c", False) or platform.machine() in ("aarch64", "arm64") else _half_by_bits
 
 
@@ -235,7 +238,7 @@ def widen(X, rows, out):
 def affine(X, W, b, out):
     """out = X @ W.T + b for X (N, D) float32 or float16 bits, W (KP, D) float32 with KP even: rows in
     parallel, AFFINE_ROWS at a time, each CHUNK of columns widened once and multiplied by the training
-    kernels' 4 x 2 register blocks while that chunk of W is in cache (no float32 copy of X)."""
+    kernels' register blocks while that chunk of W is in cache (no float32 copy of X)."""
     N, D, KP = X.shape[0], X.shape[1], W.shape[0]
     for item in prange((N + AFFINE_ROWS - 1) // AFFINE_ROWS):
         lo = item * AFFINE_ROWS
@@ -308,8 +311,29 @@ def _mask_block(X, idx, words, w0, t, r0, hi, j0, n, xm, mean, inv_scale, dj):
 
 @njit(inline="always", fastmath=True, cache=True)
 def _forward_block(xm, W, kp, j0, n, zp, r0):
-    """zp[r0:r0+4, :kp] = xm[:, :n] @ W[:kp, j0:j0+n].T, 4 rows x 2 outputs at a time."""
-    for k in range(0, kp, 2):
+    """zp[r0:r0+4, :kp] = xm[:, :n] @ W[:kp, j0:j0+n].T: 4 rows x 5 outputs at a time where the CPU has
+    32 vector registers (the first 10 * (kp // 10) outputs: a 10-class head reads its 4 rows twice, not
+    five times), then 4 rows x 2 outputs."""
+    k5 = kp // 10 * 10 if WIDE_BLOCKS else 0
+    for k in range(0, k5, 5):
+        w0, w1, w2, w3, w4 = W[k, j0:j0 + n], W[k + 1, j0:j0 + n], W[k + 2, j0:j0 + n], W[k + 3, j0:j0 + n], W[k + 4, j0:j0 + n]
+        a00 = a01 = a02 = a03 = a04 = a10 = a11 = a12 = a13 = a14 = np.float32(0)
+        a20 = a21 = a22 = a23 = a24 = a30 = a31 = a32 = a33 = a34 = np.float32(0)
+        for j in range(n):
+            u0, u1, u2, u3, u4 = w0[j], w1[j], w2[j], w3[j], w4[j]
+            x = xm[0, j]
+            a00, a01, a02, a03, a04 = a00 + x * u0, a01 + x * u1, a02 + x * u2, a03 + x * u3, a04 + x * u4
+            x = xm[1, j]
+            a10, a11, a12, a13, a14 = a10 + x * u0, a11 + x * u1, a12 + x * u2, a13 + x * u3, a14 + x * u4
+            x = xm[2, j]
+            a20, a21, a22, a23, a24 = a20 + x * u0, a21 + x * u1, a22 + x * u2, a23 + x * u3, a24 + x * u4
+            x = xm[3, j]
+            a30, a31, a32, a33, a34 = a30 + x * u0, a31 + x * u1, a32 + x * u2, a33 + x * u3, a34 + x * u4
+        zp[r0, k], zp[r0, k + 1], zp[r0, k + 2], zp[r0, k + 3], zp[r0, k + 4] = a00, a01, a02, a03, a04
+        zp[r0 + 1, k], zp[r0 + 1, k + 1], zp[r0 + 1, k + 2], zp[r0 + 1, k + 3], zp[r0 + 1, k + 4] = a10, a11, a12, a13, a14
+        zp[r0 + 2, k], zp[r0 + 2, k + 1], zp[r0 + 2, k + 2], zp[r0 + 2, k + 3], zp[r0 + 2, k + 4] = a20, a21, a22, a23, a24
+        zp[r0 + 3, k], zp[r0 + 3, k + 1], zp[r0 + 3, k + 2], zp[r0 + 3, k + 3], zp[r0 + 3, k + 4] = a30, a31, a32, a33, a34
+    for k in range(k5, kp, 2):
         w0, w1 = W[k, j0:j0 + n], W[k + 1, j0:j0 + n]
         a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = np.float32(0)
         for j in range(n):
@@ -331,27 +355,43 @@ def _forward_block(xm, W, kp, j0, n, zp, r0):
 
 
 @njit(inline="always", fastmath=True, cache=True)
+def _add_rows(g, j, c0, c1, c2, c3, x0, x1, x2, x3):
+    """g[j] += c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3, added in row order."""
+    u = g[j]
+    u += c0 * x0
+    u += c1 * x1
+    u += c2 * x2
+    u += c3 * x3
+    g[j] = u
+
+
+@njit(inline="always", fastmath=True, cache=True)
 def _backward_block(xm, dz, kp, j0, n, gW, r0, factor):
-    """gW[:kp, j0:j0+n] += factor * dz[r0:r0+4, :kp].T @ xm[:, :n]."""
-    for k in range(0, kp, 2):
+    """gW[:kp, j0:j0+n] += factor * dz[r0:r0+4, :kp].T @ xm[:, :n], in _forward_block's output blocks."""
+    k5 = kp // 10 * 10 if WIDE_BLOCKS else 0
+    for k in range(0, k5, 5):
+        g0, g1, g2, g3, g4 = gW[k, j0:j0 + n], gW[k + 1, j0:j0 + n], gW[k + 2, j0:j0 + n], gW[k + 3, j0:j0 + n], gW[k + 4, j0:j0 + n]
+        c00, c10, c20, c30 = dz[r0, k] * factor, dz[r0 + 1, k] * factor, dz[r0 + 2, k] * factor, dz[r0 + 3, k] * factor
+        c01, c11, c21, c31 = dz[r0, k + 1] * factor, dz[r0 + 1, k + 1] * factor, dz[r0 + 2, k + 1] * factor, dz[r0 + 3, k + 1] * factor
+        c02, c12, c22, c32 = dz[r0, k + 2] * factor, dz[r0 + 1, k + 2] * factor, dz[r0 + 2, k + 2] * factor, dz[r0 + 3, k + 2] * factor
+        c03, c13, c23, c33 = dz[r0, k + 3] * factor, dz[r0 + 1, k + 3] * factor, dz[r0 + 2, k + 3] * factor, dz[r0 + 3, k + 3] * factor
+        c04, c14, c24, c34 = dz[r0, k + 4] * factor, dz[r0 + 1, k + 4] * factor, dz[r0 + 2, k + 4] * factor, dz[r0 + 3, k + 4] * factor
+        for j in range(n):
+            x0, x1, x2, x3 = xm[0, j], xm[1, j], xm[2, j], xm[3, j]
+            _add_rows(g0, j, c00, c10, c20, c30, x0, x1, x2, x3)
+            _add_rows(g1, j, c01, c11, c21, c31, x0, x1, x2, x3)
+            _add_rows(g2, j, c02, c12, c22, c32, x0, x1, x2, x3)
+            _add_rows(g3, j, c03, c13, c23, c33, x0, x1, x2, x3)
+            _add_rows(g4, j, c04, c14, c24, c34, x0, x1, x2, x3)
+    for k in range(k5, kp, 2):
         g0, g1 = gW[k, j0:j0 + n], gW[k + 1, j0:j0 + n]
         c00, c10, c20, c30 = dz[r0, k] * factor, dz[r0 + 1, k] * factor, dz[r0 + 2, k] * factor, dz[r0 + 3, k] * factor
         c01, c11 = dz[r0, k + 1] * factor, dz[r0 + 1, k + 1] * factor
         c21, c31 = dz[r0 + 2, k + 1] * factor, dz[r0 + 3, k + 1] * factor
         for j in range(n):
             x0, x1, x2, x3 = xm[0, j], xm[1, j], xm[2, j], xm[3, j]
-            u = g0[j]
-            u += c00 * x0
-            u += c10 * x1
-            u += c20 * x2
-            u += c30 * x3
-            g0[j] = u
-            v = g1[j]
-            v += c01 * x0
-            v += c11 * x1
-            v += c21 * x2
-            v += c31 * x3
-            g1[j] = v
+            _add_rows(g0, j, c00, c10, c20, c30, x0, x1, x2, x3)
+            _add_rows(g1, j, c01, c11, c21, c31, x0, x1, x2, x3)
 
 
 @njit(inline="always", fastmath=True, cache=True)

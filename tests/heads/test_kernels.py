@@ -54,16 +54,17 @@ def test_column_stats_match_numpy_on_any_number_of_threads(dtype):
 RATES = (0.25, 0.6)
 
 
-def problem(D, B, seed=0):
-    """Two dropout groups (rates 0.25 with 2 heads, 0.6 with 1), 3 classes, weights padded to KP."""
+def problem(D, B, seed=0, C=3):
+    """Two dropout groups (rates 0.25 with 2 heads, 0.6 with 1), C classes, weights padded to KP (3
+    classes: 6 rows, blocks of 2 outputs; 11: 22 rows, 4 blocks of 5 where WIDE_BLOCKS, then one of 2)."""
     rng = np.random.default_rng(seed)
-    C, n_heads = 3, np.array([2, 1])
-    G, KP = 2, kernels.padded(2, 3)
+    n_heads = np.array([2, 1])
+    G, KP = 2, kernels.padded(2, C)
     X = rng.normal(size=(50, D)).astype(np.float32)
     idx, y = rng.choice(50, B, replace=False), rng.integers(0, C, 50)
     W = rng.normal(scale=0.1, size=(G, KP, D)).astype(np.float32)
     b = rng.normal(scale=0.1, size=(G, KP)).astype(np.float32)
-    W[1, 3:], b[1, 3:] = 0, 0                                      # group 1's padding rows
+    W[1, C:], b[1, C:] = 0, 0                                      # group 1's padding rows
     thr = np.round(np.array(RATES) * NOISE_LEVELS).astype(np.uint16)
     return X, idx, y, W, b, thr, n_heads, C
 
@@ -106,15 +107,15 @@ def run(by_rows, X, idx, y, W, b, thr, n_heads, C, key):
 
 
 @pytest.mark.parametrize("by_rows", [True, False])
-@pytest.mark.parametrize("D,B", [(37, 10), (1100, 9)])      # odd sizes: partial noise words, row blocks, chunks
-def test_step_gradients_match_numpy(by_rows, D, B):
-    args = problem(D, B)
+@pytest.mark.parametrize("D,B,C", [(37, 10, 3), (1100, 9, 3), (1100, 9, 11)])   # odd sizes: partial noise words, row blocks, chunks
+def test_step_gradients_match_numpy(by_rows, D, B, C):
+    args = problem(D, B, C=C)
     gW, gb, stats = run(by_rows, *args, key=987654321)
     rW, rb, rloss = reference(*args, key=987654321)
     np.testing.assert_allclose(gW, rW, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(gb, rb, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose([stats[0, 0, 0], stats[0, 1, 0], stats[1, 0, 0]], rloss, rtol=1e-4)
-    assert np.all(gW[1, 3:] == 0) and np.all(gb[1, 3:] == 0)         # padding rows stay untouched
+    assert np.all(gW[1, C:] == 0) and np.all(gb[1, C:] == 0)         # padding rows stay untouched
 
 
 @pytest.mark.parametrize("by_rows", [True, False])
@@ -207,14 +208,15 @@ def test_narrowing_to_float16_is_numpys():
     assert np.isnan(out[:1].view(np.float16)).all()
 
 
+@pytest.mark.parametrize("kp", [6, 12])      # blocks of 2 outputs; of 5 where WIDE_BLOCKS, then 2
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_affine_is_the_matrix_product(dtype):
+def test_affine_is_the_matrix_product(dtype, kp):
     """kernels.affine (inference): X @ W.T + b over several column chunks, the last one partial, and a
     partial block of rows; float16 widened as numpy widens it."""
     rng = np.random.default_rng(3)
     n, d = 2 * kernels.AFFINE_ROWS + 5, 2 * kernels.CHUNK + 77
     X = rng.normal(size=(n, d)).astype(dtype)
-    W, b = rng.normal(size=(6, d)).astype(np.float32), rng.normal(size=6).astype(np.float32)
-    out = np.empty((n, 6), np.float32)
+    W, b = rng.normal(size=(kp, d)).astype(np.float32), rng.normal(size=kp).astype(np.float32)
+    out = np.empty((n, kp), np.float32)
     kernels.affine(X.view(np.uint16) if dtype == np.float16 else X, W, b, out)
     np.testing.assert_allclose(out, X.astype(np.float64) @ W.T.astype(np.float64) + b, rtol=1e-4, atol=1e-3)
