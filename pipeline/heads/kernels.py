@@ -275,14 +275,23 @@ def column_stats(X, rows, parts):
     D, n = X.shape[1], rows.shape[0]
     out = np.zeros((parts, 2, D))
     for p in prange(parts):
-        s, q, v = np.zeros(D), np.zeros(D), np.empty(D, np.float32)
-        for i in range(p * n // parts, (p + 1) * n // parts):
-            src = X[rows[i]]
+        s, q, v = np.zeros(D), np.zeros(D), np.empty((ROWS, D), np.float32)
+        lo, hi = p * n // parts, (p + 1) * n // parts
+        for i0 in range(lo, hi, ROWS):          # ROWS rows added to each column's sums while they are in registers
+            m = min(ROWS, hi - i0)
+            for i in range(m):
+                src, vi = X[rows[i0 + i]], v[i]
+                for j in range(D):
+                    vi[j] = _value(src[j])
+            for i in range(m, ROWS):
+                v[i] = 0                        # a partial block adds zeros: the same sums
             for j in range(D):
-                v[j] = _value(src[j])
-            for j in range(D):
-                s[j] += v[j]
-                q[j] += np.float64(v[j]) * v[j]
+                a, b = s[j], q[j]
+                for i in range(ROWS):
+                    x = np.float64(v[i, j])
+                    a += x
+                    b += x * x
+                s[j], q[j] = a, b
         out[p, 0], out[p, 1] = s, q
     return out
 

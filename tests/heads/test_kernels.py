@@ -38,11 +38,13 @@ def test_float16_widening_is_numpys_for_every_bit_pattern():
 def test_column_stats_match_numpy_on_any_number_of_threads(dtype):
     rng = np.random.default_rng(1)
     X = (rng.normal(size=(101, 37)) * 50).astype(dtype)
-    rows = np.sort(rng.choice(101, 60, replace=False))
+    rows = np.sort(rng.choice(101, 61, replace=False))      # parts of 20, 20 and 21 rows: a partial row block
     Xk = X.view(np.uint16) if dtype == np.float16 else X
     sums = kernels.column_stats(Xk, rows, 3)
     sel = X[rows].astype(np.float64)
     np.testing.assert_allclose(sums.sum(0), [sel.sum(0), (sel ** 2).sum(0)], rtol=1e-12)
+    for p, part in enumerate(np.array_split(sel, [20, 40])):   # each part's sums added row after row, exactly
+        assert np.array_equal(sums[p], [np.add.accumulate(part)[-1], np.add.accumulate(part ** 2)[-1]])
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
