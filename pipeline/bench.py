@@ -26,6 +26,7 @@ from .errors import PipelineError, SettingError
 from .features import FeatureConfig
 from .features.backbone import build_backbone
 from .features.precision import resolve_precision
+from .features.synthetic import write_cifar_batches
 from .keras_env import keras_backend_name
 
 log = logging.getLogger(__name__)
@@ -81,28 +82,13 @@ def model_flops(model) -> int:
     return int(total)
 
 
-def fake_cifar(root: str, n: int, test_n: int = 10) -> str:
-    """n (and test_n test) random 32x32 images in the official CIFAR-10 batch layout (content does not
-    affect speed)."""
-    import pickle
-    d = os.path.join(root, "cifar-10-batches-py")
-    os.makedirs(d)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        k = n if name == "data_batch_1" else (test_n if name == "test_batch" else 0)
-        with open(os.path.join(d, name), "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (k, 3072), dtype=np.uint8),
-                         b"labels": [int(v) for v in np.arange(k) % 10]}, f, protocol=4)
-    return root
-
-
 def stage_one(n: int, size: int, repeats: int, tmp: str) -> dict:
     from .features.build import BuiltBackbone
     from .features.extract import extract
     from .features.plan import plan
     from .features.preprocess import preprocess
     from .features.sources import open_dataset
-    data = fake_cifar(os.path.join(tmp, "cifar"), n)
+    data = write_cifar_batches(os.path.join(tmp, "cifar"), n)
     images = open_dataset("cifar10", data, ("train",), None).splits["train"].images
     x = preprocess(images[:BATCH], size, "cubic")
     out = {"auto_precision": resolve_precision("auto", memo_dir=os.path.join(tmp, "probe"))}   # measured afresh

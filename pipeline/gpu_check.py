@@ -19,9 +19,10 @@ import tempfile
 import time
 
 from . import device
-from .bench import fake_cifar, feed_rows, feeding_path, machine
+from .bench import feed_rows, feeding_path, machine
 from .durable import write_text
 from .features import FeatureConfig, extract
+from .features.synthetic import write_cifar_batches
 from .features.precision import resolve_precision
 from .keras_env import keras_backend_name
 
@@ -58,7 +59,7 @@ def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | No
          "auto_precision": auto, "stage_one": {}}
     tmp = tempfile.mkdtemp(prefix="pipeline-gpu-check-")
     try:
-        data = fake_cifar(os.path.join(tmp, "cifar"), n)
+        data = write_cifar_batches(os.path.join(tmp, "cifar"), n)
         for size, layer in ((224, "fc2"), (128, BEST_LAYERS)):
             for precision in dict.fromkeys(("float32", auto)):
                 log.info(f"gpu-check: stage one, {size} px, {layer}, {precision} ...")
@@ -72,8 +73,8 @@ def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | No
             full_data = data_dir or next((p for p in FULL_DATA if os.path.exists(p)), None)
             r["full_data"] = full_data or "60,000 synthetic CIFAR-size images (the official tarball is not here)"
             if full_data is None:
-                full_data = fake_cifar(os.path.join(tmp, "full"), 100 if quick else 50_000,
-                                       test_n=20 if quick else 10_000)
+                full_data = write_cifar_batches(os.path.join(tmp, "full"), 100 if quick else 50_000,
+                                                n_test=20 if quick else 10_000)
             log.info(f"gpu-check: full CIFAR-10 extraction at the best configuration ({r['full_data']}) ...")
             cfg = FeatureConfig(data_dir=full_data, weights="random", image_size=128, layer=BEST_LAYERS,
                                 precision=auto, store_dtype="float16", batch_size=batch,

@@ -1,11 +1,33 @@
-"""Synthetic feature caches (same layout as real ones) for tests and stage-two benchmarks."""
+"""Synthetic feature caches (same layout as real ones) for tests and stage-two benchmarks, and random
+images in CIFAR-10's python batch layout for the benchmarks' inputs."""
 from __future__ import annotations
+
+import os
+import pickle
 
 import numpy as np
 
 from .cache import FORMAT_VERSION, cache_key, write_cache
 
 CHUNK = 5000   # rows generated at a time: a 50,000 x 25,088 cache never sits in memory whole
+
+
+def write_cifar_batches(root: str, n_train: int, n_test: int = 10) -> str:
+    """n_train (spread over the five train batches) and n_test random 32x32 images in the official CIFAR-10
+    python layout, root/cifar-10-batches-py with batches.meta (pickle protocol 2, as upstream); labels cycle
+    through the classes; the content does not affect speed. Returns root."""
+    from .cifar_batches import CIFAR10_CLASSES
+    d = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(d)
+    rng = np.random.default_rng(0)
+    starts = {f"data_batch_{i}": ((i - 1) * n_train // 5, i * n_train // 5) for i in range(1, 6)}
+    for name, (a, b) in {**starts, "test_batch": (0, n_test)}.items():
+        with open(os.path.join(d, name), "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (b - a, 3072), dtype=np.uint8),
+                         b"labels": [int(v) for v in np.arange(a, b) % 10]}, f, protocol=2)
+    with open(os.path.join(d, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, f, protocol=2)
+    return root
 
 
 def make_features(n: int, dim: int, n_classes: int, seed: int = 0, separation: float = 1.0):
