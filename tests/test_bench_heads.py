@@ -15,10 +15,11 @@ def test_full_stage_two_rows_on_tiny_caches(tmp_path, monkeypatch):
     assert s2["c_search"]["selection"]["chosen_C"] > 0 and s2["c_search"]["selection"]["seconds_per_fit"] >= 0
     assert s2["source_identity"]["files"] == 30 and s2["source_identity"]["decode_s"] > 0
     assert s2["tarball_identity"]["images"] == 60 and s2["tarball_identity"]["decode_s"] > 0
+    assert s2["step_products"]["shape"] == [250, 16, 40] and s2["step_products"]["gflops"] > 0
     rows = bench_heads.rows(s2, 100.0)
-    assert len(rows) == 8 and all(len(r) == 3 for r in rows)
-    assert "6 views" in rows[2][0] and "search" in rows[5][0] and "30-file image tree" in rows[6][0]
-    assert "python batches of 60 images as a .tar.gz" in rows[7][0]
+    assert len(rows) == 9 and all(len(r) == 3 for r in rows)
+    assert "6 views" in rows[2][0] and "(250 rows x 16 x 40 outputs" in rows[5][0] and "search" in rows[6][0]
+    assert "30-file image tree" in rows[7][0] and "python batches of 60 images as a .tar.gz" in rows[8][0]
 
 
 def test_floor_is_the_slower_of_compute_and_memory():
