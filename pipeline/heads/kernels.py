@@ -4,11 +4,11 @@
 - The kernels own their state: `allocate()` builds a `TrainState` (weights, gradients, Adam's
   moments, scratch) and `train_epoch` drives one pass over the data with it.
 - Two ways to split a step over cores, both into a fixed number of parts, so results do not depend
-  on the number of threads: _step_rows (heads up to ROWS_KERNEL_BYTES, e.g. the notebook's 4096 x 10
-  or the README's best 10,752 x 10) gives each
+  on the number of threads: _step_rows (heads whose weights fit in half a core's L2, e.g. the
+  notebook's 4096 x 10, the README's best 10,752 x 10, 25,088 x 10 where the L2 is 2 MiB) gives each
   part a quarter of the batch, carried through start to finish in 4-row blocks while the rows are
-  in cache, and a gradient of its own (added in part order); _step_chunks (heads too big to stay in
-  a core's cache, e.g. a 24-head sweep or 25,088 conv features) gives each part CHUNK feature
+  in cache, and a gradient of its own (added in part order); _step_chunks (heads too big for that,
+  e.g. a 24-head sweep, or 25,088 conv features on a 1 MiB L2) gives each part CHUNK feature
   columns: its slice of the gradient, with partial logits added in chunk order before the softmax.
 - Features are float32, or float16 passed as their uint16 bits (Numba has no float16) and widened
   by the CPU's conversion instruction (`_half`: LLVM's fpext; integer arithmetic and a bit cast on a
@@ -29,10 +29,11 @@ changes, so a kernel split over files could run stale code of the other after an
 """
 from __future__ import annotations
 
+import os
+import platform
 from typing import NamedTuple
 
 import numpy as np
-import platform
 
 from llvmlite import binding as llvm, ir
 from numba import njit, prange
@@ -43,10 +44,11 @@ CHUNK = 512       # _step_chunks: feature columns per work item (a multiple of 4
 PANEL = 64        # _step_chunks, one dropout group: batch rows whose masked features the backward pass reuses
 ROWS = 4          # rows per register block
 ROW_PARTS = 4     # _step_rows: parts of the batch (fixed, so results do not depend on the thread count)
-ROWS_KERNEL_BYTES = 512 * 1024   # heads with weights up to this size use _step_rows: a core keeps the weights and its
-                                 # part's gradient (2 x 512 KiB) in a 1 MiB L2 (AMD Zen 4; 2 MiB on the Intel Xeon with AMX).
-                                 # Measured on that Xeon against _step_chunks: 12% faster on 10 x 10,240 float16, 3% on 10 x 25,088
-                                 # (left to _step_chunks: 2 x 1 MiB is a whole L2), 20% slower on a 24-head sweep (3.9 MB)
+ROWS_KERNEL_BYTES = None         # heads with weights up to this size use _step_rows; None: half of one core's L2 (l2_cache_bytes),
+                                 # so a core keeps the weights and its part's gradient there. Measured on the Intel Xeon with AMX (L2
+                                 # 2 MiB) against _step_chunks, an epoch: 10 x 25,088 float16 0.55-0.59 against 0.65-0.71 ns a row
+                                 # element, float32 0.66 against 0.76, 10 x 16,384 float16 0.60 against 0.72 (2026-12-02); 10 x 10,240
+                                 # float16 12% faster (2026-12-01); a 24-head sweep of 4,096 (3.9 MB) 7% slower
 AFFINE_ROWS = 16  # affine (inference): rows per work item, sharing each chunk of W
 NOISE_LEVELS = 65536             # dropout rates are realised to 1/65536 (16-bit draws)
 GAMMA = np.uint64(0x9E3779B97F4A7C15)   # SplitMix64 constants
@@ -83,6 +85,24 @@ class TrainState(NamedTuple):
     keys: np.ndarray       # (steps,) uint64: the noise key each step drew at (a record)
 
 
+def l2_cache_bytes(cpu: str = "/sys/devices/system/cpu/cpu0", default: int = 1 << 20) -> int:
+    """One core's L2 cache in bytes as Linux describes `cpu` (its cache/index*/level and size, e.g. "2048K"),
+    or `default` (1 MiB) where that cannot be read."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        for index in sorted(os.listdir(os.path.join(cpu, "cache"))):
+            folder = os.path.join(cpu, "cache", index)
+            with open(os.path.join(folder, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(folder, "size")) as f:
+                size = f.read().strip()
+            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    except (OSError, ValueError):
+        pass
+    return default
+
+
 @njit(inline="always", cache=True)
 def padded(n_heads, n_classes):
     """Weight rows of a group of n_heads heads: n_heads * C rounded up to even (2-output register blocks)."""
@@ -97,7 +117,7 @@ def allocate(W, b, rates, n_heads, n_classes, lr_rows, batch_size, steps, betas,
     G, KP, D = W.shape
     thr = np.minimum(np.round(np.asarray(rates) * NOISE_LEVELS), NOISE_LEVELS - 1).astype(np.uint16)
     drop_scale = (NOISE_LEVELS / (NOISE_LEVELS - thr.astype(np.float64))).astype(np.float32)
-    by_rows = W.nbytes <= ROWS_KERNEL_BYTES
+    by_rows = W.nbytes <= (l2_cache_bytes() // 2 if ROWS_KERNEL_BYTES is None else ROWS_KERNEL_BYTES)
     parts, n_chunks = (ROW_PARTS, 0) if by_rows else (1, (D + CHUNK - 1) // CHUNK)
     b4 = -(-batch_size // ROWS) * ROWS
     bc = 0 if by_rows else b4

@@ -222,3 +222,27 @@ def test_affine_is_the_matrix_product(dtype, kp):
     out = np.empty((n, kp), np.float32)
     kernels.affine(X.view(np.uint16) if dtype == np.float16 else X, W, b, out)
     np.testing.assert_allclose(out, X.astype(np.float64) @ W.T.astype(np.float64) + b, rtol=1e-4, atol=1e-3)
+
+
+def test_the_split_follows_the_l2_cache_linux_describes(tmp_path, monkeypatch):
+    """Heads whose weights fit in half a core's L2 train by rows; the L2 read from a sysfs-like tree."""
+    for index, level, size in (("index0", "1", "48K"), ("index2", "2", "2048K"), ("index3", "3", "491520K")):
+        os.makedirs(tmp_path / "cache" / index)
+        (tmp_path / "cache" / index / "level").write_text(level + "\n")
+        (tmp_path / "cache" / index / "size").write_text(size + "\n")
+    assert kernels.l2_cache_bytes(str(tmp_path)) == 2 << 20
+    (tmp_path / "cache" / "index2" / "size").write_text("1M\n")
+    assert kernels.l2_cache_bytes(str(tmp_path)) == 1 << 20
+    assert kernels.l2_cache_bytes(str(tmp_path / "nowhere"), default=123) == 123
+    (tmp_path / "cache" / "index2" / "size").write_text("lots\n")
+    assert kernels.l2_cache_bytes(str(tmp_path), default=123) == 123
+
+    def split(d):
+        W = np.zeros((1, 10, d), np.float32)
+        return kernels.allocate(W, np.zeros((1, 10), np.float32), [0.5], [1], 10, np.zeros(10), 8, 1,
+                                (0.9, 0.999, 1e-7)).by_rows
+    monkeypatch.setattr(kernels, "ROWS_KERNEL_BYTES", None)
+    monkeypatch.setattr(kernels, "l2_cache_bytes", lambda: 2 << 20)
+    assert split(25_088) and not split(26_215)           # 1,003,520 and 1,048,600 bytes of weights against 1 MiB
+    monkeypatch.setattr(kernels, "l2_cache_bytes", lambda: 1 << 20)
+    assert split(10_752) and not split(25_088)
