@@ -14,13 +14,13 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import tempfile
 import time
 
 import numpy as np
 
 from . import bench_heads
+from .bench_heads import median_time
 from .durable import write_text
 from .errors import PipelineError, SettingError
 from .features import FeatureConfig
@@ -41,16 +41,6 @@ HEAD_ROWS, HEAD_TEST, HEAD_DIM = 50_000, 10_000, 4096   # stage-two synthetic ca
 CONV_DIM = 25_088      # and one as wide as block5_pool flattened at 224 px, stored as float16
 NOTEBOOK = {"epochs": 20, "train": 12_500, "val": 500, "cifar10_images": 60_000}
 # -----------------------------------------------------------------------------------------------------
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up (tracing, allocation)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def matmul_gflops(dtype: str, repeats: int, n: int = 2048) -> float:

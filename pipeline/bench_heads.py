@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +44,17 @@ def run_cli(args: list) -> dict:
     return {"wall_s": wall, **metrics["timings"], "selection": metrics.get("selection")}
 
 
+def median_time(fn, repeats):
+    """Median seconds of `repeats` calls of fn, after one warm-up call (tracing, allocation)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def softmax_floor(train_rows: int, dim: int, itemsize: int, gflops: float, gbps: float, heads: int = 1) -> dict:
     """The fewest seconds `heads` softmax heads' training can take here: the forward and weight-gradient
     products at the matmul rate, or every training row read once per epoch at the memory bandwidth."""
@@ -61,14 +73,11 @@ def step_products_gflops(batch: int, dim: int, outputs: int, repeats: int = 9) -
     x, w = rng.standard_normal((batch, dim), np.float32), rng.standard_normal((dim, outputs), np.float32)
     dz, steps = rng.standard_normal((outputs, batch), np.float32), 20
 
-    times = []
-    for _ in range(repeats + 1):              # the first a warm-up
-        t = time.perf_counter()
+    def run():
         for _ in range(steps):
             x @ w
             dz @ x
-        times.append(time.perf_counter() - t)
-    return {"shape": [batch, dim, outputs], "gflops": steps * 4 * batch * dim * outputs / float(np.median(times[1:])) / 1e9}
+    return {"shape": [batch, dim, outputs], "gflops": steps * 4 * batch * dim * outputs / median_time(run, repeats) / 1e9}
 
 
 def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: float, full: bool = False) -> dict:
