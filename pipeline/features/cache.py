@@ -32,8 +32,18 @@ FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers ch
 REBUILD = "extract with the same settings (the features command): it moves the damaged file aside and rebuilds it"
 
 
+NOT_A_CACHE = ("expected a feature cache: the .h5 file the features command writes and prints the path of "
+               "(under data/features unless --cache-dir says otherwise)")
+
+
 class DamagedCache(PipelineError):
     """A cache file that is truncated, incomplete, edited or corrupt: refused, never used."""
+
+
+class NotACache(DamagedCache):
+    """A file that never was a feature cache (not a regular HDF5 file, or one without a cache's attributes):
+    refused with NOT_A_CACHE rather than advice to rebuild it; a builder that finds one where its cache
+    belongs sets it aside as it does a damaged cache."""
 
 
 def cache_key(payload: dict) -> str:
@@ -174,8 +184,13 @@ def _read_checked(path: str):
     what = f"cache {path}"
     try:
         size = check_file(path)
+    except LayoutError as e:
+        raise NotACache(f"{what}: {e}; {NOT_A_CACHE}") from None
+    try:
         with h5py.File(path, "r") as f:
             check_tree(f, size)         # links, external/virtual storage, sizes: metadata only
+            if not {"format_version", "key"} & set(f.attrs):
+                raise NotACache(f"{what}: an HDF5 file without a cache's attributes (format_version, key); {NOT_A_CACHE}")
             _check_schema(f)
             attrs = dict(f.attrs)
             groups = {k: (f[k]["labels"][()], _ids(f[k]["ids"]), dict(f[k].attrs)) for k in f.keys()}

@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.features.cache import DamagedCache, load_cache, read_provenance, write_cache, writer_lock
+from pipeline.features.cache import (NOT_A_CACHE, REBUILD, DamagedCache, NotACache, load_cache, read_provenance, write_cache,
+                                     writer_lock)
 from pipeline.errors import PipelineError
 
 PROV = {"key": "k1", "settings": {"layer": "fc2", "image_size": 32}, "class_names": ["a", "b"]}
@@ -167,8 +168,28 @@ def test_a_fifo_or_an_unknown_file_is_refused_unread(tmp_path):
         signal.signal(signal.SIGALRM, old)
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f.create_dataset("weights", data=np.zeros(3))
-    with pytest.raises(DamagedCache, match="expected train and/or test groups"):
+    with pytest.raises(NotACache, match="an HDF5 file without a cache's attributes"):
         load_cache(str(tmp_path / "other.h5"))
+    with h5py.File(tmp_path / "other.h5", "a") as f:      # a cache's attributes, a cache's layout not
+        f.attrs["key"] = "0" * 64
+    with pytest.raises(DamagedCache, match="expected train and/or test groups") as e:
+        load_cache(str(tmp_path / "other.h5"))
+    assert not isinstance(e.value, NotACache) and REBUILD in str(e.value)
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda p: p.write_text("root:x:0:0:root:/root:/bin/bash\n"), "not an HDF5 file"),
+    (lambda p: h5py.File(p, "w").close(), "an HDF5 file without a cache's attributes"),
+    (lambda p: p.mkdir(), "not a regular file")])
+def test_a_file_that_never_was_a_cache_gets_advice_to_pass_one(tmp_path, capsys, make, needle):
+    """Not "rebuild it" (the features command would never write there): which file a cache is, and where."""
+    from tests.conftest import run_captured
+    make(tmp_path / "x.h5")
+    with pytest.raises(NotACache, match=needle) as e:
+        load_cache(str(tmp_path / "x.h5"))
+    assert NOT_A_CACHE in str(e.value) and REBUILD not in str(e.value)
+    code, out, err = run_captured(capsys, "train-head", "--cache", tmp_path / "x.h5", "--runs-dir", tmp_path / "runs")
+    assert code == 1 and err.count("\n") == 1 and needle in err and "data/features" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("kw,needle", [

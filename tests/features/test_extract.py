@@ -15,7 +15,7 @@ from pipeline.features import backbone
 
 BLOCK5, FC2 = [("block5_pool", "flatten")], [("fc2", None)]
 from pipeline.features.journal import BATCH
-from pipeline.features.cache import FORMAT_VERSION, DamagedCache, load_cache, writer_lock
+from pipeline.features.cache import FORMAT_VERSION, NOT_A_CACHE, REBUILD, DamagedCache, load_cache, writer_lock
 
 
 def features(capsys, *args):
@@ -234,10 +234,15 @@ def unmark(path):
         del f.attrs["complete"]
 
 
+def overwrite(path):
+    open(path, "wb").write(b"not a cache at all")
+
+
 @pytest.mark.parametrize("damage,needle", [(truncate, "truncated or corrupt"), (unmark, "incomplete"),
                                            (tamper_labels, "labels or ids fail"),
                                            (tamper_class_names, "attributes (provenance, class names"),
-                                           (tamper_features, "features fail their SHA-256 check")])
+                                           (tamper_features, "features fail their SHA-256 check"),
+                                           (overwrite, "not an HDF5 file")])
 def test_damaged_cache_is_refused_then_moved_aside_and_rebuilt(cifar_dir, tmp_path, capsys, damage, needle):
     """A cache damaged or edited after it was written is never used: loading it (train-head) refuses
     it with advice that works, and the same extraction moves it aside (kept) and rebuilds it."""
@@ -247,7 +252,8 @@ def test_damaged_cache_is_refused_then_moved_aside_and_rebuilt(cifar_dir, tmp_pa
     damage(path)
     with pytest.raises(DamagedCache) as e:
         load_cache(path)
-    assert needle in str(e.value) and "extract with the same settings (the features command): it moves the damaged file aside" in str(e.value)
+    advice = NOT_A_CACHE if damage is overwrite else REBUILD        # nothing of the cache left: which file to pass
+    assert needle in str(e.value) and advice in str(e.value)
     code, _, err = run_captured(capsys, "train-head", "--cache", path, "--runs-dir", tmp_path / "runs")
     assert is_one_line_error(code, err, needle)
     code, out, err = features(capsys, *args)
