@@ -32,8 +32,8 @@ FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers ch
 REBUILD = "extract with the same settings (the features command): it moves the damaged file aside and rebuilds it"
 
 
-NOT_A_CACHE = ("expected a feature cache: the .h5 file the features command writes and prints the path of "
-               "(under data/features unless --cache-dir says otherwise)")
+NOT_A_CACHE = ("expected a feature cache: an .h5 file the features command wrote (it prints each one's path; they "
+               "live under data/features unless --cache-dir says otherwise)")
 
 
 class DamagedCache(PipelineError):
