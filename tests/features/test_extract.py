@@ -235,7 +235,8 @@ def unmark(path):
 
 
 def overwrite(path):
-    open(path, "wb").write(b"not a cache at all")
+    with open(path, "wb") as f:
+        f.write(b"not a cache at all")
 
 
 @pytest.mark.parametrize("damage,needle", [(truncate, "truncated or corrupt"), (unmark, "incomplete"),
