@@ -2,7 +2,9 @@
 
 The model is the frozen VGG19 base as the run's cache built it (same layer, weights, precision),
 VGG19's preprocessing as a fixed float32 layer, then the trained head. Its input is an RGB image
-upscaled with OpenCV as the cache did (`pipeline.features.preprocess.upscale`), values 0..255.
+upscaled with OpenCV as the cache did (`pipeline.features.preprocess.upscale`), values 0..255; for a
+cache of several image sizes, one such input per size (`image_96`, `image_128`, ...), each through its
+own VGG19 pass, the features side by side as the cache holds them.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def read_run(run: str) -> dict:
         raise SettingError("run", f"{run}: its cache has no backbone settings (a synthetic cache?); predict needs "
                            "a run trained on a cache of stage one (features)", "predict")
     settings = _checked_settings(settings, refuse)
-    want = pooling.feature_dim(settings["layers"], settings["image_size"])
+    want = sum(pooling.feature_dim(settings["layers"], size) for size in settings["image_sizes"])
     heads = [read_head(path) for path in files]
     for path, head in zip(files, heads):
         d, c = input_width(head), head["kernel"].shape[1]
@@ -66,9 +68,10 @@ def _checked_settings(settings: dict, refuse) -> dict:
     settings = {**settings, "weights_seed": settings.get("weights_seed", settings.get("seed", 0))}   # older runs: seed
     for k, kind in {**RUN_SETTINGS, "weights_seed": int}.items():
         v = settings.get(k)
-        if not isinstance(v, kind) or isinstance(v, bool):
+        several = k == "image_size" and isinstance(v, str) and "+" in v      # sizes joined by +, checked below
+        if (not isinstance(v, kind) or isinstance(v, bool)) and not several:
             raise refuse(f"setting {k} is {str(v)[:40]!r}, expected a{'n' if kind is int else ''} "
-                         f"{kind.__name__}")
+                         f"{kind.__name__}{' (or sizes joined by +)' if k == 'image_size' else ''}")
     if settings["precision"] not in ("float32", "bfloat16", "float16"):
         raise refuse(f"setting precision is {settings['precision'][:20]!r}, expected float32, bfloat16 or float16")
     try:
@@ -78,23 +81,37 @@ def _checked_settings(settings: dict, refuse) -> dict:
                                      precision=settings["precision"]))
     except PipelineError as e:
         raise refuse(f"its settings: {str(e)[:160]}") from None
-    return {**settings, "layer": cfg.layer, "pooling": cfg.pooling, "layers": cfg.layers}
+    if cfg.image_size != settings["image_size"]:
+        raise refuse(f"setting image_size is {str(settings['image_size'])[:40]!r}, expected sizes joined by + "
+                     f"smallest first ({cfg.image_size})")
+    return {**settings, "layer": cfg.layer, "pooling": cfg.pooling, "layers": cfg.layers, "image_sizes": cfg.image_sizes}
+
+
+def _features(keras, s: dict, size: int, sha256, name: str):
+    """One image size's part of the model: an input of that size -> the pooled features."""
+    base = build_backbone(s["layers"], size, s["weights"], s["weights_seed"], s["precision"], sha256=sha256)
+    inp = keras.Input((size, size, 3), name=name)
+    return inp, pooling.keras_pool(keras, base(keras_preprocessing(keras, inp)), s["layers"])
 
 
 def end_to_end(run_info: dict):
     import keras
     s, kind = run_info["settings"], run_info["kind"]
-    ident = run_info["metrics"]["provenance"].get("weights") or {}
-    layers = s["layers"]
-    base = build_backbone(layers, s["image_size"], s["weights"], s["weights_seed"], s["precision"],
-                          sha256=ident.get("sha256"))
-    inp = keras.Input((s["image_size"], s["image_size"], 3), name="image")
-    x = pooling.keras_pool(keras, base(keras_preprocessing(keras, inp)), layers)
+    sha256 = (run_info["metrics"]["provenance"].get("weights") or {}).get("sha256")
+    if len(s["image_sizes"]) == 1:
+        inputs, x = _features(keras, s, s["image_sizes"][0], sha256, "image")
+    else:     # a model per size (layer names repeat between them), their features side by side
+        inputs, parts = [], []
+        for size in s["image_sizes"]:
+            branch = keras.Model(*_features(keras, s, size, sha256, f"image_{size}"), name=f"features_{size}px")
+            inputs.append(keras.Input((size, size, 3), name=f"image_{size}"))
+            parts.append(branch(inputs[-1]))
+        x = keras.layers.Concatenate(dtype="float32", name="features")(parts)
     outs = [head_model(h, name=f"head_{i}" if len(run_info["heads"]) > 1 else "head")(x)
             for i, h in enumerate(run_info["heads"])]
     out = keras.layers.Average(name="ensemble")(outs) if len(outs) > 1 else outs[0]   # an ensemble: the mean
-    model = keras.Model(inp, out, name=re.sub(r"\W", "_", f"vgg19_{pooling.slug(layers)}_{kind}"))
-    return model
+    sizes = "" if len(s["image_sizes"]) == 1 else "_" + "_".join(map(str, s["image_sizes"]))
+    return keras.Model(inputs, out, name=re.sub(r"\W", "_", f"vgg19{sizes}_{pooling.slug(s['layers'])}_{kind}"))
 
 
 def predict_images(model, run_info, paths, batch_size=32):
@@ -107,8 +124,8 @@ def predict_images(model, run_info, paths, batch_size=32):
             images = [decode_image(p) for p in chunk]
         except BadImage as e:
             raise PipelineError(f"cannot read image {e.path}: {e.reason}; pass readable image files") from None
-        x = upscale(images, s["image_size"], s["interpolation"]).astype(np.float32)
-        proba = np.asarray(model.predict_on_batch(x), dtype=np.float64)
+        x = [upscale(images, size, s["interpolation"]).astype(np.float32) for size in s["image_sizes"]]
+        proba = np.asarray(model.predict_on_batch(x[0] if len(x) == 1 else x), dtype=np.float64)
         out += [(p, int(pr.argmax()), pr) for p, pr in zip(chunk, proba)]
     return out
 
@@ -133,6 +150,7 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
     if export:
         with atomic_file(export) as tmp:
             model.save(tmp)
-        log.info(f"exported {export}: input {model.input.shape[1]}x{model.input.shape[2]} RGB 0..255 upscaled "
-                 f"with OpenCV {info['settings']['interpolation']}")
+        sizes = " and ".join(f"{size}x{size}" for size in info["settings"]["image_sizes"])
+        log.info(f"exported {export}: input{'s' if ' and ' in sizes else ''} {sizes} RGB 0..255 (the same images) "
+                 f"upscaled with OpenCV {info['settings']['interpolation']}")
     return lines

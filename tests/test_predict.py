@@ -216,6 +216,39 @@ def test_predict_with_pooled_layers_views_and_a_float16_cache(tmp_path, capsys):
     assert np.mean(agree) >= 0.9 and np.allclose(got, want.max(1), atol=0.02)   # float16 rounding of the cache
 
 
+def test_predict_with_several_image_sizes(tmp_path, capsys):
+    """A cache of two sizes side by side: predict upscales each image to both, runs a VGG19 pass per size
+    and gives what the head gives on the cached features; the export takes one input per size and loads."""
+    from conftest import write_image_folders
+    data = write_image_folders(str(tmp_path / "imgs"), per_class=8)
+    args = ["--data-dir", data, "--cache-dir", tmp_path / "c", "--weights", "random", "--image-size", "64+32",
+            "--precision", "float32", "--layer", "block4_pool:avg2x2,block5_pool", "--quiet"]
+    assert run_cli("features", *args) == 0
+    cache = capsys.readouterr().out.strip().splitlines()[-1]
+    X, y, meta = load_cache(cache)["test"]
+    assert X.shape == (24, 2048 + 512 + 2048 + 2048)      # 32 px: quadrants + 1x1x512; 64 px: quadrants + 2x2x512
+    run = tmp_path / "runs" / "r"
+    assert run_cli("train-head", "--cache", cache, "--runs-dir", tmp_path / "runs", "--name", "r", "--epochs", "3",
+                   "--val-fraction", "0.2", "--normalize", "sqrt-l2") == 0
+    assert read_head(str(run / "head.keras"))["blocks"] == [2048, 512, 2048, 2048]
+    capsys.readouterr()
+    paths = [os.path.join(data, i) for i in meta["ids"]]
+    assert run_cli("predict", "--run", run, *paths, "--export", tmp_path / "e.keras") == 0
+    out, err = capsys.readouterr()
+    want = np.asarray(head_model(read_head(str(run / "head.keras"))).predict(X, verbose=0))
+    got = [float(line.split("\t")[2]) for line in out.strip().splitlines()]
+    np.testing.assert_allclose(got, want.max(1), atol=2e-4)
+    assert "inputs 32x32 and 64x64" in err
+    import keras
+    from pipeline.features.images import decode_image
+    from pipeline.features.preprocess import upscale
+    exported = keras.saving.load_model(str(tmp_path / "e.keras"))
+    assert [t.name for t in exported.inputs] == ["image_32", "image_64"]
+    images = [decode_image(p) for p in paths]
+    x = [upscale(images, s, "cubic").astype(np.float32) for s in (32, 64)]
+    np.testing.assert_allclose(np.asarray(exported.predict(x, verbose=0)), want, atol=1e-5)
+
+
 def _edit_settings(m, **kw):
     m["provenance"]["settings"].update(kw)
 
@@ -223,6 +256,9 @@ def _edit_settings(m, **kw):
 @pytest.mark.parametrize("change,needle", [
     (lambda m: _edit_settings(m, image_size=1024), "image_size: expected 32..512"),
     (lambda m: _edit_settings(m, image_size="32"), "setting image_size is '32', expected an int"),
+    (lambda m: _edit_settings(m, image_size="64+32"), "expected sizes joined by + smallest first (32+64)"),
+    (lambda m: _edit_settings(m, image_size="32+x"), "image_size: expected a size"),
+    (lambda m: _edit_settings(m, image_size="32+64"), "head.keras takes"),        # width: the head is one size's
     (lambda m: m["provenance"]["settings"].pop("interpolation"), "setting interpolation is 'None', expected a str"),
     (lambda m: _edit_settings(m, layer="block5_pool:avg"), "head.keras takes"),          # width 512 vs the head's
     (lambda m: _edit_settings(m, precision="float64"), "expected float32, bfloat16 or float16"),

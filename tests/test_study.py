@@ -46,7 +46,7 @@ def test_grid_builds_each_cache_once_and_ranks_on_validation(data, capsys):
 
 
 @pytest.mark.parametrize("grid,needle", [("foo=1,2", "--grid: foo: unknown"), ("interpolation", "expected KEY=V1,V2"),
-                                         ("image_size=a", "expected int values"),
+                                         ("image_size=a", "expected size values"),
                                          ("interpolation=cubic,bogus", "--interpolation: expected one of")])
 def test_bad_grids_are_one_line(data, capsys, grid, needle):
     d, root = data
@@ -156,6 +156,8 @@ def test_spellings_of_one_setting_are_one_configuration():
     from pipeline.study import feature_configs, head_configs, parse_grid
     axes, heads, _ = parse_grid(["views=flip,shift2;shift2,flip", "dropout=0.5,.5,0.50", "image_size=32,32"], ["softmax"])
     assert len(feature_configs(FeatureConfig(weights="random"), axes)) == 1
+    axes, _, _ = parse_grid(["image_size=32,48+32,32+48"], ["softmax"])      # several sizes: smallest first
+    assert [c.image_size for c in feature_configs(FeatureConfig(weights="random"), axes)] == [32, "32+48"]
     from pipeline.heads.config import DEFAULTS, HEAD_PARAMS
     base = {p: DEFAULTS[p] for p in HEAD_PARAMS["softmax"]}
     assert len(head_configs(heads, base)) == 1

@@ -113,6 +113,8 @@ def extract_rows(plans: list, stems: list, ranges: dict, quiet: bool = False, mo
     each `<stem>.partial`."""
     if len({pass_of(p) for p in plans}) != 1:
         raise ValueError("extract_rows: these plans need different forward passes")
+    if len(plans[0].cfg.image_sizes) > 1:
+        raise ValueError("extract_rows: several image sizes are built a size at a time and combined (sizes.py)")
     models, p0 = models or BuiltBackbone(), plans[0]
     with contextlib.ExitStack() as held:
         for stem in stems:

@@ -23,6 +23,7 @@ from . import pooling
 from . import views as views_spec
 
 MAX_IMAGE_SIZE = 512        # image_size upper bound: 16x CIFAR; block1 at 512 px is 64 MB per image
+MAX_SIZES = 4               # image sizes side by side in one cache (96+128+160 measured: +1 point over 128)
 DATASETS = ("cifar10", "cifar100")
 INTERPOLATIONS = ("cubic", "linear", "nearest", "area", "lanczos")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -47,6 +48,17 @@ def optional_int(v):
 
 
 optional_int.__name__ = "int"
+
+
+def size_spec(v) -> int | str:
+    """An image size, or several joined by + (`96+128+160`: the features of one backbone pass per
+    size side by side); an int for one size (the key of a one-size cache is what it always was), the
+    + spelling for several. ValueError for anything else (argparse and the study grid word it)."""
+    sizes = [int(s) for s in str(v).split("+")]
+    return sizes[0] if len(sizes) == 1 else "+".join(map(str, sizes))
+
+
+size_spec.__name__ = "size"
 
 
 @dataclasses.dataclass
@@ -86,7 +98,9 @@ class FeatureConfig:
     shift_range: float = setting(0.125, KEYED, "shiftN: up to this fraction of width and height (4 px of 32)",
                                  parse=float, axis=True)
     views_seed: int = setting(0, KEYED, "seed of the shifts", parse=int, axis=True)
-    image_size: int = setting(224, KEYED, "upscale to this size", parse=int, axis=True)
+    image_size: int | str = setting(224, KEYED, "upscale to this size; several joined by + (e.g. 96+128+160): the "
+                                    "features at each size side by side, each size its own cache, reused",
+                                    parse=size_spec, axis=True)
     interpolation: str = setting("cubic", KEYED, f"OpenCV interpolation of the upscale: {'|'.join(INTERPOLATIONS)} "
                                  "(the notebook used cubic)", axis=True)
     # the cache
@@ -103,6 +117,11 @@ class FeatureConfig:
     def layers(self) -> tuple:
         """The layer spec as typed values, ((layer, pooling), ...): parsed once, by `validate`."""
         return tuple(pooling.parse_layers(self.layer, self.pooling))
+
+    @functools.cached_property
+    def image_sizes(self) -> tuple:
+        """The image sizes as ints, smallest first (one for most caches): parsed once, by `validate`."""
+        return tuple(sorted(int(s) for s in str(self.image_size).split("+")))
 
     @functools.cached_property
     def view_names(self) -> tuple:
@@ -148,9 +167,16 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
         raise _bad("limit", f"expected a positive number of images per split, got {cfg.limit}")
     if cfg.batch_size < 1:
         raise _bad("batch_size", f"expected a positive integer, got {cfg.batch_size}")
-    if not 32 <= cfg.image_size <= MAX_IMAGE_SIZE:
+    try:
+        sizes = sorted(int(s) for s in str(cfg.image_size).split("+"))
+    except ValueError:
+        raise _bad("image_size", f"expected a size in pixels or several joined by + (96+128), got {cfg.image_size!r}") \
+            from None
+    if not all(32 <= s <= MAX_IMAGE_SIZE for s in sizes):
         raise _bad("image_size", f"expected 32..{MAX_IMAGE_SIZE} (VGG19 halves it five times; larger needs more "
                    f"memory than a batch should), got {cfg.image_size}")
+    if len(set(sizes)) != len(sizes) or len(sizes) > MAX_SIZES:
+        raise _bad("image_size", f"expected up to {MAX_SIZES} distinct sizes joined by +, got {cfg.image_size}")
     if cfg.weights_seed < 0:
         raise _bad("weights_seed", f"expected a seed >= 0, got {cfg.weights_seed}")
     if cfg.max_image_pixels < 1:
@@ -161,22 +187,24 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
     if cfg.weights not in ("imagenet", "random") and not os.path.isfile(cfg.weights):
         raise _bad("weights", f"expected imagenet, random or a weights file, got {cfg.weights!r} (no such file); "
                    "check the path")
-    if cfg.weights == "imagenet" and pooling.needs_top(layers) and cfg.image_size != 224:
+    if cfg.weights == "imagenet" and pooling.needs_top(layers) and sizes != [224]:
         raise _bad("image_size", f"{cfg.image_size}: ImageNet's fc1/fc2 weights need 224; use image_size 224 or "
                    "conv layers (e.g. layer block5_pool)")
     for name, pool in layers:
-        side = cfg.image_size // pooling.SIZE_LEVEL.get(name, 1)
+        side = sizes[0] // pooling.SIZE_LEVEL.get(name, 1)
         if pool == "avg2x2" and side < 2:
-            raise _bad("layer", f"{name}:avg2x2: its map is {side} x {side} at image_size {cfg.image_size}; use at "
+            raise _bad("layer", f"{name}:avg2x2: its map is {side} x {side} at image_size {sizes[0]}; use at "
                        f"least {2 * pooling.SIZE_LEVEL[name]} px or another pooling")
     if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise _bad("data_dir", f"{cfg.data_dir}: no such file or folder; pass the CIFAR python folder, its .tar.gz, "
                    "or an image-folder tree ROOT/{train,test}/CLASS/*.png")
     shifts = any(n.startswith("shift") for n in view_names)   # settings that change nothing are set to their
     default = FeatureConfig                                     # defaults: no spurious new key
+    size = sizes[0] if len(sizes) == 1 else "+".join(map(str, sizes))      # smallest first: one spelling, one key
     out = dataclasses.replace(cfg, splits=tuple(splits), layer=pooling.canonical(layers), pooling=default.pooling,
+                              image_size=size,
                               views=views_spec.canonical(view_names),
                               shift_range=cfg.shift_range if shifts else default.shift_range,
                               views_seed=cfg.views_seed if shifts else default.views_seed)
-    out.__dict__.update(layers=tuple(layers), view_names=tuple(view_names))   # the parsed values, kept
+    out.__dict__.update(layers=tuple(layers), view_names=tuple(view_names), image_sizes=tuple(sizes))   # the parsed values, kept
     return out

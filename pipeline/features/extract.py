@@ -9,6 +9,7 @@ from .build import BuiltBackbone, build_caches, is_finished, pass_of, report_hit
 from .config import FeatureConfig
 from .plan import plan
 from .shards import build_in_shards
+from .sizes import combine, size_parts
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_addr
     p = plan(cfg)
     if report_hit(p):
         return p.path
+    if len(p.cfg.image_sizes) > 1:     # each size its own cache (a hit, or built as below), then side by side
+        return combine(p, [extract(c, shards, engine, ray_address, ray_actors, quiet, models)
+                           for c in size_parts(p.cfg)], quiet)
     if p.precision != p.cfg.precision:
         log.info(f"precision: {p.cfg.precision} -> {p.precision}")
     if shards > 1 or engine != "local":
@@ -41,22 +45,29 @@ def extract(cfg: FeatureConfig, shards: int = 1, engine: str = "local", ray_addr
 
 def extract_many(cfgs: list, quiet: bool = False) -> list:
     """The finished caches for several configurations, each built once: those that differ only in
-    layers, pooling or store dtype come out of one forward pass together. Paths in the order given."""
+    layers, pooling or store dtype come out of one forward pass together; a size of several-size
+    configurations is built once. Paths in the order given."""
     datasets = {}
     plans = [plan(c, datasets) for c in cfgs]
-    distinct = list(dict((p.key, p) for p in plans).values())
-    todo = [p for p in distinct if not report_hit(p)]
+    distinct = dict((p.key, p) for p in plans)
+    several = {k: p for k, p in distinct.items() if len(p.cfg.image_sizes) > 1 and not report_hit(p)}
+    sizes = {k: [plan(c, datasets) for c in size_parts(p.cfg)] for k, p in several.items()}
+    one = {**{k: p for k, p in distinct.items() if len(p.cfg.image_sizes) == 1},
+           **{q.key: q for qs in sizes.values() for q in qs}}        # the one-size caches, each once
+    todo = [p for p in one.values() if not report_hit(p)]
     passes = {}
     for p in todo:
         passes.setdefault(pass_of(p), []).append(p)
-    done = len(distinct) - len(todo)
+    done = len(one) - len(todo)
     for i, group in enumerate(passes.values(), 1):
         c = group[0].cfg
-        log.info(f"caches: {done} of {len(distinct)} done; pass {i} of {len(passes)} builds {len(group)} "
+        log.info(f"caches: {done} of {len(one)} done; pass {i} of {len(passes)} builds {len(group)} "
                  f"({c.image_size} px, {c.interpolation}, views {c.views}; layers "
                  f"{' | '.join(p.cfg.layer for p in group)})")
         build_caches(group, quiet)
         done += len(group)
+    for key, p in several.items():
+        combine(p, [q.path for q in sizes[key]], quiet)
     return [p.path for p in plans]
 
 

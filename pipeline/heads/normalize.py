@@ -1,5 +1,5 @@
 """The heads' first step: each layer block of a feature vector (block4 quadrants, block4 max,
-block5 flattened, ...) scaled to unit L2 norm ("l2"), after a signed square root ("sqrt-l2"), or
+block5 flattened, ...; at each image size of a several-size cache) scaled to unit L2 norm ("l2"), after a signed square root ("sqrt-l2"), or
 left as it is ("none"): blocks of very different widths and scales then weigh alike before the
 standardisation. The blocks come from the cache's layer list; the same step is a Keras layer in the
 saved head (layers.BlockNormalization), so predict and an exported model apply it. The heads apply
@@ -20,8 +20,8 @@ def blocks_of(provenance: dict, dim: int) -> list[int]:
     one block of `dim` when they cannot be told (a synthetic cache, or widths that do not add up)."""
     try:
         settings = provenance["settings"]
-        layers, size = parse_layers(settings["layer"], "flatten"), int(settings["image_size"])
-        widths = [feature_dim([layer], size) for layer in layers]
+        layers, sizes = parse_layers(settings["layer"], "flatten"), str(settings["image_size"]).split("+")
+        widths = [feature_dim([layer], int(size)) for size in sizes for layer in layers]   # size after size
     except (KeyError, TypeError, ValueError, PipelineError):      # not a layer list
         return [dim]
     return widths if sum(widths) == dim and all(w > 0 for w in widths) else [dim]

@@ -23,6 +23,17 @@ def test_each_bad_setting_names_the_setting_not_a_flag(field, value, needle):
     assert "--" not in str(e.value) and "make " not in str(e.value) and e.value.name == field
 
 
+@pytest.mark.parametrize("value,needle", [("96+96", "distinct sizes"), ("32+64+96+128+160", "up to 4"),
+                                          ("96+16", "expected 32..512"), ("96+x", "several joined by +"),
+                                          ("96+", "several joined by +")])
+def test_several_image_sizes_are_one_spelling_or_refused(value, needle):
+    cfg = validate(FeatureConfig(image_size="160+96+128", layer="block5_pool"))
+    assert (cfg.image_size, cfg.image_sizes) == ("96+128+160", (96, 128, 160))
+    assert validate(FeatureConfig(image_size="128", layer="block5_pool")).image_size == 128   # one size: an int
+    with pytest.raises(SettingError, match=needle):
+        validate(FeatureConfig(image_size=value, layer="block5_pool"))
+
+
 def test_reason_is_one_short_line():
     e = OSError("URL fetch failure on https://x: None -- [Errno -2] Name or service not known")
     assert reason(e) == "[Errno -2] Name or service not known"

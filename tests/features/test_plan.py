@@ -103,3 +103,13 @@ def test_a_hit_decodes_nothing_and_a_changed_file_is_noticed(folder_dir, tmp_pat
     assert plan(cfg).key == changed.key
     os.remove(path)
     assert plan(cfg).key not in (first.key, changed.key)
+
+
+def test_one_size_keeps_its_key_and_several_sizes_are_keyed_by_all(base):
+    """`--image-size 32` typed as text is the int 32 of every cache so far (no cache is orphaned);
+    sizes in another order are the same cache, and every size is in the key."""
+    one = plan(base)
+    assert plan(dataclasses.replace(base, image_size="32")).key == one.key and one.key_payload["image_size"] == 32
+    both = plan(dataclasses.replace(base, image_size="40+32"))
+    assert both.key == plan(dataclasses.replace(base, image_size="32+40")).key != one.key
+    assert both.key_payload["image_size"] == "32+40" and both.cfg.image_sizes == (32, 40)

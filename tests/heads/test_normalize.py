@@ -53,6 +53,8 @@ def test_blocks_come_from_the_caches_layer_list():
     assert blocks_of(prov, 999) == [999]                               # widths that do not add up: one block
     assert blocks_of({"settings": {"layer": "synthetic"}}, 16) == [16]  # a synthetic cache
     assert blocks_of({}, 16) == [16]
+    prov["settings"]["image_size"] = "32+64"                           # several sizes: size after size
+    assert blocks_of(prov, 2 * 2048 + 2 * 512 + 512 + 2048) == [2048, 512, 512, 2048, 512, 2048]
 
 
 @pytest.mark.parametrize("Head,kw", [(SoftmaxHead, {"epochs": 3, "batch_size": 50}), (LogRegHead, {})])

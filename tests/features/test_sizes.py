@@ -1,0 +1,78 @@
+"""Several image sizes side by side: each size its own cache (built once, reused), the several-size
+cache their features concatenated, keyed by every size."""
+import importlib
+import os
+
+import numpy as np
+import pytest
+from conftest import run_captured, write_image_folders
+
+from pipeline.errors import PipelineError
+from pipeline.features import sizes
+from pipeline.features.cache import load_cache, read_provenance
+from pipeline.features.config import FeatureConfig
+from pipeline.features.extract import extract, extract_many
+from pipeline.features.plan import plan
+from pipeline.heads.normalize import blocks_of
+
+LAYER = "block4_pool:avg2x2,block5_pool:avg"       # 2,048 + 512 values at any size
+
+
+def cfg(data, cache_dir, image_size, **kw):
+    return FeatureConfig(data_dir=data, cache_dir=str(cache_dir), weights="random", precision="float32",
+                         layer=LAYER, image_size=image_size, **kw)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_image_folders(str(tmp_path_factory.mktemp("imgs")), per_class=3)
+
+
+def test_several_sizes_are_the_one_size_caches_side_by_side(data, tmp_path, capsys):
+    one = {s: extract(cfg(data, tmp_path, s), quiet=True) for s in (32, 64)}
+    code, out, err = run_captured(capsys, "features", "--data-dir", data, "--cache-dir", tmp_path, "--weights",
+                                  "random", "--precision", "float32", "--layer", LAYER, "--image-size", "64+32", "--quiet")
+    assert code == 0 and err.count("cache hit") == 2          # both sizes found, no backbone pass
+    both = load_cache(out[-1])
+    meta = read_provenance(out[-1])
+    assert meta["settings"]["image_size"] == "32+64" and meta["key_payload"]["image_size"] == "32+64"
+    assert [(p["image_size"], p["key"]) for p in meta["combined_from"]] == \
+        [(s, read_provenance(one[s])["key"]) for s in (32, 64)]
+    assert meta["key"] not in {read_provenance(p)["key"] for p in one.values()}
+    for split in ("train", "test"):
+        parts = [load_cache(one[s])[split] for s in (32, 64)]
+        x, y, m = both[split]
+        assert x.shape == (len(y), 2 * (2048 + 512))
+        assert np.array_equal(x, np.concatenate([p[0] for p in parts], axis=1))
+        assert np.array_equal(y, parts[0][1]) and list(m["ids"]) == list(parts[0][2]["ids"])
+    assert blocks_of(meta, x.shape[1]) == [2048, 512, 2048, 512]      # the heads' layer blocks, size after size
+    assert extract(cfg(data, tmp_path, "32+64"), quiet=True) == out[-1]   # a hit: the same file
+
+
+def test_a_size_not_built_yet_is_built_then_combined_and_views_stay_rows(data, tmp_path):
+    path = extract(cfg(data, tmp_path, "32+48", views="flip"), quiet=True)
+    x, y, _ = load_cache(path)["train"]
+    part = load_cache(extract(cfg(data, tmp_path, 48, views="flip"), quiet=True))["train"][0]
+    assert x.shape == (len(y), 2, 2 * 2560) and np.array_equal(x[..., 2560:], part)
+
+
+def test_extract_many_builds_each_size_once(data, tmp_path, monkeypatch):
+    built, module = [], importlib.import_module("pipeline.features.extract")     # the module, not its function
+    real = module.build_caches
+    monkeypatch.setattr(module, "build_caches",
+                        lambda group, quiet: built.extend(p.cfg.image_size for p in group) or real(group, quiet))
+    paths = extract_many([cfg(data, tmp_path, 32), cfg(data, tmp_path, "32+48"), cfg(data, tmp_path, "48+32")],
+                         quiet=True)
+    assert sorted(built) == [32, 48] and paths[1] == paths[2] != paths[0]
+    assert read_provenance(paths[1])["settings"]["image_size"] == "32+48"
+
+
+def test_parts_that_are_not_the_plans_sizes_are_refused(data, tmp_path):
+    one = {s: extract(cfg(data, tmp_path, s), quiet=True) for s in (32, 48)}
+    p = plan(cfg(data, tmp_path, "32+48"))
+    with pytest.raises(PipelineError, match="not the 32 px features"):
+        sizes.combine(p, [one[48], one[32]], quiet=True)          # the wrong order: not side by side as keyed
+    other = extract(cfg(data, tmp_path, 48, weights_seed=1), quiet=True)
+    with pytest.raises(PipelineError, match="not the 48 px features of the same data, weights"):
+        sizes.combine(p, [one[32], other], quiet=True)
+    assert not os.path.exists(p.path)                               # nothing written
