@@ -22,7 +22,7 @@ from .plan import Plan, versions
 
 log = logging.getLogger(__name__)
 BLOCK_BYTES = 64 << 20      # rows combined at a time: memory stays bounded whatever the cache's size
-ROOT_ONLY = ("checksum", "complete", "split_sizes")   # attributes a file computes for itself
+ROOT_ONLY = ("checksum", "complete")   # attributes a file computes for itself
 
 
 def size_parts(cfg: FeatureConfig) -> list[FeatureConfig]:

@@ -3,6 +3,7 @@ cache their features concatenated, keyed by every size."""
 import importlib
 import os
 
+import h5py
 import numpy as np
 import pytest
 from conftest import run_captured, write_image_folders
@@ -39,6 +40,9 @@ def test_several_sizes_are_the_one_size_caches_side_by_side(data, tmp_path, caps
     assert [(p["image_size"], p["key"]) for p in meta["combined_from"]] == \
         [(s, read_provenance(one[s])["key"]) for s in (32, 64)]
     assert meta["key"] not in {read_provenance(p)["key"] for p in one.values()}
+    with h5py.File(out[-1]) as h:                 # the attributes of a built file, stored as a built file's are
+        assert {"split_sizes", "ranges", "class_names", "weights_sha256"} <= set(h.attrs)
+    assert meta["split_sizes"] == read_provenance(one[32])["split_sizes"] and meta["dataset"] == read_provenance(one[32])["dataset"]
     for split in ("train", "test"):
         parts = [load_cache(one[s])[split] for s in (32, 64)]
         x, y, m = both[split]
