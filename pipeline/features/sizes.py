@@ -77,7 +77,10 @@ def combine(p: Plan, paths: list, quiet: bool = False) -> str:
                 "combined_from": [{"image_size": size, "key": m["key"], "file": os.path.basename(path),
                                    "extraction": m.get("extraction", {})}
                                   for size, path, m in zip(p.cfg.image_sizes, paths, metas)]}
-        meta.pop("extraction", None)
+        costs, n = [m.get("extraction") or {} for m in metas], sum(len(v[0]) for v in splits.values())
+        meta["extraction"] = {"images": n, "seconds": round(sum(c["seconds"] for c in costs), 2),       # every size's
+                              "model_s": round(sum(c.get("model_s", 0.0) for c in costs), 2)} \
+            if all(c.get("images") == n and c.get("seconds") for c in costs) else {}    # (parts resumed: not told)
         try:
             write_cache(p.path, meta, splits, chunks)
         finally:

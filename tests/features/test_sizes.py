@@ -42,6 +42,9 @@ def test_several_sizes_are_the_one_size_caches_side_by_side(data, tmp_path, caps
     assert meta["key"] not in {read_provenance(p)["key"] for p in one.values()}
     with h5py.File(out[-1]) as h:                 # the attributes of a built file, stored as a built file's are
         assert {"split_sizes", "ranges", "class_names", "weights_sha256"} <= set(h.attrs)
+    costs = [read_provenance(one[s])["extraction"] for s in (32, 64)]
+    assert meta["extraction"]["seconds"] == pytest.approx(sum(c["seconds"] for c in costs), abs=0.02)  # what a study
+    assert meta["extraction"]["images"] == costs[0]["images"] == 18                    # reports as img/s
     assert meta["split_sizes"] == read_provenance(one[32])["split_sizes"] and meta["dataset"] == read_provenance(one[32])["dataset"]
     for split in ("train", "test"):
         parts = [load_cache(one[s])[split] for s in (32, 64)]
