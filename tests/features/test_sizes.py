@@ -83,3 +83,10 @@ def test_parts_that_are_not_the_plans_sizes_are_refused(data, tmp_path):
     with pytest.raises(PipelineError, match="not the 48 px features of the same data, weights"):
         sizes.combine(p, [one[32], other], quiet=True)
     assert not os.path.exists(p.path)                               # nothing written
+
+
+def test_sharded_sizes_give_the_same_cache(data, tmp_path):
+    """--shards applies to each size's cache; the combined numbers are those of an unsharded run."""
+    whole = load_cache(extract(cfg(data, tmp_path / "a", "32+48"), quiet=True))["train"][0]
+    sharded = load_cache(extract(cfg(data, tmp_path / "b", "32+48"), shards=2, quiet=True))["train"][0]
+    assert np.array_equal(whole, sharded) and not list((tmp_path / "b").glob("*.shard-*"))
