@@ -150,7 +150,8 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
     if export:
         with atomic_file(export) as tmp:
             model.save(tmp)
-        sizes = " and ".join(f"{size}x{size}" for size in info["settings"]["image_sizes"])
-        log.info(f"exported {export}: input{'s' if ' and ' in sizes else ''} {sizes} RGB 0..255 (the same images) "
-                 f"upscaled with OpenCV {info['settings']['interpolation']}")
+        *more, last = [f"{size}x{size}" for size in info["settings"]["image_sizes"]]
+        sizes = f"s {', '.join(more)} and {last} RGB 0..255 (the same image at each size)" if more else \
+            f" {last} RGB 0..255"
+        log.info(f"exported {export}: input{sizes} upscaled with OpenCV {info['settings']['interpolation']}")
     return lines
