@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import PipelineError
+from ..hashing import json_sha256
 from .build import finished_or_set_aside
 from .cache import load_cache, read_provenance, write_cache, writer_lock
 from .config import FeatureConfig
@@ -32,11 +33,9 @@ def size_parts(cfg: FeatureConfig) -> list[FeatureConfig]:
 
 def _check_parts(p: Plan, paths: list, metas: list, parts: list):
     """PipelineError unless the parts are this plan's sizes of the same images, weights and dtype."""
-    first = metas[0]
-    for size, path, meta, part in zip(p.cfg.image_sizes, paths, metas, parts):
-        same = (meta.get("dataset_fingerprint") == p.fingerprint and meta.get("weights") == p.weights
-                and meta.get("weights_sha256") == first.get("weights_sha256")
-                and meta.get("settings", {}).get("image_size") == size
+    for size, path, meta, part in zip(p.cfg.image_sizes, paths, metas, parts):   # the weights by their identity:
+        same = (meta.get("dataset_fingerprint") == p.fingerprint and meta.get("weights") == p.weights  # random fc1/fc2
+                and meta.get("settings", {}).get("image_size") == size       # are drawn in each size's own shapes
                 and meta.get("settings", {}).get("precision") == p.precision and set(part) == set(parts[0]))
         if not same:
             raise PipelineError(f"cache {path}: not the {size} px features of the same data, weights and precision "
@@ -69,13 +68,14 @@ def combine(p: Plan, paths: list, quiet: bool = False) -> str:
                 b = min(a + step, len(arrays[0]))
                 yield a, b, np.concatenate([x[a:b] for x in arrays], axis=-1)
                 bar.update(b - a)
-        first = metas[0]
+        first, shas = metas[0], [m.get("weights_sha256") for m in metas]
         meta = {**{k: v for k, v in first.items() if k not in ROOT_ONLY}, "key": p.key, "key_payload": p.key_payload,
+                "weights_sha256": shas[0] if len(set(shas)) == 1 else json_sha256(shas),    # one, or of them all
                 "settings": {**first["settings"], "image_size": p.cfg.image_size, "precision_requested": p.cfg.precision},
                 "source": p.cfg.data_dir or "keras.datasets", "versions": versions(), "batch_size": p.cfg.batch_size,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "combined_from": [{"image_size": size, "key": m["key"], "file": os.path.basename(path),
-                                   "extraction": m.get("extraction", {})}
+                                   "weights_sha256": m.get("weights_sha256"), "extraction": m.get("extraction", {})}
                                   for size, path, m in zip(p.cfg.image_sizes, paths, metas)]}
         costs, n = [m.get("extraction") or {} for m in metas], sum(len(v[0]) for v in splits.values())
         meta["extraction"] = {"images": n, "seconds": round(sum(c["seconds"] for c in costs), 2),       # every size's

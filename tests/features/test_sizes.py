@@ -19,9 +19,9 @@ from pipeline.heads.normalize import blocks_of
 LAYER = "block4_pool:avg2x2,block5_pool:avg"       # 2,048 + 512 values at any size
 
 
-def cfg(data, cache_dir, image_size, **kw):
+def cfg(data, cache_dir, image_size, layer=LAYER, **kw):
     return FeatureConfig(data_dir=data, cache_dir=str(cache_dir), weights="random", precision="float32",
-                         layer=LAYER, image_size=image_size, **kw)
+                         layer=layer, image_size=image_size, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,13 @@ def test_sharded_sizes_give_the_same_cache(data, tmp_path):
     whole = load_cache(extract(cfg(data, tmp_path / "a", "32+48"), quiet=True))["train"][0]
     sharded = load_cache(extract(cfg(data, tmp_path / "b", "32+48"), shards=2, quiet=True))["train"][0]
     assert np.array_equal(whole, sharded) and not list((tmp_path / "b").glob("*.shard-*"))
+
+
+def test_fc_layers_with_random_weights_combine(data, tmp_path):
+    """fc1/fc2 at another size than 224 are drawn in that size's shapes: the parts' weights differ by size
+    (each part's SHA-256 kept in combined_from) while their identity (random, seed) is one."""
+    path = extract(cfg(data, tmp_path, "32+64", layer="fc2"), quiet=True)     # fc1 on 1x1x512 and 2x2x512
+    meta = read_provenance(path)
+    shas = [p["weights_sha256"] for p in meta["combined_from"]]
+    assert len(set(shas)) == 2 and meta["weights_sha256"] not in shas
+    assert load_cache(path)["train"][0].shape[1] == 2 * 4096
