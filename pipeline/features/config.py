@@ -50,11 +50,17 @@ def optional_int(v):
 optional_int.__name__ = "int"
 
 
+def split_sizes(v) -> list[int]:
+    """The sizes of an image_size value (128, "128" or "96+128+160"), in the order written; ValueError
+    for anything else."""
+    return [int(s) for s in str(v).split("+")]
+
+
 def size_spec(v) -> int | str:
     """An image size, or several joined by + (`96+128+160`: the features of one backbone pass per
     size side by side); an int for one size (the key of a one-size cache is what it always was), the
     + spelling for several. ValueError for anything else (argparse and the study grid word it)."""
-    sizes = [int(s) for s in str(v).split("+")]
+    sizes = split_sizes(v)
     return sizes[0] if len(sizes) == 1 else "+".join(map(str, sizes))
 
 
@@ -121,7 +127,7 @@ class FeatureConfig:
     @functools.cached_property
     def image_sizes(self) -> tuple:
         """The image sizes as ints, smallest first (one for most caches): parsed once, by `validate`."""
-        return tuple(sorted(int(s) for s in str(self.image_size).split("+")))
+        return tuple(sorted(split_sizes(self.image_size)))
 
     @functools.cached_property
     def view_names(self) -> tuple:
@@ -168,7 +174,7 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
     if cfg.batch_size < 1:
         raise _bad("batch_size", f"expected a positive integer, got {cfg.batch_size}")
     try:
-        sizes = sorted(int(s) for s in str(cfg.image_size).split("+"))
+        sizes = sorted(split_sizes(cfg.image_size))
     except ValueError:
         raise _bad("image_size", f"expected a size in pixels or several joined by + (96+128), got {cfg.image_size!r}") \
             from None

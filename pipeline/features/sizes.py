@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..errors import PipelineError
 from ..hashing import json_sha256
 from .build import finished_or_set_aside
-from .cache import load_cache, read_provenance, write_cache, writer_lock
+from .cache import load_cache, write_cache, writer_lock
 from .config import FeatureConfig
 from .plan import Plan, versions
 
@@ -53,8 +53,9 @@ def combine(p: Plan, paths: list, quiet: bool = False) -> str:
     with writer_lock(p.stem):
         if finished_or_set_aside(p.path, p.key, full=False):
             return p.path                              # another process combined them while we waited
-        metas = [read_provenance(path) for path in paths]
         parts = [load_cache(path, populate=False) for path in paths]     # verified (once a version), mapped
+        metas = [{k: v for k, v in next(iter(part.values()))[2].items() if k not in ("split", "ids")}
+                 for part in parts]                                      # each file's attributes, as loaded
         _check_parts(p, paths, metas, parts)
         splits = {s: (labels, m["ids"], 0) for s, (_, labels, m) in parts[0].items()}
         bar = tqdm(total=sum(len(v[0]) for v in splits.values()), desc="combining sizes", unit="img", disable=quiet,

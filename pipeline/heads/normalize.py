@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PipelineError
+from ..features.config import split_sizes
 from ..features.pooling import feature_dim, parse_layers
 
 EPS = 1e-12          # a block that is all zeros stays zeros (its norm is floored at EPS)
@@ -20,8 +21,8 @@ def blocks_of(provenance: dict, dim: int) -> list[int]:
     one block of `dim` when they cannot be told (a synthetic cache, or widths that do not add up)."""
     try:
         settings = provenance["settings"]
-        layers, sizes = parse_layers(settings["layer"], "flatten"), str(settings["image_size"]).split("+")
-        widths = [feature_dim([layer], int(size)) for size in sizes for layer in layers]   # size after size
+        layers, sizes = parse_layers(settings["layer"], "flatten"), split_sizes(settings["image_size"])
+        widths = [feature_dim([layer], size) for size in sizes for layer in layers]   # size after size
     except (KeyError, TypeError, ValueError, PipelineError):      # not a layer list
         return [dim]
     return widths if sum(widths) == dim and all(w > 0 for w in widths) else [dim]
