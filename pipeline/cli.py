@@ -16,7 +16,7 @@ import time
 from . import bench, predict
 from .errors import PipelineError
 from .errors import SettingError
-from .features import FeatureConfig, extract, find_cache
+from .features import FeatureConfig, check_cache_settings, extract, find_cache
 from .heads.config import HEAD, PARAMS, RUNS_DIR, RunOptions, head_params
 from .heads.config import flag as head_flag
 from .heads.runs import process_age
@@ -26,14 +26,27 @@ def _help(text: str) -> str:
     return text if "(default" in text else text + " (default %(default)s)"
 
 
+class _Typed(argparse.Action):
+    """Stores the option's value and notes that it was typed (`given_settings`), defaults aside."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.typed = getattr(namespace, "typed", frozenset()) | {self.dest}
+
+
 def add_feature_options(p: argparse.ArgumentParser, settings=FeatureConfig):
     """The options that select a cache (features, train-head, sweep, study): one per stage-one setting,
     made from its declaration (features/config.py). --batch-size is a run option (add_run_options)."""
     for f in dataclasses.fields(settings):
         if f.name != "batch_size":
             default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
-            p.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["parse"], default=default,
+            p.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["parse"], default=default, action=_Typed,
                            help=_help(f.metadata["help"]))
+
+
+def given_settings(args) -> dict:
+    """The stage-one settings typed on the command line (at their default or not), name -> value."""
+    return {name: getattr(args, name) for name in sorted(getattr(args, "typed", ()))}
 
 
 def feature_config(args, settings=FeatureConfig) -> FeatureConfig:
@@ -84,6 +97,8 @@ def _training_data(args, opts: RunOptions, timings: dict):
     data = load_training_data(args.cache or find_cache(feature_config(args)), opts.val_fraction, opts.seed,
                               opts.train_images)
     timings["load_s"] = time.perf_counter() - t
+    if args.cache:                       # the options beside --cache must describe it, not be ignored
+        check_cache_settings(given_settings(args), args.cache, data.provenance.get("settings", {}))
     return data
 
 

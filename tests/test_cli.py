@@ -59,3 +59,32 @@ def test_a_mistaken_option_is_one_line_and_exit_status_1(argv, needle, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 1 and needle in err and err.count("\n") == 1 and "--help" in err
+
+
+def test_options_beside_cache_must_describe_it(cifar_dir, tmp_path, capsys):
+    """--cache with stage-one options: options the cache was made with (in any spelling) train; an option it
+    was not made with is one line naming it, not silently ignored; a synthetic cache takes none."""
+    from conftest import SMALL, is_one_line_error, run_captured
+    made = ["--data-dir", cifar_dir, "--layer", "block5_pool:avg", "--cache-dir", tmp_path / "c", *SMALL]
+    code, out, _ = run_captured(capsys, "features", *made)
+    assert code == 0
+    cache, head = out[-1], ["--runs-dir", tmp_path / "r", "--epochs", "1", "--val-fraction", "0", "--quiet"]
+    code, out, err = run_captured(capsys, "train-head", "--cache", cache, *made[2:], *head)   # the same settings
+    assert code == 0, err
+    code, out, err = run_captured(capsys, "train-head", "--cache", cache, "--layer", "block5_pool", "--pooling",
+                                  "avg", "--precision", "auto", *head)                        # another spelling
+    assert code == 0, err
+    for option, value, needle in (("--image-size", "64", "expected the value --cache"),
+                                  ("--layer", "block4_pool:avg", "'block5_pool:avg'"),
+                                  ("--precision", "bfloat16", "'float32', got 'bfloat16'"),
+                                  ("--views", "flip", "drop the option to use that cache")):
+        code, out, err = run_captured(capsys, "train-head", "--cache", cache, option, value, *head)
+        assert is_one_line_error(code, err, f"error: {option}: ") and needle in err, err
+    code, out, err = run_captured(capsys, "train-head", "--cache", cache, "--image-size", "224", "--layer", "fc2",
+                                  *head)         # a valid setting that cannot describe this cache
+    assert is_one_line_error(code, err, "expected the value --cache")
+    from pipeline.features.synthetic import write_synthetic_cache
+    syn = write_synthetic_cache(str(tmp_path / "syn.h5"), 40, 20, dim=8, n_classes=2)
+    code, out, err = run_captured(capsys, "train-head", "--cache", syn, "--image-size", "64", *head)
+    assert is_one_line_error(code, err, "was not made from stage-one settings")
+    assert run_captured(capsys, "train-head", "--cache", syn, *head)[0] == 0

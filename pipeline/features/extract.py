@@ -2,11 +2,13 @@
 resumed, built here, or built in shards here or on Ray); `find_cache(cfg)` the one already built."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 
 from ..errors import PipelineError, SettingError
 from .build import BuiltBackbone, build_caches, is_finished, pass_of, report_hit
-from .config import FeatureConfig
+from .config import FeatureConfig, validate
 from .plan import plan
 from .shards import build_in_shards
 from .sizes import combine, size_parts
@@ -79,3 +81,34 @@ def find_cache(cfg: FeatureConfig) -> str:
         raise PipelineError(f"no cache for these settings at {p.path}; build it first with extract (the features "
                             "command) and the same settings")
     return p.path
+
+
+def check_cache_settings(given: dict, path: str, made: dict) -> None:
+    """A cache passed by its path (`--cache`) beside stage-one settings: each setting in `given` (name ->
+    value: those typed, at their default or not) must be what the cache was made with (`made`, its
+    provenance's settings), or a head would train on other features than the options say; SettingError
+    naming the first that is not. The given values are spelled as `validate` spells them on top of the
+    cache's own settings (a value that cannot describe this cache is refused as such). Settings the file
+    does not hold by value (the data's path, the dataset, where caches live) are not compared;
+    precision auto matches any."""
+    if not given:
+        return
+    fields = {f.name for f in dataclasses.fields(FeatureConfig)} - {"dataset", "precision", "weights"}
+    base = {k: made[k] for k in fields & set(made)}
+    if made.get("weights") in ("imagenet", "random"):         # a weights file may be gone: not revalidated
+        base["weights"] = made["weights"]
+    try:
+        validate(FeatureConfig(**base))
+    except (SettingError, TypeError):                        # e.g. a synthetic cache's {"layer": "synthetic"}
+        raise SettingError(min(given), f"--cache {path} was not made from stage-one settings, so the option cannot "
+                           "be checked against it; drop the option", "FeatureConfig") from None
+    cfg = validate(FeatureConfig(**{**base, **given}))
+    given = set(given) | ({"layer"} if "pooling" in given else set())      # validate folds pooling into layer
+    for name in sorted(given & set(made)):
+        mine, theirs = getattr(cfg, name), made[name]
+        if name == "dataset" or (name == "precision" and mine == "auto"):
+            continue
+        if json.loads(json.dumps(mine)) != theirs:
+            raise SettingError(name, f"expected the value --cache {path} was made with, {theirs!r}, got {mine!r}; "
+                               "drop the option to use that cache, or drop --cache to select one by the options",
+                               "FeatureConfig")
