@@ -142,7 +142,7 @@ def cmd_ensemble(args):
 
 
 def cmd_predict(args):
-    for line in predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size):
+    for line in predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size, tta=args.tta):
         print(line)
 
 
@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--export", default=None, metavar="PATH.keras", help="also save the end-to-end model (default: no)")
     p.add_argument("--batch-size", type=int, default=predict.BATCH_SIZE, help="images per forward pass (default %(default)s)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="the mean over the run's cached views of each image, as its TTA figures (default: on where "
+                        "the run's cache has views)")
     p.set_defaults(func=cmd_predict)
     b = sub.add_parser("bench", help="measure throughput against the machine and the notebook")
     b.add_argument("--images", type=int, default=None, help=f"stage-one images (default {bench.IMAGES}, --full "

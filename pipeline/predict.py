@@ -4,7 +4,10 @@ The model is the frozen VGG19 base as the run's cache built it (same layer, weig
 VGG19's preprocessing as a fixed float32 layer, then the trained head. Its input is an RGB image
 upscaled with OpenCV as the cache did (`pipeline.features.preprocess.upscale`), values 0..255; for a
 cache of several image sizes, one such input per size (`image_96`, `image_128`, ...), each through its
-own VGG19 pass, the features side by side as the cache holds them.
+own VGG19 pass, the features side by side as the cache holds them. A run trained on a cache with views
+predicts the mean over the same views of each image (test-time averaging, as its TTA figures are
+measured; shifts seeded by the image's pixels), `tta=False` the original view only; the exported
+model is the one-view classifier.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .features.config import FeatureConfig, validate
 from .features import pooling
 from .features.images import BadImage, decode_image
 from .features.preprocess import keras_preprocessing, upscale
+from .features.views import render_by_content
 from .heads.keras_file import head_model, input_width, read_head
 from .heads.ensemble import head_files
 from .heads.run_files import read_metrics
@@ -28,6 +32,8 @@ from .heads.run_files import read_metrics
 log = logging.getLogger(__name__)
 BATCH_SIZE = 32   # images per forward pass
 RUN_SETTINGS = {"layer": str, "image_size": int, "interpolation": str, "precision": str, "weights": str}
+VIEW_SETTINGS = {"views": (str, FeatureConfig.views), "shift_range": (float, FeatureConfig.shift_range),
+                 "views_seed": (int, FeatureConfig.views_seed)}     # absent from older runs: their defaults
 
 
 def read_run(run: str) -> dict:
@@ -66,8 +72,12 @@ def read_run(run: str) -> dict:
 def _checked_settings(settings: dict, refuse) -> dict:
     """The backbone settings of a run, typed and validated as `features` validates its options."""
     settings = {**settings, "weights_seed": settings.get("weights_seed", settings.get("seed", 0))}   # older runs: seed
-    for k, kind in {**RUN_SETTINGS, "weights_seed": int}.items():
+    settings.update({k: settings.get(k, default) for k, (kind, default) in VIEW_SETTINGS.items()})
+    kinds = {**RUN_SETTINGS, "weights_seed": int, **{k: kind for k, (kind, _) in VIEW_SETTINGS.items()}}
+    for k, kind in kinds.items():
         v = settings.get(k)
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = settings[k] = float(v)
         several = k == "image_size" and isinstance(v, str) and "+" in v      # sizes joined by +, checked below
         if (not isinstance(v, kind) or isinstance(v, bool)) and not several:
             raise refuse(f"setting {k} is {str(v)[:40]!r}, expected a{'n' if kind is int else ''} "
@@ -78,13 +88,15 @@ def _checked_settings(settings: dict, refuse) -> dict:
         cfg = validate(FeatureConfig(layer=settings["layer"], pooling=settings.get("pooling", FeatureConfig.pooling),
                                      image_size=settings["image_size"], interpolation=settings["interpolation"],
                                      weights=settings["weights"], weights_seed=settings["weights_seed"],
-                                     precision=settings["precision"]))
+                                     precision=settings["precision"], views=settings["views"],
+                                     shift_range=settings["shift_range"], views_seed=settings["views_seed"]))
     except PipelineError as e:
         raise refuse(f"its settings: {str(e)[:160]}") from None
     if cfg.image_size != settings["image_size"]:
         raise refuse(f"setting image_size is {str(settings['image_size'])[:40]!r}, expected sizes joined by + "
                      f"smallest first ({cfg.image_size})")
-    return {**settings, "layer": cfg.layer, "pooling": cfg.pooling, "layers": cfg.layers, "image_sizes": cfg.image_sizes}
+    return {**settings, "layer": cfg.layer, "pooling": cfg.pooling, "layers": cfg.layers, "image_sizes": cfg.image_sizes,
+            "view_names": cfg.view_names}
 
 
 def _features(keras, s: dict, size: int, sha256, name: str):
@@ -114,9 +126,11 @@ def end_to_end(run_info: dict):
     return keras.Model(inputs, out, name=re.sub(r"\W", "_", f"vgg19{sizes}_{pooling.slug(s['layers'])}_{kind}"))
 
 
-def predict_images(model, run_info, paths, batch_size=32):
-    """Per image: (path, class index, probability vector)."""
+def predict_images(model, run_info, paths, batch_size=32, tta=True):
+    """Per image: (path, class index, probability vector): the mean over the run's views with tta (one
+    forward pass per view and size), else of the original view."""
     s = run_info["settings"]
+    names = s["view_names"] if tta else ["orig"]
     out = []
     for a in range(0, len(paths), batch_size):
         chunk = paths[a:a + batch_size]
@@ -124,15 +138,19 @@ def predict_images(model, run_info, paths, batch_size=32):
             images = [decode_image(p) for p in chunk]
         except BadImage as e:
             raise PipelineError(f"cannot read image {e.path}: {e.reason}; pass readable image files") from None
-        x = [upscale(images, size, s["interpolation"]).astype(np.float32) for size in s["image_sizes"]]
-        proba = np.asarray(model.predict_on_batch(x[0] if len(x) == 1 else x), dtype=np.float64)
+        proba = 0.0
+        for view in render_by_content(images, names, s["shift_range"], s["views_seed"]):
+            x = [upscale(view, size, s["interpolation"]).astype(np.float32) for size in s["image_sizes"]]
+            proba = proba + np.asarray(model.predict_on_batch(x[0] if len(x) == 1 else x), dtype=np.float64)
+        proba = proba / len(names)
         out += [(p, int(pr.argmax()), pr) for p, pr in zip(chunk, proba)]
     return out
 
 
-def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE) -> list:
+def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,
+        tta: bool | None = None) -> list:
     """`path<TAB>class<TAB>probability` for each image (the command's output lines); saves the model to
-    `export` (.keras)."""
+    `export` (.keras). tta: average over the run's cached views (None: where it has more than one)."""
     if batch_size < 1:
         raise SettingError("batch_size", f"expected a positive integer, got {batch_size}", "predict")
     if export is not None:
@@ -144,14 +162,21 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
     if missing:
         what = "a folder" if os.path.isdir(missing[0]) else "no such file"
         raise PipelineError(f"image {missing[0]}: {what}; pass existing image files (a folder's: FOLDER/*.png)")
+    views = info["settings"]["view_names"]
+    tta = len(views) > 1 if tta is None else tta
+    if tta and len(views) > 1:
+        log.info(f"predict: the mean over the run's {len(views)} views ({info['settings']['views']}: the original "
+                 "first) of each image, as its TTA figures; --no-tta for the original view only")
     model = end_to_end(info)
     names = info["class_names"]
-    lines = [f"{path}\t{names[k]}\t{proba[k]:.4f}" for path, k, proba in predict_images(model, info, images, batch_size)]
+    lines = [f"{path}\t{names[k]}\t{proba[k]:.4f}"
+             for path, k, proba in predict_images(model, info, images, batch_size, tta)]
     if export:
         with atomic_file(export) as tmp:
             model.save(tmp)
         *more, last = [f"{size}x{size}" for size in info["settings"]["image_sizes"]]
         sizes = f"s {', '.join(more)} and {last} RGB 0..255 (the same image at each size)" if more else \
             f" {last} RGB 0..255"
-        log.info(f"exported {export}: input{sizes} upscaled with OpenCV {info['settings']['interpolation']}")
+        log.info(f"exported {export}: input{sizes} upscaled with OpenCV {info['settings']['interpolation']}"
+                 + ("; one view (average its outputs over views for TTA)" if len(views) > 1 else ""))
     return lines

@@ -207,13 +207,48 @@ def test_predict_with_pooled_layers_views_and_a_float16_cache(tmp_path, capsys):
                    "--val-fraction", "0.2") == 0
     capsys.readouterr()
     paths = [os.path.join(data, i) for i in meta["ids"]]
-    assert run_cli("predict", "--run", tmp_path / "runs" / "r", *paths) == 0
+    assert run_cli("predict", "--run", tmp_path / "runs" / "r", "--no-tta", *paths) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     head = head_model(read_head(str(tmp_path / "runs" / "r" / "head.keras")))
     want = np.asarray(head.predict(X[:, 0].astype(np.float32), verbose=0))
     got = [float(line.split("\t")[2]) for line in lines]
     agree = [line.split("\t")[1] == meta["class_names"][int(w.argmax())] for line, w in zip(lines, want)]
     assert np.mean(agree) >= 0.9 and np.allclose(got, want.max(1), atol=0.02)   # float16 rounding of the cache
+
+
+def test_predict_averages_the_runs_views(tmp_path, capsys):
+    """A run on a cache with views predicts the mean over the same views of each image, as its TTA figures
+    (here the mirror: exactly the cached views' mean), `--no-tta` the original view; shifted views are
+    seeded by the image, so an image's prediction does not depend on the others in the call."""
+    from conftest import write_image_folders
+    data = write_image_folders(str(tmp_path / "imgs"), per_class=8)
+    common = ["--data-dir", data, "--weights", "random", "--image-size", "32", "--precision", "float32",
+              "--layer", "block4_pool:avg2x2,block5_pool", "--quiet"]
+    for views in ("flip", "flip,shift2"):
+        assert run_cli("features", *common, "--cache-dir", tmp_path / views, "--views", views) == 0
+        cache = capsys.readouterr().out.strip().splitlines()[-1]
+        assert run_cli("train-head", "--cache", cache, "--runs-dir", tmp_path / "runs", "--name", views, "--epochs",
+                       "3", "--val-fraction", "0.2") == 0
+        X, y, meta = load_cache(cache)["test"]
+        paths = [os.path.join(data, i) for i in meta["ids"]]
+        capsys.readouterr()
+
+        def probabilities(*args):
+            assert run_cli("predict", "--run", tmp_path / "runs" / views, *args) == 0
+            out, err = capsys.readouterr()
+            return {line.split("\t")[0]: float(line.split("\t")[2]) for line in out.strip().splitlines()}, err
+        head = head_model(read_head(str(tmp_path / "runs" / views / "head.keras")))
+        per_view = np.stack([np.asarray(head.predict(X[:, v], verbose=0)) for v in range(X.shape[1])])
+        tta, err = probabilities(*paths)
+        one, _ = probabilities("--no-tta", *paths)
+        assert f"the mean over the run's {X.shape[1]} views" in err
+        np.testing.assert_allclose([one[p] for p in paths], per_view[0].max(1), atol=2e-4)
+        if views == "flip":
+            mean = per_view.mean(0)
+            np.testing.assert_allclose([tta[p] for p in paths], mean.max(1), atol=2e-4)
+        else:
+            assert tta == probabilities(*paths[::-1], "--batch-size", "5")[0]          # order and batches aside
+            assert max(abs(tta[p] - one[p]) for p in paths) > 1e-3                     # the views counted
 
 
 def test_predict_with_several_image_sizes(tmp_path, capsys):
@@ -262,6 +297,9 @@ def _edit_settings(m, **kw):
     (lambda m: m["provenance"]["settings"].pop("interpolation"), "setting interpolation is 'None', expected a str"),
     (lambda m: _edit_settings(m, layer="block5_pool:avg"), "head.keras takes"),          # width 512 vs the head's
     (lambda m: _edit_settings(m, precision="float64"), "expected float32, bfloat16 or float16"),
+    (lambda m: _edit_settings(m, views="shift999"), "views: expected none, or a comma list"),
+    (lambda m: _edit_settings(m, views="flip", shift_range=5), "shift_range: expected a fraction"),
+    (lambda m: _edit_settings(m, views_seed="0"), "setting views_seed is '0', expected an int"),
     (lambda m: m.update(class_names=["cat\tx", "dog", "frog"]), "printable"),
     (lambda m: m.update(head=["softmax"]), "expected softmax, logreg or ensemble"),
 ])
