@@ -96,7 +96,7 @@ def _checked_settings(settings: dict, refuse) -> dict:
         raise refuse(f"setting image_size is {str(settings['image_size'])[:40]!r}, expected sizes joined by + "
                      f"smallest first ({cfg.image_size})")
     return {**settings, "layer": cfg.layer, "pooling": cfg.pooling, "layers": cfg.layers, "image_sizes": cfg.image_sizes,
-            "view_names": cfg.view_names}
+            "views": cfg.views, "view_names": cfg.view_names}         # views in one spelling (printed)
 
 
 def _features(keras, s: dict, size: int, sha256, name: str):
