@@ -96,12 +96,12 @@ def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: flo
         return path
 
     def train(name, cache, *extra):
-        return run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", name, *extra])
+        return run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", name, "--epochs", str(EPOCHS), *extra])
     subprocess.run([sys.executable, "-m", "pipeline.heads.kernels"], check=True, capture_output=True)  # compiled once, untimed
     cache = verified_cache("syn.h5", rows, rows // 5, dim=dim, separation=0.03)
     out = {"rows": rows, "dim": dim, "conv_dim": conv_dim, "softmax": train("softmax", cache),
            "logreg": train("logreg", cache, "--head", "logreg"),
-           "sweep24": run_cli(["sweep", "--cache", cache, "--runs-dir", runs, "--name", "sweep",
+           "sweep24": run_cli(["sweep", "--cache", cache, "--runs-dir", runs, "--name", "sweep", "--epochs", str(EPOCHS),
                                *(a for p in SWEEP for a in ("--param", p))])}
     out["softmax"].update(softmax_floor(train_rows, dim, 4, gflops, gbps))
     out["sweep24"].update(softmax_floor(train_rows, dim, 4, gflops, gbps, heads=24))

@@ -50,7 +50,7 @@ def test_ctrl_c_says_what_the_command_keeps(command, capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv,needle", [
     (["train-head", "--init", "ones"], "argument --init: invalid choice: 'ones'"),
-    (["sweep", "--epochs", "many"], "argument --epochs: invalid"),
+    (["sweep", "--patience", "many"], "argument --patience: invalid"),
     (["features", "--no-such-option"], "unrecognized arguments: --no-such-option"),
 ])
 def test_a_mistaken_option_is_one_line_and_exit_status_1(argv, needle, capsys):

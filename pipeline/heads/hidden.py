@@ -17,6 +17,7 @@ import time
 import numpy as np
 from scipy.special import softmax
 
+from .config import epochs_for
 from .linear import feature_stats, kernel_view, normalized
 from .normalize import check_blocks, transform
 
@@ -83,6 +84,7 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
     X = normalized(X, est.blocks_, est.normalize)
     rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
     est.mean_, est.scale_ = feature_stats(X, rows) if est.standardize else (None, None)
+    epochs = est.epochs_ = epochs_for(epochs, len(rows), est.batch_size)
     model = build(keras, X.shape[1], est.hidden, n_classes, est.dropout, l2, est.init, est.seed)
     train = _Batches(X, np.asarray(y, np.int64), rows, est.mean_, est.scale_, est.batch_size, est.seed)
     steps = epochs * len(train)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from .config import DEFAULTS
+from .config import DEFAULTS, epochs_for
 from .linear import feature_stats, kernel_view, logits, normalized
 from .normalize import check_blocks
 
@@ -61,6 +61,7 @@ class JointSoftmax:
         rows = np.arange(len(X)) if rows is None else np.asarray(rows, np.int64)
         y = np.array(y, np.int64)
         self.mean_, self.scale_ = feature_stats(X, rows) if self.standardize else (None, None)
+        self.epochs_ = epochs_for(self.epochs, len(rows), self.batch_size)
         state = self._allocate(X.shape[1], n_classes or int(y[rows].max()) + 1, len(rows))
         rng = np.random.Generator(np.random.SFC64(self.seed))
         key0 = np.uint64(rng.integers(0, 2 ** 63))
@@ -71,7 +72,7 @@ class JointSoftmax:
         best = (self.W_.copy(), self.b_.copy()) if validate else None
         from .kernels import train_epoch
         with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning after a val pass slow the kernels
-            for epoch in range(1, self.epochs + 1):
+            for epoch in range(1, self.epochs_ + 1):
                 t = train_epoch(Xk, rng.permutation(rows), y, self.batch_size, key0, t, state)
                 improved = self._end_epoch(epoch, state.stats.sum(0) / len(rows), X_val, y_val, best_loss, active)
                 if validate:
@@ -99,7 +100,7 @@ class JointSoftmax:
         self.n_classes_, self.W_, self.b_ = c, np.zeros((G, kp, d), np.float32), np.zeros((G, kp), np.float32)
         glorot = glorot_uniform(d, c, self.seed).T        # every such head starts where Dense(C) would, seeded
         lr, l2, cosine = np.zeros((G, kp)), np.zeros((G, kp)), np.zeros((G, kp))
-        steps = self.epochs * -(-n_rows // self.batch_size)
+        steps = self.epochs_ * -(-n_rows // self.batch_size)
         for g, ks in enumerate(self.groups_):
             for h, k in enumerate(ks):
                 self.W_[g, h * c:(h + 1) * c] = glorot if self._init(k) == "glorot_uniform" else 0.0
@@ -200,5 +201,5 @@ class JointSoftmax:
         g, r = self._rows(k)
         return {"coef_": self.W_[g, r].T.copy(), "intercept_": self.b_[g, r].copy(), "mean_": self.mean_,
                 "scale_": self.scale_, "n_features_in_": self.W_.shape[2], "blocks_": self.blocks_,
-                "history_": self.history_[k], "best_epoch_": self.best_epoch_[k],
+                "history_": self.history_[k], "best_epoch_": self.best_epoch_[k], "epochs_": self.epochs_,
                 "train_seconds_": self.train_seconds_, "keys_": self.keys_}

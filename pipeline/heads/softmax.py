@@ -32,7 +32,8 @@ def search_settings() -> dict:
 
 class SoftmaxHead(ClassifierMixin, BaseEstimator):
     """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr), its rate
-    constant or CosineDecay(lr, every step) (lr_schedule), `epochs` passes in batches of `batch_size`.
+    constant or CosineDecay(lr, every step) (lr_schedule), `epochs` passes in batches of `batch_size` ("auto": 20,
+    more on few rows so that a run makes at least 1,000 steps, at most 200: config.epochs_for).
     l2 may be "auto" (chosen on X_val, then refit on train + validation); refit: train on X, score on X_val,
     then train the same head again on train + validation (as l2="auto" does); early_stopping: stop when the
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
@@ -41,7 +42,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     head); hidden: H > 0 puts Dense(H, relu) -> Dropout(dropout) before the softmax (hidden.py: trained by
     Keras' train step; hidden_kernel_/hidden_bias_ fitted, coef_ then H x C); seed: initial weights and dropout noise; classes: every class the head must know (its
     columns), also one absent from the training rows (default: those in y). Ranges: heads/config.PARAMS. Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
-    history_ (per epoch), best_epoch_ (early_stopping keeps its weights), train_seconds_; after a refit
+    epochs_ (the passes it made: epochs, or what "auto" came to), history_ (per epoch), best_epoch_
+    (early_stopping keeps its weights), train_seconds_; after a refit
     (l2="auto", refit=True) before_refit_: the head as it was chosen, fitted on X[rows] only (None without a refit)."""
 
     _parameter_constraints = SOFTMAX       # checked in fit, scikit-learn's way: one line naming the parameter
@@ -104,7 +106,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     def _refit_from(self, chosen: "SoftmaxHead", X, y, rows) -> "SoftmaxHead":
         """Train self with `chosen`'s penalty on X[rows] (y: class indices), without validation data, for the
         epochs `chosen` was kept at; chosen becomes before_refit_ and its history_ and best_epoch_ this head's."""
-        epochs = chosen._refit_epochs(chosen.best_epoch_)
+        epochs = chosen._refit_epochs(chosen.best_epoch_)       # a number: as many as the head was scored at
         log.info(f"softmax head: refit on train + validation for {epochs} epochs")
         self._fit_once(X, y, None, None, len(self.classes_), rows, chosen.l2, epochs, False)
         self.history_, self.best_epoch_, self.before_refit_ = chosen.history_, chosen.best_epoch_, chosen
@@ -146,8 +148,9 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         return SoftmaxHead.from_joint(grid, k, self.classes_)
 
     def _refit_epochs(self, best_epoch: int) -> int:
-        """How long a refit trains: the epoch early stopping kept, else every epoch."""
-        return (best_epoch or self.epochs) if self.early_stopping else self.epochs
+        """How long a refit trains: the epoch early stopping kept, else every epoch this head trained (epochs="auto":
+        the number it came to on its own rows, not counted again on train + validation)."""
+        return (best_epoch or self.epochs_) if self.early_stopping else self.epochs_
 
     @classmethod
     def from_joint(cls, joint: JointSoftmax, k: int, classes=None) -> "SoftmaxHead":
@@ -175,7 +178,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             est.scale_ = np.maximum(np.sqrt(head["variance"]), np.float32(1e-7)).astype(np.float32)
         est.n_features_in_ = (head["kernel"] if hidden is None else hidden).shape[0]
         est.blocks_ = check_blocks(head["blocks"], est.n_features_in_)
-        est.history_, est.best_epoch_, est.train_seconds_ = [], None, 0.0
+        est.history_, est.best_epoch_, est.train_seconds_, est.epochs_ = [], None, 0.0, None
         est.val_proba_ = est.selection_ = est.before_refit_ = None
         return est
 

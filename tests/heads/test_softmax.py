@@ -35,6 +35,23 @@ def test_grid_search_pipeline_and_cross_validation_over_a_tiny_cache(syn):
     assert scores.shape == (3,) and scores.min() > 0.5
 
 
+def test_epochs_auto_is_20_or_enough_passes_for_1000_steps_and_a_refit_makes_as_many(easy):
+    from pipeline.heads.config import epochs_for
+    assert [epochs_for("auto", n, 250) for n in (45_000, 270_000, 4_500, 9_000, 450, 1)] == [20, 20, 56, 28, 200, 200]
+    assert epochs_for(7, 4_500, 250) == 7 and epochs_for("auto", 4_500, 50) == 20        # a number is what it says
+    X, y, Xv, yv = easy                                           # 600 rows in batches of 100: 6 steps a pass
+    head = SoftmaxHead(batch_size=100, seed=3).fit(X, y)
+    assert head.get_params()["epochs"] == "auto" and head.epochs_ == 167 and len(head.history_) == 167
+    same = SoftmaxHead(batch_size=100, seed=3, epochs=167).fit(X, y)
+    np.testing.assert_array_equal(head.coef_, same.coef_)          # auto is that number of passes, nothing else
+    refit = SoftmaxHead(batch_size=100, seed=3, refit=True).fit(X, y, Xv, yv)   # 900 rows: 112 passes would be 1,000
+    alone = SoftmaxHead(batch_size=100, seed=3, epochs=167).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
+    assert refit.epochs_ == 167                                     # steps, but the refit makes the first fit's 167
+    np.testing.assert_array_equal(refit.coef_, alone.coef_)
+    hidden = SoftmaxHead(hidden=4, batch_size=600, seed=3).fit(X, y)    # one step a pass: the 200 at most
+    assert hidden.epochs_ == 200 and len(hidden.history_) == 200
+
+
 def test_sweep_head_is_the_estimator_a_lone_fit_gives(easy):
     X, y, Xv, _ = easy
     sweep = JointSoftmax(dropouts=(0.2, 0.5), lrs=(1e-3, 3e-3), epochs=2, batch_size=100, seed=4).fit(X, y)

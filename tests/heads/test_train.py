@@ -20,6 +20,7 @@ def test_softmax_run_folder(syn, tmp_path, capsys):
     assert files == {"metrics.json", "head.keras", "history.csv", "learning_curves.png", "confusion_matrix.png"}
     m = json.load(open(tmp_path / "r1" / "metrics.json"))
     assert m["hyperparameters"]["dropout"] == 0.5 and m["hyperparameters"]["epochs"] == 4
+    assert m["hyperparameters"]["epochs_trained"] == 4
     assert m["train"]["n"] == 540 and m["val"]["n"] == 60 and m["test"]["n"] == 200
     assert m["test"]["accuracy"] > 0.5 and len(m["test"]["per_class_accuracy"]) == 4
     assert np.array(m["test"]["confusion_matrix"]).sum() == 200
@@ -28,6 +29,16 @@ def test_softmax_run_folder(syn, tmp_path, capsys):
     assert len(open(tmp_path / "r1" / "history.csv").read().strip().splitlines()) == 5
     assert open(tmp_path / "r1" / "learning_curves.png", "rb").read(4) == b"\x89PNG"
     assert "test" in err and "accuracy" in err
+
+
+def test_default_epochs_are_auto_and_the_run_says_how_many_it_trained(syn, tmp_path, capsys):
+    """epochs=auto on the 540 training rows of `syn` (3 steps an epoch at the default batch of 250): 1,000 steps
+    would be 334 passes, so the 200 at most; metrics.json records both the setting and the passes made."""
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "auto", "--quiet")
+    assert code == 0, err
+    m = json.load(open(tmp_path / "auto" / "metrics.json"))
+    assert m["hyperparameters"]["epochs"] == "auto" and m["hyperparameters"]["epochs_trained"] == 200
+    assert len(open(tmp_path / "auto" / "history.csv").read().strip().splitlines()) == 201
 
 
 def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
@@ -77,6 +88,7 @@ def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
     (["--lr", "inf"], "lr: expected a number in (0, inf), got inf"),
     (["--lr", "nan"], "lr: expected a number in (0, inf), got nan"),
     (["--l2", "-0.1"], "l2: expected a number in [0, inf) or auto, got -0.1"),
+    (["--epochs", "many"], "epochs: expected an integer in [1, inf) or auto, got 'many'"),
     (["--head", "logreg", "--C", "inf"], "C: expected a number in (0, inf) or auto, got inf"),
     (["--head", "logreg", "--val-fraction", "0.999"], "--val-fraction: 0.999: cannot hold out"),
     (["--name", "a/b"], "--name: 'a/b': expected a plain folder name"),
