@@ -111,7 +111,8 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     chosen = views.get("val") if getattr(head, "before_refit_", None) is not None else None   # not in head.keras
     run_dir = write_run(folder, metrics, head.history_, data.class_names, head.head_file(), auto_name=name is None,
                         replace=replace, val_proba=chosen)
-    log.info(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in params.items()))
+    shown = {**params, **({"epochs": f"auto ({head.epochs_})"} if params.get("epochs") == "auto" else {})}
+    log.info(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in shown.items()))
     if not opts.quiet:
         log.info(summary_table(metrics))
     return run_dir

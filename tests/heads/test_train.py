@@ -39,6 +39,7 @@ def test_default_epochs_are_auto_and_the_run_says_how_many_it_trained(syn, tmp_p
     m = json.load(open(tmp_path / "auto" / "metrics.json"))
     assert m["hyperparameters"]["epochs"] == "auto" and m["hyperparameters"]["epochs_trained"] == 200
     assert len(open(tmp_path / "auto" / "history.csv").read().strip().splitlines()) == 201
+    assert "epochs=auto (200)" in err                             # the log line says what auto came to
 
 
 def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
