@@ -102,6 +102,18 @@ def plot_learning_curve(path: str, rows: list):
         _learning_lines(fig, rows)
 
 
+def line_labels(keys: list) -> list:
+    """A legend label per (cache, head, head settings as JSON) line: the head, the settings that tell it from
+    the other lines of that head (e.g. "softmax epochs=auto"), and the cache where the lines have several."""
+    several = len({cache for cache, _, _ in keys}) > 1
+    out = []
+    for cache, head, params in keys:
+        mine, others = json.loads(params), [json.loads(q) for _, h, q in keys if h == head and q != params]
+        differ = sorted((k.removeprefix("head_"), v) for k, v in mine.items() if any(o.get(k) != v for o in others))
+        out.append(" ".join([head, *(f"{k}={v}" for k, v in differ), *([cache] if several else [])])[:90])
+    return out
+
+
 def _learning_lines(fig, rows: list):
     from matplotlib import colormaps
     lines = {}
@@ -110,17 +122,16 @@ def _learning_lines(fig, rows: list):
                                                 sort_keys=True))
         lines.setdefault(key, []).append(r)
     ax = fig.subplots()
-    for i, ((cache, head, params), pts) in enumerate(lines.items()):
+    for i, (label, pts) in enumerate(zip(line_labels(list(lines)), lines.values())):
         pts.sort(key=lambda r: r.get("labelled_n", r["train_n"]))
         x = [r.get("labelled_n", r["train_n"]) for r in pts]
         y = [accuracy(r, "test") for r in pts]
         lo = [v - r["test_ci95"][0] for v, r in zip(y, pts)]
         hi = [r["test_ci95"][1] - v for v, r in zip(y, pts)]
-        label = f"{head} {params if params != '{}' else ''} {cache}"[:90]
         ax.errorbar(x, y, yerr=[lo, hi], fmt="-o", ms=4, capsize=2, color=colormaps["tab20"](i % 20), label=label)
     ax.set_xscale("log")
     ax.set_xlabel("labelled images of the train split used, validation included (log)")
     ax.set_ylabel("test accuracy, 95% interval (views averaged)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"learning curve ({rows[0]['test_n']} test images)")

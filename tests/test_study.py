@@ -163,6 +163,14 @@ def test_spellings_of_one_setting_are_one_configuration():
     assert len(head_configs(heads, base)) == 1
 
 
+def test_learning_curve_labels_name_what_tells_the_lines_apart():
+    from pipeline.study_report import line_labels
+    soft = lambda e: json.dumps({"head_dropout": 0.5, "head_epochs": e}, sort_keys=True)  # noqa: E731
+    keys = [("a.h5", "softmax", soft(20)), ("a.h5", "softmax", soft("auto")), ("a.h5", "logreg", json.dumps({"head_C": "auto"}))]
+    assert line_labels(keys) == ["softmax epochs=20", "softmax epochs=auto", "logreg"]
+    assert line_labels([("a.h5", "softmax", soft(20)), ("b.h5", "softmax", soft(20))]) == ["softmax a.h5", "softmax b.h5"]
+
+
 def test_a_grid_over_training_images_is_a_learning_curve(data, capsys):
     d, root = data
     code, _, err = small_study(capsys, root, d, "curve", grid=("--grid", "train_images=20,1000"))
