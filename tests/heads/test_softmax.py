@@ -44,9 +44,9 @@ def test_epochs_auto_is_20_or_enough_passes_for_1000_steps_and_a_refit_makes_as_
     assert head.get_params()["epochs"] == "auto" and head.epochs_ == 167 and len(head.history_) == 167
     same = SoftmaxHead(batch_size=100, seed=3, epochs=167).fit(X, y)
     np.testing.assert_array_equal(head.coef_, same.coef_)          # auto is that number of passes, nothing else
-    refit = SoftmaxHead(batch_size=100, seed=3, refit=True).fit(X, y, Xv, yv)   # 900 rows: 112 passes would be 1,000
+    refit = SoftmaxHead(batch_size=100, seed=3, refit=True).fit(X, y, Xv, yv)   # refit on 900 rows (9 steps a pass)
     alone = SoftmaxHead(batch_size=100, seed=3, epochs=167).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
-    assert refit.epochs_ == 167                                     # steps, but the refit makes the first fit's 167
+    assert refit.epochs_ == 167                   # the first fit's passes, not auto counted again (112 on 900 rows)
     np.testing.assert_array_equal(refit.coef_, alone.coef_)
     hidden = SoftmaxHead(hidden=4, batch_size=600, seed=3).fit(X, y)    # one step a pass: the 200 at most
     assert hidden.epochs_ == 200 and len(hidden.history_) == 200
