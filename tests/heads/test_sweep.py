@@ -91,6 +91,11 @@ def test_auto_values_in_a_sweep(syn, tmp_path, capsys):
         assert code == 0, err
         rows = open(out[-1].removesuffix("-best") + "/results.csv").read()
         assert "auto" in rows
+    code, out, err = run_captured(capsys, "sweep", "--cache", syn, "--runs-dir", tmp_path, "--param", "epochs=auto,3")
+    assert code == 0, err                               # 540 rows, 3 steps a pass: auto is the 200 at most
+    with open(out[-1].removesuffix("-best") + "/results.csv") as f:
+        trained = {r["epochs"]: r["epochs_trained"] for r in csv.DictReader(f)}
+    assert trained == {"auto": "200", "3": "3"}
 
 
 def test_a_sweep_over_the_normalize_step_trains_each_on_its_own_features(syn, tmp_path, capsys):
