@@ -61,6 +61,8 @@ class Param:
 
 
 SOFTMAX, LOGREG = ("softmax",), ("logreg",)
+AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS = 20, 1000, 200   # epochs="auto": the notebook's 20 passes, more on few rows
+                                                           # until a run makes 1,000 Adam steps, at most 200 passes
 NORMALIZE = ("none", "l2", "sqrt-l2")
 PARAMS = {
     # either head: the features' normalisation, per layer block of the cache, before standardisation
@@ -84,9 +86,9 @@ PARAMS = {
     "refit": Param(False, bool, "softmax: after training on train and scoring on validation, train the same head "
                    "again on train + validation for the epochs it was scored at, the protocol's second half (twice "
                    "the time; l2=auto always refits); validation figures are those before the refit", heads=SOFTMAX),
-    "epochs": Param("auto", int, "softmax: passes over the training rows, or auto: 20, and more where the rows are few "
-                    "so that a run makes at least 1,000 steps, at most 200 passes (README, 'Epochs on small data')", 1,
-                    None, "left", auto=True, heads=SOFTMAX),
+    "epochs": Param("auto", int, f"softmax: passes over the training rows, or auto: {AUTO_EPOCHS}, and more where the "
+                    f"rows are few so that a run makes at least {AUTO_STEPS:,} steps, at most {AUTO_MAX_EPOCHS} passes "
+                    "(README, 'Epochs on small data')", 1, None, "left", auto=True, heads=SOFTMAX),
     "batch_size": Param(250, int, "softmax: rows per step", 1, None, "left", heads=SOFTMAX, flag="--head-batch-size"),
     "standardize": Param(True, bool, "softmax: standardise features with the training rows' mean and scale, inside "
                          "the saved head (conv features are unscaled ReLU maps)", heads=SOFTMAX),
@@ -106,8 +108,6 @@ PARAMS = {
 }
 DEFAULTS = {name: p.default for name, p in PARAMS.items()}
 HEAD_PARAMS = {h: tuple(n for n, p in PARAMS.items() if h in p.heads) for h in ("softmax", "logreg")}
-AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS = 20, 1000, 200   # epochs="auto": the notebook's 20 passes, more on few rows
-                                                           # until a run makes 1,000 Adam steps, at most 200 passes
 
 
 def epochs_for(epochs, n_rows: int, batch_size: int) -> int:
