@@ -122,7 +122,7 @@ def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, obj
         if (getattr(head, "selection_", None) or {}).get(f"chosen_{name}") is not None:
             row[f"{name}_chosen"] = head.selection_[f"chosen_{name}"]
     if getattr(head, "epochs_", None) is not None:      # softmax: the passes it made (what epochs=auto came to)
-        row["epochs_trained"] = head.epochs_
+        row["epochs_trained"], row["lr_used"] = head.epochs_, head.lr_
     return row, head
 
 

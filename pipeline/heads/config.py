@@ -63,6 +63,8 @@ class Param:
 SOFTMAX, LOGREG = ("softmax",), ("logreg",)
 AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS = 20, 1000, 200   # epochs="auto": the notebook's 20 passes, more on few rows
                                                            # until a run makes 1,000 Adam steps, at most 200 passes
+AUTO_LR, AUTO_LR_WIDTH = 1e-3, 1280   # lr="auto": Adam's 1e-3 up to 1,280 features (pooled layers), beyond it
+                                      # 1e-3 * sqrt(1,280 / width): 8,192 values 4.0e-4, 10,240 3.5e-4, 25,088 2.3e-4
 NORMALIZE = ("none", "l2", "sqrt-l2")
 PARAMS = {
     # either head: the features' normalisation, per layer block of the cache, before standardisation
@@ -71,7 +73,9 @@ PARAMS = {
                        choices=NORMALIZE),
     # the softmax head: the notebook's Dropout(0.5) -> Dense softmax, trained with Adam
     "dropout": Param(0.5, float, "softmax: dropout rate before the softmax layer", 0, 1, "left", heads=SOFTMAX),
-    "lr": Param(1e-3, float, "softmax: Adam learning rate", 0, None, "neither", heads=SOFTMAX),
+    "lr": Param(1e-3, float, f"softmax: Adam learning rate, or auto: {AUTO_LR:g}, smaller for wider features, "
+                f"times sqrt({AUTO_LR_WIDTH:,} / width) beyond {AUTO_LR_WIDTH:,} values (the hidden-layer head: "
+                f"{AUTO_LR:g}) (README, 'Learning rate by width')", 0, None, "neither", auto=True, heads=SOFTMAX),
     "l2": Param(0.0, float, "softmax: L2 penalty on the Dense kernel, Keras' kernel_regularizer=L2(l2); or auto: "
                 "chosen on validation, then refit on train + validation", 0, None, "left", auto=True, heads=SOFTMAX),
     "init": Param("zeros", str, "softmax: the Dense kernel's starting values: zeros (where logistic regression "
@@ -118,6 +122,15 @@ def epochs_for(epochs, n_rows: int, batch_size: int) -> int:
         return int(epochs)
     steps_per_epoch = max(1, -(-int(n_rows) // int(batch_size)))
     return max(AUTO_EPOCHS, min(AUTO_MAX_EPOCHS, -(-AUTO_STEPS // steps_per_epoch)))
+
+
+def lr_for(lr, width: int, hidden: int = 0) -> float:
+    """The Adam learning rate a softmax head trains with: `lr`, or for "auto" AUTO_LR times sqrt(AUTO_LR_WIDTH /
+    width) where the features are wider than AUTO_LR_WIDTH (a linear head's logits move with the sum of its
+    inputs' updates, so wide flattened features take smaller steps); a hidden-layer head's auto is AUTO_LR."""
+    if lr != "auto":
+        return float(lr)
+    return AUTO_LR if hidden else AUTO_LR * min(1.0, math.sqrt(AUTO_LR_WIDTH / max(1, int(width))))
 
 
 def flag(name: str) -> str:

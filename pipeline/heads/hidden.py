@@ -17,7 +17,7 @@ import time
 import numpy as np
 from scipy.special import softmax
 
-from .config import epochs_for
+from .config import epochs_for, lr_for
 from .linear import feature_stats, kernel_view, normalized
 from .normalize import check_blocks, transform
 
@@ -88,7 +88,8 @@ def fit_hidden(est, X, y, X_val, y_val, n_classes, rows, l2, epochs, early_stopp
     model = build(keras, X.shape[1], est.hidden, n_classes, est.dropout, l2, est.init, est.seed)
     train = _Batches(X, np.asarray(y, np.int64), rows, est.mean_, est.scale_, est.batch_size, est.seed)
     steps = epochs * len(train)
-    lr = keras.optimizers.schedules.CosineDecay(est.lr, steps) if est.lr_schedule == "cosine" else est.lr
+    rate = est.lr_ = lr_for(est.lr, X.shape[1], est.hidden)
+    lr = keras.optimizers.schedules.CosineDecay(rate, steps) if est.lr_schedule == "cosine" else rate
     model.compile(optimizer=keras.optimizers.Adam(lr, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     val = None

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from .config import DEFAULTS, epochs_for
+from .config import DEFAULTS, epochs_for, lr_for
 from .linear import feature_stats, kernel_view, logits, normalized
 from .normalize import check_blocks
 
@@ -99,12 +99,13 @@ class JointSoftmax:
         G, kp = len(rates), int(kernels.padded(max(n_heads), c))
         self.n_classes_, self.W_, self.b_ = c, np.zeros((G, kp, d), np.float32), np.zeros((G, kp), np.float32)
         glorot = glorot_uniform(d, c, self.seed).T        # every such head starts where Dense(C) would, seeded
+        self.lrs_ = [lr_for(self._lr(k), d) for k in range(len(self.dropouts))]   # "auto" by the feature width
         lr, l2, cosine = np.zeros((G, kp)), np.zeros((G, kp)), np.zeros((G, kp))
         steps = self.epochs_ * -(-n_rows // self.batch_size)
         for g, ks in enumerate(self.groups_):
             for h, k in enumerate(ks):
                 self.W_[g, h * c:(h + 1) * c] = glorot if self._init(k) == "glorot_uniform" else 0.0
-                lr[g, h * c:(h + 1) * c] = self._lr(k)
+                lr[g, h * c:(h + 1) * c] = self.lrs_[k]
                 l2[g, h * c:(h + 1) * c] = self._l2(k)
                 cosine[g, h * c:(h + 1) * c] = steps if self._schedule(k) == "cosine" else 0
         return kernels.allocate(self.W_, self.b_, rates, n_heads, c, lr.ravel(), self.batch_size, steps,
@@ -123,8 +124,8 @@ class JointSoftmax:
         """Head k's value of a per-head setting: `default` if None, the one value if one, else the k-th."""
         return default if values is None else values[0] if len(values) == 1 else values[k]
 
-    def _lr(self, k) -> float:
-        return float(self._each(self.lrs, k, DEFAULTS["lr"]))
+    def _lr(self, k):
+        return self._each(self.lrs, k, DEFAULTS["lr"])
 
     def _l2(self, k) -> float:
         return float(self._each(self.l2s, k, 0.0))
@@ -202,4 +203,5 @@ class JointSoftmax:
         return {"coef_": self.W_[g, r].T.copy(), "intercept_": self.b_[g, r].copy(), "mean_": self.mean_,
                 "scale_": self.scale_, "n_features_in_": self.W_.shape[2], "blocks_": self.blocks_,
                 "history_": self.history_[k], "best_epoch_": self.best_epoch_[k], "epochs_": self.epochs_,
+                "lr_": self.lrs_[k],
                 "train_seconds_": self.train_seconds_, "keys_": self.keys_}

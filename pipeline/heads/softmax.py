@@ -31,7 +31,8 @@ def search_settings() -> dict:
 
 
 class SoftmaxHead(ClassifierMixin, BaseEstimator):
-    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr), its rate
+    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr) ("auto": by the
+    features' width, config.lr_for), its rate
     constant or CosineDecay(lr, every step) (lr_schedule), `epochs` passes in batches of `batch_size` ("auto": 20,
     more on few rows so that a run makes at least 1,000 steps, at most 200: config.epochs_for).
     l2 may be "auto" (chosen on X_val, then refit on train + validation); refit: train on X, score on X_val,
@@ -42,7 +43,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     head); hidden: H > 0 puts Dense(H, relu) -> Dropout(dropout) before the softmax (hidden.py: trained by
     Keras' train step; hidden_kernel_/hidden_bias_ fitted, coef_ then H x C); seed: initial weights and dropout noise; classes: every class the head must know (its
     columns), also one absent from the training rows (default: those in y). Ranges: heads/config.PARAMS. Fitted: classes_, coef_ (D x C), intercept_, mean_/scale_ (standardize),
-    epochs_ (the passes it made: epochs, or what "auto" came to), history_ (per epoch), best_epoch_
+    epochs_ (the passes it made: epochs, or what "auto" came to), lr_ (the rate it trained with: lr, or what
+    "auto" came to: config.lr_for), history_ (per epoch), best_epoch_
     (early_stopping keeps its weights), train_seconds_; after a refit
     (l2="auto", refit=True) before_refit_: the head as it was chosen, fitted on X[rows] only (None without a refit)."""
 
@@ -178,7 +180,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             est.scale_ = np.maximum(np.sqrt(head["variance"]), np.float32(1e-7)).astype(np.float32)
         est.n_features_in_ = (head["kernel"] if hidden is None else hidden).shape[0]
         est.blocks_ = check_blocks(head["blocks"], est.n_features_in_)
-        est.history_, est.best_epoch_, est.train_seconds_, est.epochs_ = [], None, 0.0, None
+        est.history_, est.best_epoch_, est.train_seconds_, est.epochs_, est.lr_ = [], None, 0.0, None, None
         est.val_proba_ = est.selection_ = est.before_refit_ = None
         return est
 

@@ -108,7 +108,7 @@ def write_table(folder: str, rows: list, keys: list) -> str:
     """results.csv and results.md of a sweep; the first ten rows of the markdown (for the terminal)."""
     cols = keys + [c for c in ("val_tta_accuracy",) if c in rows[0]] + ["val_accuracy", "val_loss", "train_accuracy",
                                                                          "best_epoch"] + \
-        [c for c in ("epochs_trained",) if c in rows[0]]
+        [c for c in ("epochs_trained", "lr_used") if c in rows[0]]
     md = write_results(folder, rows, cols, lambda c, v: f"{v:.4f}" if isinstance(v, float) else str(v))
     return "\n".join(md.splitlines()[:12])
 
@@ -155,7 +155,7 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
         kept = fitted.history_[best - 1] if head == "softmax" and opts.early_stopping else last
         rows.append({**configs[i], "val_accuracy": kept["val_accuracy"], "val_loss": kept["val_loss"],
                      "train_accuracy": kept["train_accuracy"], "best_epoch": best, "_i": i,
-                     **({"epochs_trained": fitted.epochs_} if head == "softmax" else {})})
+                     **({"epochs_trained": fitted.epochs_, "lr_used": fitted.lr_} if head == "softmax" else {})})
         if data.views > 1:       # ranked as it will be reported: with test-time augmentation (a refit
             tta = split_proba(fitted, data, "val", data.X, data.rows_val)[1]      # head: as it was chosen)
             rows[-1]["val_tta_accuracy"] = float((tta.argmax(1) == data.y[data.rows_val]).mean())

@@ -95,7 +95,7 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     folder `name` is swapped out if it exists (a study's best); more: more fields for metrics.json."""
     t = time.perf_counter()
     extra = {"early_stopping": opts.early_stopping, "patience": opts.patience, "epochs_trained": head.epochs_,
-             "best_epoch": head.best_epoch_} if kind == "softmax" else {}
+             "lr_used": head.lr_, "best_epoch": head.best_epoch_} if kind == "softmax" else {}
     metrics = {"head": kind, "views": data.views,
                "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction,
                                    "train_images": opts.train_images, **extra}}
@@ -111,7 +111,8 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     chosen = views.get("val") if getattr(head, "before_refit_", None) is not None else None   # not in head.keras
     run_dir = write_run(folder, metrics, head.history_, data.class_names, head.head_file(), auto_name=name is None,
                         replace=replace, val_proba=chosen)
-    shown = {**params, **({"epochs": f"auto ({head.epochs_})"} if params.get("epochs") == "auto" else {})}
+    shown = {**params, **({"epochs": f"auto ({head.epochs_})"} if params.get("epochs") == "auto" else {}),
+             **({"lr": f"auto ({head.lr_:.2g})"} if params.get("lr") == "auto" else {})}
     log.info(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in shown.items()))
     if not opts.quiet:
         log.info(summary_table(metrics))

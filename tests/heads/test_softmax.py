@@ -52,6 +52,23 @@ def test_epochs_auto_is_20_or_enough_passes_for_1000_steps_and_a_refit_makes_as_
     assert hidden.epochs_ == 200 and len(hidden.history_) == 200
 
 
+def test_lr_auto_is_1e_3_up_to_1280_features_then_falls_with_the_square_root_of_the_width():
+    from pipeline.heads.config import lr_for
+    from pipeline.features.synthetic import make_features
+    assert [round(lr_for("auto", d), 6) for d in (1, 512, 1_280, 5_120, 8_192, 10_240, 25_088)] == \
+        [1e-3, 1e-3, 1e-3, 5e-4, 3.95e-4, 3.54e-4, 2.26e-4]
+    assert lr_for(3e-3, 25_088) == 3e-3 and lr_for("auto", 25_088, hidden=64) == 1e-3   # a number; the hidden head
+    X, y = make_features(300, 5_120, 3, seed=1, separation=0.5)
+    head = SoftmaxHead(lr="auto", epochs=2, batch_size=100, seed=2).fit(X, y)
+    same = SoftmaxHead(lr=5e-4, epochs=2, batch_size=100, seed=2).fit(X, y)
+    assert head.get_params()["lr"] == "auto" and head.lr_ == same.lr_ == 5e-4
+    np.testing.assert_array_equal(head.coef_, same.coef_)           # auto is that rate, nothing else
+    narrow = SoftmaxHead(lr="auto", epochs=2, batch_size=100, seed=2).fit(X[:, :64], y)
+    assert narrow.lr_ == 1e-3
+    np.testing.assert_array_equal(narrow.coef_, SoftmaxHead(epochs=2, batch_size=100, seed=2).fit(X[:, :64], y).coef_)
+    assert SoftmaxHead(lr="auto", hidden=4, epochs=1, batch_size=100).fit(X, y).lr_ == 1e-3     # not by width
+
+
 def test_sweep_head_is_the_estimator_a_lone_fit_gives(easy):
     X, y, Xv, _ = easy
     sweep = JointSoftmax(dropouts=(0.2, 0.5), lrs=(1e-3, 3e-3), epochs=2, batch_size=100, seed=4).fit(X, y)

@@ -59,7 +59,7 @@ def test_unknown_toml_key(syn, tmp_path, capsys):
     ('params = 3\n', "params must be a table"),
     ('random = "x"\n[params]\nlr = [0.1]\n', "random must be a whole number of configurations, got 'x'"),
     ('random = 0\n[params]\nlr = [0.1]\n', "--random: expected N >= 1, got 0"),
-    ('[params]\nlr = [inf]\n', "lr: expected a number in (0, inf), got inf"),
+    ('[params]\nlr = [inf]\n', "lr: expected a number in (0, inf) or auto, got inf"),
     ('[params]\nepochs = [2.5]\n', "epochs: expected an integer in [1, inf) or auto, got 2.5"),
     ('[params\n', "cannot read"),
 ])
@@ -96,6 +96,11 @@ def test_auto_values_in_a_sweep(syn, tmp_path, capsys):
     with open(out[-1].removesuffix("-best") + "/results.csv") as f:
         trained = {r["epochs"]: r["epochs_trained"] for r in csv.DictReader(f)}
     assert trained == {"auto": "200", "3": "3"}
+    code, out, err = run_captured(capsys, "sweep", "--cache", syn, "--runs-dir", tmp_path, "--param", "lr=auto,3e-3",
+                                  "--epochs", "2")
+    assert code == 0, err                               # 32 features: auto is 1e-3
+    with open(out[-1].removesuffix("-best") + "/results.csv") as f:
+        assert {r["lr"]: float(r["lr_used"]) for r in csv.DictReader(f)} == {"auto": 1e-3, "0.003": 3e-3}
 
 
 def test_a_sweep_over_the_normalize_step_trains_each_on_its_own_features(syn, tmp_path, capsys):

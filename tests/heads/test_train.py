@@ -42,6 +42,15 @@ def test_default_epochs_are_auto_and_the_run_says_how_many_it_trained(syn, tmp_p
     assert "epochs=auto (200)" in err                             # the log line says what auto came to
 
 
+def test_lr_auto_records_the_rate_it_came_to(syn, tmp_path, capsys):
+    """lr=auto on `syn`'s 32 features is Adam's 1e-3 (narrower than 1,280); metrics.json and the log line say so."""
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "lr", "--lr", "auto",
+                           "--epochs", "2", "--quiet")
+    assert code == 0, err
+    m = json.load(open(tmp_path / "lr" / "metrics.json"))["hyperparameters"]
+    assert m["lr"] == "auto" and m["lr_used"] == 1e-3 and "lr=auto (0.001)" in err
+
+
 def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
     for name in ("a", "b"):
         assert train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", name, "--head", "logreg")[0] == 0
@@ -86,8 +95,9 @@ def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["--seed", "-1"], "seed: expected an integer in [0, 2^32-1], got -1"),
-    (["--lr", "inf"], "lr: expected a number in (0, inf), got inf"),
-    (["--lr", "nan"], "lr: expected a number in (0, inf), got nan"),
+    (["--lr", "inf"], "lr: expected a number in (0, inf) or auto, got inf"),
+    (["--lr", "nan"], "lr: expected a number in (0, inf) or auto, got nan"),
+    (["--lr", "fast"], "lr: expected a number in (0, inf) or auto, got 'fast'"),
     (["--l2", "-0.1"], "l2: expected a number in [0, inf) or auto, got -0.1"),
     (["--epochs", "many"], "epochs: expected an integer in [1, inf) or auto, got 'many'"),
     (["--head", "logreg", "--C", "inf"], "C: expected a number in (0, inf) or auto, got inf"),
