@@ -31,10 +31,10 @@ def search_settings() -> dict:
 
 
 class SoftmaxHead(ClassifierMixin, BaseEstimator):
-    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr) ("auto": by the
-    features' width, config.lr_for), its rate
-    constant or CosineDecay(lr, every step) (lr_schedule), `epochs` passes in batches of `batch_size` ("auto": 20,
-    more on few rows so that a run makes at least 1,000 steps, at most 200: config.epochs_for).
+    """Dropout(dropout) -> Dense(C, softmax, kernel_regularizer=L2(l2), kernel_initializer=init), Adam(lr)
+    ("auto": by the features' width, config.lr_for), its rate constant or CosineDecay(lr, every step)
+    (lr_schedule), `epochs` passes in batches of `batch_size` ("auto": 20, more on few rows so that a run
+    makes at least 1,000 steps, at most 200: config.epochs_for).
     l2 may be "auto" (chosen on X_val, then refit on train + validation); refit: train on X, score on X_val,
     then train the same head again on train + validation (as l2="auto" does); early_stopping: stop when the
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
