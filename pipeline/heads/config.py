@@ -73,7 +73,7 @@ PARAMS = {
                        choices=NORMALIZE),
     # the softmax head: the notebook's Dropout(0.5) -> Dense softmax, trained with Adam
     "dropout": Param(0.5, float, "softmax: dropout rate before the softmax layer", 0, 1, "left", heads=SOFTMAX),
-    "lr": Param(1e-3, float, f"softmax: Adam learning rate, or auto: {AUTO_LR:g}, smaller for wider features, "
+    "lr": Param("auto", float, f"softmax: Adam learning rate, or auto: {AUTO_LR:g}, smaller for wider features, "
                 f"times sqrt({AUTO_LR_WIDTH:,} / width) beyond {AUTO_LR_WIDTH:,} values (the hidden-layer head: "
                 f"{AUTO_LR:g}) (README, 'Learning rate by width')", 0, None, "neither", auto=True, heads=SOFTMAX),
     "l2": Param(0.0, float, "softmax: L2 penalty on the Dense kernel, Keras' kernel_regularizer=L2(l2); or auto: "

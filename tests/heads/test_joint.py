@@ -204,6 +204,7 @@ def test_one_value_of_a_per_head_setting_serves_every_head(easy):
     spelt = JointSoftmax(dropouts=(0.2, 0.5, 0.8), lrs=(3e-3,) * 3, l2s=(1e-3,) * 3, epochs=2, batch_size=100).fit(X, y)
     np.testing.assert_array_equal(short.W_, spelt.W_)
     assert [short.params(k) for k in range(3)] == [spelt.params(k) for k in range(3)]
-    assert JointSoftmax(dropouts=(0.2, 0.5, 0.8), epochs=1).fit(X, y).params(2)["lr"] == 1e-3
+    default = JointSoftmax(dropouts=(0.2, 0.5, 0.8), epochs=1).fit(X, y)
+    assert default.params(2)["lr"] == "auto" and default.lrs_ == [1e-3] * 3        # 32 features: 1e-3 for every head
     with pytest.raises(ValueError, match=r"JointSoftmax lrs: expected 1 or 3 values .*got 2"):
         JointSoftmax(dropouts=(0.2, 0.5, 0.8), lrs=(1e-3, 1e-2)).fit(X, y)

@@ -59,14 +59,15 @@ def test_lr_auto_is_1e_3_up_to_1280_features_then_falls_with_the_square_root_of_
         [1e-3, 1e-3, 1e-3, 5e-4, 3.95e-4, 3.54e-4, 2.26e-4]
     assert lr_for(3e-3, 25_088) == 3e-3 and lr_for("auto", 25_088, hidden=64) == 1e-3   # a number; the hidden head
     X, y = make_features(300, 5_120, 3, seed=1, separation=0.5)
-    head = SoftmaxHead(lr="auto", epochs=2, batch_size=100, seed=2).fit(X, y)
+    head = SoftmaxHead(epochs=2, batch_size=100, seed=2).fit(X, y)
     same = SoftmaxHead(lr=5e-4, epochs=2, batch_size=100, seed=2).fit(X, y)
+    assert SoftmaxHead().get_params()["lr"] == "auto"                # the default
     assert head.get_params()["lr"] == "auto" and head.lr_ == same.lr_ == 5e-4
     np.testing.assert_array_equal(head.coef_, same.coef_)           # auto is that rate, nothing else
-    narrow = SoftmaxHead(lr="auto", epochs=2, batch_size=100, seed=2).fit(X[:, :64], y)
+    narrow = SoftmaxHead(epochs=2, batch_size=100, seed=2).fit(X[:, :64], y)
     assert narrow.lr_ == 1e-3
-    np.testing.assert_array_equal(narrow.coef_, SoftmaxHead(epochs=2, batch_size=100, seed=2).fit(X[:, :64], y).coef_)
-    assert SoftmaxHead(lr="auto", hidden=4, epochs=1, batch_size=100).fit(X, y).lr_ == 1e-3     # not by width
+    np.testing.assert_array_equal(narrow.coef_, SoftmaxHead(lr=1e-3, epochs=2, batch_size=100, seed=2).fit(X[:, :64], y).coef_)
+    assert SoftmaxHead(hidden=4, epochs=1, batch_size=100).fit(X, y).lr_ == 1e-3     # not by width
 
 
 def test_sweep_head_is_the_estimator_a_lone_fit_gives(easy):

@@ -42,10 +42,9 @@ def test_default_epochs_are_auto_and_the_run_says_how_many_it_trained(syn, tmp_p
     assert "epochs=auto (200)" in err                             # the log line says what auto came to
 
 
-def test_lr_auto_records_the_rate_it_came_to(syn, tmp_path, capsys):
+def test_default_lr_is_auto_and_the_run_records_the_rate_it_came_to(syn, tmp_path, capsys):
     """lr=auto on `syn`'s 32 features is Adam's 1e-3 (narrower than 1,280); metrics.json and the log line say so."""
-    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "lr", "--lr", "auto",
-                           "--epochs", "2", "--quiet")
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "lr", "--epochs", "2", "--quiet")
     assert code == 0, err
     m = json.load(open(tmp_path / "lr" / "metrics.json"))["hyperparameters"]
     assert m["lr"] == "auto" and m["lr_used"] == 1e-3 and "lr=auto (0.001)" in err
