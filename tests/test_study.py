@@ -179,7 +179,8 @@ def test_a_grid_over_training_images_is_a_learning_curve(data, capsys):
     assert sorted(int(r["labelled_n"]) for r in rows) == [20, 60]           # 1000 is more than there are: all 60
     assert sorted(int(r["train_n"]) for r in rows) == [10, 30]              # validation (half) carved from them
     assert [r["epochs_trained"] for r in rows] == ["2", "2"]                # the passes each head made
-    assert [float(r["lr_used"]) for r in rows] == [1e-3, 1e-3]              # and the rate it trained with
+    rate = 1e-3 * (1280 / 4096) ** 0.5                                     # fc2's 4,096 features: lr=auto's rate
+    assert [float(r["lr_used"]) for r in rows] == [pytest.approx(rate)] * 2  # the rate each trained with
     assert os.path.exists(root / "runs" / "curve" / "learning_curve.png")
     m = json.load(open(root / "runs" / "curve-best" / "metrics.json"))
     assert m["train"]["n"] == int(rows[0]["train_n"])                      # the best run trained as its row did
