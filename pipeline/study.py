@@ -121,8 +121,8 @@ def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, obj
     for name in ("C", "l2"):
         if (getattr(head, "selection_", None) or {}).get(f"chosen_{name}") is not None:
             row[f"{name}_chosen"] = head.selection_[f"chosen_{name}"]
-    if getattr(head, "epochs_", None) is not None:      # softmax: the passes it made (what epochs=auto came to)
-        row["epochs_trained"], row["lr_used"] = head.epochs_, head.lr_
+    if kind == "softmax":                               # what its "auto" settings came to
+        row.update(head.trained_with())
     return row, head
 
 

@@ -184,6 +184,10 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         est.val_proba_ = est.selection_ = est.before_refit_ = None
         return est
 
+    def trained_with(self) -> dict:
+        """What the "auto" settings came to in this fit, as runs, sweeps and studies record it."""
+        return {"epochs_trained": self.epochs_, "lr_used": self.lr_}
+
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities (float64), columns in the order of classes_."""
         check_is_fitted(self)

@@ -155,7 +155,7 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
         kept = fitted.history_[best - 1] if head == "softmax" and opts.early_stopping else last
         rows.append({**configs[i], "val_accuracy": kept["val_accuracy"], "val_loss": kept["val_loss"],
                      "train_accuracy": kept["train_accuracy"], "best_epoch": best, "_i": i,
-                     **({"epochs_trained": fitted.epochs_, "lr_used": fitted.lr_} if head == "softmax" else {})})
+                     **(fitted.trained_with() if head == "softmax" else {})})
         if data.views > 1:       # ranked as it will be reported: with test-time augmentation (a refit
             tta = split_proba(fitted, data, "val", data.X, data.rows_val)[1]      # head: as it was chosen)
             rows[-1]["val_tta_accuracy"] = float((tta.argmax(1) == data.y[data.rows_val]).mean())

@@ -94,8 +94,8 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     """Evaluate a fitted head on train/val/test, write the run folder, print the summary. replace: the
     folder `name` is swapped out if it exists (a study's best); more: more fields for metrics.json."""
     t = time.perf_counter()
-    extra = {"early_stopping": opts.early_stopping, "patience": opts.patience, "epochs_trained": head.epochs_,
-             "lr_used": head.lr_, "best_epoch": head.best_epoch_} if kind == "softmax" else {}
+    extra = {"early_stopping": opts.early_stopping, "patience": opts.patience, **head.trained_with(),
+             "best_epoch": head.best_epoch_} if kind == "softmax" else {}
     metrics = {"head": kind, "views": data.views,
                "hyperparameters": {**params, "seed": opts.seed, "val_fraction": opts.val_fraction,
                                    "train_images": opts.train_images, **extra}}
