@@ -95,12 +95,13 @@ def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: flo
         first_load[name] = time.perf_counter() - t
         return path
 
-    def train(name, cache, *extra):
-        return run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", name, "--epochs", str(EPOCHS), *extra])
+    def train(name, cache, *extra, head="softmax"):
+        epochs = ["--epochs", str(EPOCHS)] if head == "softmax" else []     # a softmax option: logreg refuses it
+        return run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", name, "--head", head, *epochs, *extra])
     subprocess.run([sys.executable, "-m", "pipeline.heads.kernels"], check=True, capture_output=True)  # compiled once, untimed
     cache = verified_cache("syn.h5", rows, rows // 5, dim=dim, separation=0.03)
     out = {"rows": rows, "dim": dim, "conv_dim": conv_dim, "softmax": train("softmax", cache),
-           "logreg": train("logreg", cache, "--head", "logreg"),
+           "logreg": train("logreg", cache, head="logreg"),
            "sweep24": run_cli(["sweep", "--cache", cache, "--runs-dir", runs, "--name", "sweep", "--epochs", str(EPOCHS),
                                *(a for p in SWEEP for a in ("--param", p))])}
     out["softmax"].update(softmax_floor(train_rows, dim, 4, gflops, gbps))
@@ -117,7 +118,7 @@ def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: flo
                                 **softmax_floor(train_rows * VIEWS, VIEW_DIM, 2, gflops, gbps)}
         os.remove(views)
         search = verified_cache("search.h5", rows, rows // 5, dim=SEARCH_DIM, separation=0.03, dtype="float16")
-        out["c_search"] = train("c-search", search, "--head", "logreg", "--C", "auto")
+        out["c_search"] = train("c-search", search, "--C", "auto", head="logreg")
         os.remove(search)
         out["source_identity"] = source_identity_seconds(os.path.join(tmp, "tree"), TREE_FILES)
         out["tarball_identity"] = tarball_identity_seconds(os.path.join(tmp, "cifar-10-python.tar.gz"), TARBALL_IMAGES)

@@ -34,6 +34,37 @@ class _Typed(argparse.Action):
         namespace.typed = getattr(namespace, "typed", frozenset()) | {self.dest}
 
 
+class _TypedHead(argparse.Action):
+    """Stores a head parameter's value and notes that it was typed (`check_typed_head_options`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _note_head_option(namespace, self.dest)
+
+
+class _TypedHeadBool(argparse.BooleanOptionalAction):
+    """--x / --no-x for a true-or-false head parameter, noted as typed as _TypedHead notes."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _note_head_option(namespace, self.dest)
+
+
+def _note_head_option(namespace, dest: str):
+    namespace.typed_head = getattr(namespace, "typed_head", frozenset()) | {dest}
+
+
+def check_typed_head_options(args, kinds: list, option: str = "--head"):
+    """Refuse a head parameter typed on the command line that none of the heads `kinds` (given by `option`)
+    takes: `--head logreg --dropout 0.3` would otherwise train as if the option were not there."""
+    for name in sorted(getattr(args, "typed_head", ())):
+        takes = PARAMS[name].heads
+        if takes and not set(takes) & set(kinds):
+            fix = f"pass --head {takes[0]}" if option == "--head" else f"add {takes[0]} to --heads"
+            raise SettingError(name, f"applies to the {'/'.join(takes)} head, not to {option} {','.join(kinds)}; "
+                               f"remove it or {fix}")
+
+
 def add_feature_options(p: argparse.ArgumentParser, settings=FeatureConfig):
     """The options that select a cache (features, train-head, sweep, study): one per stage-one setting,
     made from its declaration (features/config.py). --batch-size is a run option (add_run_options)."""
@@ -71,8 +102,8 @@ def add_head_options(p: argparse.ArgumentParser):
     o("--head", default=HEAD, choices=("softmax", "logreg"), help="softmax: Dropout -> Dense softmax; logreg: "
       "StandardScaler + LogisticRegression (default %(default)s)")
     for name, param in PARAMS.items():
-        kw = {"action": argparse.BooleanOptionalAction} if param.kind is bool else \
-            {"type": str if param.auto else param.kind}
+        kw = {"action": _TypedHeadBool} if param.kind is bool else \
+            {"type": str if param.auto else param.kind, "action": _TypedHead}
         if param.choices:
             kw["choices"] = param.choices
         if name == "early_stopping":
@@ -106,6 +137,7 @@ def cmd_train_head(args):
     from .heads.train import train_head     # scikit-learn and Numba: loaded only by the commands that train
     timings = {"startup_s": process_age()}
     opts = run_options(args)
+    check_typed_head_options(args, [args.head])
     params = head_params(args.head, vars(args))
     print(train_head(_training_data(args, opts, timings), args.head, params, opts, timings))
 
@@ -115,6 +147,7 @@ def cmd_sweep(args):
     timings = {"startup_s": process_age()}
     opts = run_options(args)
     head, space, rand = read_space(args.head, args.param, args.config, args.random)
+    check_typed_head_options(args, [head])
     base = head_params(head, vars(args))
     print(run_sweep(_training_data(args, opts, timings), head, space, rand, base, opts, timings,
                     refit_best=args.refit_best)[1])
@@ -128,6 +161,7 @@ def cmd_study(args):
                                 "--grid, head kinds from --heads); remove it")
     opts = run_options(args)
     axes, heads, sizes = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
+    check_typed_head_options(args, list(heads), "--heads")
     base = {**head_params("softmax", vars(args)), **head_params("logreg", vars(args))}
     print(run_study(feature_config(args), axes, heads, base, opts, quiet=args.quiet,
                     train_sizes=sizes))

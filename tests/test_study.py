@@ -55,6 +55,15 @@ def test_bad_grids_are_one_line(data, capsys, grid, needle):
     assert is_one_line_error(code, err, needle)
 
 
+def test_a_head_option_no_head_of_the_study_takes_is_refused(data, capsys):
+    d, root = data
+    code, out, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
+                                  "--runs-dir", root / "bad", "--heads", "logreg", "--dropout", "0.3")
+    assert is_one_line_error(code, err, "--dropout: applies to the softmax head, not to --heads logreg; remove it "
+                             "or add softmax to --heads")
+    assert not os.path.exists(root / "bad") or os.listdir(root / "bad") == []
+
+
 def small_study(capsys, root, data, name, *extra, grid=("--grid", "dropout=0.2,0.5")):
     return run_captured(capsys, "study", "--data-dir", data, "--weights", "random", "--image-size", "32",
                         "--precision", "float32", "--cache-dir", root / "c", "--runs-dir", root / "runs", "--name", name,

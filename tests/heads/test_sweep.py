@@ -41,6 +41,8 @@ def test_random_subset_and_toml(syn, tmp_path, capsys):
     (["--param", "dropout=0.5,1.2"], "dropout: expected a number in [0, 1), got 1.2"),
     (["--param", "lr=-1"], "lr: expected a number in (0, inf)"),
     ([], "nothing to sweep"),
+    (["--head", "logreg", "--param", "C=0.1,1", "--dropout", "0.3"], "--dropout: applies to the softmax head, not to "
+                                                                    "--head logreg"),
 ])
 def test_bad_sweeps(syn, tmp_path, capsys, args, needle):
     code, out, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)

@@ -108,6 +108,29 @@ def test_bad_head_options_are_one_line(syn, tmp_path, capsys, args, needle):
     assert is_one_line_error(code, err, needle) and os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--head", "logreg", "--dropout", "0.3"], "--dropout: applies to the softmax head, not to --head logreg; "
+                                               "remove it or pass --head softmax"),
+    (["--head", "logreg", "--no-standardize"], "--standardize: applies to the softmax head"),
+    (["--head", "logreg", "--epochs", "5"], "--epochs: applies to the softmax head"),
+    (["--C", "0.1"], "--C: applies to the logreg head, not to --head softmax; remove it or pass --head logreg"),
+    (["--max-iter", "50"], "--max-iter: applies to the logreg head"),
+])
+def test_an_option_the_head_does_not_take_is_refused_not_ignored(syn, tmp_path, capsys, monkeypatch, args, needle):
+    from pipeline.heads import data
+    monkeypatch.setattr(data, "load_training_data", lambda *a: pytest.fail("loaded features"))
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, *args)
+    assert is_one_line_error(code, err, needle) and os.listdir(tmp_path) == []
+
+
+def test_options_every_head_takes_and_defaults_typed_for_the_right_head_train(syn, tmp_path, capsys):
+    """--normalize is both heads'; a softmax option typed at its default is still the softmax head's."""
+    assert train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "lr", "--head", "logreg", "--normalize",
+                 "l2", "--C", "0.5", "--max-iter", "20", "--quiet")[0] == 0
+    assert train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "sm", "--dropout", "0.5", "--epochs", "1",
+                 "--standardize", "--quiet")[0] == 0
+
+
 def test_runs_dir_that_is_a_file_fails_before_training(syn, tmp_path, capsys, monkeypatch):
     (tmp_path / "f").write_text("x")
     from pipeline.heads import data
