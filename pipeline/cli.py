@@ -50,6 +50,17 @@ class _TypedHeadBool(argparse.BooleanOptionalAction):
         _note_head_option(namespace, self.dest)
 
 
+class _TypedHeadFlag(argparse.Action):
+    """An on-switch of a head parameter (--early-stopping), noted as typed as _TypedHead notes."""
+
+    def __init__(self, option_strings, dest, default=False, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=default, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        _note_head_option(namespace, self.dest)
+
+
 def _note_head_option(namespace, dest: str):
     namespace.typed_head = getattr(namespace, "typed_head", frozenset()) | {dest}
 
@@ -107,7 +118,7 @@ def add_head_options(p: argparse.ArgumentParser):
         if param.choices:
             kw["choices"] = param.choices
         if name == "early_stopping":
-            kw = {"action": "store_true"}
+            kw = {"action": _TypedHeadFlag}
         o(head_flag(name), dest=name, default=param.default, help=_help(param.help), **kw)
     o("--name", default=None, help="run folder name (default: a timestamp)")
     o("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)")

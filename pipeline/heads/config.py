@@ -20,8 +20,9 @@ RUNS_DIR = "data/runs"  # where run folders go
 class Param:
     """One head parameter or run option: default; kind (int, float, bool); the range [low, high] with
     `closed` ends as scikit-learn's Interval says them ("left", "right", "both", "neither"); `auto`:
-    "auto" is also a value (chosen on validation); heads: which heads take it (none: every head
-    command, a run option); flag: the CLI option when not --name-with-dashes."""
+    "auto" is also a value (chosen on validation); heads: which heads take it (none: every head; a field of
+    RunOptions is a run option, not a head parameter, whichever heads use it); flag: the CLI option when not
+    --name-with-dashes."""
     default: object
     kind: type
     help: str
@@ -104,14 +105,14 @@ PARAMS = {
     # how any head command runs
     "val_fraction": Param(0.1, float, "stratified hold-out of train for model selection", 0, 1, "left"),
     "seed": Param(0, int, "seed of the split, initial weights and dropout", 0, 2 ** 32 - 1, "both"),
-    "early_stopping": Param(False, bool, "softmax: stop on validation loss, keep the best epoch"),
-    "patience": Param(3, int, "epochs without a better validation loss before stopping", 1, None, "left"),
+    "early_stopping": Param(False, bool, "softmax: stop on validation loss, keep the best epoch", heads=SOFTMAX),
+    "patience": Param(3, int, "softmax: epochs without a better validation loss before stopping", 1, None, "left",
+                      heads=SOFTMAX),
     "train_images": Param(None, int, "use a stratified subset of this many of the train split's images, validation "
                           "carved from them (a learning curve on one cache) (default: all)", 1, None, "left",
                           optional=True),
 }
 DEFAULTS = {name: p.default for name, p in PARAMS.items()}
-HEAD_PARAMS = {h: tuple(n for n, p in PARAMS.items() if h in p.heads) for h in ("softmax", "logreg")}
 
 
 def epochs_for(epochs, n_rows: int, batch_size: int) -> int:
@@ -212,6 +213,9 @@ class RunOptions:
                                f"printable, at most {MAX_NAME_BYTES} bytes)", "RunOptions")
         return self
 
+
+RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
+HEAD_PARAMS = {h: tuple(n for n, p in PARAMS.items() if h in p.heads and n not in RUN_OPTIONS) for h in ("softmax", "logreg")}
 
 MAX_NAME_BYTES = 200   # a run, sweep or study name: with "-best" and a temp suffix, within NAME_MAX (255)
 

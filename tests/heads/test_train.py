@@ -115,6 +115,8 @@ def test_bad_head_options_are_one_line(syn, tmp_path, capsys, args, needle):
     (["--head", "logreg", "--epochs", "5"], "--epochs: applies to the softmax head"),
     (["--C", "0.1"], "--C: applies to the logreg head, not to --head softmax; remove it or pass --head logreg"),
     (["--max-iter", "50"], "--max-iter: applies to the logreg head"),
+    (["--head", "logreg", "--early-stopping"], "--early-stopping: applies to the softmax head"),
+    (["--head", "logreg", "--patience", "2"], "--patience: applies to the softmax head"),
 ])
 def test_an_option_the_head_does_not_take_is_refused_not_ignored(syn, tmp_path, capsys, monkeypatch, args, needle):
     from pipeline.heads import data
