@@ -1,13 +1,12 @@
 """Command line: `python -m pipeline {features,train-head,sweep,study,ensemble,predict,bench,gpu-check}` (also `pipeline`).
 
-The front door: it parses options into each stage's settings (stage one: `FeatureConfig`; stage
+The front door: it parses options (made in options.py) into each stage's settings (stage one: `FeatureConfig`; stage
 two: head parameters and `RunOptions`) and calls the stages; nothing imports it. A user's mistake
 (PipelineError) prints one line and exits 1; Ctrl-C exits 130 keeping finished work.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -16,116 +15,12 @@ import time
 from . import bench, predict
 from .errors import PipelineError
 from .errors import SettingError
-from .features import FeatureConfig, check_cache_settings, extract, find_cache
-from .heads.config import HEAD, PARAMS, RUNS_DIR, RunOptions, head_params
+from .features import check_cache_settings, extract, find_cache
+from .heads.config import PARAMS, RUNS_DIR, RunOptions, head_params
 from .heads.config import flag as head_flag
 from .heads.runs import process_age
-
-
-def _help(text: str) -> str:
-    return text if "(default" in text else text + " (default %(default)s)"
-
-
-class _Typed(argparse.Action):
-    """Stores the option's value and notes that it was typed (`given_settings`), defaults aside."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.typed = getattr(namespace, "typed", frozenset()) | {self.dest}
-
-
-class _TypedHead(argparse.Action):
-    """Stores a head parameter's value and notes that it was typed (`check_typed_head_options`)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        _note_head_option(namespace, self.dest)
-
-
-class _TypedHeadBool(argparse.BooleanOptionalAction):
-    """--x / --no-x for a true-or-false head parameter, noted as typed as _TypedHead notes."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, values, option_string)
-        _note_head_option(namespace, self.dest)
-
-
-class _TypedHeadFlag(argparse.Action):
-    """An on-switch of a head parameter (--early-stopping), noted as typed as _TypedHead notes."""
-
-    def __init__(self, option_strings, dest, default=False, **kw):
-        super().__init__(option_strings, dest, nargs=0, default=default, **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, True)
-        _note_head_option(namespace, self.dest)
-
-
-def _note_head_option(namespace, dest: str):
-    namespace.typed_head = getattr(namespace, "typed_head", frozenset()) | {dest}
-
-
-def check_typed_head_options(args, kinds: list, option: str = "--head"):
-    """Refuse a head parameter typed on the command line that none of the heads `kinds` (given by `option`)
-    takes: `--head logreg --dropout 0.3` would otherwise train as if the option were not there."""
-    for name in sorted(getattr(args, "typed_head", ())):
-        takes = PARAMS[name].heads
-        if takes and not set(takes) & set(kinds):
-            fix = f"pass --head {takes[0]}" if option == "--head" else f"add {takes[0]} to --heads"
-            raise SettingError(name, f"applies to the {'/'.join(takes)} head, not to {option} {','.join(kinds)}; "
-                               f"remove it or {fix}")
-
-
-def add_feature_options(p: argparse.ArgumentParser, settings=FeatureConfig):
-    """The options that select a cache (features, train-head, sweep, study): one per stage-one setting,
-    made from its declaration (features/config.py). --batch-size is a run option (add_run_options)."""
-    for f in dataclasses.fields(settings):
-        if f.name != "batch_size":
-            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
-            p.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["parse"], default=default, action=_Typed,
-                           help=_help(f.metadata["help"]))
-
-
-def given_settings(args) -> dict:
-    """The stage-one settings typed on the command line (at their default or not), name -> value."""
-    return {name: getattr(args, name) for name in sorted(getattr(args, "typed", ()))}
-
-
-def feature_config(args, settings=FeatureConfig) -> FeatureConfig:
-    """The stage-one settings the options say."""
-    return settings(**{f.name: getattr(args, "forward_batch_size" if f.name == "batch_size" else f.name)
-                       for f in dataclasses.fields(settings)})
-
-
-def add_run_options(p: argparse.ArgumentParser):
-    """Options every command that may build features takes, meaning the same everywhere, so that
-    `make ARGS="..."` can hand one set of options to both stages."""
-    p.add_argument("--batch-size", type=int, default=FeatureConfig.batch_size, dest="forward_batch_size",
-                   help="images per forward pass of stage one (not in the key; unused by heads on a built cache) "
-                        "(default %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or summary tables (default off)")
-
-
-def add_head_options(p: argparse.ArgumentParser):
-    """One option per head parameter and run option, made from its declaration (heads/config.py)."""
-    o = p.add_argument
-    o("--cache", default=None, help="cache file (default: the one the feature options select)")
-    o("--head", default=HEAD, choices=("softmax", "logreg"), help="softmax: Dropout -> Dense softmax; logreg: "
-      "StandardScaler + LogisticRegression (default %(default)s)")
-    for name, param in PARAMS.items():
-        kw = {"action": _TypedHeadBool} if param.kind is bool else \
-            {"type": str if param.auto else param.kind, "action": _TypedHead}
-        if param.choices:
-            kw["choices"] = param.choices
-        if name == "early_stopping":
-            kw = {"action": _TypedHeadFlag}
-        o(head_flag(name), dest=name, default=param.default, help=_help(param.help), **kw)
-    o("--name", default=None, help="run folder name (default: a timestamp)")
-    o("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)")
-
-
-def run_options(args) -> RunOptions:
-    return RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)}).validated()
+from .options import (add_feature_options, add_head_options, add_run_options, check_typed_head_options,
+                      feature_config, given_settings, run_options)
 
 
 def cmd_features(args):
