@@ -114,8 +114,22 @@ class Parser(argparse.ArgumentParser):
     """argparse's parser, but a mistaken option is one line and exit status 1 (argparse: the whole usage, 2);
     subcommands' parsers are of this class too."""
 
+    stage_two_flags = frozenset()     # the top parser: options `features` refuses that stage two takes
+
     def error(self, message):
         self.exit(1, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, but a stage-two option given to `features` (as `make ARGS="--dropout 0.3"` gives it) is
+        said as such, with where it goes."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            stage_two = [a.split("=")[0] for a in extras if a.split("=")[0] in self.stage_two_flags]
+            if stage_two and getattr(ns, "command", None) == "features":
+                self.error(f"{stage_two[0]}: a stage-two option, not one of features; give it to `make train-head "
+                           "ARGS=...` (`make ARGS=...` gives both stages the same options)")
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                               ("sweep", cmd_sweep, "train many heads at once and compare them")):
         p = sub.add_parser(name, help=help_)
         add_feature_options(p)
-        add_head_options(p)
+        parser.stage_two_flags = frozenset(add_head_options(p))
         add_run_options(p)
         p.set_defaults(func=func, exit_fast=True)
     st = sub.add_parser("study", help="a grid over stage-one and head settings: each cache built once, every head "

@@ -94,12 +94,13 @@ def add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary tables (default off)")
 
 
-def add_head_options(p: argparse.ArgumentParser):
-    """One option per head parameter and run option, made from its declaration (heads/config.py)."""
+def add_head_options(p: argparse.ArgumentParser) -> set:
+    """One option per head parameter and run option, made from its declaration (heads/config.py); their
+    option strings (stage two's own: `features` takes none of them)."""
     o = p.add_argument
-    o("--cache", default=None, help="cache file (default: the one the feature options select)")
-    o("--head", default=HEAD, choices=("softmax", "logreg"), help="softmax: Dropout -> Dense softmax; logreg: "
-      "StandardScaler + LogisticRegression (default %(default)s)")
+    actions = [o("--cache", default=None, help="cache file (default: the one the feature options select)"),
+               o("--head", default=HEAD, choices=("softmax", "logreg"), help="softmax: Dropout -> Dense softmax; "
+                 "logreg: StandardScaler + LogisticRegression (default %(default)s)")]
     for name, param in PARAMS.items():
         kw = {"action": _TypedHeadBool} if param.kind is bool else \
             {"type": str if param.auto else param.kind, "action": _TypedHead}
@@ -107,9 +108,10 @@ def add_head_options(p: argparse.ArgumentParser):
             kw["choices"] = param.choices
         if name == "early_stopping":
             kw = {"action": _TypedHeadFlag}
-        o(head_flag(name), dest=name, default=param.default, help=_help(param.help), **kw)
-    o("--name", default=None, help="run folder name (default: a timestamp)")
-    o("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)")
+        actions.append(o(head_flag(name), dest=name, default=param.default, help=_help(param.help), **kw))
+    actions.append(o("--name", default=None, help="run folder name (default: a timestamp)"))
+    actions.append(o("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)"))
+    return {s for a in actions for s in a.option_strings}
 
 
 def run_options(args) -> RunOptions:

@@ -49,6 +49,10 @@ def test_ctrl_c_says_what_the_command_keeps(command, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,needle", [
+    (["features", "--dropout", "0.3"], "--dropout: a stage-two option, not one of features; give it to `make "
+                                       "train-head ARGS=...`"),
+    (["features", "--runs-dir=runs"], "--runs-dir: a stage-two option"),
+    (["features", "--no-standardize"], "--no-standardize: a stage-two option"),
     (["train-head", "--init", "ones"], "argument --init: invalid choice: 'ones'"),
     (["sweep", "--patience", "many"], "argument --patience: invalid"),
     (["features", "--no-such-option"], "unrecognized arguments: --no-such-option"),
