@@ -53,7 +53,7 @@ def cmd_sweep(args):
     timings = {"startup_s": process_age()}
     opts = run_options(args)
     head, space, rand = read_space(args.head, args.param, args.config, args.random)
-    check_typed_head_options(args, [head])
+    check_typed_head_options(args, [head], args.config if args.config and head != args.head else "--head")
     base = head_params(head, vars(args))
     print(run_sweep(_training_data(args, opts, timings), head, space, rand, base, opts, timings,
                     refit_best=args.refit_best)[1])

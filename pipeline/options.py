@@ -54,14 +54,16 @@ def _note_typed(namespace, record: str, dest: str):
 
 
 def check_typed_head_options(args, kinds: list, option: str = "--head"):
-    """Refuse a head parameter typed on the command line that none of the heads `kinds` (given by `option`)
-    takes: `--head logreg --dropout 0.3` would otherwise train as if the option were not there."""
+    """Refuse a head parameter typed on the command line that none of the heads `kinds` takes: `--head logreg
+    --dropout 0.3` would otherwise train as if the option were not there. `option` says where the heads came
+    from: --head, --heads, or a sweep's TOML file (its path)."""
     for name in sorted(getattr(args, "typed_head", ())):
         takes = PARAMS[name].heads
         if takes and not set(takes) & set(kinds):
-            fix = f"pass --head {takes[0]}" if option == "--head" else f"add {takes[0]} to --heads"
-            raise SettingError(name, f"applies to the {'/'.join(takes)} head, not to {option} {','.join(kinds)}; "
-                               f"remove it or {fix}")
+            where, fix = {"--head": (f"--head {kinds[0]}", f"pass --head {takes[0]}"),
+                          "--heads": (f"--heads {','.join(kinds)}", f"add {takes[0]} to --heads")}.get(
+                option, (f"head = \"{kinds[0]}\" in {option}", f"set head = \"{takes[0]}\" there"))
+            raise SettingError(name, f"applies to the {'/'.join(takes)} head, not to {where}; remove it or {fix}")
 
 
 def add_feature_options(p: argparse.ArgumentParser, settings=FeatureConfig):

@@ -49,6 +49,15 @@ def test_bad_sweeps(syn, tmp_path, capsys, args, needle):
     assert is_one_line_error(code, err, needle)
 
 
+def test_a_head_option_the_toml_head_does_not_take_is_refused_naming_the_file(syn, tmp_path, capsys):
+    toml = tmp_path / "s.toml"
+    toml.write_text('head = "logreg"\n[params]\nC = [0.1, 1.0]\n')
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", "--config", toml, "--lr", "0.01")
+    assert is_one_line_error(code, err, f'--lr: applies to the softmax head, not to head = "logreg" in {toml}; '
+                             'remove it or set head = "softmax" there')
+    assert not os.path.exists(tmp_path / "runs")
+
+
 def test_unknown_toml_key(syn, tmp_path, capsys):
     toml = tmp_path / "bad.toml"
     toml.write_text('head = "softmax"\nlearning_rate = 3\n[params]\nlr = [0.1]\n')
