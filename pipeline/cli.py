@@ -124,7 +124,7 @@ class Parser(argparse.ArgumentParser):
         said as such, with where it goes."""
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
-            stage_two = [a.split("=")[0] for a in extras if a.split("=")[0] in self.stage_two_flags]
+            stage_two = [f for f in (a.split("=")[0] for a in extras) if f in self.stage_two_flags]
             if stage_two and getattr(ns, "command", None) == "features":
                 self.error(f"{stage_two[0]}: a stage-two option, not one of features; give it to `make train-head "
                            "ARGS=...` (`make ARGS=...` gives both stages the same options)")
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                               ("sweep", cmd_sweep, "train many heads at once and compare them")):
         p = sub.add_parser(name, help=help_)
         add_feature_options(p)
-        parser.stage_two_flags = frozenset(add_head_options(p))
+        parser.stage_two_flags = frozenset(add_head_options(p))    # the same options for both commands
         add_run_options(p)
         p.set_defaults(func=func, exit_fast=True)
     st = sub.add_parser("study", help="a grid over stage-one and head settings: each cache built once, every head "

@@ -59,11 +59,15 @@ def check_typed_head_options(args, kinds: list, option: str = "--head"):
     from: --head, --heads, or a sweep's TOML file (its path)."""
     for name in sorted(getattr(args, "typed_head", ())):
         takes = PARAMS[name].heads
-        if takes and not set(takes) & set(kinds):
-            where, fix = {"--head": (f"--head {kinds[0]}", f"pass --head {takes[0]}"),
-                          "--heads": (f"--heads {','.join(kinds)}", f"add {takes[0]} to --heads")}.get(
-                option, (f"head = \"{kinds[0]}\" in {option}", f"set head = \"{takes[0]}\" there"))
-            raise SettingError(name, f"applies to the {'/'.join(takes)} head, not to {where}; remove it or {fix}")
+        if set(takes) & set(kinds) or not takes:
+            continue
+        if option == "--head":
+            where, fix = f"--head {kinds[0]}", f"pass --head {takes[0]}"
+        elif option == "--heads":
+            where, fix = f"--heads {','.join(kinds)}", f"add {takes[0]} to --heads"
+        else:
+            where, fix = f'head = "{kinds[0]}" in {option}', f'set head = "{takes[0]}" there'
+        raise SettingError(name, f"applies to the {'/'.join(takes)} head, not to {where}; remove it or {fix}")
 
 
 def add_feature_options(p: argparse.ArgumentParser, settings=FeatureConfig):
