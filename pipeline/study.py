@@ -25,7 +25,7 @@ from .features.cache import read_provenance
 from .features.config import axes, validate
 from .features.extract import extract_many
 from .heads import logreg, softmax
-from .heads.config import HEAD_PARAMS, RunOptions, check_param, key_values, refits
+from .heads.config import HEAD_PARAMS, RunOptions, auto_rules, check_param, key_values, refits
 from .heads.data import load_training_data
 from .heads.runs import KIND_FILE, folder_kind
 from .heads.train import REFIT_VALIDATION, finish_run
@@ -95,12 +95,14 @@ def row_settings(kind: str, opts: RunOptions) -> dict:
 
 def row_tag(cache: str, kind: str, params: dict, opts: RunOptions) -> str:
     """A finished row's key: the cache (its file name holds its key), the head and everything that changes it,
-    for a value chosen on validation ("auto") the search that chose it (its grid, ...), for a head refit
-    after it was chosen how its validation is scored."""
+    for a value chosen on validation ("auto") the search that chose it (its grid, ...), for a setting "auto"
+    the constants of its rule, for a head refit after it was chosen how its validation is scored."""
     searches = {name: module.search_settings() for name, module in (("C", logreg), ("l2", softmax))
                 if params.get(name) == "auto"}
-    refit = [{"refit_validation": REFIT_VALIDATION}] if refits(params) else []
-    return tag([cache, kind, params, row_settings(kind, opts)] + ([searches] if searches else []) + refit)
+    rules = auto_rules(params) if kind == "softmax" else {}
+    refit = [{"refit_validation": REFIT_VALIDATION}] if refits(params) or params.get("refit") == "auto" else []
+    return tag([cache, kind, params, row_settings(kind, opts)] + ([searches] if searches else [])
+               + ([{"rules": rules}] if rules else []) + refit)
 
 
 def run_head(data, kind: str, params: dict, opts: RunOptions) -> tuple[dict, object]:

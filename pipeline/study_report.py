@@ -34,7 +34,7 @@ def describe(row: dict) -> str:
 
 
 COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "labelled_n", "train_n", "val_accuracy", "val_tta_accuracy", "test_accuracy",
-           "test_tta_accuracy", "test_ci95", "C_chosen", "l2_chosen", "epochs_trained", "lr_used", "extract_img_per_s", "cache_mb", "head_s"]
+           "test_tta_accuracy", "test_ci95", "C_chosen", "l2_chosen", "epochs_trained", "lr_used", "refit_used", "extract_img_per_s", "cache_mb", "head_s"]
 
 
 def _fmt(col: str, v) -> str:

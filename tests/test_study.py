@@ -121,6 +121,23 @@ def test_a_row_chosen_on_validation_is_keyed_by_its_search(monkeypatch):
     assert before[2] == after[2]                     # a fixed C does not depend on the search
 
 
+def test_a_row_with_an_auto_setting_is_keyed_by_its_rule(monkeypatch):
+    """epochs, lr or refit "auto" follow rules with constants (config.epochs_for, lr_for, refit_for): another
+    constant trains the row again; a row that set the value itself does not depend on it."""
+    from pipeline.heads import config
+    from pipeline.heads.config import RunOptions
+    from pipeline.study import row_tag
+    o = RunOptions()
+    rows = [{"epochs": "auto"}, {"lr": "auto"}, {"refit": "auto"}, {"epochs": 20, "lr": 0.001, "refit": False}]
+    before = [row_tag("c.h5", "softmax", p, o) for p in rows]
+    for name, value in (("AUTO_STEPS", 2000), ("AUTO_LR_WIDTH", 512), ("AUTO_REFIT_ROWS", 1000)):
+        monkeypatch.setattr(config, name, value)
+        after = [row_tag("c.h5", "softmax", p, o) for p in rows]
+        changed = [b != a for b, a in zip(before, after)]
+        assert changed == [name == "AUTO_STEPS", name == "AUTO_LR_WIDTH", name == "AUTO_REFIT_ROWS", False], name
+        monkeypatch.undo()
+
+
 def test_a_refit_row_is_keyed_by_how_its_validation_is_scored(monkeypatch):
     """A row trained by an older version that scored a refit head's validation otherwise (before its views
     were averaged) is trained again, not ranked beside the new ones; rows without a refit are kept."""

@@ -37,7 +37,7 @@ class Param:
 
     def describe(self) -> str:
         if self.kind is bool:
-            return "true or false"
+            return "true or false" + (" or auto" if self.auto else "")
         if self.kind is str:
             return "one of " + ", ".join(self.choices)
         lo = "-inf" if self.low is None else f"{self.low:g}"
@@ -64,6 +64,8 @@ class Param:
 SOFTMAX, LOGREG = ("softmax",), ("logreg",)
 AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS = 20, 1000, 200   # epochs="auto": the notebook's 20 passes, more on few rows
                                                            # until a run makes 1,000 Adam steps, at most 200 passes
+AUTO_REFIT_ROWS = 12_500   # refit="auto": refit where the training rows are fewer: there epochs="auto" makes its minimum
+                           # 1,000 steps (at the default batch), so the refit costs the same seconds however few the rows
 AUTO_LR, AUTO_LR_WIDTH = 1e-3, 1280   # lr="auto": Adam's 1e-3 up to 1,280 features (pooled layers), beyond it
                                       # 1e-3 * sqrt(1,280 / width): 8,192 values 4.0e-4, 10,240 3.5e-4, 25,088 2.3e-4
 NORMALIZE = ("none", "l2", "sqrt-l2")
@@ -88,9 +90,11 @@ PARAMS = {
     "hidden": Param(0, int, "softmax: ReLU units of a hidden layer between the dropout and the softmax, itself "
                     "followed by the same dropout (0: none, the notebook's head; README, 'A hidden layer'); trained "
                     "by Keras' own train step", 0, 1 << 16, "both", heads=SOFTMAX),
-    "refit": Param(False, bool, "softmax: after training on train and scoring on validation, train the same head "
+    "refit": Param("auto", bool, "softmax: after training on train and scoring on validation, train the same head "
                    "again on train + validation for the epochs it was scored at, the protocol's second half (twice "
-                   "the time; l2=auto always refits); validation figures are those before the refit", heads=SOFTMAX),
+                   f"the time; l2=auto always refits); auto: where the training rows are fewer than {AUTO_REFIT_ROWS:,} "
+                   "(in a sweep: the configuration chosen) (README, 'Refit on small data'); validation figures are "
+                   "those before the refit", auto=True, heads=SOFTMAX),
     "epochs": Param("auto", int, f"softmax: passes over the training rows, or auto: {AUTO_EPOCHS}, and more where the "
                     f"rows are few so that a run makes at least {AUTO_STEPS:,} steps, at most {AUTO_MAX_EPOCHS} passes "
                     "(README, 'Epochs on small data')", 1, None, "left", auto=True, heads=SOFTMAX),
@@ -123,6 +127,23 @@ def epochs_for(epochs, n_rows: int, batch_size: int) -> int:
         return int(epochs)
     steps_per_epoch = max(1, -(-int(n_rows) // int(batch_size)))
     return max(AUTO_EPOCHS, min(AUTO_MAX_EPOCHS, -(-AUTO_STEPS // steps_per_epoch)))
+
+
+def refit_for(refit, n_rows: int) -> bool:
+    """Whether a softmax head trained on n_rows rows is refit on train + validation: `refit`, or for "auto"
+    where the rows are fewer than AUTO_REFIT_ROWS (below it one-ninth more labelled images was worth 0.4-0.6
+    points and the refit costs seconds; at 22,500 and 40,500 rows it measured nothing for twice the time)."""
+    if refit != "auto":
+        return bool(refit)
+    return int(n_rows) < AUTO_REFIT_ROWS
+
+
+def auto_rules(params: dict) -> dict:
+    """The constants of the rules that the parameters set to "auto" follow (epochs_for, lr_for, refit_for), by
+    parameter: what such a head's result depends on besides the data, so a study keys its rows by it."""
+    rules = {"epochs": [AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS], "lr": [AUTO_LR, AUTO_LR_WIDTH],
+             "refit": [AUTO_REFIT_ROWS]}
+    return {name: rule for name, rule in rules.items() if params.get(name) == "auto"}
 
 
 def lr_for(lr, width: int, hidden: int = 0) -> float:
@@ -228,6 +249,8 @@ def head_params(kind: str, values: dict) -> dict:
 
 
 def refits(params: dict) -> bool:
-    """Whether a head with these parameters is refit on train + validation after it is chosen: refit=True,
-    or a value chosen on validation (l2 or C "auto")."""
-    return bool(params.get("refit")) or "auto" in (params.get("l2"), params.get("C"))
+    """Whether a head with these parameters is refit on train + validation after it is chosen, whatever the
+    data: refit=True, or a value chosen on validation (l2 or C "auto"). refit="auto" is decided by the
+    training rows (refit_for): not here."""
+    refit = params.get("refit")
+    return refit != "auto" and bool(refit) or "auto" in (params.get("l2"), params.get("C"))

@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
-from .config import DEFAULTS
+from .config import DEFAULTS, refit_for
 from .joint import JointSoftmax
 from .linear import logits
 from .normalize import check_blocks
@@ -36,7 +36,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     (lr_schedule), `epochs` passes in batches of `batch_size` ("auto": 20, more on few rows so that a run
     makes at least 1,000 steps, at most 200: config.epochs_for).
     l2 may be "auto" (chosen on X_val, then refit on train + validation); refit: train on X, score on X_val,
-    then train the same head again on train + validation (as l2="auto" does); early_stopping: stop when the
+    then train the same head again on train + validation (as l2="auto" does); "auto": where the training rows
+    are few (config.refit_for) and there is validation data; early_stopping: stop when the
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
     normalize: "none", "l2" or "sqrt-l2" per layer block of `blocks` (widths; None: one block), first;
     standardize: scale features by the training rows' mean and standard deviation (inside the saved
@@ -72,10 +73,12 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
             classes = np.unique(y if rows is None else np.asarray(y)[rows])
         encode = lambda v: _encode(classes, v)  # noqa: E731
         yk, yv = encode(y), None if y_val is None else encode(y_val)
-        refit = self.refit or self.l2 == "auto"
-        if refit and (X_val is None or not len(X_val)):
+        has_val = X_val is not None and len(X_val) > 0
+        if (self.refit != "auto" and self.refit or self.l2 == "auto") and not has_val:
             raise ValueError(("l2='auto' chooses the penalty" if self.l2 == "auto" else "refit=True scores the head")
                              + " on validation data; pass X_val and y_val (--val-fraction > 0)")
+        n_rows = len(X) if rows is None else len(rows)
+        refit = self.l2 == "auto" or has_val and refit_for(self.refit, n_rows)
         if self.hidden and self.l2 == "auto":
             raise ValueError("l2='auto' trains linear heads only; pass a number for l2 with hidden > 0, or hidden=0")
         self.classes_, self.val_proba_, self.selection_, self.before_refit_ = classes, None, None, None
@@ -147,7 +150,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         self.val_proba_ = proba[k]
         self.selection_ = {"protocol": "l2 chosen on validation, refit on train + validation", "grid": list(L2_GRID),
                            "curve": curve, "chosen_l2": L2_GRID[k]}
-        return SoftmaxHead.from_joint(grid, k, self.classes_)
+        return SoftmaxHead.from_joint(grid, k, self.classes_).set_params(refit=False)     # as chosen: not refit
 
     def _refit_epochs(self, best_epoch: int) -> int:
         """How long a refit trains: the epoch early stopping kept, else every epoch this head trained (epochs="auto":
@@ -186,7 +189,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
 
     def trained_with(self) -> dict:
         """What the "auto" settings came to in this fit, as runs, sweeps and studies record it."""
-        return {"epochs_trained": self.epochs_, "lr_used": self.lr_}
+        return {"epochs_trained": self.epochs_, "lr_used": self.lr_, "refit_used": getattr(self, "before_refit_", None) is not None}
 
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities (float64), columns in the order of classes_."""

@@ -15,7 +15,7 @@ import tomllib
 
 
 from ..errors import PipelineError, SettingError
-from .config import HEAD_PARAMS, RunOptions, check_param, key_values, refits
+from .config import AUTO_REFIT_ROWS, HEAD_PARAMS, RunOptions, check_param, key_values, refit_for, refits
 from .data import TrainingData
 from ..durable import write_json
 from .runs import KIND_FILE, new_run_dir, png_figure, write_folder, write_results
@@ -87,8 +87,9 @@ def train_all(head: str, configs: list, data: TrainingData, opts: RunOptions):
         return
     groups = {}
     for i, cfg in enumerate(configs):
-        if refits(cfg) or cfg["hidden"]:             # a refit, or Keras' train step: trained alone
-            yield i, fit_head(make_head("softmax", cfg, opts, data), data)
+        if refits(cfg) or cfg["hidden"]:             # a refit, or Keras' train step: trained alone (refit="auto"
+            alone = dict(cfg, refit=False) if cfg["refit"] == "auto" else cfg     # refits the one chosen: _sweep)
+            yield i, fit_head(make_head("softmax", alone, opts, data), data)
             continue
         groups.setdefault((cfg["epochs"], cfg["batch_size"], cfg["standardize"], cfg["normalize"]), []).append(i)
     rv = data.rows_val
@@ -174,12 +175,14 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
     log.info(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}")
     best = rows[0]
     params, chosen, more = {p: best[p] for p in HEAD_PARAMS[head]}, trained[best["_i"]], None
-    if refit_best and not refits(params):
+    auto = head == "softmax" and params["refit"] == "auto" and refit_for("auto", len(data.rows_train))
+    if (refit_best or auto) and not refits(params):
         t = time.perf_counter()
         log.info(f"{head} head: the configuration best on validation, refit on train + validation")
         chosen = chosen.refit_on(data.X, data.y, rows=data.train_and_val_rows())
         timings["refit_s"] = time.perf_counter() - t
         params = dict(params, refit=True) if head == "softmax" else params
-        more = {"refit": "the configuration best on validation, trained again on train + validation after the sweep"}
+        more = {"refit": "the configuration best on validation, trained again on train + validation after the sweep"
+                + ("" if refit_best else f" (refit=auto: fewer than {AUTO_REFIT_ROWS:,} training rows)")}
     run = finish_run(data, head, params, chosen, opts, timings, name=os.path.basename(best_dir), more=more)
     return folder, run

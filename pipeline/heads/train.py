@@ -112,7 +112,8 @@ def finish_run(data: TrainingData, kind: str, params: dict, head, opts: RunOptio
     run_dir = write_run(folder, metrics, head.history_, data.class_names, head.head_file(), auto_name=name is None,
                         replace=replace, val_proba=chosen)
     shown = {**params, **({"epochs": f"auto ({head.epochs_})"} if params.get("epochs") == "auto" else {}),
-             **({"lr": f"auto ({head.lr_:.2g})"} if params.get("lr") == "auto" else {})}
+             **({"lr": f"auto ({head.lr_:.2g})"} if params.get("lr") == "auto" else {}),
+             **({"refit": f"auto ({head.before_refit_ is not None})"} if params.get("refit") == "auto" else {})}
     log.info(f"run {run_dir}: {kind} head " + ", ".join(f"{p}={v}" for p, v in shown.items()))
     if not opts.quiet:
         log.info(summary_table(metrics))

@@ -23,7 +23,7 @@ def members(syn_views, tmp_path_factory):
     """Three heads of different kinds on the 3-view cache, none refit, and one refit."""
     from conftest import run_cli
     runs = tmp_path_factory.mktemp("runs")
-    for name, extra in (("soft", ()), ("hidden", ("--hidden", "8", "--normalize", "sqrt-l2")),
+    for name, extra in (("soft", ("--no-refit",)), ("hidden", ("--hidden", "8", "--normalize", "sqrt-l2", "--no-refit")),
                         ("logreg", ("--head", "logreg")), ("refit", ("--refit",))):
         epochs = () if name == "logreg" else ("--epochs", "3")          # a softmax option: logreg refuses it
         assert run_cli("train-head", "--cache", syn_views, "--runs-dir", runs, "--name", name, *epochs,

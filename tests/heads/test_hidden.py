@@ -66,7 +66,7 @@ def test_early_stopping_keeps_the_best_epoch():
     X = (rng.normal(size=(400, 60)) + 0.8 * y[:, None] * (np.arange(60) < 3)).astype(np.float32)
     X, y, Xv, yv = X[:100], y[:100], X[100:], y[100:]
     head = SoftmaxHead(hidden=256, dropout=0.0, lr=0.02, epochs=40, batch_size=20, early_stopping=True,
-                       patience=2, lr_schedule="constant").fit(X, y, Xv, yv)
+                       patience=2, lr_schedule="constant", refit=False).fit(X, y, Xv, yv)
     hist = head.history_
     best = int(np.argmin([r["val_loss"] for r in hist]))
     assert len(hist) < 40 and head.best_epoch_ == best + 1
@@ -105,7 +105,7 @@ def test_the_training_loop_is_keras_fit_step_for_step(xor):
     from pipeline.heads.joint import BETA_1, BETA_2, EPSILON
     from pipeline.heads.linear import feature_stats
     X, y, Xv, yv = xor
-    head = SoftmaxHead(hidden=16, dropout=0.2, epochs=3, batch_size=100, lr=1e-2, seed=3).fit(X, y, Xv, yv)
+    head = SoftmaxHead(hidden=16, dropout=0.2, epochs=3, batch_size=100, lr=1e-2, seed=3, refit=False).fit(X, y, Xv, yv)
     mean, scale = feature_stats(X, np.arange(len(X)))
     batches = _Batches(X, y, np.arange(len(X)), mean, scale, 100, 3)
     model = build(keras, X.shape[1], 16, 2, 0.2, 0.0, "zeros", 3)
@@ -123,5 +123,5 @@ def test_the_training_loop_is_keras_fit_step_for_step(xor):
     np.testing.assert_allclose(head.coef_, model.get_layer("predictions").get_weights()[0], rtol=1e-5, atol=1e-6)
     for key, got in (("loss", "train_loss"), ("accuracy", "train_accuracy"), ("val_loss", "val_loss")):
         np.testing.assert_allclose([r[got] for r in head.history_], [r[key] for r in history], rtol=1e-5, atol=1e-6)
-    again = SoftmaxHead(hidden=16, dropout=0.2, epochs=3, batch_size=100, lr=1e-2, seed=3).fit(X, y, Xv, yv)
+    again = SoftmaxHead(hidden=16, dropout=0.2, epochs=3, batch_size=100, lr=1e-2, seed=3, refit=False).fit(X, y, Xv, yv)
     np.testing.assert_array_equal(again.hidden_kernel_, head.hidden_kernel_)     # the seed decides the batches

@@ -119,6 +119,7 @@ def test_validation_during_training_sees_the_step_once():
     """The per-epoch validation figures are those of the finished head (the step applied once, not
     again to rows already through it: sqrt-l2 twice is not sqrt-l2)."""
     X, y = data(3)
-    head = SoftmaxHead(normalize="sqrt-l2", blocks=BLOCKS, epochs=2, batch_size=50).fit(X[:240], y[:240], X[240:], y[240:])
+    head = SoftmaxHead(normalize="sqrt-l2", blocks=BLOCKS, epochs=2, batch_size=50, refit=False).fit(X[:240], y[:240],
+                                                                                                  X[240:], y[240:])
     acc = float((head.predict(X[240:]) == y[240:]).mean())
     assert head.history_[-1]["val_accuracy"] == pytest.approx(acc)

@@ -52,6 +52,29 @@ def test_epochs_auto_is_20_or_enough_passes_for_1000_steps_and_a_refit_makes_as_
     assert hidden.epochs_ == 200 and len(hidden.history_) == 200
 
 
+def test_refit_auto_refits_where_the_training_rows_are_few_and_there_is_validation(easy, monkeypatch):
+    """refit="auto" (the default): refit below config.AUTO_REFIT_ROWS training rows, the same head as refit=True;
+    not at or above it, the same head as refit=False; never without validation data (and no error then)."""
+    from pipeline.heads import config
+    from pipeline.heads.config import AUTO_REFIT_ROWS, refit_for
+    assert [refit_for("auto", n) for n in (450, 4_500, 9_000, AUTO_REFIT_ROWS - 1, AUTO_REFIT_ROWS, 45_000)] == \
+        [True, True, True, True, False, False]
+    assert refit_for(True, 10 ** 6) and not refit_for(False, 1)            # a true or false is what it says
+    X, y, Xv, yv = easy                                                    # 600 training rows
+    kw = dict(epochs=4, batch_size=100, seed=2)
+    auto = SoftmaxHead(**kw).fit(X, y, Xv, yv)
+    assert auto.get_params()["refit"] == "auto" and auto.before_refit_ is not None
+    assert auto.trained_with()["refit_used"] is True
+    np.testing.assert_array_equal(auto.coef_, SoftmaxHead(refit=True, **kw).fit(X, y, Xv, yv).coef_)
+    alone = SoftmaxHead(**kw).fit(X, y)                                    # no validation: nothing to refit on
+    assert alone.before_refit_ is None and alone.trained_with()["refit_used"] is False
+    monkeypatch.setattr(config, "AUTO_REFIT_ROWS", 600)                    # 600 rows: not fewer
+    many = SoftmaxHead(**kw).fit(X, y, Xv, yv)
+    assert many.before_refit_ is None and many.trained_with()["refit_used"] is False
+    np.testing.assert_array_equal(many.coef_, SoftmaxHead(refit=False, **kw).fit(X, y, Xv, yv).coef_)
+    assert SoftmaxHead(**kw).fit(X, y, Xv, yv, rows=np.arange(599)).before_refit_ is not None    # rows given count
+
+
 def test_lr_auto_is_1e_3_up_to_1280_features_then_falls_with_the_square_root_of_the_width():
     from pipeline.heads.config import lr_for
     from pipeline.features.synthetic import make_features
@@ -151,7 +174,7 @@ def test_l2_auto_chooses_on_validation_and_refits_on_train_and_validation(easy):
 def test_refit_scores_on_validation_then_trains_the_same_head_on_train_and_validation(easy, early):
     X, y, Xv, yv = easy
     kw = dict(lr=0.05, epochs=8, batch_size=100, early_stopping=early, patience=1, lr_schedule="constant")
-    first = SoftmaxHead(**kw).fit(X, y, Xv, yv)
+    first = SoftmaxHead(refit=False, **kw).fit(X, y, Xv, yv)
     head = SoftmaxHead(refit=True, **kw).fit(X, y, Xv, yv)
     np.testing.assert_allclose(head.val_proba_, first.predict_proba(Xv), rtol=1e-6)   # validation: before the refit
     assert head.history_ == first.history_ and head.best_epoch_ == first.best_epoch_
@@ -188,6 +211,6 @@ def test_early_stopping_in_a_sweep_stops_each_head_where_it_would_stop_alone(eas
     lens = [len(h) for h in sweep.history_]
     assert lens[0] < lens[1]                                   # the fast head stopped first
     for k, lr in enumerate((0.3, 1e-4)):
-        alone = SoftmaxHead(lr=lr, **kw).fit(X, y, Xv, yv)
+        alone = SoftmaxHead(lr=lr, refit=False, **kw).fit(X, y, Xv, yv)
         assert len(alone.history_) == lens[k] and alone.best_epoch_ == sweep.best_epoch_[k]
         np.testing.assert_allclose(SoftmaxHead.from_joint(sweep, k).coef_, alone.coef_, rtol=1e-5, atol=1e-6)

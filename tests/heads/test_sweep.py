@@ -195,9 +195,25 @@ def test_refit_best_trains_the_chosen_head_again_as_train_head_refit_does(syn_vi
         assert t[split]["loss"] == pytest.approx(m[split]["loss"], rel=1e-6, abs=0)
         assert t[split]["tta"]["accuracy"] == m[split]["tta"]["accuracy"]
     code, _, err = sweep(capsys, "--cache", syn_views, "--runs-dir", tmp_path, "--name", "plain", "--epochs", "3",
-                         "--param", "dropout=0.2,0.6", "--param", "lr=0.0003,0.01")
+                         "--param", "dropout=0.2,0.6", "--param", "lr=0.0003,0.01", "--no-refit")
     plain = json.load(open(tmp_path / "plain-best" / "metrics.json"))
     assert plain["val"] == m["val"] and plain["test"]["loss"] != pytest.approx(m["test"]["loss"], rel=1e-6)
+
+
+def test_refit_auto_in_a_sweep_refits_the_configuration_chosen(syn_views, tmp_path, capsys):
+    """refit=auto (the default) on few training rows: each configuration trained and ranked as without a
+    refit (a hidden-layer one, trained alone, too), then the one chosen refit, as --refit-best does."""
+    args = ["--cache", syn_views, "--runs-dir", tmp_path, "--epochs", "3", "--param", "dropout=0.2,0.6",
+            "--param", "hidden=0,8"]
+    code, _, err = sweep(capsys, *args, "--name", "auto")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "auto" / "results.csv")))
+    assert {r["refit"] for r in rows} == {"auto"} and {r["refit_used"] for r in rows} == {"False"}
+    m = json.load(open(tmp_path / "auto-best" / "metrics.json"))
+    assert m["hyperparameters"]["refit"] is True and "refit=auto" in m["refit"]
+    code, _, err = sweep(capsys, *args, "--name", "best", "--no-refit", "--refit-best")
+    b = json.load(open(tmp_path / "best-best" / "metrics.json"))
+    assert code == 0 and b["val"] == m["val"] and b["test"] == m["test"]
 
 
 def test_refit_best_of_a_logreg_sweep_and_of_a_best_that_refits_already(syn, tmp_path, capsys):

@@ -14,7 +14,7 @@ def train(capsys, *args):
 
 def test_softmax_run_folder(syn, tmp_path, capsys):
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r1", "--epochs", "4",
-                           "--lr", "0.01", "--head-batch-size", "50")
+                           "--lr", "0.01", "--head-batch-size", "50", "--no-refit")
     assert code == 0 and out[-1] == str(tmp_path / "r1")
     files = set(os.listdir(out[-1]))
     assert files == {"metrics.json", "head.keras", "history.csv", "learning_curves.png", "confusion_matrix.png"}
@@ -48,6 +48,22 @@ def test_default_lr_is_auto_and_the_run_records_the_rate_it_came_to(syn, tmp_pat
     assert code == 0, err
     m = json.load(open(tmp_path / "lr" / "metrics.json"))["hyperparameters"]
     assert m["lr"] == "auto" and m["lr_used"] == 1e-3 and "lr=auto (0.001)" in err
+
+
+def test_default_refit_is_auto_and_the_run_says_whether_it_refit(syn, tmp_path, capsys, monkeypatch):
+    """`syn`'s 540 training rows are fewer than AUTO_REFIT_ROWS: the default head is refit on train + validation
+    (its validation probabilities as chosen kept, as any refit run's); where they are not, it is not."""
+    from pipeline.heads import config
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "few", "--epochs", "2", "--quiet")
+    assert code == 0, err
+    m = json.load(open(tmp_path / "few" / "metrics.json"))["hyperparameters"]
+    assert m["refit"] == "auto" and m["refit_used"] is True and "refit=auto (True)" in err
+    assert os.path.exists(tmp_path / "few" / "val_proba.npy")
+    monkeypatch.setattr(config, "AUTO_REFIT_ROWS", 540)
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "many", "--epochs", "2", "--quiet")
+    m = json.load(open(tmp_path / "many" / "metrics.json"))["hyperparameters"]
+    assert code == 0 and m["refit_used"] is False and "refit=auto (False)" in err
+    assert not os.path.exists(tmp_path / "many" / "val_proba.npy")
 
 
 def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
@@ -223,7 +239,8 @@ def test_a_full_disk_while_writing_the_run_is_one_line_and_leaves_nothing(syn, t
     def full(*a):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(runs, "write_history", full)
-    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r", "--epochs", "2", "--quiet")
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "r", "--epochs", "2", "--quiet",
+                           "--no-refit")                     # a refit says so on a line of its own
     assert is_one_line_error(code, err, f"no space left on the device while writing {tmp_path / 'r'}")
     assert "runs_dir" in err and os.listdir(tmp_path) == []
 
