@@ -31,8 +31,8 @@ TARBALL_IMAGES = 60_000         # --full: Keras' python batches of CIFAR-10's si
 
 
 def run_cli(args: list) -> dict:
-    """Run `python -m pipeline ...` as a fresh process; return its run's timings, wall time and the
-    head's selection record (the C or l2 search), if any."""
+    """Run `python -m pipeline ...` as a fresh process; return its run's timings, wall time, the
+    head's selection record (the C or l2 search), if any, and whether it was refit (a softmax head)."""
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -41,7 +41,8 @@ def run_cli(args: list) -> dict:
     run = proc.stdout.strip().splitlines()[-1]
     with open(os.path.join(run, "metrics.json")) as f:
         metrics = json.load(f)
-    return {"wall_s": wall, **metrics["timings"], "selection": metrics.get("selection")}
+    return {"wall_s": wall, **metrics["timings"], "selection": metrics.get("selection"),
+            "refit_used": metrics["hyperparameters"].get("refit_used")}
 
 
 def median_time(fn, repeats):
@@ -96,13 +97,13 @@ def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: flo
         return path
 
     def train(name, cache, *extra, head="softmax"):
-        epochs = ["--epochs", str(EPOCHS)] if head == "softmax" else []     # a softmax option: logreg refuses it
-        return run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", name, "--head", head, *epochs, *extra])
+        fixed = ["--epochs", str(EPOCHS), "--no-refit"] if head == "softmax" else []   # the row's head whatever --head-rows
+        return run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", name, "--head", head, *fixed, *extra])
     subprocess.run([sys.executable, "-m", "pipeline.heads.kernels"], check=True, capture_output=True)  # compiled once, untimed
     cache = verified_cache("syn.h5", rows, rows // 5, dim=dim, separation=0.03)
     out = {"rows": rows, "dim": dim, "conv_dim": conv_dim, "softmax": train("softmax", cache),
            "logreg": train("logreg", cache, head="logreg"),
-           "sweep24": run_cli(["sweep", "--cache", cache, "--runs-dir", runs, "--name", "sweep", "--epochs", str(EPOCHS),
+           "sweep24": run_cli(["sweep", "--cache", cache, "--runs-dir", runs, "--name", "sweep", "--epochs", str(EPOCHS), "--no-refit",
                                *(a for p in SWEEP for a in ("--param", p))])}
     out["softmax"].update(softmax_floor(train_rows, dim, 4, gflops, gbps))
     out["sweep24"].update(softmax_floor(train_rows, dim, 4, gflops, gbps, heads=24))

@@ -10,6 +10,7 @@ def test_full_stage_two_rows_on_tiny_caches(tmp_path, monkeypatch):
             "tarball_identity"} <= set(s2)
     for row in ("softmax", "softmax_conv", "softmax_views", "sweep24"):
         assert s2[row]["train_s"] > 0 and s2[row]["floor_s"] > 0
+        assert s2[row]["refit_used"] is False and "refit_s" not in s2[row]    # timed as labelled: 20 passes, no refit
     assert s2["sweep24"]["flops"] == 24 * s2["softmax"]["flops"]
     assert s2["softmax_views"]["flops"] == s2["softmax"]["flops"] * 6 * 12 // 16     # 6 views of 12 values
     assert s2["c_search"]["selection"]["chosen_C"] > 0 and s2["c_search"]["selection"]["seconds_per_fit"] >= 0
