@@ -77,8 +77,9 @@ def read_members(runs: list) -> list[dict]:
         hp = metrics.get("hyperparameters")
         if not isinstance(hp, dict) or not os.path.isfile(os.path.join(run, "head.keras")):
             raise refuse("no hyperparameters in metrics.json or no head.keras")
-        out.append({"run": os.path.abspath(run), "kind": metrics["head"], "hyperparameters": hp,
-                    "refit": refits(hp) or hp.get("refit_used") is True or bool(metrics.get("selection")), "metrics": metrics,
+        refit = refits(hp) or hp.get("refit_used") is True or bool(metrics.get("selection"))   # refit="auto": as it did
+        out.append({"run": os.path.abspath(run), "kind": metrics["head"], "hyperparameters": hp, "refit": refit,
+                    "metrics": metrics,
                     "head": read_head(os.path.join(run, "head.keras")), "refuse": refuse})
     want = split_of(out[0])
     for m in out[1:]:

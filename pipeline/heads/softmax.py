@@ -74,11 +74,11 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         encode = lambda v: _encode(classes, v)  # noqa: E731
         yk, yv = encode(y), None if y_val is None else encode(y_val)
         has_val = X_val is not None and len(X_val) > 0
-        if (self.refit != "auto" and self.refit or self.l2 == "auto") and not has_val:
+        asked = self.l2 == "auto" or self.refit != "auto" and bool(self.refit)      # a refit whatever the rows
+        if asked and not has_val:
             raise ValueError(("l2='auto' chooses the penalty" if self.l2 == "auto" else "refit=True scores the head")
                              + " on validation data; pass X_val and y_val (--val-fraction > 0)")
-        n_rows = len(X) if rows is None else len(rows)
-        refit = self.l2 == "auto" or has_val and refit_for(self.refit, n_rows)
+        refit = asked or has_val and refit_for(self.refit, len(X) if rows is None else len(rows))
         if self.hidden and self.l2 == "auto":
             raise ValueError("l2='auto' trains linear heads only; pass a number for l2 with hidden > 0, or hidden=0")
         self.classes_, self.val_proba_, self.selection_, self.before_refit_ = classes, None, None, None
@@ -189,7 +189,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
 
     def trained_with(self) -> dict:
         """What the "auto" settings came to in this fit, as runs, sweeps and studies record it."""
-        return {"epochs_trained": self.epochs_, "lr_used": self.lr_, "refit_used": getattr(self, "before_refit_", None) is not None}
+        return {"epochs_trained": self.epochs_, "lr_used": self.lr_,
+                "refit_used": getattr(self, "before_refit_", None) is not None}
 
     def predict_proba(self, X) -> np.ndarray:
         """N x C probabilities (float64), columns in the order of classes_."""

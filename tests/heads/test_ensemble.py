@@ -115,6 +115,19 @@ def test_a_refit_member_is_validated_as_it_was_chosen(members, syn_views, tmp_pa
     assert is_one_line_error(code, err, "val_proba.npy is a link") and not os.path.exists(tmp_path / "e3"), err
 
 
+def test_a_member_refit_by_refit_auto_is_validated_as_it_was_chosen(members, syn_views, tmp_path, capsys):
+    """A run at the defaults on few rows was refit (refit=auto, refit_used): a refit member, as --refit's."""
+    from conftest import run_cli
+    assert run_cli("train-head", "--cache", syn_views, "--runs-dir", tmp_path, "--name", "auto", "--epochs", "3",
+                   "--quiet") == 0
+    hp = json.load(open(tmp_path / "auto" / "metrics.json"))["hyperparameters"]
+    assert hp["refit"] == "auto" and hp["refit_used"] is True
+    code, _, err = run_captured(capsys, "ensemble", "--run", members / "soft", "--run", tmp_path / "auto", "--cache",
+                                syn_views, "--runs-dir", tmp_path, "--name", "e")
+    m = json.load(open(tmp_path / "e" / "metrics.json"))
+    assert code == 0 and [x["refit"] for x in m["members"]] == [False, True] and m["val"]["n"] > 0, err
+
+
 def test_members_must_share_cache_split_and_be_single_heads(members, syn_views, syn, tmp_path, capsys):
     other = train(capsys, syn, tmp_path / "o", "other")
     seeded = train(capsys, syn_views, tmp_path / "o", "seeded", "--seed", "1")
