@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refit-best", action="store_true",
                    help="train the configuration best on validation again on train + validation (every view) before "
                         "its test score: the protocol's refit for the one chosen head, where --param refit=true refits "
-                        "every configuration (default: off; refit=auto, the default, does it where the training rows "
+                        "every configuration (default: off; refit=auto, the default, does it where the labelled images "
                         "are few)")
     e = sub.add_parser("ensemble", help="one classifier from heads trained on one cache: the mean of their "
                        "probabilities, scored and written as a run folder of its own")

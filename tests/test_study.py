@@ -130,11 +130,11 @@ def test_a_row_with_an_auto_setting_is_keyed_by_its_rule(monkeypatch):
     o = RunOptions()
     rows = [{"epochs": "auto"}, {"lr": "auto"}, {"refit": "auto"}, {"epochs": 20, "lr": 0.001, "refit": False}]
     before = [row_tag("c.h5", "softmax", p, o) for p in rows]
-    for name, value in (("AUTO_STEPS", 2000), ("AUTO_LR_WIDTH", 512), ("AUTO_REFIT_ROWS", 1000)):
+    for name, value in (("AUTO_STEPS", 2000), ("AUTO_LR_WIDTH", 512), ("AUTO_REFIT_IMAGES", 1000)):
         monkeypatch.setattr(config, name, value)
         after = [row_tag("c.h5", "softmax", p, o) for p in rows]
         changed = [b != a for b, a in zip(before, after)]
-        assert changed == [name == "AUTO_STEPS", name == "AUTO_LR_WIDTH", name == "AUTO_REFIT_ROWS", False], name
+        assert changed == [name == "AUTO_STEPS", name == "AUTO_LR_WIDTH", name == "AUTO_REFIT_IMAGES", False], name
         monkeypatch.undo()
 
 

@@ -64,8 +64,7 @@ class Param:
 SOFTMAX, LOGREG = ("softmax",), ("logreg",)
 AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS = 20, 1000, 200   # epochs="auto": the notebook's 20 passes, more on few rows
                                                            # until a run makes 1,000 Adam steps, at most 200 passes
-AUTO_REFIT_ROWS = 12_500   # refit="auto": refit where the training rows are fewer: there epochs="auto" makes its minimum
-                           # 1,000 steps (at the default batch), so the refit costs the same seconds however few the rows
+AUTO_REFIT_IMAGES = 10_000  # refit="auto": refit where the labelled images (train + validation) are at most this many
 AUTO_LR, AUTO_LR_WIDTH = 1e-3, 1280   # lr="auto": Adam's 1e-3 up to 1,280 features (pooled layers), beyond it
                                       # 1e-3 * sqrt(1,280 / width): 8,192 values 4.0e-4, 10,240 3.5e-4, 25,088 2.3e-4
 NORMALIZE = ("none", "l2", "sqrt-l2")
@@ -92,9 +91,9 @@ PARAMS = {
                     "by Keras' own train step", 0, 1 << 16, "both", heads=SOFTMAX),
     "refit": Param("auto", bool, "softmax: after training on train and scoring on validation, train the same head "
                    "again on train + validation for the epochs it was scored at, the protocol's second half (twice "
-                   f"the time; l2=auto always refits); auto: where the training rows are fewer than {AUTO_REFIT_ROWS:,} "
-                   "(in a sweep: the configuration chosen) (README, 'Refit on small data'); validation figures are "
-                   "those before the refit", auto=True, heads=SOFTMAX),
+                   f"the time; l2=auto always refits); auto: where the labelled images (train + validation) are at "
+                   f"most {AUTO_REFIT_IMAGES:,} (in a sweep: the configuration chosen) (README, 'Refit on small data'); "
+                   "validation figures are those before the refit", auto=True, heads=SOFTMAX),
     "epochs": Param("auto", int, f"softmax: passes over the training rows, or auto: {AUTO_EPOCHS}, and more where the "
                     f"rows are few so that a run makes at least {AUTO_STEPS:,} steps, at most {AUTO_MAX_EPOCHS} passes "
                     "(README, 'Epochs on small data')", 1, None, "left", auto=True, heads=SOFTMAX),
@@ -129,20 +128,21 @@ def epochs_for(epochs, n_rows: int, batch_size: int) -> int:
     return max(AUTO_EPOCHS, min(AUTO_MAX_EPOCHS, -(-AUTO_STEPS // steps_per_epoch)))
 
 
-def refit_for(refit, n_rows: int) -> bool:
-    """Whether a softmax head trained on n_rows rows is refit on train + validation: `refit`, or for "auto"
-    where the rows are fewer than AUTO_REFIT_ROWS (below it one-ninth more labelled images was worth 0.4-0.6
-    points and the refit costs seconds; at 22,500 and 40,500 rows it measured nothing for twice the time)."""
+def refit_for(refit, n_labelled: int) -> bool:
+    """Whether a softmax head is refit on train + validation: `refit`, or for "auto" where its labelled images
+    (train + validation; a cache's views are not more images) are at most AUTO_REFIT_IMAGES: up to 5,000 the
+    refit's one-ninth more images was worth 0.4-0.6 points with views and without, at 10,000 on one view too;
+    at 10,000 with six views, 25,000 and 45,000 it measured nothing for twice the time (README)."""
     if refit != "auto":
         return bool(refit)
-    return int(n_rows) < AUTO_REFIT_ROWS
+    return int(n_labelled) <= AUTO_REFIT_IMAGES
 
 
 def auto_rules(params: dict) -> dict:
     """The constants of the rules that the parameters set to "auto" follow (epochs_for, lr_for, refit_for), by
     parameter: what such a head's result depends on besides the data, so a study keys its rows by it."""
     rules = {"epochs": [AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS], "lr": [AUTO_LR, AUTO_LR_WIDTH],
-             "refit": [AUTO_REFIT_ROWS]}
+             "refit": [AUTO_REFIT_IMAGES]}
     return {name: rule for name, rule in rules.items() if params.get(name) == "auto"}
 
 
@@ -251,6 +251,6 @@ def head_params(kind: str, values: dict) -> dict:
 def refits(params: dict) -> bool:
     """Whether a head with these parameters is refit on train + validation after it is chosen, whatever the
     data: refit=True, or a value chosen on validation (l2 or C "auto"). refit="auto" is decided by the
-    training rows (refit_for): not here."""
+    labelled images (refit_for): not here."""
     refit = params.get("refit")
     return refit != "auto" and bool(refit) or "auto" in (params.get("l2"), params.get("C"))

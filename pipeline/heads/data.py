@@ -54,6 +54,10 @@ class TrainingData:
         return {"train": (self.X, self.y, self.originals(self.rows_train)), "val": (self.X, self.y, self.rows_val),
                 "test": (self.X_test, self.y_test, np.arange(0, len(self.y_test), self.views))}
 
+    def labelled_images(self) -> int:
+        """The training and validation images (not their views): what a refit adds up to."""
+        return len(self.rows_train) // self.views + len(self.rows_val)
+
     def train_and_val_rows(self) -> np.ndarray:
         """Every view's row of the training and the validation images: what a refit trains on."""
         return np.sort(np.concatenate([self.rows_train, self.views_of(self.rows_val)]))

@@ -36,8 +36,8 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
     (lr_schedule), `epochs` passes in batches of `batch_size` ("auto": 20, more on few rows so that a run
     makes at least 1,000 steps, at most 200: config.epochs_for).
     l2 may be "auto" (chosen on X_val, then refit on train + validation); refit: train on X, score on X_val,
-    then train the same head again on train + validation (as l2="auto" does); "auto": where the training rows
-    are few (config.refit_for) and there is validation data; early_stopping: stop when the
+    then train the same head again on train + validation (as l2="auto" does); "auto": where the labelled rows
+    (X[rows] and X_val) are few (config.refit_for) and there is validation data; early_stopping: stop when the
     validation loss has not improved for `patience` epochs and keep the best epoch's weights;
     normalize: "none", "l2" or "sqrt-l2" per layer block of `blocks` (widths; None: one block), first;
     standardize: scale features by the training rows' mean and standard deviation (inside the saved
@@ -78,7 +78,7 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
         if asked and not has_val:
             raise ValueError(("l2='auto' chooses the penalty" if self.l2 == "auto" else "refit=True scores the head")
                              + " on validation data; pass X_val and y_val (--val-fraction > 0)")
-        refit = asked or has_val and refit_for(self.refit, len(X) if rows is None else len(rows))
+        refit = asked or has_val and refit_for(self.refit, (len(X) if rows is None else len(rows)) + len(X_val))
         if self.hidden and self.l2 == "auto":
             raise ValueError("l2='auto' trains linear heads only; pass a number for l2 with hidden > 0, or hidden=0")
         self.classes_, self.val_proba_, self.selection_, self.before_refit_ = classes, None, None, None

@@ -15,7 +15,7 @@ import tomllib
 
 
 from ..errors import PipelineError, SettingError
-from .config import AUTO_REFIT_ROWS, HEAD_PARAMS, RunOptions, check_param, key_values, refit_for, refits
+from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, RunOptions, check_param, key_values, refit_for, refits
 from .data import TrainingData
 from ..durable import write_json
 from .runs import KIND_FILE, new_run_dir, png_figure, write_folder, write_results
@@ -175,7 +175,7 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
     log.info(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}")
     best = rows[0]
     params, chosen, more = {p: best[p] for p in HEAD_PARAMS[head]}, trained[best["_i"]], None
-    auto = head == "softmax" and params["refit"] == "auto" and refit_for("auto", len(data.rows_train))
+    auto = head == "softmax" and params["refit"] == "auto" and refit_for("auto", data.labelled_images())
     if (refit_best or auto) and not refits(params):
         t = time.perf_counter()
         log.info(f"{head} head: the configuration best on validation, refit on train + validation")
@@ -183,6 +183,6 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
         timings["refit_s"] = time.perf_counter() - t
         params = dict(params, refit=True) if head == "softmax" else params
         more = {"refit": "the configuration best on validation, trained again on train + validation after the sweep"
-                + ("" if refit_best else f" (refit=auto: fewer than {AUTO_REFIT_ROWS:,} training rows)")}
+                + ("" if refit_best else f" (refit=auto: at most {AUTO_REFIT_IMAGES:,} labelled images)")}
     run = finish_run(data, head, params, chosen, opts, timings, name=os.path.basename(best_dir), more=more)
     return folder, run

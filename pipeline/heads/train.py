@@ -10,7 +10,7 @@ import os
 import time
 
 from ..errors import PipelineError
-from .config import RunOptions
+from .config import RunOptions, refit_for
 from .data import TrainingData
 from .logreg import LogRegHead
 from .runs import evaluate, new_run_dir, summary_table, write_run
@@ -23,14 +23,16 @@ REFIT_VALIDATION = 2    # how a refit head's validation is scored (split_proba);
 
 
 def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
-    """An unfitted head of `kind` with `params`, knowing every class of the cache and its layer blocks."""
+    """An unfitted head of `kind` with `params`, knowing every class of the cache and its layer blocks;
+    refit="auto" decided here by the labelled images (a head counts rows, and a cache's views are rows)."""
     classes, blocks = list(range(len(data.class_names))), data.blocks()
     if kind == "softmax":
         return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], l2=params["l2"], epochs=params["epochs"],
                            batch_size=params["batch_size"], standardize=params["standardize"],
                            early_stopping=opts.early_stopping, patience=opts.patience, seed=opts.seed, classes=classes,
                            normalize=params["normalize"], blocks=blocks, init=params["init"],
-                           lr_schedule=params["lr_schedule"], hidden=params["hidden"], refit=params["refit"])
+                           lr_schedule=params["lr_schedule"], hidden=params["hidden"],
+                           refit=refit_for(params["refit"], data.labelled_images()))
     return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes,
                       normalize=params["normalize"], blocks=blocks)
 

@@ -53,14 +53,15 @@ def test_epochs_auto_is_20_or_enough_passes_for_1000_steps_and_a_refit_makes_as_
 
 
 def test_refit_auto_refits_where_the_training_rows_are_few_and_there_is_validation(easy, monkeypatch):
-    """refit="auto" (the default): refit below config.AUTO_REFIT_ROWS training rows, the same head as refit=True;
-    not at or above it, the same head as refit=False; never without validation data (and no error then)."""
+    """refit="auto" (the default): refit up to config.AUTO_REFIT_IMAGES labelled rows (training and validation),
+    the same head as refit=True; beyond it, the same head as refit=False; never without validation data (and
+    no error then)."""
     from pipeline.heads import config
-    from pipeline.heads.config import AUTO_REFIT_ROWS, refit_for
-    assert [refit_for("auto", n) for n in (450, 4_500, 9_000, AUTO_REFIT_ROWS - 1, AUTO_REFIT_ROWS, 45_000)] == \
-        [True, True, True, True, False, False]
+    from pipeline.heads.config import AUTO_REFIT_IMAGES, refit_for
+    assert [refit_for("auto", n) for n in (500, 5_000, AUTO_REFIT_IMAGES, AUTO_REFIT_IMAGES + 1, 50_000)] == \
+        [True, True, True, False, False]
     assert refit_for(True, 10 ** 6) and not refit_for(False, 1)            # a true or false is what it says
-    X, y, Xv, yv = easy                                                    # 600 training rows
+    X, y, Xv, yv = easy                                                    # 600 training + 300 validation rows
     kw = dict(epochs=4, batch_size=100, seed=2)
     auto = SoftmaxHead(**kw).fit(X, y, Xv, yv)
     assert auto.get_params()["refit"] == "auto" and auto.before_refit_ is not None
@@ -68,7 +69,7 @@ def test_refit_auto_refits_where_the_training_rows_are_few_and_there_is_validati
     np.testing.assert_array_equal(auto.coef_, SoftmaxHead(refit=True, **kw).fit(X, y, Xv, yv).coef_)
     alone = SoftmaxHead(**kw).fit(X, y)                                    # no validation: nothing to refit on
     assert alone.before_refit_ is None and alone.trained_with()["refit_used"] is False
-    monkeypatch.setattr(config, "AUTO_REFIT_ROWS", 600)                    # 600 rows: not fewer
+    monkeypatch.setattr(config, "AUTO_REFIT_IMAGES", 899)                  # 900 labelled rows: more
     many = SoftmaxHead(**kw).fit(X, y, Xv, yv)
     assert many.before_refit_ is None and many.trained_with()["refit_used"] is False
     np.testing.assert_array_equal(many.coef_, SoftmaxHead(refit=False, **kw).fit(X, y, Xv, yv).coef_)

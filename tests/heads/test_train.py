@@ -50,20 +50,27 @@ def test_default_lr_is_auto_and_the_run_records_the_rate_it_came_to(syn, tmp_pat
     assert m["lr"] == "auto" and m["lr_used"] == 1e-3 and "lr=auto (0.001)" in err
 
 
-def test_default_refit_is_auto_and_the_run_says_whether_it_refit(syn, tmp_path, capsys, monkeypatch):
-    """`syn`'s 540 training rows are fewer than AUTO_REFIT_ROWS: the default head is refit on train + validation
-    (its validation probabilities as chosen kept, as any refit run's); where they are not, it is not."""
+def test_default_refit_is_auto_and_the_run_says_whether_it_refit(syn, syn_views, tmp_path, capsys, monkeypatch):
+    """`syn`'s 600 labelled images are at most AUTO_REFIT_IMAGES: the default head is refit on train + validation
+    (its validation probabilities as chosen kept, as any refit run's); where they are more, it is not. A cache's
+    views are not more images: 3 views of 400 labelled images refit at 400, though they are 1,200 rows."""
     from pipeline.heads import config
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "few", "--epochs", "2", "--quiet")
     assert code == 0, err
     m = json.load(open(tmp_path / "few" / "metrics.json"))["hyperparameters"]
     assert m["refit"] == "auto" and m["refit_used"] is True and "refit=auto (True)" in err
     assert os.path.exists(tmp_path / "few" / "val_proba.npy")
-    monkeypatch.setattr(config, "AUTO_REFIT_ROWS", 540)
+    monkeypatch.setattr(config, "AUTO_REFIT_IMAGES", 599)
     code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "many", "--epochs", "2", "--quiet")
     m = json.load(open(tmp_path / "many" / "metrics.json"))["hyperparameters"]
     assert code == 0 and m["refit_used"] is False and "refit=auto (False)" in err
     assert not os.path.exists(tmp_path / "many" / "val_proba.npy")
+    monkeypatch.setattr(config, "AUTO_REFIT_IMAGES", 400)
+    code, out, err = train(capsys, "--cache", syn_views, "--runs-dir", tmp_path, "--name", "views", "--epochs", "2",
+                           "--quiet")
+    m = json.load(open(tmp_path / "views" / "metrics.json"))
+    assert code == 0 and m["views"] == 3 and m["train"]["n"] + m["val"]["n"] == 400, err
+    assert m["hyperparameters"]["refit_used"] is True
 
 
 def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
