@@ -24,15 +24,18 @@ REFIT_VALIDATION = 2    # how a refit head's validation is scored (split_proba);
 
 def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
     """An unfitted head of `kind` with `params`, knowing every class of the cache and its layer blocks;
-    refit="auto" decided here by the labelled images (a head counts rows, and a cache's views are rows)."""
+    refit="auto" decided here by the labelled images (a head counts rows, and a cache's views are rows); none
+    without validation images, as the head itself decides."""
     classes, blocks = list(range(len(data.class_names))), data.blocks()
+    refit = params.get("refit")
+    if refit == "auto":
+        refit = len(data.rows_val) > 0 and refit_for(refit, data.labelled_images())
     if kind == "softmax":
         return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], l2=params["l2"], epochs=params["epochs"],
                            batch_size=params["batch_size"], standardize=params["standardize"],
                            early_stopping=opts.early_stopping, patience=opts.patience, seed=opts.seed, classes=classes,
                            normalize=params["normalize"], blocks=blocks, init=params["init"],
-                           lr_schedule=params["lr_schedule"], hidden=params["hidden"],
-                           refit=refit_for(params["refit"], data.labelled_images()))
+                           lr_schedule=params["lr_schedule"], hidden=params["hidden"], refit=refit)
     return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes,
                       normalize=params["normalize"], blocks=blocks)
 

@@ -71,6 +71,10 @@ def test_default_refit_is_auto_and_the_run_says_whether_it_refit(syn, syn_views,
     m = json.load(open(tmp_path / "views" / "metrics.json"))
     assert code == 0 and m["views"] == 3 and m["train"]["n"] + m["val"]["n"] == 400, err
     assert m["hyperparameters"]["refit_used"] is True
+    code, out, err = train(capsys, "--cache", syn, "--runs-dir", tmp_path, "--name", "none", "--epochs", "2", "--quiet",
+                           "--val-fraction", "0")                 # no validation images: nothing to refit on
+    m = json.load(open(tmp_path / "none" / "metrics.json"))["hyperparameters"]
+    assert code == 0 and m["refit"] == "auto" and m["refit_used"] is False, err
 
 
 def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
