@@ -15,13 +15,13 @@ import tomllib
 
 
 from ..errors import PipelineError, SettingError
-from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, RunOptions, check_param, key_values, refit_for, refits
+from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, RunOptions, check_param, key_values, refits
 from .data import TrainingData
 from ..durable import write_json
 from .runs import KIND_FILE, new_run_dir, png_figure, write_folder, write_results
 from .joint import JointSoftmax
 from .softmax import SoftmaxHead
-from .train import finish_run, fit_head, make_head, split_proba
+from .train import finish_run, fit_head, make_head, refit_auto, split_proba
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
     log.info(f"sweep {folder}: {len(configs)} {head} configurations in {timings['train_s']:.1f} s\n{table}")
     best = rows[0]
     params, chosen, more = {p: best[p] for p in HEAD_PARAMS[head]}, trained[best["_i"]], None
-    auto = head == "softmax" and params["refit"] == "auto" and refit_for("auto", data.labelled_images())
+    auto = head == "softmax" and params["refit"] == "auto" and refit_auto(data)
     if (refit_best or auto) and not refits(params):
         t = time.perf_counter()
         log.info(f"{head} head: the configuration best on validation, refit on train + validation")

@@ -24,12 +24,9 @@ REFIT_VALIDATION = 2    # how a refit head's validation is scored (split_proba);
 
 def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
     """An unfitted head of `kind` with `params`, knowing every class of the cache and its layer blocks;
-    refit="auto" decided here by the labelled images (a head counts rows, and a cache's views are rows); none
-    without validation images, as the head itself decides."""
+    refit="auto" decided here (refit_auto)."""
     classes, blocks = list(range(len(data.class_names))), data.blocks()
-    refit = params.get("refit")
-    if refit == "auto":
-        refit = len(data.rows_val) > 0 and refit_for(refit, data.labelled_images())
+    refit = refit_auto(data) if params.get("refit") == "auto" else params.get("refit")
     if kind == "softmax":
         return SoftmaxHead(dropout=params["dropout"], lr=params["lr"], l2=params["l2"], epochs=params["epochs"],
                            batch_size=params["batch_size"], standardize=params["standardize"],
@@ -38,6 +35,12 @@ def make_head(kind: str, params: dict, opts: RunOptions, data: TrainingData):
                            lr_schedule=params["lr_schedule"], hidden=params["hidden"], refit=refit)
     return LogRegHead(C=params["C"], max_iter=params["max_iter"], seed=opts.seed, classes=classes,
                       normalize=params["normalize"], blocks=blocks)
+
+
+def refit_auto(data: TrainingData) -> bool:
+    """What refit="auto" comes to on `data`: by its labelled images (config.refit_for; a head counts rows, and a
+    cache's views are rows), never without validation images (as the head itself decides)."""
+    return len(data.rows_val) > 0 and refit_for("auto", data.labelled_images())
 
 
 def fit_head(head, data: TrainingData):
