@@ -66,11 +66,10 @@ def cmd_study(args):
             raise PipelineError(f"study: {flag} is not a study option (caches come from the feature options and "
                                 "--grid, head kinds from --heads); remove it")
     opts = run_options(args)
-    axes, heads, sizes = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
+    axes, heads, runs = parse_grid(args.grid, [h.strip() for h in args.heads.split(",") if h.strip()])
     check_typed_head_options(args, list(heads), "--heads")
     base = {**head_params("softmax", vars(args)), **head_params("logreg", vars(args))}
-    print(run_study(feature_config(args), axes, heads, base, opts, quiet=args.quiet,
-                    train_sizes=sizes))
+    print(run_study(feature_config(args), axes, heads, base, opts, quiet=args.quiet, runs=runs))
 
 
 def cmd_ensemble(args):
@@ -157,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--heads", default="softmax,logreg", help="head kinds to train on every cache (default %(default)s)")
     st.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="an axis of the grid: a stage-one setting (interpolation, image_size, layer, pooling, views, "
-                         "...; layer and views values separated by ;) or a head parameter (repeatable; default: none)")
+                         "...; layer and views values separated by ;), a head parameter, train_images (a learning "
+                         "curve) or seed (repeats, ranked by their mean) (repeatable; default: none)")
     add_run_options(st)
     st.set_defaults(func=cmd_study, exit_fast=True, head=None)     # --head given to study is refused
     s = sub.choices["sweep"]

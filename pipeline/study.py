@@ -6,7 +6,10 @@ interval against cost (extraction img/s, cache MB, head seconds).
 
 The best configuration is chosen on validation (with test-time augmentation when the cache has
 views), never on test; its head is written as a run folder `<study>-best`. A killed study resumes:
-built caches are hits and every finished (cache, head) row is kept in `<study>/rows/`.
+built caches are hits and every finished (cache, head) row is kept in `<study>/rows/`. Two run
+options are axes too: train_images=N1,N2 (a learning curve) and seed=S1,S2 (repeats: other validation
+splits, subsets, initial weights and dropout draws), where a configuration is ranked by its mean over the
+seeds and every row carries that mean and spread.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import json
 import logging
 import os
 import time
+
+import numpy as np
 
 from .durable import make_folder, write_json, writing
 from .hashing import tag
@@ -34,17 +39,21 @@ from .study_report import accuracy, describe, plot_learning_curve, plot_study, w
 log = logging.getLogger(__name__)
 
 FEATURE_AXES = tuple(axes())   # the stage-one settings a grid may vary, as features/config.py declares them
+RUN_AXES = ("train_images", "seed")   # run options a grid may vary: the training-set size, the seed (repeats)
 RESUME = "re-run the same command: built caches and finished rows are kept"   # after a failed write
 
 
-def parse_grid(items: list, heads: list) -> tuple[dict, dict, list]:
-    """({stage-one setting: [values]}, {head: {param: [values]}}, [training-set sizes]) from `KEY=V1,V2`
-    items; `heads` the kinds. train_images=N1,N2 is a learning curve: heads on stratified subsets."""
-    features, params, sizes, settings = {}, {}, [], axes()
+def parse_grid(items: list, heads: list) -> tuple[dict, dict, dict]:
+    """({stage-one setting: [values]}, {head: {param: [values]}}, {run option: [values]}) from `KEY=V1,V2`
+    items; `heads` the kinds. train_images=N1,N2 is a learning curve (heads on stratified subsets, smallest
+    first), seed=S1,S2 repeats every row with each seed (in the order given)."""
+    features, params, runs, settings = {}, {}, {}, axes()
     for item in items:
         key, values = key_values(item, "grid", lambda k: settings[k].metadata["comma_list"] if k in settings else False)
-        if key == "train_images":
-            sizes = sorted(set(check_param(key, v) for v in values))
+        if key in RUN_AXES:
+            runs[key] = list(dict.fromkeys(check_param(key, v) for v in values))
+            if key == "train_images":
+                runs[key].sort()
         elif key in settings:
             parse = settings[key].metadata["parse"]
             try:
@@ -54,8 +63,8 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict, list]:
         elif any(key in HEAD_PARAMS[h] for h in heads):
             params[key] = values
         else:
-            raise SettingError("grid", f"{key}: unknown; expected a stage-one setting ({', '.join(FEATURE_AXES)}) "
-                               f"or a parameter of the {'/'.join(heads)} head(s)", "study")
+            raise SettingError("grid", f"{key}: unknown; expected a stage-one setting ({', '.join(FEATURE_AXES)}), "
+                               f"{' or '.join(RUN_AXES)}, or a parameter of the {'/'.join(heads)} head(s)", "study")
     if not heads:
         raise SettingError("heads", "expected softmax and/or logreg, got none", "study")
     head_grids = {}
@@ -64,7 +73,7 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict, list]:
             raise SettingError("heads", f"expected softmax and/or logreg, got {h!r}", "study")
         head_grids[h] = {k: list(dict.fromkeys(check_param(k, v) for v in vs))    # 0.5 and .5 are one value
                          for k, vs in params.items() if k in HEAD_PARAMS[h]}
-    return features, head_grids, sizes
+    return features, head_grids, runs
 
 
 def feature_configs(base: FeatureConfig, axes: dict) -> list:
@@ -160,36 +169,41 @@ def _study_of(run_dir: str):
 
 
 def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, opts: RunOptions, quiet=False,
-              train_sizes: list | None = None) -> str:
-    """Build (or hit) every cache of the grid, train every head on each (on each training-set size of
-    `train_sizes`: a learning curve), write the table and plots."""
+              runs: dict | None = None) -> str:
+    """Build (or hit) every cache of the grid, train every head on each (with each value of the run axes
+    in `runs`: every training-set size of runs["train_images"], a learning curve; every seed of
+    runs["seed"]), write the table and plots."""
     if opts.val_fraction == 0:
         raise SettingError("val_fraction", "0: a study chooses its best configuration on validation data; use a "
                            "fraction > 0", "RunOptions")
     cfgs = feature_configs(base, axes)
     configs = head_configs(heads, base_params)
-    sizes = train_sizes or [opts.train_images]
+    runs = runs or {}
+    sizes, seeds = runs.get("train_images") or [opts.train_images], runs.get("seed") or [opts.seed]
     name = opts.name or "study-" + tag([[dataclasses.asdict(c) for c in cfgs], configs,
-                                         sorted(row_settings("softmax", opts).items())] + ([sizes] if train_sizes else []))
+                                         sorted(row_settings("softmax", opts).items())]
+                                        + ([sizes] if "train_images" in runs else [])
+                                        + ([{"seeds": seeds}] if "seed" in runs else []))
     folder, best_dir = os.path.join(opts.runs_dir, name), os.path.join(opts.runs_dir, f"{name}-best")
     _check_folders(folder, best_dir, name)
     make_folder(os.path.join(folder, "rows"), "runs_dir", "RunOptions")
     with writing(folder, "runs_dir", RESUME):
         write_json(os.path.join(folder, KIND_FILE), {"kind": "study"})
     log.info(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)"
-             + (f" x {len(sizes)} training-set sizes" if train_sizes else ""))
+             + (f" x {len(sizes)} training-set sizes" if "train_images" in runs else "")
+             + (f" x {len(seeds)} seeds" if "seed" in runs else ""))
     paths = extract_many(cfgs, quiet=quiet)                 # each distinct cache once; shared passes together
     rows, kept = [], {}         # kept: the best head trained in this run, so the best run need not train it again
     for i, (cfg, path) in enumerate(zip(cfgs, paths), 1):
         log.info(f"study: heads on cache {i}/{len(cfgs)} {os.path.basename(path)}")
         crow, data = _cache_row(path, cfg), None
-        for size, (kind, params) in itertools.product(sizes, configs):
-            o = dataclasses.replace(opts, train_images=size)
+        for size, seed, (kind, params) in itertools.product(sizes, seeds, configs):
+            o = dataclasses.replace(opts, train_images=size, seed=seed)
             row_id = row_tag(crow["cache"], kind, params, o)
             row = _finished_row(os.path.join(folder, "rows", f"{row_id}.json"), row_id)
             if row is None:
                 data = data or load_training_data(path, opts.val_fraction, opts.seed)
-                part = data.with_train_images(size, opts.seed, opts.val_fraction)
+                part = data.with_train_images(size, seed, opts.val_fraction)      # the split and subset of this seed
                 row, head = run_head(part, kind, params, o)
                 row = {**crow, **row, "views_k": data.views, "train_images": size,
                        "train_n": len(part.originals(part.rows_train)), "labelled_n": len(part.originals(
@@ -198,8 +212,8 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
                     write_json(os.path.join(folder, "rows", f"{row_id}.json"), row)
                 if not kept or accuracy(row, "val") > accuracy(kept["row"], "val"):
                     kept = {"row": row, "head": head, "data": part}
-            rows.append(row)
-    rows.sort(key=lambda r: -accuracy(r, "val"))          # selected as it is reported
+            rows.append({**row, "seed": seed})
+    rank_over_seeds(rows, seeds)                          # selected as it is reported
     for r in rows:
         for split in ("val", "test"):
             r[f"{split}_ci95"] = [round(v, 4) for v in wilson(accuracy(r, split), r[f"{split}_n"])]
@@ -210,7 +224,7 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
             plot_learning_curve(os.path.join(folder, "learning_curve.png"), rows)
     best = rows[0]
     if _study_of(best_dir) != (name, best["row"]):   # the best head as a run folder, ready for predict
-        opts = dataclasses.replace(opts, train_images=best.get("train_images"))
+        opts = dataclasses.replace(opts, train_images=best.get("train_images"), seed=best["seed"])
         params = {k[5:]: v for k, v in best.items() if k.startswith("head_") and k != "head_s"}
         if kept and kept["row"]["row"] == best["row"]:
             data, head = kept["data"], kept["head"]
@@ -223,6 +237,27 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
                        replace=True, more={"study": name, "study_row": best["row"]})
     log.info(f"study: best on validation: {describe(best)} -> {best_dir}")
     return folder
+
+
+def rank_over_seeds(rows: list, seeds: list):
+    """Sort `rows` best on validation first: each configuration (cache, head, its settings, training-set size)
+    by its validation accuracy averaged over `seeds`, its rows in the order of `seeds`; with several seeds
+    every row gets its configuration's seeds_n and the mean and standard deviation over them (val_seeds_mean,
+    test_seeds_mean, test_seeds_sd). One seed: the rows ranked on their own validation accuracy."""
+    def config(r):
+        return json.dumps([r["cache"], r["head"], r.get("train_images"),
+                           {k: v for k, v in r.items() if k.startswith("head_") and k != "head_s"}], sort_keys=True)
+    groups = {}
+    for r in rows:
+        groups.setdefault(config(r), []).append(r)
+    mean_val = {k: float(np.mean([accuracy(r, "val") for r in g])) for k, g in groups.items()}
+    if len(seeds) > 1:
+        for g in groups.values():
+            test = [accuracy(r, "test") for r in g]
+            for r in g:
+                r.update(seeds_n=len(g), val_seeds_mean=mean_val[config(r)], test_seeds_mean=float(np.mean(test)),
+                         test_seeds_sd=float(np.std(test, ddof=1)) if len(g) > 1 else None)
+    rows.sort(key=lambda r: (-mean_val[config(r)], seeds.index(r["seed"])))
 
 
 def _finished_row(path: str, row_id: str) -> dict | None:

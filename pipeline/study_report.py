@@ -29,18 +29,20 @@ def accuracy(row: dict, split: str) -> float:
 def describe(row: dict) -> str:
     acc = accuracy(row, "test")
     lo, hi = row["test_ci95"]
+    seeds = (f"; over {row['seeds_n']} seeds: validation {row['val_seeds_mean']:.1%}, test {row['test_seeds_mean']:.1%}"
+             f" +- {row['test_seeds_sd']:.1%} (SD)" if row.get("seeds_n") else "")
     return (f"{row['head']} on {row['cache']}: test {acc:.1%} (95% {lo:.1%}..{hi:.1%}"
-            f"{', TTA' if row.get('test_tta_accuracy') else ''})")
+            f"{', TTA' if row.get('test_tta_accuracy') else ''}{seeds})")
 
 
-COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "labelled_n", "train_n", "val_accuracy", "val_tta_accuracy", "test_accuracy",
-           "test_tta_accuracy", "test_ci95", "C_chosen", "l2_chosen", "epochs_trained", "lr_used", "refit_used", "extract_img_per_s", "cache_mb", "head_s"]
+COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "labelled_n", "train_n", "seed", "val_accuracy", "val_tta_accuracy",
+           "test_accuracy", "test_tta_accuracy", "test_ci95", "seeds_n", "val_seeds_mean", "test_seeds_mean", "test_seeds_sd", "C_chosen", "l2_chosen", "epochs_trained", "lr_used", "refit_used", "extract_img_per_s", "cache_mb", "head_s"]
 
 
 def _fmt(col: str, v) -> str:
     if v is None or v == "":
         return ""
-    if col.endswith("accuracy"):
+    if col.endswith(("accuracy", "_seeds_mean", "_seeds_sd")):
         return f"{v:.1%}"
     if col.endswith("ci95"):
         return f"{v[0]:.1%}..{v[1]:.1%}"
@@ -51,7 +53,8 @@ def write_tables(folder: str, rows: list):
     """results.csv (every field) and results.md (the columns people compare), best on validation first."""
     params = sorted(k for k in {k for r in rows for k in r if k.startswith("head_") and k != "head_s"}
                     if len({json.dumps(r.get(k)) for r in rows if k in r}) > 1 or k == "head_C")
-    cols = [c for c in COLUMNS[:5] + params + COLUMNS[5:] if any(r.get(c) not in (None, "") for r in rows)]
+    cols = [c for c in COLUMNS[:5] + params + COLUMNS[5:] if any(r.get(c) not in (None, "") for r in rows)
+            and (c != "seed" or len({r.get(c) for r in rows}) > 1)]              # the seed where it varies
     write_results(folder, rows, cols, _fmt, lambda c: c.removeprefix("head_") if c in params else c)
 
 
@@ -97,7 +100,7 @@ def _study_points(fig, rows: list):
 
 def plot_learning_curve(path: str, rows: list):
     """Test accuracy (95% interval) against the number of training images, a line per cache and head
-    configuration: what more data buys."""
+    configuration: what more data buys. With several seeds a point is their mean, its bar their range."""
     with png_figure(path, figsize=(8, 5), layout="tight") as fig:
         _learning_lines(fig, rows)
 
@@ -123,15 +126,23 @@ def _learning_lines(fig, rows: list):
         lines.setdefault(key, []).append(r)
     ax = fig.subplots()
     for i, (label, pts) in enumerate(zip(line_labels(list(lines)), lines.values())):
-        pts.sort(key=lambda r: r.get("labelled_n", r["train_n"]))
-        x = [r.get("labelled_n", r["train_n"]) for r in pts]
-        y = [accuracy(r, "test") for r in pts]
-        lo = [v - r["test_ci95"][0] for v, r in zip(y, pts)]
-        hi = [r["test_ci95"][1] - v for v, r in zip(y, pts)]
+        by_x = {}
+        for r in pts:
+            by_x.setdefault(r.get("labelled_n", r["train_n"]), []).append(r)
+        x = sorted(by_x)
+        y, lo, hi = [], [], []
+        for n in x:
+            accs = [accuracy(r, "test") for r in by_x[n]]
+            y.append(float(np.mean(accs)))
+            low, high = (by_x[n][0]["test_ci95"] if len(accs) == 1 else (min(accs), max(accs)))
+            lo.append(y[-1] - low)
+            hi.append(high - y[-1])
         ax.errorbar(x, y, yerr=[lo, hi], fmt="-o", ms=4, capsize=2, color=colormaps["tab20"](i % 20), label=label)
     ax.set_xscale("log")
     ax.set_xlabel("labelled images of the train split used, validation included (log)")
-    ax.set_ylabel("test accuracy, 95% interval (views averaged)")
+    ax.set_ylabel("test accuracy, " + ("mean and range over seeds" if len({r.get("seed") for r in rows}) > 1
+                                       else "95% interval") + " (views averaged)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"learning curve ({rows[0]['test_n']} test images)")
+    n_seeds = len({r.get("seed") for r in rows})
+    ax.set_title(f"learning curve ({rows[0]['test_n']} test images" + (f", {n_seeds} seeds)" if n_seeds > 1 else ")"))

@@ -231,3 +231,47 @@ def test_a_runs_dir_that_cannot_be_created_is_one_line_before_any_cache(data, ca
     code, _, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
                                 "--runs-dir", unmakeable, "--name", "st", "--grid", "dropout=0.2,0.5")
     assert is_one_line_error(code, err, f"--runs-dir: {unmakeable / 'st' / 'rows'}: cannot create it")
+
+
+def test_a_grid_over_seeds_ranks_each_configuration_by_its_mean(data, capsys):
+    d, root = data
+    code, _, err = small_study(capsys, root, d, "seeds", grid=("--grid", "dropout=0.2,0.5", "--grid", "seed=3,1"))
+    assert code == 0, err
+    rows = list(csv.DictReader(open(root / "runs" / "seeds" / "results.csv")))
+    assert len(rows) == 4 and len({r["row"] for r in rows}) == 4                # every seed's row its own
+    assert len(os.listdir(root / "runs" / "seeds" / "rows")) == 4
+    val = lambda r: float(r["val_accuracy"])                                     # noqa: E731
+    by_config = {}
+    for r in rows:
+        by_config.setdefault(r["head_dropout"], []).append(r)
+    for group in by_config.values():
+        assert sorted(r["seed"] for r in group) == ["1", "3"] and all(r["seeds_n"] == "2" for r in group)
+        mean = (val(group[0]) + val(group[1])) / 2
+        assert all(float(r["val_seeds_mean"]) == pytest.approx(mean) for r in group)
+        test = [float(r["test_accuracy"]) for r in group]
+        assert float(group[0]["test_seeds_mean"]) == pytest.approx(sum(test) / 2)
+        assert float(group[0]["test_seeds_sd"]) == pytest.approx(abs(test[0] - test[1]) / 2 ** 0.5)
+    means = [float(r["val_seeds_mean"]) for r in rows]
+    assert means == sorted(means, reverse=True)                                  # ranked by the mean over seeds
+    assert rows[0]["seed"] == "3" and rows[1]["seed"] == "1"                     # a configuration's rows in the order given
+    m = json.load(open(root / "runs" / "seeds-best" / "metrics.json"))
+    assert m["study_row"] == rows[0]["row"] and m["hyperparameters"]["seed"] == 3   # the best trained as its row
+    assert all(g[0]["val_loss"] != g[1]["val_loss"] for g in by_config.values())   # other splits, other heads
+    assert "over 2 seeds" in err and "| seed |" in open(root / "runs" / "seeds" / "results.md").readline()
+    code, _, err = small_study(capsys, root, d, "one-seed", "--seed", "3")
+    assert code == 0, err
+    one = list(csv.DictReader(open(root / "runs" / "one-seed" / "results.csv")))
+    assert {r["row"] for r in one} == {r["row"] for r in rows if r["seed"] == "3"}   # the same rows as seed 3's
+    assert all(not r.get("seeds_n") for r in one) and "| seed |" not in open(root / "runs" / "one-seed" / "results.md").readline()
+    code, _, err = small_study(capsys, root, d, "seed-curve", grid=("--grid", "train_images=20,1000", "--grid", "seed=0,1"))
+    assert code == 0, err                                                        # a learning curve of seed means
+    assert len(list(csv.DictReader(open(root / "runs" / "seed-curve" / "results.csv")))) == 4
+    assert os.path.exists(root / "runs" / "seed-curve" / "learning_curve.png")
+
+
+@pytest.mark.parametrize("grid,needle", [("seed=a", "--seed: expected an integer"), ("seed=-1", "--seed: ")])
+def test_bad_seed_grids_are_one_line(data, capsys, grid, needle):
+    d, root = data
+    code, out, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
+                                  "--runs-dir", root / "bad", "--grid", grid)
+    assert is_one_line_error(code, err, needle)
