@@ -95,7 +95,9 @@ def _study_points(fig, rows: list):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("accuracy (mean over views where the cache has them), 95% interval")
-    fig.suptitle(f"study: {len(rows)} configurations ({rows[0]['test_n']} test images)")
+    seeds = len({r.get("seed") for r in rows})
+    fig.suptitle(f"study: {len(rows) // seeds} configurations" + (f" x {seeds} seeds" if seeds > 1 else "")
+                 + f" ({rows[0]['test_n']} test images)")
 
 
 def plot_learning_curve(path: str, rows: list):
