@@ -35,8 +35,10 @@ def describe(row: dict) -> str:
             f"{', TTA' if row.get('test_tta_accuracy') else ''}{seeds})")
 
 
-COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "labelled_n", "train_n", "seed", "val_accuracy", "val_tta_accuracy",
-           "test_accuracy", "test_tta_accuracy", "test_ci95", "seeds_n", "val_seeds_mean", "test_seeds_mean", "test_seeds_sd", "C_chosen", "l2_chosen", "epochs_trained", "lr_used", "refit_used", "extract_img_per_s", "cache_mb", "head_s"]
+COLUMNS = ["interpolation", "image_size", "layer", "views", "head", "labelled_n", "train_n", "seed", "val_accuracy",
+           "val_tta_accuracy", "test_accuracy", "test_tta_accuracy", "test_ci95", "seeds_n", "val_seeds_mean",
+           "test_seeds_mean", "test_seeds_sd", "C_chosen", "l2_chosen", "epochs_trained", "lr_used", "refit_used",
+           "extract_img_per_s", "cache_mb", "head_s"]
 
 
 def _fmt(col: str, v) -> str:

@@ -132,8 +132,8 @@ def refit_for(refit, n_labelled: int) -> bool:
     """Whether a softmax head is refit on train + validation: `refit`, or for "auto" where its labelled images
     (train + validation; a cache's views are not more images) are at most AUTO_REFIT_IMAGES. The refit's
     one-ninth more images was worth +0.1..+0.6 points at every size measured (1,000-45,000, views or not;
-    the mean of three seeds from 5,000 to 25,000), for twice the head's time: seconds up to 10,000 images, a minute and more
-    beyond, where `--refit` asks for it (README, 'Refit on small data')."""
+    the mean of three seeds from 5,000 to 25,000), for twice the head's time: seconds up to 10,000 images,
+    a minute and more beyond, where `--refit` asks for it (README, 'Refit on small data')."""
     if refit != "auto":
         return bool(refit)
     return int(n_labelled) <= AUTO_REFIT_IMAGES
