@@ -34,7 +34,7 @@ from .heads.config import HEAD_PARAMS, RunOptions, auto_rules, check_param, key_
 from .heads.data import load_training_data
 from .heads.runs import KIND_FILE, folder_kind
 from .heads.train import REFIT_VALIDATION, finish_run
-from .study_report import accuracy, describe, plot_learning_curve, plot_study, wilson, write_tables
+from .study_report import accuracy, describe, head_settings, plot_learning_curve, plot_study, wilson, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
     best = rows[0]
     if _study_of(best_dir) != (name, best["row"]):   # the best head as a run folder, ready for predict
         opts = dataclasses.replace(opts, train_images=best.get("train_images"), seed=best["seed"])
-        params = {k[5:]: v for k, v in best.items() if k.startswith("head_") and k != "head_s"}
+        params = {k.removeprefix("head_"): v for k, v in head_settings(best).items()}
         if kept and kept["row"]["row"] == best["row"]:
             data, head = kept["data"], kept["head"]
         else:                                        # trained in an earlier run of the study: train it again
@@ -244,20 +244,19 @@ def rank_over_seeds(rows: list, seeds: list):
     by its validation accuracy averaged over `seeds`, its rows in the order of `seeds`; with several seeds
     every row gets its configuration's seeds_n and the mean and standard deviation over them (val_seeds_mean,
     test_seeds_mean, test_seeds_sd). One seed: the rows ranked on their own validation accuracy."""
-    def config(r):
-        return json.dumps([r["cache"], r["head"], r.get("train_images"),
-                           {k: v for k, v in r.items() if k.startswith("head_") and k != "head_s"}], sort_keys=True)
-    groups = {}
+    groups, mean_val = {}, {}
     for r in rows:
-        groups.setdefault(config(r), []).append(r)
-    mean_val = {k: float(np.mean([accuracy(r, "val") for r in g])) for k, g in groups.items()}
-    if len(seeds) > 1:
-        for g in groups.values():
+        groups.setdefault(json.dumps([r["cache"], r["head"], r.get("train_images"), head_settings(r)],
+                                     sort_keys=True), []).append(r)
+    for g in groups.values():
+        val = float(np.mean([accuracy(r, "val") for r in g]))
+        mean_val.update((id(r), val) for r in g)
+        if len(seeds) > 1:                 # every configuration has a row per seed
             test = [accuracy(r, "test") for r in g]
             for r in g:
-                r.update(seeds_n=len(g), val_seeds_mean=mean_val[config(r)], test_seeds_mean=float(np.mean(test)),
-                         test_seeds_sd=float(np.std(test, ddof=1)) if len(g) > 1 else None)
-    rows.sort(key=lambda r: (-mean_val[config(r)], seeds.index(r["seed"])))
+                r.update(seeds_n=len(g), val_seeds_mean=val, test_seeds_mean=float(np.mean(test)),
+                         test_seeds_sd=float(np.std(test, ddof=1)))
+    rows.sort(key=lambda r: (-mean_val[id(r)], seeds.index(r["seed"])))
 
 
 def _finished_row(path: str, row_id: str) -> dict | None:

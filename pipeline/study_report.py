@@ -26,6 +26,11 @@ def accuracy(row: dict, split: str) -> float:
     return row[f"{split}_accuracy"] if tta is None else tta      # 0.0 is an accuracy too
 
 
+def head_settings(row: dict) -> dict:
+    """A row's head parameters as its columns hold them (head_dropout, ...; head_s is its time, not a setting)."""
+    return {k: v for k, v in row.items() if k.startswith("head_") and k != "head_s"}
+
+
 def describe(row: dict) -> str:
     acc = accuracy(row, "test")
     lo, hi = row["test_ci95"]
@@ -53,7 +58,7 @@ def _fmt(col: str, v) -> str:
 
 def write_tables(folder: str, rows: list):
     """results.csv (every field) and results.md (the columns people compare), best on validation first."""
-    params = sorted(k for k in {k for r in rows for k in r if k.startswith("head_") and k != "head_s"}
+    params = sorted(k for k in {k for r in rows for k in head_settings(r)}
                     if len({json.dumps(r.get(k)) for r in rows if k in r}) > 1 or k == "head_C")
     cols = [c for c in COLUMNS[:5] + params + COLUMNS[5:] if any(r.get(c) not in (None, "") for r in rows)
             and (c != "seed" or len({r.get(c) for r in rows}) > 1)]              # the seed where it varies
@@ -125,8 +130,7 @@ def _learning_lines(fig, rows: list):
     from matplotlib import colormaps
     lines = {}
     for r in rows:
-        key = (r["cache"], r["head"], json.dumps({k: v for k, v in r.items() if k.startswith("head_") and k != "head_s"},
-                                                sort_keys=True))
+        key = (r["cache"], r["head"], json.dumps(head_settings(r), sort_keys=True))
         lines.setdefault(key, []).append(r)
     ax = fig.subplots()
     for i, (label, pts) in enumerate(zip(line_labels(list(lines)), lines.values())):
@@ -144,9 +148,9 @@ def _learning_lines(fig, rows: list):
         ax.errorbar(x, y, yerr=[lo, hi], fmt="-o", ms=4, capsize=2, color=colormaps["tab20"](i % 20), label=label)
     ax.set_xscale("log")
     ax.set_xlabel("labelled images of the train split used, validation included (log)")
-    ax.set_ylabel("test accuracy, " + ("mean and range over seeds" if len({r.get("seed") for r in rows}) > 1
-                                       else "95% interval") + " (views averaged)")
+    n_seeds = len({r.get("seed") for r in rows})
+    ax.set_ylabel("test accuracy, " + ("mean and range over seeds" if n_seeds > 1 else "95% interval")
+                  + " (views averaged)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    n_seeds = len({r.get("seed") for r in rows})
     ax.set_title(f"learning curve ({rows[0]['test_n']} test images" + (f", {n_seeds} seeds)" if n_seeds > 1 else ")"))
