@@ -84,10 +84,9 @@ def _study_points(fig, rows: list):
             if not r.get(xkey):
                 continue
             c, m = colours[str(r[group])], "o" if r["head"] == "softmax" else "s"
-            jitter = 1 + 0.04 * (i % 7 - 3) / 3                 # points that share x stay apart
             for split, face, off in (("val", "none", 0.985), ("test", c, 1.0)):
                 y, (lo, hi) = acc(r, split), r[f"{split}_ci95"]
-                ax.errorbar(r[xkey] * jitter * off, y, yerr=[[y - lo], [hi - y]], fmt=m, mfc=face, mec=c, ecolor=c,
+                ax.errorbar(r[xkey] * _jitter(i) * off, y, yerr=[[y - lo], [hi - y]], fmt=m, mfc=face, mec=c, ecolor=c,
                             alpha=0.6, capsize=2, ms=5)
         for name in names:
             ax.plot([], [], "o", color=colours[name], label=f"{group} {name}"[:60])
@@ -95,7 +94,7 @@ def _study_points(fig, rows: list):
         ax.plot([], [], "ks", label="logreg (square)")
         best = rows[0]
         if best.get(xkey):
-            ax.annotate("best on validation", (best[xkey], acc(best, "test")), textcoords="offset points",
+            ax.annotate("best on validation", (best[xkey] * _jitter(0), acc(best, "test")), textcoords="offset points",
                         xytext=(-20, 14), fontsize=8, arrowprops={"arrowstyle": "->"})
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
@@ -105,6 +104,11 @@ def _study_points(fig, rows: list):
     seeds = len({r.get("seed") for r in rows})
     fig.suptitle(f"study: {len(rows) // seeds} configurations" + (f" x {seeds} seeds" if seeds > 1 else "")
                  + f" ({rows[0]['test_n']} test images)")
+
+
+def _jitter(i: int) -> float:
+    """Row i's x factor on the study plot: points that share x stay apart."""
+    return 1 + 0.04 * (i % 7 - 3) / 3
 
 
 def plot_learning_curve(path: str, rows: list):

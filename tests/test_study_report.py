@@ -20,3 +20,17 @@ def test_a_row_is_ranked_by_its_views_average_where_it_has_one_even_at_zero():
     assert accuracy({"val_accuracy": 0.4, "val_tta_accuracy": 0.5}, "val") == 0.5
     assert accuracy({"val_accuracy": 0.4, "val_tta_accuracy": 0.0}, "val") == 0.0
     assert accuracy({"val_accuracy": 0.4}, "val") == accuracy({"val_accuracy": 0.4, "val_tta_accuracy": None}, "val") == 0.4
+
+
+def test_the_best_rows_arrow_points_at_its_drawn_test_point():
+    from matplotlib.figure import Figure
+    from pipeline.study_report import _study_points
+    rows = [{"layer": "l", "interpolation": "cubic", "head": "softmax", "extract_img_per_s": 10.0 * (i + 1),
+             "cache_mb": 5.0, "val_accuracy": 0.5 + i / 100, "test_accuracy": 0.6 - i / 100, "val_ci95": [0.4, 0.7],
+             "test_ci95": [0.4, 0.7], "test_n": 10} for i in range(3)]
+    fig = Figure()
+    _study_points(fig, rows)
+    for ax in fig.axes:
+        (arrow,) = ax.texts
+        drawn = [tuple(line.get_xydata()[0]) for line in ax.lines if len(line.get_xydata())]
+        assert tuple(arrow.xy) in drawn, (arrow.xy, drawn)           # on the point, not beside it
