@@ -275,3 +275,15 @@ def test_bad_seed_grids_are_one_line(data, capsys, grid, needle):
     code, out, err = run_captured(capsys, "study", "--data-dir", d, "--weights", "random", "--cache-dir", root / "c",
                                   "--runs-dir", root / "bad", "--grid", grid)
     assert is_one_line_error(code, err, needle)
+
+
+def test_on_equal_validation_the_refit_head_is_best_and_a_configurations_rows_stay_together(data, capsys):
+    d, root = data
+    code, _, err = small_study(capsys, root, d, "tie", grid=("--grid", "refit=false,true", "--grid", "seed=0,1"))
+    assert code == 0, err
+    rows = list(csv.DictReader(open(root / "runs" / "tie" / "results.csv")))
+    assert len({r["val_seeds_mean"] for r in rows}) == 1                        # the twins share validation
+    assert [r["head_refit"] for r in rows] == ["True", "True", "False", "False"]  # the refit one first, rows together
+    assert [r["seed"] for r in rows] == ["0", "1", "0", "1"]
+    m = json.load(open(root / "runs" / "tie-best" / "metrics.json"))
+    assert m["study_row"] == rows[0]["row"] and m["hyperparameters"]["refit_used"] is True
