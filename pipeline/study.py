@@ -247,8 +247,7 @@ def rank_over_seeds(rows: list, seeds: list):
     test_seeds_mean, test_seeds_sd). One seed: the rows ranked on their own validation accuracy. Equal
     validation: a head refit on train + validation first (it shares its un-refit twin's validation by
     construction; over three seeds it gained +0.1..+0.4 test points at every size measured: README "Refit on
-    small data"), then
-    the configurations' order; a configuration's rows stay together."""
+    small data"), then the configurations' order; a configuration's rows stay together."""
     groups, mean_val, order = {}, {}, {}
     for r in rows:
         groups.setdefault(json.dumps([r["cache"], r["head"], r.get("train_images"), head_settings(r)],
