@@ -44,12 +44,12 @@ def load_keras_dataset(name: str, splits) -> Dataset:
         except Exception as e:  # noqa: BLE001 - Keras raises plain Exception on URL failures
             raise PipelineError(
                 f"could not download {name} through keras.datasets ({reason(e)}); when offline, fetch "
-                f"{KERAS_TARBALLS[name]} elsewhere and pass it as the data_dir") from None
+                f"{KERAS_TARBALLS[name]} elsewhere and pass it as --data-dir (FeatureConfig's data_dir)") from None
         folder = os.path.join(got, KERAS_FOLDERS[name][1])
     ds = load_cifar_batches(folder, splits)
     if ds is None or ds.name != name:
         raise PipelineError(f"{folder}: not the official {name} batches; delete it to download them again, "
-                            f"or pass {KERAS_TARBALLS[name]} as the data_dir")
+                            f"or pass {KERAS_TARBALLS[name]} as --data-dir (FeatureConfig's data_dir)")
     return ds
 
 

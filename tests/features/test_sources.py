@@ -37,7 +37,7 @@ def test_download_goes_through_keras_and_failure_is_one_line(keras_home, monkeyp
     ds = open_dataset("cifar10", None, ("test",), None)
     assert len(ds.splits["test"]) == 6 and calls[0][1].endswith("cifar-10-python.tar.gz") and len(calls[0][2]) == 64
     monkeypatch.setattr(keras.utils, "get_file", lambda **k: (_ for _ in ()).throw(Exception("URL fetch failure -- [Errno -3]")))
-    with pytest.raises(PipelineError, match=r"could not download cifar100 .*\[Errno -3\].*fetch cifar-100-python.tar.gz elsewhere and pass it as the data_dir"):
+    with pytest.raises(PipelineError, match=r"could not download cifar100 .*\[Errno -3\].*fetch cifar-100-python.tar.gz elsewhere and pass it as --data-dir \(FeatureConfig's data_dir\)"):
         open_dataset("cifar100", None, ("test",), None)
 
 
