@@ -210,8 +210,7 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
                            part.rows_train)) + len(part.rows_val), "row": row_id}
                 with writing(folder, "runs_dir", RESUME):
                     write_json(os.path.join(folder, "rows", f"{row_id}.json"), row)
-                if not kept or (accuracy(row, "val"), bool(row.get("refit_used"))) > (
-                        accuracy(kept["row"], "val"), bool(kept["row"].get("refit_used"))):
+                if not kept or _rank(row, accuracy(row, "val")) > _rank(kept["row"], accuracy(kept["row"], "val")):
                     kept = {"row": row, "head": head, "data": part}
             rows.append({**row, "seed": seed})
     rank_over_seeds(rows, seeds)                          # selected as it is reported
@@ -248,20 +247,24 @@ def rank_over_seeds(rows: list, seeds: list):
     validation: a head refit on train + validation first (it shares its un-refit twin's validation by
     construction; over three seeds it gained +0.1..+0.4 test points at every size measured: README "Refit on
     small data"), then the configurations' order; a configuration's rows stay together."""
-    groups, mean_val, order = {}, {}, {}
+    groups, place = {}, {}               # row -> (its configuration's mean validation, the configuration's index)
     for r in rows:
         groups.setdefault(json.dumps([r["cache"], r["head"], r.get("train_images"), head_settings(r)],
                                      sort_keys=True), []).append(r)
     for i, g in enumerate(groups.values()):
         val = float(np.mean([accuracy(r, "val") for r in g]))
-        mean_val.update((id(r), val) for r in g)
-        order.update((id(r), i) for r in g)
+        place.update((id(r), (val, i)) for r in g)
         if len(seeds) > 1:                 # every configuration has a row per seed
             test = [accuracy(r, "test") for r in g]
             for r in g:
                 r.update(seeds_n=len(g), val_seeds_mean=val, test_seeds_mean=float(np.mean(test)),
                          test_seeds_sd=float(np.std(test, ddof=1)))
-    rows.sort(key=lambda r: (-mean_val[id(r)], not r.get("refit_used"), order[id(r)], seeds.index(r["seed"])))
+    rows.sort(key=lambda r: (tuple(-v for v in _rank(r, place[id(r)][0])), place[id(r)][1], seeds.index(r["seed"])))
+
+
+def _rank(row: dict, val: float) -> tuple:
+    """How a row ranks given its validation accuracy `val`, higher first: then a refit head above its un-refit twin."""
+    return val, bool(row.get("refit_used"))
 
 
 def _finished_row(path: str, row_id: str) -> dict | None:

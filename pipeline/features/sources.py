@@ -32,6 +32,9 @@ def keras_cifar_folder(name: str) -> str:
     return os.path.join(keras_home(), "datasets", target, folder)
 
 
+AS_DATA_DIR = "as --data-dir (FeatureConfig's data_dir)"     # where a user gives the tarball, both ways
+
+
 def load_keras_dataset(name: str, splits) -> Dataset:
     """CIFAR as keras.datasets has it: read from Keras' cache without importing Keras; downloaded
     through Keras' own downloader (checksum-checked, as keras.datasets does) when not there yet."""
@@ -44,12 +47,12 @@ def load_keras_dataset(name: str, splits) -> Dataset:
         except Exception as e:  # noqa: BLE001 - Keras raises plain Exception on URL failures
             raise PipelineError(
                 f"could not download {name} through keras.datasets ({reason(e)}); when offline, fetch "
-                f"{KERAS_TARBALLS[name]} elsewhere and pass it as --data-dir (FeatureConfig's data_dir)") from None
+                f"{KERAS_TARBALLS[name]} elsewhere and pass it {AS_DATA_DIR}") from None
         folder = os.path.join(got, KERAS_FOLDERS[name][1])
     ds = load_cifar_batches(folder, splits)
     if ds is None or ds.name != name:
         raise PipelineError(f"{folder}: not the official {name} batches; delete it to download them again, "
-                            f"or pass {KERAS_TARBALLS[name]} as --data-dir (FeatureConfig's data_dir)")
+                            f"or pass {KERAS_TARBALLS[name]} {AS_DATA_DIR}")
     return ds
 
 
