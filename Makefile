@@ -11,7 +11,7 @@ ARGS   ?=
 STAMP  := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 
-.PHONY: all install install-ray kernels features train-head sweep study ensemble bench test clean gpu-wheels gpu-check
+.PHONY: all install install-ray kernels features caches train-head sweep study ensemble bench test clean gpu-wheels gpu-check
 all: features train-head
 
 $(STAMP): pyproject.toml
@@ -35,6 +35,9 @@ kernels: $(KERNELS)
 
 features: $(STAMP)
 	$(PY) -m pipeline features $(ARGS)
+
+caches: $(STAMP)
+	$(PY) -m pipeline caches $(ARGS)
 
 train-head: $(KERNELS)
 	$(PY) -m pipeline train-head $(ARGS)

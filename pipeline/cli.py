@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {features,train-head,sweep,study,ensemble,predict,bench,gpu-check}` (also `pipeline`).
+"""Command line: `python -m pipeline {features,caches,train-head,sweep,study,ensemble,predict,bench,gpu-check}` (also `pipeline`).
 
 The front door: it parses options (made in options.py) into each stage's settings (stage one: `FeatureConfig`; stage
 two: head parameters and `RunOptions`) and calls the stages; nothing imports it. A user's mistake
@@ -15,7 +15,7 @@ import time
 from . import bench, predict
 from .errors import PipelineError
 from .errors import SettingError
-from .features import check_cache_settings, extract, find_cache
+from .features import FeatureConfig, check_cache_settings, extract, find_cache
 from .heads.config import PARAMS, RUNS_DIR, RunOptions, head_params
 from .heads.config import flag as head_flag
 from .heads.runs import process_age
@@ -26,6 +26,18 @@ from .options import (add_feature_options, add_head_options, add_run_options, ch
 def cmd_features(args):
     print(extract(feature_config(args), shards=args.shards, engine=args.engine,
                   ray_address=args.ray_address, ray_actors=args.ray_actors, quiet=args.quiet))  # last stdout line
+
+
+def cmd_caches(args):
+    import json
+    from .features.inventory import inventory, table
+    entries = inventory(args.cache_dir, verify=args.verify)
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    elif not entries:
+        print(f"no caches in {args.cache_dir}")
+    else:
+        print("\n".join(table(entries)))
 
 
 def _training_data(args, opts: RunOptions, timings: dict):
@@ -98,6 +110,7 @@ def cmd_bench(args):
 
 KEPT = {   # what Ctrl-C leaves, per command
     "features": "the finished batches are kept (the cache's .partial journal); re-run the same command to resume",
+    "caches": "nothing was changed (a cache verified before the stop is remembered as verified)",
     "train-head": "nothing was written (a run folder appears only when it is finished); re-run the command",
     "sweep": "nothing was written (the sweep and its best run appear only when finished); re-run the command",
     "study": "built caches and every finished (cache, head) row are kept (<study>/rows); re-run the same command "
@@ -142,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local Ray)")
     f.add_argument("--ray-actors", type=int, default=None, help="Ray actors (default: one per GPU, else one per node)")
     f.set_defaults(func=cmd_features)
+    c = sub.add_parser("caches", help="list the caches of a folder: how each was made, its rows and size, builds in "
+                       "progress and how far they got, files set aside as damaged")
+    c.add_argument("--cache-dir", default=FeatureConfig.cache_dir, help="the folder (default %(default)s)")
+    c.add_argument("--verify", action="store_true", help="also verify every cache's features now (their SHA-256, "
+                   "as a first load does; remembered, so a load after it skips that pass) (default off)")
+    c.add_argument("--json", action="store_true", help="print the list as JSON instead of a table (default off)")
+    c.set_defaults(func=cmd_caches)
     for name, func, help_ in (("train-head", cmd_train_head, "stage two: train a head on cached features"),
                               ("sweep", cmd_sweep, "train many heads at once and compare them")):
         p = sub.add_parser(name, help=help_)

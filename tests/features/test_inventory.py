@@ -1,0 +1,119 @@
+"""`pipeline caches`: what a cache folder holds, read without changing anything."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import is_one_line_error, run_captured, write_cifar10
+
+from pipeline.features import FeatureConfig, extract, load_cache
+from pipeline.features.inventory import inventory, table
+from pipeline.features.journal import Journal
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A real cache (random weights, 32 px, block5 with the mirror as a second view) in a folder of its own."""
+    root = tmp_path_factory.mktemp("inv")
+    write_cifar10(str(root / "data"))
+    cfg = FeatureConfig(data_dir=str(root / "data"), weights="random", weights_seed=3, image_size=32,
+                        precision="float32", layer="block5_pool", views="flip", cache_dir=str(root / "c"))
+    return extract(cfg, quiet=True)
+
+
+def folder_with(tmp_path, built):
+    """A fresh folder holding a copy of the built cache: (folder, the copy's path)."""
+    d = tmp_path / "caches"
+    d.mkdir()
+    path = str(d / os.path.basename(built))
+    shutil.copyfile(built, path)
+    return str(d), path
+
+
+def test_a_cache_says_how_it_was_made(tmp_path, built):
+    d, path = folder_with(tmp_path, built)
+    (e,) = inventory(d)
+    assert e["kind"] == "cache" and e["name"] == os.path.basename(path) and e["bytes"] == os.path.getsize(path)
+    assert (e["dataset"], e["weights"], e["layer"], e["image_size"], e["interpolation"], e["views"]) == \
+        ("cifar10", "random:3", "block5_pool:flatten", 32, "cubic", "flip")
+    assert (e["precision"], e["store_dtype"], e["width"], e["n_views"]) == ("float32", "float32", 512, 2)
+    assert e["rows"] == {"train": 30, "test": 6} and list(e["rows"]) == ["train", "test"]
+    assert path.endswith(e["key"] + ".h5") and e["state"].startswith("complete")
+    lines = table([e])
+    assert "train:30 test:6" in lines[1] and "512 x2 views" in lines[1] and lines[1].endswith(e["name"])
+    assert lines[-1].startswith("1 caches")
+
+
+def test_verified_only_while_the_file_is_the_one_verified(tmp_path, built):
+    d, path = folder_with(tmp_path, built)
+    load_cache(path)                                   # a first load verifies its features and remembers it
+    assert inventory(d)[0]["state"] == "verified"
+    os.utime(path, ns=(1, 1))                          # another version of the file, as far as anyone can tell
+    assert inventory(d)[0]["state"].startswith("complete")
+
+
+def test_damaged_features_are_found_by_verify_and_the_file_is_left_as_it_was(tmp_path, built):
+    d, path = folder_with(tmp_path, built)
+    feats = np.array(load_cache(built)["train"][0][7])
+    data = bytearray(open(path, "rb").read())
+    pos = bytes(data).find(feats.tobytes())
+    data[pos + 3] ^= 0x40
+    open(path, "wb").write(bytes(data))
+    assert inventory(d)[0]["state"].startswith("complete")        # the listing alone reads no features
+    (e,) = inventory(d, verify=True)
+    assert e["state"] == "damaged: 'train' features fail their SHA-256 check"
+    assert open(path, "rb").read() == bytes(data) and os.listdir(d) == [os.path.basename(path)]  # nothing moved
+    assert table([e])[-1].startswith("a damaged cache is never used")
+
+
+def test_a_truncated_cache_is_listed_as_damaged(tmp_path, built):
+    d, path = folder_with(tmp_path, built)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    (e,) = inventory(d)
+    assert e["kind"] == "cache" and e["state"].startswith("damaged: truncated or corrupt") and "rows" not in e
+
+
+def test_a_build_in_progress_counts_its_contiguous_rows(tmp_path):
+    d = tmp_path / "caches"
+    d.mkdir()
+    settings = {"dataset": "cifar10", "weights": "imagenet", "layer": "fc2", "image_size": 224,
+                "interpolation": "cubic", "views": "none", "precision": "bfloat16", "store_dtype": "float16"}
+    j = Journal(str(d / "cifar10-vgg19-fc2-0123456789abcdef"),
+                {"key": "0123456789abcdef" * 4, "settings": settings, "ranges": {"train": [0, 10], "test": [0, 6]}},
+                "float16")
+    for a, b in ((0, 4), (4, 8)):
+        j.write("train", a, b, np.zeros((b - a, 3), np.float16))
+    j.write("test", 3, 6, np.zeros((3, 3), np.float16))           # after a gap: not counted until it is filled
+    (e,) = inventory(str(d))
+    assert e["kind"] == "building" and e["rows"] == {"train": 8, "test": 0} and e["weights"] == "imagenet"
+    assert e["state"] == "8 of 16 rows (50%); the same features command resumes it" and e["bytes"] > 0
+
+
+def test_set_aside_and_stale_temp_files_are_listed_with_what_to_do(tmp_path, built):
+    d, path = folder_with(tmp_path, built)
+    os.rename(path, path + ".corrupt")
+    stale = os.path.join(d, ".cifar10-vgg19-x.2147483647.0123abcd.tmp.h5")      # a pid no process has
+    open(stale, "wb").write(b"\0" * 100)
+    open(os.path.join(d, "notes.txt"), "w").write("not listed")
+    open(os.path.join(d, "mine.h5"), "w").write("a text file named as a cache")
+    kinds = {e["kind"]: e for e in inventory(d)}
+    assert set(kinds) == {"set aside", "temp", "other"}
+    assert kinds["other"]["state"] == "not a feature cache: not an HDF5 file (no signature at its start)"
+    assert "delete it when done" in kinds["set aside"]["state"]
+    assert "process 2147483647 is gone" in kinds["temp"]["state"] and kinds["temp"]["bytes"] == 100
+    assert table(list(kinds.values()))[-1].startswith("0 caches")
+
+
+def test_the_command(tmp_path, built, capsys):
+    d, path = folder_with(tmp_path, built)
+    code, out, err = run_captured(capsys, "caches", "--cache-dir", d)
+    assert code == 0 and out[0].split()[:3] == ["created", "kind", "dataset"] and out[1].endswith(os.path.basename(path))
+    code, out, err = run_captured(capsys, "caches", "--cache-dir", d, "--json")
+    assert code == 0 and json.loads("\n".join(out))[0]["rows"] == {"train": 30, "test": 6}
+    os.makedirs(tmp_path / "empty")
+    code, out, err = run_captured(capsys, "caches", "--cache-dir", tmp_path / "empty")
+    assert code == 0 and out == [f"no caches in {tmp_path / 'empty'}"]
+    code, out, err = run_captured(capsys, "caches", "--cache-dir", tmp_path / "missing")
+    assert is_one_line_error(code, err, "is not a folder; give the --cache-dir") and out == []
