@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -52,14 +54,35 @@ def publish(tmp: str, final: str):
     fsync_path(os.path.dirname(os.path.abspath(final)))
 
 
+def _temp_parts(path: str) -> tuple[str, str, str]:
+    """(folder, the start of every temp name of `path`, its end): `.<name>.<pid>.<8 hex>.tmp<ext>`, where a
+    name longer than 80 characters is cut and ends in a hash of itself (so no two paths share a start)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    stem, ext = os.path.splitext(os.path.basename(path))        # the extension kept: writers that go by it
+    if len(stem) > 80:
+        stem = f"{stem[:63]}~{hashlib.sha256(stem.encode()).hexdigest()[:16]}"
+    return folder, f".{stem}.", f".tmp{ext[:16]}"
+
+
+def stopped_writes(path: str) -> list:
+    """The temp files atomic_file left for `path` (a writer killed mid-write leaves its temp, up to the
+    whole file's size): only a caller that holds the one-writer lock of `path` may remove them, as
+    then none of them is a live writer's."""
+    folder, start, end = _temp_parts(path)
+    name = re.compile(re.escape(start) + r"\d+\.[0-9a-f]{8}" + re.escape(end))
+    try:
+        return sorted(os.path.join(folder, n) for n in os.listdir(folder) if name.fullmatch(n))
+    except OSError:
+        return []
+
+
 @contextmanager
 def atomic_file(path: str):
     """Write `path` whole or not at all, the one way this program writes a file: yields a temp path of
     this writer's own beside it (created empty, exclusively, with the umask's permissions); when the
     block ends it is fsync'd, renamed into place and the folder fsync'd; if the block fails it is removed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    stem, ext = os.path.splitext(os.path.basename(path))        # the extension kept: writers that go by it
-    tmp = os.path.join(folder, f".{stem[:80]}.{os.getpid()}.{secrets.token_hex(4)}.tmp{ext[:16]}")
+    folder, start, end = _temp_parts(path)
+    tmp = os.path.join(folder, f"{start}{os.getpid()}.{secrets.token_hex(4)}{end}")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp

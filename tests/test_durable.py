@@ -40,3 +40,26 @@ def test_writing_turns_only_os_errors_into_one_line():
     with pytest.raises(ValueError):                  # a bug stays a bug, with its traceback
         with writing("/r/run", "runs_dir", "re-run"):
             raise ValueError("not an I/O problem")
+
+
+def killed_writer(path, size=1000):
+    """A process stopped as SIGKILL stops it, inside atomic_file(path) after writing `size` bytes: its temp file."""
+    import subprocess
+    import sys
+    code = ("import os, sys; from pipeline.durable import atomic_file; t = atomic_file(sys.argv[1]).__enter__(); "
+            f"open(t, 'wb').write(b'x' * {size}); print(t); os._exit(9)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert proc.returncode == 9
+    return proc.stdout.strip()
+
+
+def test_stopped_writes_are_found_by_their_path_only(tmp_path):
+    from pipeline.durable import atomic_file, stopped_writes
+    long_a, long_b = tmp_path / ("c" * 90 + "-a.h5"), tmp_path / ("c" * 90 + "-b.h5")   # the same first 80 characters
+    left = [killed_writer(p) for p in (tmp_path / "x.h5", long_a, long_b)]
+    assert all(os.path.exists(t) for t in left) and len(set(left)) == 3
+    assert stopped_writes(tmp_path / "x.h5") == [left[0]]
+    assert stopped_writes(long_a) == [left[1]] and stopped_writes(long_b) == [left[2]]
+    assert stopped_writes(tmp_path / "x.json") == [] and stopped_writes(tmp_path / "gone" / "x.h5") == []
+    with atomic_file(tmp_path / "x.h5") as tmp:                        # a live writer's temp looks the same:
+        assert stopped_writes(tmp_path / "x.h5") == sorted([left[0], tmp])   # only the lock's holder may remove them

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap
 import os
 import re
@@ -22,11 +23,13 @@ import h5py
 import numpy as np
 
 from ..errors import PipelineError
-from ..durable import atomic_file, file_lock, write_error
+from ..durable import atomic_file, file_lock, stopped_writes, write_error
 from ..finite import block_finite
 from ..hashing import array_sha256, json_sha256, tag
 from ..hdf5_layout import LayoutError, check_file, check_tree
 from . import cache_memo
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers changes
 REBUILD = "extract with the same settings (the features command): it moves the damaged file aside and rebuilds it"
@@ -98,7 +101,16 @@ def _checksum(root: dict, splits: dict) -> str:
 
 def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
     """Assemble the finished file. `splits`: name -> (labels, ids, first_row); `chunks(name)` yields
-    (a, b, features) covering the split exactly once. Written to a temp file, renamed last."""
+    (a, b, features) covering the split exactly once. Written to a temp file, renamed last. The caller
+    holds the cache's writer_lock: a temp file of `path` left by a writer that was stopped (killed
+    while it wrote, as big as the cache) is removed first."""
+    for stale in stopped_writes(path):
+        try:
+            size = os.path.getsize(stale)
+            os.remove(stale)
+        except OSError:
+            continue
+        log.info(f"removed {stale}, left by a write of this cache that was stopped ({size / 1e6:.1f} MB)")
     try:
         with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
             split_attrs = {}

@@ -61,7 +61,7 @@ def _temp_state(pid: int) -> str:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return f"left by a write that was stopped (process {pid} is gone); safe to delete"
+        return f"left by a write that was stopped (process {pid} is gone); the next build of its cache removes it"
     except OSError:
         pass
     return f"being written by process {pid}, or left by a stopped one whose number was reused"

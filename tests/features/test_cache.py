@@ -246,3 +246,13 @@ def test_a_cache_hit_maps_the_file_without_reading_it_in(tmp_path, monkeypatch):
     with h5py.File(path, "r+") as f:
         f["train"]["features"][0, 0] += 1                 # features changed, checksums not
     assert not is_finished(path, "k1", full=True)
+
+
+def test_a_stopped_writes_temp_file_is_removed_by_the_next_write_of_that_cache(tmp_path, capsys):
+    from tests.test_durable import killed_writer
+    other = killed_writer(tmp_path / "other.h5")
+    left = killed_writer(tmp_path / "c.h5", size=5_000_000)
+    path, feats = build(tmp_path)
+    assert not os.path.exists(left) and os.path.exists(other)           # another cache's is not this one's to remove
+    assert f"removed {left}, left by a write of this cache that was stopped (5.0 MB)" in capsys.readouterr().err
+    assert np.array_equal(load_cache(path)["train"][0], feats)

@@ -102,7 +102,7 @@ def test_set_aside_and_stale_temp_files_are_listed_with_what_to_do(tmp_path, bui
     assert set(kinds) == {"set aside", "temp", "other"}
     assert kinds["other"]["state"] == "not a feature cache: not an HDF5 file (no signature at its start)"
     assert "delete it when done" in kinds["set aside"]["state"]
-    assert "process 2147483647 is gone" in kinds["temp"]["state"] and kinds["temp"]["bytes"] == 100
+    assert "process 2147483647 is gone); the next build" in kinds["temp"]["state"] and kinds["temp"]["bytes"] == 100
     assert table(list(kinds.values()))[-1].startswith("0 caches")
 
 
