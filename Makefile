@@ -11,7 +11,7 @@ ARGS   ?=
 STAMP  := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 
-.PHONY: all install install-ray kernels features caches train-head sweep study ensemble bench test clean gpu-wheels gpu-check
+.PHONY: all install install-ray kernels features caches runs train-head sweep study ensemble bench test clean gpu-wheels gpu-check
 all: features train-head
 
 $(STAMP): pyproject.toml
@@ -38,6 +38,9 @@ features: $(STAMP)
 
 caches: $(STAMP)
 	$(PY) -m pipeline caches $(ARGS)
+
+runs: $(STAMP)
+	$(PY) -m pipeline runs $(ARGS)
 
 train-head: $(KERNELS)
 	$(PY) -m pipeline train-head $(ARGS)

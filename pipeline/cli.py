@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {features,caches,train-head,sweep,study,ensemble,predict,bench,gpu-check}` (also `pipeline`).
+"""Command line: `python -m pipeline {features,caches,train-head,sweep,study,ensemble,runs,predict,bench,gpu-check}` (also `pipeline`).
 
 The front door: it parses options (made in options.py) into each stage's settings (stage one: `FeatureConfig`; stage
 two: head parameters and `RunOptions`) and calls the stages; nothing imports it. A user's mistake
@@ -29,15 +29,8 @@ def cmd_features(args):
 
 
 def cmd_caches(args):
-    import json
-    from .features.inventory import inventory, table
-    entries = inventory(args.cache_dir, verify=args.verify)
-    if args.json:
-        print(json.dumps(entries, indent=1))
-    elif not entries:
-        print(f"no caches in {args.cache_dir}")
-    else:
-        print("\n".join(table(entries)))
+    from .features.inventory import report
+    print(report(args.cache_dir, verify=args.verify, as_json=args.json))
 
 
 def _training_data(args, opts: RunOptions, timings: dict):
@@ -92,6 +85,11 @@ def cmd_ensemble(args):
     print(run_ensemble(_training_data(args, opts, timings), members, opts, timings))
 
 
+def cmd_runs(args):
+    from .leaderboard import report
+    print(report(args.runs_dir, args.cache_key, as_json=args.json))
+
+
 def cmd_predict(args):
     for line in predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size, tta=args.tta):
         print(line)
@@ -116,6 +114,7 @@ KEPT = {   # what Ctrl-C leaves, per command
     "study": "built caches and every finished (cache, head) row are kept (<study>/rows); re-run the same command "
              "to resume",
     "ensemble": "nothing was written (its run folder appears only when it is finished); re-run the command",
+    "runs": "nothing was changed",
     "predict": "nothing was written (an export is written whole or not at all)",
     "bench": "nothing was written; re-run the command",
     "gpu-check": "nothing was written; re-run the command",
@@ -200,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)")
     add_run_options(e)
     e.set_defaults(func=cmd_ensemble, exit_fast=True)
+    r = sub.add_parser("runs", help="every run folder in one table, best on validation first: test accuracy with its "
+                       "95%% interval, the head's parameters, its cache, its cost")
+    r.add_argument("--runs-dir", default=RUNS_DIR, help="where run folders are (default %(default)s)")
+    r.add_argument("--cache-key", default=None, metavar="KEY", help="only runs on caches whose key starts with KEY "
+                   "(the 16 characters `caches` and the cache's file name show) (default: all)")
+    r.add_argument("--json", action="store_true", help="print the list as JSON instead of a table (default off)")
+    r.set_defaults(func=cmd_runs)
     p = sub.add_parser("predict", help="classify image files end to end")
     p.add_argument("--run", required=True, help="a run folder written by train-head or sweep")
     p.add_argument("images", nargs="+", help="image files")

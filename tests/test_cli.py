@@ -6,7 +6,7 @@ import pytest
 from pipeline.cli import build_parser
 
 
-@pytest.mark.parametrize("command", ["features", "caches", "train-head", "sweep", "predict", "bench"])
+@pytest.mark.parametrize("command", ["features", "caches", "train-head", "sweep", "runs", "predict", "bench"])
 def test_every_option_has_help_with_its_default(command):
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     for action in sub._actions:
@@ -33,7 +33,7 @@ def parse(*argv):
     return build_parser().parse_args(list(argv))
 
 
-@pytest.mark.parametrize("command", ["features", "caches", "train-head", "sweep", "study", "predict", "bench"])
+@pytest.mark.parametrize("command", ["features", "caches", "train-head", "sweep", "study", "runs", "predict", "bench"])
 def test_ctrl_c_says_what_the_command_keeps(command, capsys, monkeypatch):
     """Ctrl-C exits 130 with one line naming what this command keeps (not the features wording everywhere)."""
     from pipeline import cli

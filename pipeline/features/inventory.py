@@ -173,3 +173,11 @@ def table(entries: list) -> list:
     if any(e["state"].startswith("damaged") for e in caches):
         lines.append(f"a damaged cache is never used: {REBUILD}")
     return lines
+
+
+def report(cache_dir: str, verify: bool = False, as_json: bool = False) -> str:
+    """What `caches` prints: the table (or JSON) of `inventory(cache_dir, verify)`."""
+    entries = inventory(cache_dir, verify=verify)
+    if as_json:
+        return json.dumps(entries, indent=1)
+    return "\n".join(table(entries)) if entries else f"no caches in {cache_dir}"

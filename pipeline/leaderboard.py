@@ -1,0 +1,125 @@
+"""`pipeline runs`: every run folder of a runs dir in one table, best on validation first (never
+ranked on test), with the test accuracy and its 95% interval, the head and the parameters it did not
+take at their defaults, the cache it trained on and what it cost.
+
+Run folders may come from anyone: each metrics.json is read as predict and ensemble read it
+(run_files: the folder's own regular file, its size checked first, JSON only); one that cannot be
+read is listed with why. Sweep and study folders are listed by kind (their best runs are run
+folders of their own: `<name>-best`). Nothing is written.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+from .errors import PipelineError
+from .heads.config import DEFAULTS
+from .heads.run_files import read_metrics
+from .heads.runs import folder_kind
+from .study_report import wilson
+
+NOT_PARAMETERS = {"seed", "val_fraction", "train_images", "early_stopping", "patience", "epochs_trained", "lr_used",
+                  "refit_used", "best_epoch"}       # a run's record beside its head parameters
+
+
+def _score(split: dict) -> float | None:
+    """A split's accuracy as the run reports it: the mean over views (TTA) where it has views."""
+    if not isinstance(split, dict) or not split.get("n"):
+        return None
+    tta = split.get("tta")
+    value = tta.get("accuracy") if isinstance(tta, dict) else split.get("accuracy")
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
+
+
+def _changed(hp: dict) -> str:
+    """The head parameters a run did not leave at their defaults, as `key=value`; the values auto chose beside."""
+    out = [f"{k}={v}" for k, v in hp.items() if k in DEFAULTS and k not in NOT_PARAMETERS and v != DEFAULTS[k]]
+    if hp.get("train_images"):
+        out.append(f"train_images={hp['train_images']}")
+    if hp.get("refit") == "auto" and hp.get("refit_used") is True:      # how its test figure was made
+        out.append("refit=auto (True)")
+    return " ".join(out) or "defaults"
+
+
+def _run_row(path: str) -> dict:
+    row = {"name": os.path.basename(path), "created": _when(os.path.getmtime(path))}
+    try:
+        m = read_metrics(path, lambda why: PipelineError(why))
+        hp = m.get("hyperparameters") if isinstance(m.get("hyperparameters"), dict) else {}
+        prov = m["provenance"]
+        settings = prov.get("settings") if isinstance(prov.get("settings"), dict) else {}
+        test = m.get("test") if isinstance(m.get("test"), dict) else {}
+        timings = m.get("timings") if isinstance(m.get("timings"), dict) else {}
+        val = m.get("val") if isinstance(m.get("val"), dict) else {}
+        row.update(head=str(m["head"]), parameters=_changed(hp) if m["head"] != "ensemble" else
+                   f"{len(m.get('members', []))} members", val=_score(val), val_n=int(val.get("n") or 0), test=_score(test),
+                   test_n=int(test.get("n") or 0), views=int(m.get("views") or 1), key=str(prov.get("key", ""))[:16],
+                   layer=str(settings.get("layer", prov.get("dataset", "?"))),
+                   train_n=int((m.get("train") or {}).get("n") or 0), seconds=timings.get("train_s"))
+    except (PipelineError, KeyError, TypeError, ValueError, AttributeError) as e:
+        row["unreadable"] = str(e)
+    return row
+
+
+def _when(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def leaderboard(runs_dir: str, cache_key: str | None = None) -> tuple[list, list]:
+    """(runs best on validation first, then those without a validation score, newest first among equals;
+    other folders: sweeps, studies, unreadable runs), or with `cache_key` only the runs on caches whose key
+    starts with it."""
+    if not os.path.isdir(runs_dir):
+        raise PipelineError(f"runs: {runs_dir} is not a folder; give the --runs-dir train-head wrote to "
+                            "(default data/runs)")
+    runs, others = [], []
+    for entry in sorted(os.scandir(runs_dir), key=lambda e: e.name):
+        kind = folder_kind(entry.path) if entry.is_dir(follow_symlinks=False) else None
+        if kind == "run":
+            row = _run_row(entry.path)
+            (others if "unreadable" in row else runs).append(row)
+        elif kind in ("sweep", "study"):
+            others.append({"name": entry.name, "kind": kind, "created": _when(entry.stat().st_mtime)})
+    if cache_key:          # sweeps, studies and unreadable folders are not known to be on that cache
+        runs, others = [r for r in runs if r["key"].startswith(cache_key)], []
+    runs.sort(key=lambda r: r["created"], reverse=True)
+    runs.sort(key=lambda r: -1 if r["val"] is None else r["val"], reverse=True)     # stable: newest first on ties
+    return runs, others
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def table(runs: list, others: list) -> list:
+    """Aligned text lines: the ranked runs (rank, validation %, test % with its 95% interval, ...), then
+    the other folders."""
+    head = ["rank", "val % (images)", "test % (95%)", "head", "parameters", "cache", "layers", "views", "train images",
+            "train s", "created", "run"]
+    rows = [head]
+    for i, r in enumerate(runs, 1):
+        lo, hi = wilson(r["test"], r["test_n"]) if r["test"] is not None else (None, None)
+        test = "-" if lo is None else f"{_pct(r['test'])} ({_pct(lo)}..{_pct(hi)})"
+        seconds = f"{r['seconds']:.1f}" if isinstance(r["seconds"], (int, float)) else "-"
+        val = "-" if r["val"] is None else f"{_pct(r['val'])} ({r['val_n']:,})"
+        rows.append([str(i), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),
+                     f"{r['train_n']:,}", seconds, r["created"], r["name"]])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    lines.append(f"{len(runs)} runs, ranked on validation (the mean over views where the cache has them); "
+                 "test is scored once per run")
+    for o in others:
+        lines.append(f"{o['name']}: " + (f"a {o['kind']} (its results.md ranks its heads)" if "kind" in o
+                                         else f"not listed: {o['unreadable']}"))
+    return lines
+
+
+def report(runs_dir: str, cache_key: str | None = None, as_json: bool = False) -> str:
+    """What `runs` prints: the table (or JSON) of `leaderboard(runs_dir, cache_key)`."""
+    runs, others = leaderboard(runs_dir, cache_key)
+    if as_json:
+        return json.dumps({"runs": runs, "others": others}, indent=1)
+    if runs or others:
+        return "\n".join(table(runs, others))
+    return f"no runs in {runs_dir}" + (f" on a cache whose key starts with {cache_key}" if cache_key else "")
