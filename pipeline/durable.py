@@ -1,6 +1,6 @@
 """Files that survive crashes and concurrent runs: flock-held locks, and writes that are fsync'd
 (file, then folder) before a rename is trusted, so a power cut never leaves a half-written file
-under a final name.
+under a final name; and small files read from a folder that may come from anyone (open_own).
 """
 from __future__ import annotations
 
@@ -12,10 +12,32 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 
 from .errors import PipelineError, SettingError
+
+
+def open_own(path: str, refuse, max_bytes: int):
+    """`path` opened for reading (binary) as its folder's own regular file, at most `max_bytes`; else
+    refuse(why), an exception to raise: a link (not followed), a folder, FIFO or device (opened without
+    blocking, never read). FileNotFoundError when there is nothing by that name."""
+    name = os.path.basename(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise refuse(f"{name} is a link; a folder's files are read as its own: put the file itself there") from None
+        raise refuse(f"cannot read {name} ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
+        raise refuse(f"{name} is not a regular file" if not stat.S_ISREG(st.st_mode) else
+                     f"{name} is larger than {max_bytes:,} bytes")
+    return os.fdopen(fd, "rb")
 
 
 @contextmanager

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pipeline.durable import make_folder, write_error, writing
+from pipeline.durable import make_folder, open_own, write_error, writing
 from pipeline.errors import PipelineError, SettingError
 
 
@@ -63,3 +63,26 @@ def test_stopped_writes_are_found_by_their_path_only(tmp_path):
     assert stopped_writes(tmp_path / "x.json") == [] and stopped_writes(tmp_path / "gone" / "x.h5") == []
     with atomic_file(tmp_path / "x.h5") as tmp:                        # a live writer's temp looks the same:
         assert stopped_writes(tmp_path / "x.h5") == sorted([left[0], tmp])   # only the lock's holder may remove them
+
+
+class Refused(Exception):
+    pass
+
+
+def test_open_own_reads_a_regular_file_and_refuses_anything_else(tmp_path):
+    (tmp_path / "f.json").write_bytes(b"{}")
+    with open_own(str(tmp_path / "f.json"), Refused, 2) as f:
+        assert f.read() == b"{}"
+    with pytest.raises(Refused, match="f.json is larger than 1 bytes"):
+        open_own(str(tmp_path / "f.json"), Refused, 1)
+    os.symlink(tmp_path / "f.json", tmp_path / "link.json")         # even to a file beside it
+    with pytest.raises(Refused, match="link.json is a link"):
+        open_own(str(tmp_path / "link.json"), Refused, 100)
+    os.mkfifo(tmp_path / "fifo.json")                               # opened without blocking, never read
+    with pytest.raises(Refused, match="fifo.json is not a regular file"):
+        open_own(str(tmp_path / "fifo.json"), Refused, 100)
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(Refused, match="dir.json is not a regular file"):
+        open_own(str(tmp_path / "dir.json"), Refused, 100)
+    with pytest.raises(FileNotFoundError):
+        open_own(str(tmp_path / "missing.json"), Refused, 100)

@@ -17,14 +17,14 @@ import re
 
 import h5py
 
+from ..durable import open_own
 from ..errors import PipelineError
 from . import cache_memo
 from .cache import REBUILD, DamagedCache, NotACache, load_cache, read_provenance
-from .journal import BATCH
+from .journal import BATCH, MAX_PROVENANCE_BYTES
 
 TEMP = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp\.h5")      # durable.atomic_file's temp name of a cache
 SET_ASIDE = re.compile(r".+\.h5\.corrupt(-\d+)?")
-MAX_JOURNAL_JSON = 1 << 20     # a journal's provenance.json is ~2 KB; a bigger one is not read
 
 
 def inventory(cache_dir: str, verify: bool = False) -> list:
@@ -110,10 +110,7 @@ def _reason(message: str, path: str) -> str:
 def _build(path: str) -> dict:
     out = _other(path, "building", "")
     try:
-        meta_path = os.path.join(path, "provenance.json")
-        if os.path.getsize(meta_path) > MAX_JOURNAL_JSON:
-            raise ValueError("too big")
-        with open(meta_path) as f:
+        with open_own(os.path.join(path, "provenance.json"), ValueError, MAX_PROVENANCE_BYTES) as f:
             meta = json.load(f)
         ranges = {str(s): (int(a), int(b)) for s, (a, b) in meta["ranges"].items()}
         settings = meta["settings"] if isinstance(meta["settings"], dict) else {}

@@ -18,11 +18,12 @@ import numpy as np
 
 from ..hashing import array_sha256
 from ..errors import PipelineError
-from ..durable import atomic_file, publish, write_error, write_json
+from ..durable import atomic_file, open_own, publish, write_error, write_json
 
 log = logging.getLogger(__name__)
 
 BATCH = re.compile(r"(\d+)-(\d+)\.([0-9a-f]{16})\.npy")
+MAX_PROVENANCE_BYTES = 1 << 20     # a journal's provenance.json is ~2 KB
 
 
 def digest(a: np.ndarray) -> str:
@@ -34,8 +35,8 @@ class Journal:
         self.dir, self.dtype = stem + ".partial", np.dtype(dtype)
         meta_path = os.path.join(self.dir, "provenance.json")
         if os.path.isdir(self.dir):
-            try:
-                with open(meta_path) as f:
+            try:                # the folder's own small regular file (a link to /dev/zero would never end)
+                with open_own(meta_path, ValueError, MAX_PROVENANCE_BYTES) as f:
                     same = json.load(f)["key"] == provenance["key"]
             except (OSError, ValueError, KeyError, TypeError):
                 same = False

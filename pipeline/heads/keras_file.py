@@ -10,7 +10,7 @@ config.json and model.weights.h5), so `keras.saving.load_model` loads it (tested
 
 `read_head` is how this project opens a head from a run folder, which may come from anyone: it
 accepts exactly this structure and reads numbers only (JSON and HDF5 datasets), so no file can
-make it run code or build anything but these layers; the file itself is the folder's own (run_files.open_own).
+make it run code or build anything but these layers; the file itself is the folder's own (durable.open_own).
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ import zipfile
 import h5py
 import numpy as np
 
-from ..durable import atomic_file
+from ..durable import atomic_file, open_own
 from ..errors import PipelineError
 from ..hdf5_layout import LayoutError, check_tree
-from .run_files import open_own
 
 # what a head file may hold, each member's cap: the config's mean and variance of 27,136 features are
 # ~0.7 MB of JSON; a kernel of 200,704 features x 100 classes is 80 MB

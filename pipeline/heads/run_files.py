@@ -4,36 +4,15 @@ this user can read), its size checked before a byte is read, and parsed as JSON 
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 
 import numpy as np
 
+from ..durable import open_own
+
 MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
 VAL_PROBA = "val_proba.npy"      # a refit run's validation probabilities before the refit (runs.write_run)
-
-
-def open_own(path: str, refuse, max_bytes: int):
-    """`path` opened for reading (binary) as its folder's own regular file, at most `max_bytes`; else
-    refuse(why), an exception to raise: a link (not followed), a folder, FIFO or device (opened without
-    blocking, never read). FileNotFoundError when there is nothing by that name."""
-    name = os.path.basename(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise refuse(f"{name} is a link; a run folder's files are its own: put the file itself there") from None
-        raise refuse(f"cannot read {name} ({e.strerror})") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
-        os.close(fd)
-        raise refuse(f"{name} is not a regular file" if not stat.S_ISREG(st.st_mode) else
-                     f"{name} is larger than {max_bytes:,} bytes")
-    return os.fdopen(fd, "rb")
 
 
 def read_metrics(run: str, refuse) -> dict:

@@ -117,3 +117,15 @@ def test_the_command(tmp_path, built, capsys):
     assert code == 0 and out == [f"no caches in {tmp_path / 'empty'}"]
     code, out, err = run_captured(capsys, "caches", "--cache-dir", tmp_path / "missing")
     assert is_one_line_error(code, err, "is not a folder; give the --cache-dir") and out == []
+
+
+def test_a_build_whose_provenance_is_a_link_is_not_followed(tmp_path):
+    d = tmp_path / "caches"
+    d.mkdir()
+    j = Journal(str(d / "x-0123456789abcdef"), {"key": "k", "settings": {}, "ranges": {"train": [0, 4]}}, "float32")
+    j.write("train", 0, 4, np.zeros((4, 2), np.float32))
+    meta = os.path.join(j.dir, "provenance.json")
+    os.rename(meta, tmp_path / "elsewhere.json")
+    os.symlink(tmp_path / "elsewhere.json", meta)
+    (e,) = inventory(str(d))
+    assert e["kind"] == "building" and e["state"].startswith("a journal without its provenance") and "rows" not in e

@@ -66,3 +66,15 @@ def test_missing_rows_block_the_finish(tmp_path):
     journal.write("train", 0, 4, batch(0, 4))
     with pytest.raises(PipelineError, match="rows 4..10 of train are missing"):
         list(journal.read("train", 0, 10))
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_a_provenance_that_is_not_the_journals_own_file_starts_it_over(tmp_path, kind):
+    """A link (to a journal of the same key elsewhere) is not followed; a FIFO is never read (it would block)."""
+    journal = Journal(str(tmp_path / "c"), PROV, "float32")
+    journal.write("train", 0, 4, batch(0, 4))
+    meta = os.path.join(journal.dir, "provenance.json")
+    os.rename(meta, tmp_path / "elsewhere.json")
+    os.symlink(tmp_path / "elsewhere.json", meta) if kind == "link" else os.mkfifo(meta)
+    again = Journal(str(tmp_path / "c"), PROV, "float32")
+    assert not again.resumed and again.done("train") == 0

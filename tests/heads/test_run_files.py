@@ -4,30 +4,11 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.heads.run_files import open_own, read_metrics, read_val_proba
+from pipeline.heads.run_files import read_metrics, read_val_proba
 
 
 class Refused(Exception):
     pass
-
-
-def test_open_own_reads_a_regular_file_and_refuses_anything_else(tmp_path):
-    (tmp_path / "f.json").write_bytes(b"{}")
-    with open_own(str(tmp_path / "f.json"), Refused, 2) as f:
-        assert f.read() == b"{}"
-    with pytest.raises(Refused, match="f.json is larger than 1 bytes"):
-        open_own(str(tmp_path / "f.json"), Refused, 1)
-    os.symlink(tmp_path / "f.json", tmp_path / "link.json")         # even to a file beside it
-    with pytest.raises(Refused, match="link.json is a link"):
-        open_own(str(tmp_path / "link.json"), Refused, 100)
-    os.mkfifo(tmp_path / "fifo.json")                               # opened without blocking, never read
-    with pytest.raises(Refused, match="fifo.json is not a regular file"):
-        open_own(str(tmp_path / "fifo.json"), Refused, 100)
-    (tmp_path / "dir.json").mkdir()
-    with pytest.raises(Refused, match="dir.json is not a regular file"):
-        open_own(str(tmp_path / "dir.json"), Refused, 100)
-    with pytest.raises(FileNotFoundError):
-        open_own(str(tmp_path / "missing.json"), Refused, 100)
 
 
 def test_readers_refuse_links_and_say_what_is_missing(tmp_path):
