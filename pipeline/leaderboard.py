@@ -18,6 +18,7 @@ from .heads.config import DEFAULTS
 from .heads.run_files import read_metrics
 from .heads.runs import folder_kind
 from .study_report import wilson
+from .text_table import aligned, printable
 
 NOT_PARAMETERS = {"seed", "val_fraction", "train_images", "early_stopping", "patience", "epochs_trained", "lr_used",
                   "refit_used", "best_epoch"}       # a run's record beside its head parameters
@@ -105,13 +106,12 @@ def table(runs: list, others: list) -> list:
         val = "-" if r["val"] is None else f"{_pct(r['val'])} ({r['val_n']:,})"
         rows.append([str(i), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),
                      f"{r['train_n']:,}", seconds, r["created"], r["name"]])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    lines = aligned(rows)
     lines.append(f"{len(runs)} runs, ranked on validation (the mean over views where the cache has them); "
                  "test is scored once per run")
     for o in others:
-        lines.append(f"{o['name']}: " + (f"a {o['kind']} (its results.md ranks its heads)" if "kind" in o
-                                         else f"not listed: {o['unreadable']}"))
+        lines.append(printable(f"{o['name']}: " + (f"a {o['kind']} (its results.md ranks its heads)" if "kind" in o
+                                                   else f"not listed: {o['unreadable']}")))
     return lines
 
 

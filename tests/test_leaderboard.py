@@ -72,3 +72,14 @@ def test_the_command(runs_dir, capsys, tmp_path):
     assert code == 0 and out == [f"no runs in {runs_dir} on a cache whose key starts with zz"]
     code, out, err = run_captured(capsys, "runs", "--runs-dir", tmp_path / "missing")
     assert is_one_line_error(code, err, "is not a folder; give the --runs-dir") and out == []
+
+
+def test_names_and_values_from_files_cannot_forge_a_line(runs_dir, tmp_path):
+    import shutil
+    shutil.copytree(os.path.join(runs_dir, "fast"), tmp_path / "a\nrank 1 forged")
+    path = tmp_path / "a\nrank 1 forged" / "metrics.json"
+    metrics = json.load(open(path))
+    metrics["hyperparameters"]["dropout"] = "0.5\n1  99.99"
+    json.dump(metrics, open(path, "w"))
+    lines = table(*leaderboard(str(tmp_path)))
+    assert len(lines) == 3 and lines[1].endswith("a?rank 1 forged") and "dropout=0.5?1  99.99" in lines[1]

@@ -19,6 +19,7 @@ import h5py
 
 from ..durable import open_own
 from ..errors import PipelineError
+from ..text_table import aligned
 from . import cache_memo
 from .cache import REBUILD, DamagedCache, NotACache, load_cache, read_provenance
 from .journal import BATCH, MAX_PROVENANCE_BYTES
@@ -161,9 +162,7 @@ def table(entries: list) -> list:
         if c == "created":
             return e["created"][:16].replace("T", " ")
         return str(e.get(c, "-"))
-    cells = [list(COLUMNS.values())] + [[cell(e, c) for c in COLUMNS] for e in entries]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS) - 1)]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1] for row in cells]
+    lines = aligned([list(COLUMNS.values())] + [[cell(e, c) for c in COLUMNS] for e in entries])
     caches = [e for e in entries if e["kind"] == "cache"]
     lines.append(f"{len(caches)} caches, {_size(sum(e['bytes'] for e in caches))}; everything listed "
                  f"{_size(sum(e['bytes'] for e in entries))}")
