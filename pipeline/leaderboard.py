@@ -107,7 +107,7 @@ def table(runs: list, others: list) -> list:
         rows.append([str(i), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),
                      f"{r['train_n']:,}", seconds, r["created"], r["name"]])
     lines = aligned(rows)
-    lines.append(f"{len(runs)} runs, ranked on validation (the mean over views where the cache has them); "
+    lines.append(f"{len(runs)} run{'' if len(runs) == 1 else 's'}, ranked on validation (the mean over views where the cache has them); "
                  "test is scored once per run")
     for o in others:
         lines.append(printable(f"{o['name']}: " + (f"a {o['kind']} (its results.md ranks its heads)" if "kind" in o

@@ -42,7 +42,7 @@ def test_a_cache_says_how_it_was_made(tmp_path, built):
     assert path.endswith(e["key"] + ".h5") and e["state"].startswith("complete")
     lines = table([e])
     assert "train:30 test:6" in lines[1] and "512 x2 views" in lines[1] and lines[1].endswith(e["name"])
-    assert lines[-1].startswith("1 caches")
+    assert lines[-1].startswith("1 cache, ")
 
 
 def test_verified_only_while_the_file_is_the_one_verified(tmp_path, built):
