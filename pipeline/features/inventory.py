@@ -61,7 +61,7 @@ def _when(seconds: float) -> str:
 def _temp_state(pid: int) -> str:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return f"left by a write that was stopped (process {pid} is gone); the next build of its cache removes it"
     except OSError:
         pass
@@ -95,7 +95,8 @@ def _cache(path: str, verify: bool) -> dict:
         shapes = {s: f[s]["features"].shape for s in f.keys()}
     shape = next(iter(shapes.values()), (0, 0))
     checked = verify or cache_memo.verified(path, meta.get("checksum"), cache_memo.stamp(path))
-    out.update(_made(meta.get("settings", {})), key=str(meta.get("key", ""))[:16], created=meta.get("created", out["created"]),
+    out.update(_made(meta.get("settings", {})), key=str(meta.get("key", ""))[:16],
+               created=str(meta.get("created", out["created"])),
                rows={s: int(v[0]) for s, v in sorted(shapes.items(), key=_split_order)}, width=int(shape[-1]),
                n_views=int(shape[1]) if len(shape) == 3 else 1,
                state="verified" if checked else "complete (its features are verified when first used)")
@@ -121,7 +122,7 @@ def _build(path: str) -> dict:
     done, size = {}, 0
     for split, (start, stop) in ranges.items():
         d, end = os.path.join(path, split), start
-        names = os.listdir(d) if os.path.isdir(d) else []
+        names = os.listdir(d) if os.path.isdir(d) and not os.path.islink(d) else []
         batches = sorted((int(m[1]), int(m[2])) for m in map(BATCH.fullmatch, names) if m)
         for a, b in batches:
             end = b if a == end else end

@@ -129,3 +129,18 @@ def test_a_build_whose_provenance_is_a_link_is_not_followed(tmp_path):
     os.symlink(tmp_path / "elsewhere.json", meta)
     (e,) = inventory(str(d))
     assert e["kind"] == "building" and e["state"].startswith("a journal without its provenance") and "rows" not in e
+
+
+def test_a_forged_cache_with_odd_attributes_is_listed_not_a_crash(tmp_path):
+    """A cache file anyone wrote (its checksums recomputed, so it passes them) whose settings are not a mapping,
+    and a temp file whose process number no system has."""
+    from pipeline.features.cache import write_cache
+    d = tmp_path / "caches"
+    d.mkdir()
+    prov = {"key": "k" * 64, "settings": ["not", "a", "dict"], "created": 12345, "class_names": ["a", "b"]}
+    splits = {"train": (np.arange(4) % 2, np.arange(4), 0)}
+    write_cache(str(d / "x.h5"), prov, splits, lambda s: iter([(0, 4, np.ones((4, 3), np.float32))]))
+    open(d / ".x.99999999999999999999.0123abcd.tmp.h5", "wb").close()         # a pid no system has
+    by_kind = {e["kind"]: e for e in inventory(str(d))}
+    assert by_kind["cache"]["state"] == "damaged: refused, attribute settings is not a JSON object"
+    assert "is gone" in by_kind["temp"]["state"]
