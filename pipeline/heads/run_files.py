@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from ..durable import open_own
+from .config import RUNS_DIR
 
 MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
 VAL_PROBA = "val_proba.npy"      # a refit run's validation probabilities before the refit (runs.write_run)
@@ -23,7 +24,7 @@ def read_metrics(run: str, refuse) -> dict:
             metrics = json.load(f)
         names, prov, _ = metrics["class_names"], metrics["provenance"], metrics["head"]   # a kind: callers check which
     except FileNotFoundError:
-        raise refuse("no metrics.json") from None
+        raise refuse("no metrics.json" if os.path.isdir(run) else _no_folder(run)) from None
     except RecursionError:
         raise refuse("metrics.json is nested too deeply") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -33,6 +34,14 @@ def read_metrics(run: str, refuse) -> dict:
     if not isinstance(prov, dict):
         raise refuse("metrics.json is not a run's (its provenance is not an object)")
     return metrics
+
+
+def _no_folder(run: str) -> str:
+    """Why `run` is not a run folder when nothing is there, and where the run of that name is, if the
+    default runs dir has one (`runs` lists folders by name)."""
+    there = os.path.join(RUNS_DIR, run)
+    named = not os.path.isabs(run) and os.path.isfile(os.path.join(there, "metrics.json"))
+    return "no such folder" + (f" (the run of that name is {there}: pass that path)" if named else "")
 
 
 def read_val_proba(run: str, shape: tuple, refuse):

@@ -138,7 +138,7 @@ def test_members_must_share_cache_split_and_be_single_heads(members, syn_views, 
     for runs, needle in (([soft], "expected 2 to 16"), ([soft, soft], "given twice"),
                          ([soft, other], "another cache"), ([soft, seeded], "validation split"),
                          ([soft, tmp_path / "nested"], "expected softmax or logreg"),
-                         ([soft, tmp_path / "missing"], "no metrics.json")):
+                         ([soft, tmp_path / "missing"], "missing: no such folder")):
         code, out, err = run_captured(capsys, "ensemble", *(a for r in runs for a in ("--run", r)), "--cache",
                                       syn_views, "--runs-dir", tmp_path / "e", "--name", "x")
         assert is_one_line_error(code, err, needle), err

@@ -29,3 +29,13 @@ def test_readers_refuse_links_and_say_what_is_missing(tmp_path):
         read_val_proba(str(run), (2, 1, 2), Refused)
     assert read_metrics(str(outside), Refused)["head"] == "logreg"         # the same files, as a folder's own
     assert read_val_proba(str(outside), (2, 1, 2), Refused).shape == (2, 1, 2)
+
+
+def test_a_run_given_by_name_says_where_the_run_of_that_name_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Refused, match=r"^no such folder$"):
+        read_metrics("best", Refused)
+    os.makedirs(tmp_path / "data" / "runs" / "best")
+    (tmp_path / "data" / "runs" / "best" / "metrics.json").write_text("{}")
+    with pytest.raises(Refused, match=r"^no such folder \(the run of that name is data/runs/best: pass that path\)$"):
+        read_metrics("best", Refused)
