@@ -101,9 +101,10 @@ def _checksum(root: dict, splits: dict) -> str:
 
 def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
     """Assemble the finished file. `splits`: name -> (labels, ids, first_row); `chunks(name)` yields
-    (a, b, features) covering the split exactly once. Written to a temp file, renamed last. The caller
-    holds the cache's writer_lock: a temp file of `path` left by a writer that was stopped (killed
-    while it wrote, as big as the cache) is removed first."""
+    (a, b, features) covering the split exactly once. Written to a temp file, renamed last. Its callers
+    in a shared cache folder (build, merge, combine) hold the cache's writer_lock, so a temp file of
+    `path` there is a stopped writer's (killed while it wrote, as big as the cache): removed first.
+    (A synthetic cache's path is its writer's own.)"""
     for stale in stopped_writes(path):
         try:
             size = os.path.getsize(stale)
