@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import re
 
@@ -23,6 +24,8 @@ from ..text_table import aligned
 from . import cache_memo
 from .cache import REBUILD, DamagedCache, NotACache, load_cache, read_provenance
 from .journal import BATCH, MAX_PROVENANCE_BYTES
+
+log = logging.getLogger(__name__)
 
 TEMP = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp\.h5")      # durable.atomic_file's temp name of a cache
 SET_ASIDE = re.compile(r".+\.h5\.corrupt(-\d+)?")
@@ -85,7 +88,8 @@ def _cache(path: str, verify: bool) -> dict:
     out = _other(path, "cache", "")
     try:
         meta = read_provenance(path)
-        if verify:
+        if verify and not cache_memo.verified(path, meta.get("checksum"), cache_memo.stamp(path)):
+            log.info(f"caches: verifying {os.path.basename(path)} ({_size(out['bytes'])}; ~1.5 GB/s)")
             load_cache(path, populate=False)                  # every features' SHA-256, remembered in the memo
     except NotACache as e:
         return {**out, "kind": "other", "state": "not a feature cache: " + _reason(str(e), path)}

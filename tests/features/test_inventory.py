@@ -53,7 +53,7 @@ def test_verified_only_while_the_file_is_the_one_verified(tmp_path, built):
     assert inventory(d)[0]["state"].startswith("complete")
 
 
-def test_damaged_features_are_found_by_verify_and_the_file_is_left_as_it_was(tmp_path, built):
+def test_damaged_features_are_found_by_verify_and_the_file_is_left_as_it_was(tmp_path, built, capsys):
     d, path = folder_with(tmp_path, built)
     feats = np.array(load_cache(built)["train"][0][7])
     data = bytearray(open(path, "rb").read())
@@ -62,6 +62,7 @@ def test_damaged_features_are_found_by_verify_and_the_file_is_left_as_it_was(tmp
     open(path, "wb").write(bytes(data))
     assert inventory(d)[0]["state"].startswith("complete")        # the listing alone reads no features
     (e,) = inventory(d, verify=True)
+    assert f"caches: verifying {os.path.basename(path)}" in capsys.readouterr().err
     assert e["state"] == "damaged: 'train' features fail their SHA-256 check"
     assert open(path, "rb").read() == bytes(data) and os.listdir(d) == [os.path.basename(path)]  # nothing moved
     assert table([e])[-1].startswith("a damaged cache is never used")
