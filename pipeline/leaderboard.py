@@ -54,8 +54,9 @@ def _run_row(path: str) -> dict:
         timings = m.get("timings") if isinstance(m.get("timings"), dict) else {}
         val = m.get("val") if isinstance(m.get("val"), dict) else {}
         row.update(head=str(m["head"]), parameters=_changed(hp) if m["head"] != "ensemble" else
-                   f"{len(m.get('members', []))} members", val=_score(val), val_n=int(val.get("n") or 0), test=_score(test),
-                   test_n=int(test.get("n") or 0), views=int(m.get("views") or 1), key=str(prov.get("key", ""))[:16],
+                   f"{len(m.get('members', []))} members", val=_score(val), val_n=int(val.get("n") or 0),
+                   test=_score(test), test_n=int(test.get("n") or 0), views=int(m.get("views") or 1),
+                   key=str(prov.get("key", ""))[:16],
                    layer=str(settings.get("layer", prov.get("dataset", "?"))),
                    train_n=int((m.get("train") or {}).get("n") or 0), seconds=timings.get("train_s"))
     except (PipelineError, KeyError, TypeError, ValueError, AttributeError) as e:
@@ -64,7 +65,7 @@ def _run_row(path: str) -> dict:
 
 
 def _when(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def leaderboard(runs_dir: str, cache_key: str | None = None) -> tuple[list, list]:
@@ -105,10 +106,10 @@ def table(runs: list, others: list) -> list:
         seconds = f"{r['seconds']:.1f}" if isinstance(r["seconds"], (int, float)) else "-"
         val = "-" if r["val"] is None else f"{_pct(r['val'])} ({r['val_n']:,})"
         rows.append([str(i), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),
-                     f"{r['train_n']:,}", seconds, r["created"], r["name"]])
+                     f"{r['train_n']:,}", seconds, r["created"][:16], r["name"]])
     lines = aligned(rows)
-    lines.append(f"{len(runs)} run{'' if len(runs) == 1 else 's'}, ranked on validation (the mean over views where the cache has them); "
-                 "test is scored once per run")
+    lines.append(f"{len(runs)} run{'' if len(runs) == 1 else 's'}, ranked on validation (the mean over views "
+                 "where the cache has them); test is scored once per run")
     for o in others:
         lines.append(printable(f"{o['name']}: " + (f"a {o['kind']} (its results.md ranks its heads)" if "kind" in o
                                                    else f"not listed: {o['unreadable']}")))

@@ -169,8 +169,8 @@ def table(entries: list) -> list:
         return str(e.get(c, "-"))
     lines = aligned([list(COLUMNS.values())] + [[cell(e, c) for c in COLUMNS] for e in entries])
     caches = [e for e in entries if e["kind"] == "cache"]
-    lines.append(f"{len(caches)} cache{'' if len(caches) == 1 else 's'}, {_size(sum(e['bytes'] for e in caches))}; everything listed "
-                 f"{_size(sum(e['bytes'] for e in entries))}")
+    lines.append(f"{len(caches)} cache{'' if len(caches) == 1 else 's'}, {_size(sum(e['bytes'] for e in caches))}; "
+                 f"everything listed {_size(sum(e['bytes'] for e in entries))}")
     if any(e["state"].startswith("damaged") for e in caches):
         lines.append(f"a damaged cache is never used: {REBUILD}")
     return lines
