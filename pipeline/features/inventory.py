@@ -24,6 +24,7 @@ from ..text_table import aligned
 from . import cache_memo
 from .cache import REBUILD, DamagedCache, NotACache, load_cache, read_provenance
 from .journal import BATCH, MAX_PROVENANCE_BYTES
+from .shards import SHARD_RE
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ def inventory(cache_dir: str, verify: bool = False) -> list:
         path, name = entry.path, entry.name
         if name.endswith(".h5") and not name.startswith(".") and entry.is_file():
             found.append(_cache(path, verify))
+            if SHARD_RE.search(name) and found[-1]["kind"] == "cache":      # rows of a sharded build, not yet merged
+                found[-1].update(kind="shard", state=found[-1]["state"] + "; merged into its cache when every shard "
+                                 "is built")
         elif name.endswith(".partial") and entry.is_dir(follow_symlinks=False):
             found.append(_build(path))
         elif SET_ASIDE.fullmatch(name) and entry.is_file(follow_symlinks=False):

@@ -145,3 +145,11 @@ def test_a_forged_cache_with_odd_attributes_is_listed_not_a_crash(tmp_path):
     by_kind = {e["kind"]: e for e in inventory(str(d))}
     assert by_kind["cache"]["state"] == "damaged: refused, attribute settings is not a JSON object"
     assert "is gone" in by_kind["temp"]["state"]
+
+
+def test_a_shard_of_a_sharded_build_is_listed_as_such(tmp_path, built):
+    d, path = folder_with(tmp_path, built)
+    os.rename(path, path[:-3] + ".shard-train-000000000-000000030.h5")
+    (e,) = inventory(d)
+    assert e["kind"] == "shard" and e["state"].endswith("merged into its cache when every shard is built")
+    assert table([e])[-1].startswith("0 caches")
