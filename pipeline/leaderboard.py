@@ -97,12 +97,12 @@ def _pct(v) -> str:
 def table(runs: list, others: list) -> list:
     """Aligned text lines: the ranked runs (rank, validation %, test % with its 95% interval, ...), then
     the other folders."""
-    head = ["rank", "val % (images)", "test % (95%)", "head", "parameters", "cache", "layers", "views", "train images",
+    head = ["rank", "val % (images)", "test % (95%; images)", "head", "parameters", "cache", "layers", "views", "train images",
             "train s", "created", "run"]
     rows = [head]
     for i, r in enumerate(runs, 1):
         lo, hi = wilson(r["test"], r["test_n"]) if r["test"] is not None else (None, None)
-        test = "-" if lo is None else f"{_pct(r['test'])} ({_pct(lo)}..{_pct(hi)})"
+        test = "-" if lo is None else f"{_pct(r['test'])} ({_pct(lo)}..{_pct(hi)}; {r['test_n']:,})"
         seconds = f"{r['seconds']:.1f}" if isinstance(r["seconds"], (int, float)) else "-"
         val = "-" if r["val"] is None else f"{_pct(r['val'])} ({r['val_n']:,})"
         rows.append([str(i), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),

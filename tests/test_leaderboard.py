@@ -35,7 +35,7 @@ def test_runs_are_ranked_on_validation_with_their_test_interval(runs_dir):
     lines = table(runs, others)
     lo, hi = wilson(fast["test"], fast["test_n"])
     line = lines[1 + names.index("fast")]
-    assert f"{100 * fast['test']:.2f} ({100 * lo:.2f}..{100 * hi:.2f})" in line and line.endswith("fast")
+    assert f"{100 * fast['test']:.2f} ({100 * lo:.2f}..{100 * hi:.2f}; 200)" in line and line.endswith("fast")
     assert lines[-1] == "sw: a sweep (its results.md ranks its heads)"
 
 
