@@ -92,3 +92,22 @@ def test_options_beside_cache_must_describe_it(cifar_dir, tmp_path, capsys):
     code, out, err = run_captured(capsys, "train-head", "--cache", syn, "--image-size", "64", *head)
     assert is_one_line_error(code, err, "was not made from stage-one settings")
     assert run_captured(capsys, "train-head", "--cache", syn, *head)[0] == 0
+
+
+def test_a_reader_that_stops_early_ends_the_program_quietly(syn, tmp_path, capsys):
+    """`pipeline runs | head`: the rest of the output has nowhere to go; no traceback, exit status 1."""
+    import os
+    import shutil
+    import subprocess
+    from conftest import PY, ROOT, run_captured
+    code, out, err = run_captured(capsys, "train-head", "--cache", syn, "--runs-dir", tmp_path / "r", "--name", "one",
+                                  "--epochs", "1", "--quiet")
+    assert code == 0
+    for i in range(300):                                   # ~1 MB of JSON: more than a pipe holds
+        os.makedirs(tmp_path / "many" / f"run{i}")
+        shutil.copy(tmp_path / "r" / "one" / "metrics.json", tmp_path / "many" / f"run{i}")
+    proc = subprocess.Popen([PY, "-m", "pipeline", "runs", "--runs-dir", str(tmp_path / "many"), "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"{"
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 1 and proc.stderr.read() == b""
