@@ -30,7 +30,10 @@ def cmd_features(args):
 
 def cmd_caches(args):
     from .features.inventory import report
-    print(report(args.cache_dir, verify=args.verify, as_json=args.json))
+    text, failed = report(args.cache_dir, verify=args.verify, as_json=args.json)
+    print(text)
+    if failed:
+        raise PipelineError(failed)
 
 
 def _training_data(args, opts: RunOptions, timings: dict):
@@ -158,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "progress and how far they got, files set aside as damaged")
     c.add_argument("--cache-dir", default=FeatureConfig.cache_dir, help="the folder (default %(default)s)")
     c.add_argument("--verify", action="store_true", help="also verify every cache's features now (their SHA-256, "
-                   "as a first load does; remembered, so a load after it skips that pass) (default off)")
+                   "as a first load does; remembered, so a load after it skips that pass); exit status 1 if one is "
+                   "damaged (default off)")
     c.add_argument("--json", action="store_true", help="print the list as JSON instead of a table (default off)")
     c.set_defaults(func=cmd_caches)
     for name, func, help_ in (("train-head", cmd_train_head, "stage two: train a head on cached features"),

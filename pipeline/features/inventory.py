@@ -20,7 +20,7 @@ import h5py
 
 from ..durable import open_own
 from ..errors import PipelineError
-from ..text_table import aligned
+from ..text_table import aligned, printable
 from . import cache_memo
 from .cache import REBUILD, DamagedCache, NotACache, load_cache, read_provenance
 from .journal import BATCH, MAX_PROVENANCE_BYTES
@@ -180,9 +180,13 @@ def table(entries: list) -> list:
     return lines
 
 
-def report(cache_dir: str, verify: bool = False, as_json: bool = False) -> str:
-    """What `caches` prints: the table (or JSON) of `inventory(cache_dir, verify)`."""
+def report(cache_dir: str, verify: bool = False, as_json: bool = False) -> tuple[str, str | None]:
+    """What `caches` prints: the table (or JSON) of `inventory(cache_dir, verify)`; and with `verify`, when a
+    cache failed, the one line that says so (a check that finds damage ends with exit status 1)."""
     entries = inventory(cache_dir, verify=verify)
-    if as_json:
-        return json.dumps(entries, indent=1)
-    return "\n".join(table(entries)) if entries else f"no caches in {cache_dir}"
+    text = json.dumps(entries, indent=1) if as_json else "\n".join(table(entries)) if entries else \
+        f"no caches in {cache_dir}"
+    damaged = [e["name"] for e in entries if e["kind"] == "cache" and e["state"].startswith("damaged")]
+    failed = (f"caches --verify: {len(damaged)} damaged in {cache_dir} ({printable(', '.join(damaged[:3]))}"
+              f"{', ...' if len(damaged) > 3 else ''}); {REBUILD}") if verify and damaged else None
+    return text, failed

@@ -66,6 +66,11 @@ def test_damaged_features_are_found_by_verify_and_the_file_is_left_as_it_was(tmp
     assert e["state"] == "damaged: 'train' features fail their SHA-256 check"
     assert open(path, "rb").read() == bytes(data) and os.listdir(d) == [os.path.basename(path)]  # nothing moved
     assert table([e])[-1].startswith("a damaged cache is never used")
+    code, out, err = run_captured(capsys, "caches", "--cache-dir", d, "--verify")       # a check that finds damage
+    said = err.strip().splitlines()              # which cache it verifies, then one line: what failed, what to do
+    assert code == 1 and len(said) == 2 and said[0].startswith(f"caches: verifying {e['name']}")
+    assert said[1].startswith(f"error: caches --verify: 1 damaged in {d} ({e['name']}); extract with the same")
+    assert out[1].endswith(e["name"]) and "damaged: 'train' features" in out[1]                 # the table first
 
 
 def test_a_truncated_cache_is_listed_as_damaged(tmp_path, built):
