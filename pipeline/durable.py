@@ -76,6 +76,9 @@ def publish(tmp: str, final: str):
     fsync_path(os.path.dirname(os.path.abspath(final)))
 
 
+TEMP_WRITER = r"(\d+)\.[0-9a-f]{8}"      # in a temp name: the writer's process number and its random part
+
+
 def _temp_parts(path: str) -> tuple[str, str, str]:
     """(folder, the start of every temp name of `path`, its end): `.<name>.<pid>.<8 hex>.tmp<ext>`, where a
     name longer than 80 characters is cut and ends in a hash of itself (so no two paths share a start)."""
@@ -91,11 +94,17 @@ def stopped_writes(path: str) -> list:
     whole file's size): only a caller that holds the one-writer lock of `path` may remove them, as
     then none of them is a live writer's."""
     folder, start, end = _temp_parts(path)
-    name = re.compile(re.escape(start) + r"\d+\.[0-9a-f]{8}" + re.escape(end))
+    name = re.compile(re.escape(start) + TEMP_WRITER + re.escape(end))
     try:
         return sorted(os.path.join(folder, n) for n in os.listdir(folder) if name.fullmatch(n))
     except OSError:
         return []
+
+
+def temp_writer(name: str, ext: str) -> int | None:
+    """The process number in `name` if it is a temp file's name atomic_file gives a file ending in `ext`, else None."""
+    m = re.fullmatch(r"\..+\." + TEMP_WRITER + re.escape(f".tmp{ext[:16]}"), name)
+    return int(m[1]) if m else None
 
 
 @contextmanager

@@ -9,7 +9,6 @@ folders of their own: `<name>-best`). Nothing is written.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 
@@ -18,7 +17,7 @@ from .heads.config import DEFAULTS
 from .heads.run_files import read_metrics
 from .heads.runs import folder_kind
 from .study_report import wilson
-from .text_table import aligned, printable
+from .text_table import aligned, minute, printable, utc
 
 NOT_PARAMETERS = {"seed", "val_fraction", "train_images", "early_stopping", "patience", "epochs_trained", "lr_used",
                   "refit_used", "best_epoch"}       # a run's record beside its head parameters
@@ -44,7 +43,7 @@ def _changed(hp: dict) -> str:
 
 
 def _run_row(path: str) -> dict:
-    row = {"name": os.path.basename(path), "created": _when(os.path.getmtime(path))}
+    row = {"name": os.path.basename(path), "created": utc(os.path.getmtime(path))}
     try:
         m = read_metrics(path, lambda why: PipelineError(why))
         hp = m.get("hyperparameters") if isinstance(m.get("hyperparameters"), dict) else {}
@@ -64,10 +63,6 @@ def _run_row(path: str) -> dict:
     return row
 
 
-def _when(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def leaderboard(runs_dir: str, cache_key: str | None = None) -> tuple[list, list]:
     """(runs best on validation first, then those without a validation score, newest first among equals;
     other folders: sweeps, studies, unreadable runs), or with `cache_key` only the runs on caches whose key
@@ -82,11 +77,10 @@ def leaderboard(runs_dir: str, cache_key: str | None = None) -> tuple[list, list
             row = _run_row(entry.path)
             (others if "unreadable" in row else runs).append(row)
         elif kind in ("sweep", "study"):
-            others.append({"name": entry.name, "kind": kind, "created": _when(entry.stat().st_mtime)})
+            others.append({"name": entry.name, "kind": kind, "created": utc(entry.stat().st_mtime)})
     if cache_key:          # sweeps, studies and unreadable folders are not known to be on that cache
         runs, others = [r for r in runs if r["key"].startswith(cache_key)], []
-    runs.sort(key=lambda r: r["created"], reverse=True)
-    runs.sort(key=lambda r: -1 if r["val"] is None else r["val"], reverse=True)     # stable: newest first on ties
+    runs.sort(key=lambda r: (-1 if r["val"] is None else r["val"], r["created"]), reverse=True)   # ties: newest first
     return runs, others
 
 
@@ -106,7 +100,7 @@ def table(runs: list, others: list) -> list:
         seconds = f"{r['seconds']:.1f}" if isinstance(r["seconds"], (int, float)) else "-"
         val = "-" if r["val"] is None else f"{_pct(r['val'])} ({r['val_n']:,})"
         rows.append([str(i), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),
-                     f"{r['train_n']:,}", seconds, r["created"][:16], r["name"]])
+                     f"{r['train_n']:,}", seconds, minute(r["created"]), r["name"]])
     lines = aligned(rows)
     lines.append(f"{len(runs)} run{'' if len(runs) == 1 else 's'}, ranked on validation (the mean over views "
                  "where the cache has them); test is scored once per run")

@@ -3,6 +3,8 @@ ragged; every cell made printable, since names and values may come from files an
 in a folder name or a metrics.json would otherwise forge a line of the table)."""
 from __future__ import annotations
 
+import datetime
+
 
 def printable(text) -> str:
     """`text` as one printable line: any other character (newline, TAB, escape) shown as '?'."""
@@ -14,3 +16,13 @@ def aligned(rows: list) -> list:
     cells = [[printable(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]) - 1)]
     return ["  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1] for row in cells]
+
+
+def utc(seconds: float) -> str:
+    """A file time (seconds since the epoch) as the caches' own `created` is written: ISO 8601 in UTC, to the second."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def minute(iso: str) -> str:
+    """An ISO time as a table shows it: `2026-12-03 11:55`."""
+    return iso[:16].replace("T", " ")

@@ -10,7 +10,6 @@ its batch files' names, never their contents.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -18,9 +17,9 @@ import re
 
 import h5py
 
-from ..durable import open_own
+from ..durable import open_own, temp_writer
 from ..errors import PipelineError
-from ..text_table import aligned, printable
+from ..text_table import aligned, minute, printable, utc
 from . import cache_memo
 from .cache import REBUILD, DamagedCache, NotACache, load_cache, read_provenance
 from .journal import BATCH, MAX_PROVENANCE_BYTES
@@ -28,7 +27,6 @@ from .shards import SHARD_RE
 
 log = logging.getLogger(__name__)
 
-TEMP = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp\.h5")      # durable.atomic_file's temp name of a cache
 SET_ASIDE = re.compile(r".+\.h5\.corrupt(-\d+)?")
 
 
@@ -50,19 +48,15 @@ def inventory(cache_dir: str, verify: bool = False) -> list:
             found.append(_build(path))
         elif SET_ASIDE.fullmatch(name) and entry.is_file(follow_symlinks=False):
             found.append(_other(path, "set aside", "damaged, kept for inspection (never read); delete it when done"))
-        elif TEMP.fullmatch(name) and entry.is_file(follow_symlinks=False):
-            found.append(_other(path, "temp", _temp_state(int(TEMP.fullmatch(name)[2]))))
+        elif temp_writer(name, ".h5") is not None and entry.is_file(follow_symlinks=False):
+            found.append(_other(path, "temp", _temp_state(temp_writer(name, ".h5"))))
     return sorted(found, key=lambda e: (e["created"], e["name"]))
 
 
 def _other(path: str, kind: str, state: str) -> dict:
     st = os.stat(path, follow_symlinks=False)
-    return {"kind": kind, "name": os.path.basename(path), "bytes": st.st_size, "created": _when(st.st_mtime),
+    return {"kind": kind, "name": os.path.basename(path), "bytes": st.st_size, "created": utc(st.st_mtime),
             "state": state}
-
-
-def _when(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _temp_state(pid: int) -> str:
@@ -92,7 +86,8 @@ def _cache(path: str, verify: bool) -> dict:
     out = _other(path, "cache", "")
     try:
         meta = read_provenance(path)
-        if verify and not cache_memo.verified(path, meta.get("checksum"), cache_memo.stamp(path)):
+        checked = cache_memo.verified(path, meta.get("checksum"), cache_memo.stamp(path))
+        if verify and not checked:
             log.info(f"caches: verifying {os.path.basename(path)} ({_size(out['bytes'])}; ~1.5 GB/s)")
             load_cache(path, populate=False)                  # every features' SHA-256, remembered in the memo
     except NotACache as e:
@@ -102,12 +97,11 @@ def _cache(path: str, verify: bool) -> dict:
     with h5py.File(path, "r") as f:                           # shapes only: metadata read_provenance checked
         shapes = {s: f[s]["features"].shape for s in f.keys()}
     shape = next(iter(shapes.values()), (0, 0))
-    checked = verify or cache_memo.verified(path, meta.get("checksum"), cache_memo.stamp(path))
     out.update(_made(meta.get("settings", {})), key=str(meta.get("key", ""))[:16],
                created=str(meta.get("created", out["created"])),
                rows={s: int(v[0]) for s, v in sorted(shapes.items(), key=_split_order)}, width=int(shape[-1]),
                n_views=int(shape[1]) if len(shape) == 3 else 1,
-               state="verified" if checked else "complete (its features are verified when first used)")
+               state="verified" if checked or verify else "complete (its features are verified when first used)")
     return out
 
 
@@ -169,7 +163,7 @@ def table(entries: list) -> list:
         if c == "width" and "width" in e:
             return f"{e['width']:,}" + (f" x{e['n_views']} views" if e.get("n_views", 1) > 1 else "")
         if c == "created":
-            return e["created"][:16].replace("T", " ")
+            return minute(e["created"])
         return str(e.get(c, "-"))
     lines = aligned([list(COLUMNS.values())] + [[cell(e, c) for c in COLUMNS] for e in entries])
     caches = [e for e in entries if e["kind"] == "cache"]
