@@ -287,3 +287,25 @@ def test_on_equal_validation_the_refit_head_is_best_and_a_configurations_rows_st
     assert [r["seed"] for r in rows] == ["0", "1", "0", "1"]
     m = json.load(open(root / "runs" / "tie-best" / "metrics.json"))
     assert m["study_row"] == rows[0]["row"] and m["hyperparameters"]["refit_used"] is True
+
+
+def test_the_best_configuration_over_seeds_is_not_trained_again(data, capsys, monkeypatch):
+    """The best run is the best configuration's first-seed row; that head is kept from the study's own
+    training even where another configuration has the single best row (here dropout 0.2, seed 0)."""
+    import pipeline.study as study_module
+    val = {(0.2, 0): 0.9, (0.2, 1): 0.1, (0.5, 0): 0.6, (0.5, 1): 0.6}   # dropout 0.5 best on the mean over seeds
+    calls, real = [], study_module.run_head
+
+    def scored(data, kind, params, opts):
+        calls.append((params["dropout"], opts.seed))
+        row, head = real(data, kind, params, opts)
+        return {**row, "val_accuracy": val[params["dropout"], opts.seed]}, head
+    monkeypatch.setattr(study_module, "run_head", scored)
+    code, _, err = small_study(capsys, root := data[1], data[0], "kept-seed", grid=("--grid", "dropout=0.2,0.5",
+                                                                                     "--grid", "seed=0,1"))
+    assert code == 0, err
+    rows = list(csv.DictReader(open(root / "runs" / "kept-seed" / "results.csv")))
+    assert [(r["head_dropout"], r["seed"]) for r in rows] == [("0.5", "0"), ("0.5", "1"), ("0.2", "0"), ("0.2", "1")]
+    assert sorted(calls) == sorted(val)                                      # each row once, the best not again
+    m = json.load(open(root / "runs" / "kept-seed-best" / "metrics.json"))
+    assert m["study_row"] == rows[0]["row"] and m["hyperparameters"]["dropout"] == 0.5
