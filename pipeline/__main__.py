@@ -10,10 +10,23 @@ def run() -> int:
     try:
         with NativeLogFilter(patterns_for(os.environ["TF_CPP_MIN_LOG_LEVEL"])) as terminal:
             from pipeline.cli import main
-            return main(fast_exit=True, before_exit=terminal.stop)
-    except BrokenPipeError:    # whoever read standard output stopped (`pipeline runs | head`): end quietly, as
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # Python's docs do (its exit flush
-        return 1                                                         # would complain again)
+            code = main(fast_exit=True, before_exit=terminal.stop)
+    except BrokenPipeError:    # whoever read standard output or error stopped (`pipeline runs | head`,
+        code = 1               # `features 2>&1 | head`): end quietly, exit status 1, as Python's docs do
+    return 1 if lost_readers() else code
+
+
+def lost_readers() -> bool:
+    """Whether standard output or error lost its reader (a flush fails); such a stream now writes to
+    /dev/null, so that the interpreter's own flush at exit does not fail again (exit status 120)."""
+    lost = False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            lost = True
+    return lost
 
 
 if __name__ == "__main__":

@@ -111,3 +111,23 @@ def test_a_reader_that_stops_early_ends_the_program_quietly(syn, tmp_path, capsy
     assert proc.stdout.readline().strip() == b"{"
     proc.stdout.close()
     assert proc.wait(timeout=120) == 1 and proc.stderr.read() == b""
+
+
+def test_a_reader_of_standard_error_that_is_gone_stops_the_build_quietly(cifar_dir, tmp_path):
+    """`features 2>&1 | head`: the progress has nowhere to go; exit status 1 (not the interpreter's 120
+    for a failed flush at exit), and the same command afterwards finishes the cache."""
+    import os
+    import subprocess
+    from conftest import PY, ROOT
+    cmd = [PY, "-m", "pipeline", "features", "--data-dir", cifar_dir, "--weights", "random", "--image-size", "32",
+           "--precision", "float32", "--cache-dir", str(tmp_path / "c")]
+    read, write = os.pipe()
+    os.close(read)                                               # the reader is gone before the first line
+    try:
+        code = subprocess.run(cmd, cwd=ROOT, stdout=write, stderr=write, timeout=300).returncode
+    finally:
+        os.close(write)
+    assert code == 1
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith(".h5"), done.stderr
+    assert os.path.exists(done.stdout.strip().splitlines()[-1])
