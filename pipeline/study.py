@@ -251,8 +251,9 @@ def rank_over_seeds(rows: list, seeds: list):
     every row gets its configuration's seeds_n and the mean and standard deviation over them (val_seeds_mean,
     test_seeds_mean, test_seeds_sd). One seed: the rows ranked on their own validation accuracy. Equal
     validation: a head refit on train + validation first (it shares its un-refit twin's validation by
-    construction; over three seeds it gained +0.1..+0.4 test points at every size measured: README "Refit on
-    small data"), then the configurations' order; a configuration's rows stay together."""
+    construction; over three seeds it gained +0.1..+0.4 test points at every size measured:
+    docs/full-cifar10.md, "Refit on small data"), then the configurations' order; a configuration's rows
+    stay together."""
     groups, place = {}, {}               # row -> (its configuration's mean validation, the configuration's index)
     for r in rows:
         groups.setdefault(json.dumps([r["cache"], r["head"], r.get("train_images"), head_settings(r)],

@@ -2,7 +2,7 @@
 or built like any one-size cache (so a study over 96, 128 and 96+128 runs each size's backbone
 once), and the several-size cache is their features concatenated, size after size (smallest
 first), row by row, into a file of the same layout: its key holds every size, its provenance names
-the caches it was combined from. Measured at full scale (README): 96+128+160 px +1 point over 128 px.
+the caches it was combined from. Measured at full scale (docs/full-cifar10.md): 96+128+160 px +1 point over 128 px.
 """
 from __future__ import annotations
 

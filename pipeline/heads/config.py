@@ -77,26 +77,27 @@ PARAMS = {
     "dropout": Param(0.5, float, "softmax: dropout rate before the softmax layer", 0, 1, "left", heads=SOFTMAX),
     "lr": Param("auto", float, f"softmax: Adam learning rate, or auto: {AUTO_LR:g}, smaller for wider features, "
                 f"times sqrt({AUTO_LR_WIDTH:,} / width) beyond {AUTO_LR_WIDTH:,} values (the hidden-layer head: "
-                f"{AUTO_LR:g}) (README, 'Learning rate by width')", 0, None, "neither", auto=True, heads=SOFTMAX),
+                f"{AUTO_LR:g}) (docs/full-cifar10.md, 'Learning rate by width')", 0, None, "neither", auto=True,
+                heads=SOFTMAX),
     "l2": Param(0.0, float, "softmax: L2 penalty on the Dense kernel, Keras' kernel_regularizer=L2(l2); or auto: "
                 "chosen on validation, then refit on train + validation", 0, None, "left", auto=True, heads=SOFTMAX),
     "init": Param("zeros", str, "softmax: the Dense kernel's starting values: zeros (where logistic regression "
-                  "starts; the default: README, 'The softmax head's start') or glorot_uniform (Keras' default, the "
-                  "notebook's)", heads=SOFTMAX, choices=("zeros", "glorot_uniform")),
+                  "starts; the default: docs/full-cifar10.md, 'The softmax head against the protocol') or "
+                  "glorot_uniform (Keras' default, the notebook's)", heads=SOFTMAX, choices=("zeros", "glorot_uniform")),
     "lr_schedule": Param("cosine", str, "softmax: the learning rate over the run: cosine (Keras' CosineDecay from lr "
-                         "to 0 over every step; the default: README, 'The learning-rate schedule') or constant (the "
-                         "notebook's)", heads=SOFTMAX, choices=("cosine", "constant")),
+                         "to 0 over every step; the default: docs/full-cifar10.md, 'The learning-rate schedule') or "
+                         "constant (the notebook's)", heads=SOFTMAX, choices=("cosine", "constant")),
     "hidden": Param(0, int, "softmax: ReLU units of a hidden layer between the dropout and the softmax, itself "
-                    "followed by the same dropout (0: none, the notebook's head; README, 'A hidden layer'); trained "
-                    "by Keras' own train step", 0, 1 << 16, "both", heads=SOFTMAX),
+                    "followed by the same dropout (0: none, the notebook's head; docs/full-cifar10.md, 'A hidden "
+                    "layer'); trained by Keras' own train step", 0, 1 << 16, "both", heads=SOFTMAX),
     "refit": Param("auto", bool, "softmax: after training on train and scoring on validation, train the same head "
                    "again on train + validation for the epochs it was scored at, the protocol's second half (twice "
                    f"the time; l2=auto always refits); auto: where the labelled images (train + validation) are at "
-                   f"most {AUTO_REFIT_IMAGES:,} (in a sweep: the configuration chosen) (README, 'Refit on small data'); "
-                   "validation figures are those before the refit", auto=True, heads=SOFTMAX),
+                   f"most {AUTO_REFIT_IMAGES:,} (in a sweep: the configuration chosen) (docs/full-cifar10.md, "
+                   "'Refit on small data'); validation figures are those before the refit", auto=True, heads=SOFTMAX),
     "epochs": Param("auto", int, f"softmax: passes over the training rows, or auto: {AUTO_EPOCHS}, and more where the "
                     f"rows are few so that a run makes at least {AUTO_STEPS:,} steps, at most {AUTO_MAX_EPOCHS} passes "
-                    "(README, 'Epochs on small data')", 1, None, "left", auto=True, heads=SOFTMAX),
+                    "(docs/full-cifar10.md, 'Epochs on small data')", 1, None, "left", auto=True, heads=SOFTMAX),
     "batch_size": Param(250, int, "softmax: rows per step", 1, None, "left", heads=SOFTMAX, flag="--head-batch-size"),
     "standardize": Param(True, bool, "softmax: standardise features with the training rows' mean and scale, inside "
                          "the saved head (conv features are unscaled ReLU maps)", heads=SOFTMAX),
@@ -133,7 +134,7 @@ def refit_for(refit, n_labelled: int) -> bool:
     (train + validation; a cache's views are not more images) are at most AUTO_REFIT_IMAGES. The refit's
     one-ninth more images was worth +0.1..+0.6 points at every size measured (1,000-45,000, views or not;
     the mean of three seeds from 5,000 to 25,000), for twice the head's time: seconds up to 10,000 images,
-    a minute and more beyond, where `--refit` asks for it (README, 'Refit on small data')."""
+    a minute and more beyond, where `--refit` asks for it (docs/full-cifar10.md, 'Refit on small data')."""
     if refit != "auto":
         return bool(refit)
     return int(n_labelled) <= AUTO_REFIT_IMAGES

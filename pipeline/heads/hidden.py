@@ -118,7 +118,7 @@ def _train_epoch(model, train: _Batches) -> dict:
     train_accuracy as `fit` reports them (the mean over its batches, weighted by their rows). A loop of `train_on_batch`
     rather than `fit` on a PyDataset: TensorFlow's fit wraps one in a tf.data generator whose iterator,
     deleted at an epoch's end with the GIL held, can wait forever on a thread that needs the GIL (seen
-    here: a refit hung at its fourth epoch; README, "A hidden layer")."""
+    here: a refit hung at its fourth epoch; docs/full-cifar10.md, "A hidden layer")."""
     loss = accuracy = 0.0
     for i in range(len(train)):
         xb, yb = train[i]

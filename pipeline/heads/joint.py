@@ -7,7 +7,7 @@ Training follows Keras' rules: Dropout(p) keeps a feature with probability 1-p a
 (Keras' default); the update is keras.optimizers.Adam's (tested against it), its learning rate
 constant or decayed as keras.optimizers.schedules.CosineDecay over the run's steps (lr_schedule).
 Each step is one fused, multi-core Numba kernel for every head at once (kernels.py): Keras' own
-`fit` spends most of its time generating dropout noise and in per-step overhead (README: bench).
+`fit` spends most of its time generating dropout noise and in per-step overhead (README, Benchmark).
 With standardize=True, features are standardised with the mean and scale of the training rows
 (a zero-variance feature gets scale 1, as in StandardScaler), on the fly, inside the same kernel.
 """
