@@ -216,9 +216,9 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
                         first = {"row": row, "head": head, "data": part}
                 group.append({**row, "seed": seed})
             rows += group
-            mean = _rank(group[0], float(np.mean([accuracy(r, "val") for r in group])))   # as rank_over_seeds ranks it
-            if first and (not kept or mean > kept["rank"]):
-                kept = {**first, "rank": mean}
+            rank = _rank(group[0], float(np.mean([accuracy(r, "val") for r in group])))   # as rank_over_seeds ranks
+            if first and (not kept or rank > kept["rank"]):
+                kept = {**first, "rank": rank}
     rank_over_seeds(rows, seeds)                          # selected as it is reported
     for r in rows:
         for split in ("val", "test"):
