@@ -138,13 +138,30 @@ def write_json(path: str, obj):
     write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
 
 
+FULL_DISK_BYTES = 64 << 20     # write_error: a failed write with no errno on a disk with less free is a full disk
+
+
 def write_error(e: OSError, where: str, folder: str = "cache_dir", then: str = "re-run to resume") -> PipelineError:
     """A failed write as one line: a full disk (free space or move `folder`, the setting that says where
-    it goes, then `then`), or another cause (permissions, a folder that is a file)."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    it goes, then `then`), or another cause (permissions, a folder that is a file). NumPy's own writes
+    (np.save to a file) report a full disk without an errno, so such an error on a disk with less than
+    FULL_DISK_BYTES free is taken for one."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and free_bytes(where) < FULL_DISK_BYTES):
         return PipelineError(f"no space left on the device while writing {where}; free space or move the "
                              f"{folder} to a larger disk, then {then}")
-    return PipelineError(f"cannot write {where} ({e.strerror}); check the folder's permissions and space")
+    return PipelineError(f"cannot write {where} ({e.strerror or e}); check the folder's permissions and space")
+
+
+def free_bytes(path: str) -> float:
+    """Bytes free to this user on the disk that holds `path` (its nearest existing folder); inf if unknown."""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return float("inf")
+    return st.f_bavail * st.f_frsize
 
 
 @contextmanager

@@ -23,6 +23,11 @@ def utc(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def file_size(n: float) -> str:
+    """Bytes as a file's size is read: `7.74 GB`, `6.6 MB`."""
+    return f"{n / 1e9:.2f} GB" if n >= 999.95e6 else f"{n / 1e6:.1f} MB"      # never "1000.0 MB"
+
+
 def minute(iso: str) -> str:
     """An ISO time as a table shows it: `2026-12-03 11:55`."""
     return iso[:16].replace("T", " ")

@@ -33,6 +33,21 @@ def test_a_full_disk_says_which_setting_moves_the_files_and_what_then():
     assert other == "cannot write /r/run (Read-only file system); check the folder's permissions and space"
 
 
+def test_numpys_full_disk_without_an_errno_is_a_full_disk(tmp_path, monkeypatch):
+    """np.save to a file on a full disk raises OSError('Not enough free space to write ...') with no errno."""
+    import pipeline.durable as durable
+    numpy_full = OSError("Not enough free space to write 524288 bytes after offset 128")
+    target = str(tmp_path / "c" / "x.partial" / "train" / "0-32.npy")         # its folders not made yet
+    free = {"bytes": 1 << 19}
+    monkeypatch.setattr(durable.os, "statvfs",                                  # f_frsize 1, f_bavail the bytes
+                        lambda d: os.statvfs_result((4096, 1, 0, 0, free["bytes"], 0, 0, 0, 0, 255)))
+    assert durable.free_bytes(target) == 1 << 19
+    assert str(write_error(numpy_full, target)).startswith(f"no space left on the device while writing {target}; ")
+    free["bytes"] = 1 << 40                                                     # plenty free: another cause, named
+    assert str(write_error(numpy_full, target)) == (f"cannot write {target} (Not enough free space to write 524288 "
+                                                    "bytes after offset 128); check the folder's permissions and space")
+
+
 def test_writing_turns_only_os_errors_into_one_line():
     with pytest.raises(PipelineError, match="while writing /r/run; .* runs_dir"):
         with writing("/r/run", "runs_dir", "re-run"):

@@ -1,7 +1,12 @@
-from pipeline.text_table import aligned, printable
+from pipeline.text_table import aligned, file_size, printable
 
 
 def test_columns_are_padded_and_every_cell_is_one_printable_line():
     lines = aligned([["a", "bb", "name"], ["ccc", "d\te", "x\ny"]])
     assert lines == ["a    bb   name", "ccc  d?e  x?y"]
     assert printable("\x1b[2Jok") == "?[2Jok" and printable(3.5) == "3.5"
+
+
+def test_file_sizes_read_in_megabytes_then_gigabytes():
+    sizes = (0, 6_600_000, 999_940_000, 999_999_999, 7_740_000_000)
+    assert [file_size(n) for n in sizes] == ["0.0 MB", "6.6 MB", "999.9 MB", "1.00 GB", "7.74 GB"]

@@ -14,9 +14,10 @@ import os
 import time
 
 from .. import device
-from ..durable import move_aside
+from ..durable import free_bytes, move_aside
 from ..keras_env import keras_backend_name
 from ..errors import PipelineError
+from ..text_table import file_size
 from .backbone import Backbone, build_backbone, fed_pixels
 from .weights import model_weights_sha256, warn_random
 from .config import KEYED
@@ -124,14 +125,19 @@ def extract_rows(plans: list, stems: list, ranges: dict, quiet: bool = False, mo
             return {"hit": True, "images": 0}  # another process finished them while we waited
         journals = [Journal(stem, {"key": p.key, "settings": settings(p), "ranges": ranges}, p.cfg.store_dtype)
                     for p, stem in todo]
-        stats, t0 = {"images": 0}, time.perf_counter()
-        for split, (start, stop) in ranges.items():
+        stats, t0, checked = {"images": 0}, time.perf_counter(), []
+        rows_total = sum(stop - start for start, stop in ranges.values())
+        for i, (split, (start, stop)) in enumerate(ranges.items()):
             done = min(j.done(split, start) for j in journals)
             if done >= stop:
                 continue
             model = models.get([p for p, _ in todo])
+            rows_after = sum(b - a for a, b in list(ranges.values())[i + 1:])
 
-            def save(a, b, feats, s=split):
+            def save(a, b, feats, s=split, rows_after=rows_after, stop=stop):
+                if not checked:                            # the run's first batch: is there room for the rest?
+                    checked.append(True)
+                    check_space(os.path.dirname(stems[0]), feats, b - a, stop - a + rows_after, rows_total)
                 for journal, f in zip(journals, feats):
                     journal.write(s, a, b, f)
             if done > start:
@@ -158,6 +164,18 @@ def extract_rows(plans: list, stems: list, ranges: dict, quiet: bool = False, mo
         return stats
 
 
+def check_space(cache_dir: str, feats: list, rows: int, rows_left: int, rows_total: int):
+    """At a run's first batch (`rows` rows of each cache's `feats`): say up front where the disk is too small
+    for what is still to write, the batches of `rows_left` rows and then the finished files of `rows_total`
+    rows, written beside the batches before these are removed; a full disk would stop the build there."""
+    per_row = sum(f.nbytes for f in feats) / rows
+    need, free = per_row * (rows_left + rows_total), free_bytes(cache_dir)
+    if free < need:
+        log.warning(f"{cache_dir}: this build needs about {file_size(need)} more (its remaining batches, then the "
+                    f"finished file beside them) and the disk has {file_size(free)} free; free space, or it stops "
+                    "when the disk is full (re-run then to resume)")
+
+
 def build_caches(plans: list, quiet: bool = False, models: BuiltBackbone | None = None) -> list:
     """Extract every split of `plans` (one pass) in this process: the finished caches' paths."""
     t0 = time.perf_counter()
@@ -171,12 +189,12 @@ def build_caches(plans: list, quiet: bool = False, models: BuiltBackbone | None 
                         quiet=quiet, models=models)
     seconds = time.perf_counter() - t0
     for p in plans:
-        size = os.path.getsize(p.path) / 1e6
+        size = file_size(os.path.getsize(p.path))
         if stats["hit"]:
             log.info(f"cache hit: {p.path} (finished by another process)")
         else:
             n = stats["images"]
             log.info(f"features: {n} images in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} img/s incl. start-up; "
                      f"model {stats.get('model_s', 0):.1f} s, waiting for input {stats.get('wait_input_s', 0):.1f} s) "
-                     f"-> {p.path} ({size:.1f} MB)")
+                     f"-> {p.path} ({size})")
     return [p.path for p in plans]

@@ -19,7 +19,7 @@ import h5py
 
 from ..durable import open_own, temp_writer
 from ..errors import PipelineError
-from ..text_table import aligned, minute, printable, utc
+from ..text_table import aligned, file_size, minute, printable, utc
 from . import cache_memo
 from .cache import REBUILD, DamagedCache, NotACache, load_cache, read_provenance
 from .journal import BATCH, MAX_PROVENANCE_BYTES
@@ -88,7 +88,7 @@ def _cache(path: str, verify: bool) -> dict:
         meta = read_provenance(path)
         checked = cache_memo.verified(path, meta.get("checksum"), cache_memo.stamp(path))
         if verify and not checked:
-            log.info(f"caches: verifying {os.path.basename(path)} ({_size(out['bytes'])}; ~1.5 GB/s)")
+            log.info(f"caches: verifying {os.path.basename(path)} ({file_size(out['bytes'])}; ~1.5 GB/s)")
             load_cache(path, populate=False)                  # every features' SHA-256, remembered in the memo
     except NotACache as e:
         return {**out, "kind": "other", "state": "not a feature cache: " + _reason(str(e), path)}
@@ -142,10 +142,6 @@ def _split_order(item) -> tuple:
     return (item[0] != "train", item[0])       # train first, then the rest by name
 
 
-def _size(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
 COLUMNS = {"created": "created", "kind": "kind", "dataset": "dataset", "weights": "weights", "layer": "layers",
            "image_size": "px", "interpolation": "interp", "views": "views", "dtype": "computed/stored",
            "rows": "rows", "width": "width", "size": "size", "key": "key", "state": "state", "name": "file"}
@@ -155,7 +151,7 @@ def table(entries: list) -> list:
     """The inventory as aligned text lines: a header, one line per entry, then the totals."""
     def cell(e, c):
         if c == "size":
-            return _size(e["bytes"])
+            return file_size(e["bytes"])
         if c == "rows" and "rows" in e:
             return " ".join(f"{s}:{n:,}" for s, n in e["rows"].items())
         if c == "dtype" and "precision" in e:
@@ -167,8 +163,8 @@ def table(entries: list) -> list:
         return str(e.get(c, "-"))
     lines = aligned([list(COLUMNS.values())] + [[cell(e, c) for c in COLUMNS] for e in entries])
     caches = [e for e in entries if e["kind"] == "cache"]
-    lines.append(f"{len(caches)} cache{'' if len(caches) == 1 else 's'}, {_size(sum(e['bytes'] for e in caches))}; "
-                 f"everything listed {_size(sum(e['bytes'] for e in entries))}")
+    lines.append(f"{len(caches)} cache{'' if len(caches) == 1 else 's'}, {file_size(sum(e['bytes'] for e in caches))}; "
+                 f"everything listed {file_size(sum(e['bytes'] for e in entries))}")
     if any(e["state"].startswith("damaged") for e in caches):
         lines.append(f"a damaged cache is never used: {REBUILD}")
     return lines

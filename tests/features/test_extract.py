@@ -191,21 +191,31 @@ def test_second_writer_is_refused(cifar_dir, tmp_path, capsys):
     assert code == 1 and "another process" in err and "is writing" in err and not out
 
 
-def test_disk_full_is_one_line_and_resumable(cifar_dir, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("full", [OSError(errno.ENOSPC, "No space left on device"),
+                                  OSError("Not enough free space to write 8192 bytes after offset 128")])   # NumPy's
+def test_disk_full_is_said_up_front_then_one_line_and_resumable(cifar_dir, tmp_path, capsys, monkeypatch, full):
+    import pipeline.durable
+    import pipeline.features.build
     args = ("--data-dir", cifar_dir, "--cache-dir", tmp_path / "c", "--splits", "train", "--batch-size", "8", *SMALL)
     real_save, calls = np.save, []
 
     def save(f, arr, *a, **k):
         calls.append(1)
         if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise full
         return real_save(f, arr, *a, **k)
     monkeypatch.setattr(np, "save", save)
+    for module in (pipeline.durable, pipeline.features.build):
+        monkeypatch.setattr(module, "free_bytes", lambda path: 100_000)       # the disk: 0.1 MB free
     code, out, err = features(capsys, *args)
+    # 30 rows x 4,096 float32 to write as batches, then as the .h5 beside them: 60 x 16,384 bytes
+    assert "this build needs about 1.0 MB more (its remaining batches, then the finished file beside them) and the " \
+           "disk has 0.1 MB free" in err
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: no space left") and "Traceback" not in err
     monkeypatch.setattr(np, "save", real_save)
     code, out, err = features(capsys, *args)
     assert code == 0 and "train: resuming at row 16 of 30" in err
+    assert "needs about 0.7 MB more" in err                                   # 14 rows left + the 30 of the .h5
 
 
 def tamper_labels(path):
