@@ -3,7 +3,7 @@
 Stage one runs in this process on the same images at each precision; stage two (bench_heads.py)
 runs the real commands as fresh processes (start-up included) on synthetic caches. Absolute
 times drift on shared machines, so the table leads with ratios from one run. Writes
-data/bench/<timestamp>.json and .md; `--update-readme` puts the table into README.md.
+data/bench/<timestamp>.json, .md and .png (plot); `--update-readme` puts the table into README.md.
 """
 from __future__ import annotations
 
@@ -215,10 +215,60 @@ def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_S
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for ext, text in (("json", json.dumps(r, indent=1, default=str)), ("md", md)):
         write_text(os.path.join(out_dir, f"{stamp}.{ext}"), text)
+    plot(os.path.join(out_dir, f"{stamp}.png"), r)
     if readme:
         update_readme("README.md", md)
     log.info(md)
     return os.path.join(out_dir, f"{stamp}.json")
+
+
+HEAD_TARGETS = (("softmax", "softmax {rows:,} x {dim:,}", 4), ("softmax_conv", "softmax {rows:,} x {conv_dim:,} f16", 20),
+                ("softmax_views", "softmax {views_rows:,} x {view_dim:,} f16 (views)", 30), ("logreg", "logreg {rows:,} x {dim:,}", 60))
+
+
+def plot(path: str, r: dict):
+    """The run as a picture: stage one's images/s per dtype against the roofline and the notebook; each
+    head's wall time split into its phases, beside its target (red) and its training floor (x)."""
+    from .heads.runs import png_figure
+    s1, s2 = r["stage_one"], r["stage_two"]
+    with png_figure(path, figsize=(14, 5), layout="tight") as fig:
+        one, two = fig.subplots(1, 2)
+        bars = [("roofline", {d: r["matmul_gflops"][d] * 1e9 / s1["flops_per_image"] for d in ("float32", "bfloat16")}),
+                ("bare forward pass", {d: s1[f"bare_{d}"] for d in ("float32", "bfloat16")}),
+                ("stage one end to end", {d: s1[f"end_to_end_{d}"] for d in ("float32", "bfloat16")}),
+                ("notebook approach", {"float32": s1["notebook_float32"]})]
+        for i, (label, rates) in enumerate(bars):
+            for j, (dtype, rate) in enumerate(rates.items()):
+                one.barh(i + 0.2 * (1 - 2 * j), rate, height=0.4, color=("tab:blue", "tab:orange")[j],
+                         label=dtype if i == 0 else None)
+                one.text(rate, i + 0.2 * (1 - 2 * j), f" {rate:.2f}", va="center", fontsize=8)
+        one.margins(x=0.12)                                   # room for the last value's label
+        one.set_yticks(range(len(bars)), [b[0] for b in bars])
+        one.invert_yaxis()
+        one.set_xlabel("images/s")
+        one.set_title(f"stage one, {s1['images']} images at {s1['image_size']} px (auto = {s1['auto_precision']})")
+        one.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        sizes = {**s2, "views_rows": s2["rows"] * bench_heads.VIEWS, "view_dim": bench_heads.VIEW_DIM}
+        heads = [(key, label.format(**sizes), target) for key, label, target in HEAD_TARGETS if key in s2]
+        for i, (key, _, target) in enumerate(heads):
+            t, left = s2[key], 0.0
+            rest = t["wall_s"] - t["startup_s"] - t["load_s"] - t["train_s"]
+            for phase, seconds, colour in (("start-up", t["startup_s"], "tab:gray"), ("load", t["load_s"], "tab:olive"),
+                                           ("train", t["train_s"], "tab:blue"), ("evaluate, write", rest, "tab:cyan")):
+                two.barh(i, seconds, left=left, color=colour, label=phase if i == 0 else None)
+                left += max(seconds, 0.0)
+            two.plot([target, target], [i - 0.4, i + 0.4], color="red", lw=2, label="target" if i == 0 else None)
+            if "floor_s" in t:
+                two.plot(t["startup_s"] + t["load_s"] + t["floor_s"], i, "kx", ms=8,
+                         label="training at its floor" if i == 0 else None)
+            two.text(t["wall_s"], i, f" {t['wall_s']:.1f} s", va="center", fontsize=8)
+        two.margins(x=0.12)
+        two.set_yticks(range(len(heads)), [h[1] for h in heads])
+        two.invert_yaxis()
+        two.set_xlabel("seconds, wall (a fresh process)")
+        two.set_title("stage two: train-head, 20 epochs")
+        two.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+        fig.suptitle(f"{r['machine']}; {r['date']}; backend {r['backend']}")
 
 
 def update_readme(path: str, md: str):

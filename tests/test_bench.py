@@ -24,5 +24,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys, monkeypatch):
     assert "| end to end / bare, float32 |" in md and md.count("\n|") >= 16
     feed = result["feeding_path"]
     assert feed["per_core_128px"] > 0 and feed["per_core_224px"] > 0 and "feeding path alone (null model), 128 px" in md
+    png = [f for f in os.listdir(tmp_path / "b") if f.endswith(".png")]         # the run as a picture beside them
+    assert len(png) == 1 and open(tmp_path / "b" / png[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     text = readme.read_text()
     assert "old" not in text and "| measure | value | target |" in text
