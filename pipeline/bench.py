@@ -222,8 +222,10 @@ def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_S
     return os.path.join(out_dir, f"{stamp}.json")
 
 
-HEAD_TARGETS = (("softmax", "softmax {rows:,} x {dim:,}", 4), ("softmax_conv", "softmax {rows:,} x {conv_dim:,} f16", 20),
-                ("softmax_views", "softmax {views_rows:,} x {view_dim:,} f16 (views)", 30), ("logreg", "logreg {rows:,} x {dim:,}", 60))
+HEAD_TARGETS = (("softmax", "softmax {rows:,} x {dim:,}", 4),         # plot: each head row, its label and target (s)
+                ("softmax_conv", "softmax {rows:,} x {conv_dim:,} f16", 20),
+                ("softmax_views", "softmax {views_rows:,} x {view_dim:,} f16 (views)", 30),
+                ("logreg", "logreg {rows:,} x {dim:,}", 60))
 
 
 def plot(path: str, r: dict):
