@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_runs)
     p = sub.add_parser("predict", help="classify image files end to end")
     p.add_argument("--run", required=True, help="a run folder written by train-head or sweep")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders of them (a folder: its own image files, sorted)")
     p.add_argument("--export", default=None, metavar="PATH.keras", help="also save the end-to-end model (default: no)")
     p.add_argument("--batch-size", type=int, default=predict.BATCH_SIZE, help="images per forward pass (default %(default)s)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -22,7 +22,7 @@ from .errors import PipelineError, SettingError
 from .features.backbone import build_backbone
 from .features.config import FeatureConfig, validate
 from .features import pooling
-from .features.images import BadImage, decode_image
+from .features.images import IMAGE_EXTS, BadImage, decode_image
 from .features.preprocess import keras_preprocessing, upscale
 from .features.views import render_by_content
 from .heads.keras_file import head_model, input_width, read_head
@@ -147,6 +147,29 @@ def predict_images(model, run_info, paths, batch_size=32, tta=True):
     return out
 
 
+def image_files(paths: list) -> list:
+    """The files to classify: each path that is a file, and for a folder its own image files (a name ending in
+    one of IMAGE_EXTS, sorted; links are not followed and sub-folders not entered)."""
+    out = []
+    for path in paths:
+        if os.path.isdir(path):
+            try:
+                found = sorted(e.path for e in os.scandir(path)
+                               if e.name.lower().endswith(IMAGE_EXTS) and e.is_file(follow_symlinks=False))
+            except OSError as e:
+                raise PipelineError(f"folder {path}: cannot list it ({e.strerror}); pass image files or a readable "
+                                    "folder of them") from None
+            if not found:
+                raise PipelineError(f"folder {path}: no image files in it ({', '.join(IMAGE_EXTS)}; links and "
+                                    "sub-folders are not followed); pass image files or a folder of them")
+            out += found
+        elif os.path.isfile(path):
+            out.append(path)
+        else:
+            raise PipelineError(f"image {path}: no such file; pass existing image files or folders of them")
+    return out
+
+
 def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,
         tta: bool | None = None) -> list:
     """`path<TAB>class<TAB>probability` for each image (the command's output lines); saves the model to
@@ -158,10 +181,7 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
         if not export.endswith(".keras") or not os.path.isdir(folder):
             raise PipelineError(f"--export {export}: expected a path ending in .keras in an existing folder")
     info = read_run(run_dir)
-    missing = [p for p in images if not os.path.isfile(p)]
-    if missing:
-        what = "a folder" if os.path.isdir(missing[0]) else "no such file"
-        raise PipelineError(f"image {missing[0]}: {what}; pass existing image files (a folder's: FOLDER/*.png)")
+    images = image_files(images)
     views = info["settings"]["view_names"]
     tta = len(views) > 1 if tta is None else tta
     if tta and len(views) > 1:

@@ -182,13 +182,39 @@ def test_predict_bad_inputs(cached, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert run_cli("predict", "--run", run, tmp_path / "missing.png") == 1
     assert "no such file" in capsys.readouterr().err
-    assert run_cli("predict", "--run", run, tmp_path) == 1
-    assert f"image {tmp_path}: a folder; pass existing image files (a folder's: FOLDER/*.png)" in capsys.readouterr().err
+    os.makedirs(tmp_path / "none" / "sub")
+    (tmp_path / "none" / "notes.txt").write_text("x")
+    os.symlink(os.path.join(data, "test", "cat", "000.png"), tmp_path / "none" / "link.png")
+    assert run_cli("predict", "--run", run, tmp_path / "none") == 1          # no image file of its own
+    assert f"folder {tmp_path / 'none'}: no image files in it" in capsys.readouterr().err
     os.remove(os.path.join(run, "head.keras"))
     assert run_cli("predict", "--run", run, tmp_path / "bad.png") == 1
     assert "missing head.keras" in capsys.readouterr().err
     assert run_cli("predict", "--run", tmp_path, tmp_path / "bad.png") == 1
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_a_folder_is_its_own_image_files_in_order(cached, tmp_path, capsys):
+    """`predict --run R FOLDER`: the folder's image files, sorted, as if each were named; not a link (even to
+    an image), not a sub-folder's files, not other files."""
+    root, data, cache = cached
+    run = train(root, cache, "logreg", "run-folder")
+    capsys.readouterr()
+    cats = os.path.join(data, "test", "cat")
+    named = sorted(os.path.join(cats, f) for f in os.listdir(cats))
+    assert run_cli("predict", "--run", run, *named) == 0
+    want = capsys.readouterr().out.strip().splitlines()
+    folder = tmp_path / "cats"
+    os.makedirs(folder / "sub")
+    for f in os.listdir(cats):
+        shutil.copy(os.path.join(cats, f), folder / f.upper())               # any case of the extension
+    shutil.copy(named[0], folder / "sub" / "inner.png")
+    os.symlink(named[0], folder / "link.png")
+    (folder / "readme.txt").write_text("not an image")
+    assert run_cli("predict", "--run", run, folder) == 0
+    got = capsys.readouterr().out.strip().splitlines()
+    assert [g.split("\t")[0] for g in got] == sorted(str(folder / f.upper()) for f in os.listdir(cats))
+    assert [g.split("\t", 1)[1] for g in got] == [w.split("\t", 1)[1] for w in want]
 
 
 def test_predict_with_pooled_layers_views_and_a_float16_cache(tmp_path, capsys):
