@@ -165,8 +165,9 @@ def image_files(paths: list) -> list:
             out += found
         elif os.path.isfile(path):
             out.append(path)
-        else:
-            raise PipelineError(f"image {path}: no such file; pass existing image files or folders of them")
+        else:                                 # a FIFO or device is never opened: it might never end
+            what = "not a regular file" if os.path.lexists(path) else "no such file"
+            raise PipelineError(f"image {path}: {what}; pass existing image files or folders of them")
     return out
 
 

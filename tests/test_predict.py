@@ -182,6 +182,9 @@ def test_predict_bad_inputs(cached, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert run_cli("predict", "--run", run, tmp_path / "missing.png") == 1
     assert "no such file" in capsys.readouterr().err
+    os.mkfifo(tmp_path / "fifo.png")                                           # never opened: it would block
+    assert run_cli("predict", "--run", run, tmp_path / "fifo.png") == 1
+    assert f"image {tmp_path / 'fifo.png'}: not a regular file" in capsys.readouterr().err
     os.makedirs(tmp_path / "none" / "sub")
     (tmp_path / "none" / "notes.txt").write_text("x")
     os.symlink(os.path.join(data, "test", "cat", "000.png"), tmp_path / "none" / "link.png")
