@@ -17,7 +17,7 @@ import re
 
 import h5py
 
-from ..durable import open_own, temp_writer
+from ..durable import free_bytes, open_own, temp_writer
 from ..errors import PipelineError
 from ..text_table import aligned, file_size, minute, printable, utc
 from . import cache_memo
@@ -147,8 +147,9 @@ COLUMNS = {"created": "created", "kind": "kind", "dataset": "dataset", "weights"
            "rows": "rows", "width": "width", "size": "size", "key": "key", "state": "state", "name": "file"}
 
 
-def table(entries: list) -> list:
-    """The inventory as aligned text lines: a header, one line per entry, then the totals."""
+def table(entries: list, free: float | None = None) -> list:
+    """The inventory as aligned text lines: a header, one line per entry, then the totals (and `free`, the
+    bytes free on the folder's disk, where known: a cache is built beside its batches, so needs twice its size)."""
     def cell(e, c):
         if c == "size":
             return file_size(e["bytes"])
@@ -164,7 +165,8 @@ def table(entries: list) -> list:
     lines = aligned([list(COLUMNS.values())] + [[cell(e, c) for c in COLUMNS] for e in entries])
     caches = [e for e in entries if e["kind"] == "cache"]
     lines.append(f"{len(caches)} cache{'' if len(caches) == 1 else 's'}, {file_size(sum(e['bytes'] for e in caches))}; "
-                 f"everything listed {file_size(sum(e['bytes'] for e in entries))}")
+                 f"everything listed {file_size(sum(e['bytes'] for e in entries))}"
+                 + (f"; {file_size(free)} free on its disk" if free is not None and free != float("inf") else ""))
     if any(e["state"].startswith("damaged") for e in caches):
         lines.append(f"a damaged cache is never used: {REBUILD}")
     return lines
@@ -174,8 +176,10 @@ def report(cache_dir: str, verify: bool = False, as_json: bool = False) -> tuple
     """What `caches` prints: the table (or JSON) of `inventory(cache_dir, verify)`; and with `verify`, when a
     cache failed, the one line that says so (a check that finds damage ends with exit status 1)."""
     entries = inventory(cache_dir, verify=verify)
-    text = json.dumps(entries, indent=1) if as_json else "\n".join(table(entries)) if entries else \
-        f"no caches in {cache_dir}"
+    if as_json:
+        text = json.dumps(entries, indent=1)
+    else:
+        text = "\n".join(table(entries, free_bytes(cache_dir))) if entries else f"no caches in {cache_dir}"
     damaged = [e["name"] for e in entries if e["kind"] == "cache" and e["state"].startswith("damaged")]
     failed = (f"caches --verify: {len(damaged)} damaged in {cache_dir} ({printable(', '.join(damaged[:3]))}"
               f"{', ...' if len(damaged) > 3 else ''}); {REBUILD}") if verify and damaged else None

@@ -116,6 +116,7 @@ def test_the_command(tmp_path, built, capsys):
     d, path = folder_with(tmp_path, built)
     code, out, err = run_captured(capsys, "caches", "--cache-dir", d)
     assert code == 0 and out[0].split()[:3] == ["created", "kind", "dataset"] and out[1].endswith(os.path.basename(path))
+    assert out[-1].startswith("1 cache, ") and out[-1].endswith(" free on its disk")       # room for the next build
     code, out, err = run_captured(capsys, "caches", "--cache-dir", d, "--json")
     assert code == 0 and json.loads("\n".join(out))[0]["rows"] == {"train": 30, "test": 6}
     os.makedirs(tmp_path / "empty")
