@@ -166,7 +166,7 @@ def image_files(paths: list) -> list:
         elif os.path.isfile(path):
             out.append(path)
         else:                                 # a FIFO or device is never opened: it might never end
-            what = "not a regular file" if os.path.lexists(path) else "no such file"
+            what = "not a regular file" if os.path.exists(path) else "no such file"     # a dangling link: none
             raise PipelineError(f"image {path}: {what}; pass existing image files or folders of them")
     return out
 

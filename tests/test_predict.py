@@ -185,6 +185,9 @@ def test_predict_bad_inputs(cached, tmp_path, capsys):
     os.mkfifo(tmp_path / "fifo.png")                                           # never opened: it would block
     assert run_cli("predict", "--run", run, tmp_path / "fifo.png") == 1
     assert f"image {tmp_path / 'fifo.png'}: not a regular file" in capsys.readouterr().err
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
+    assert run_cli("predict", "--run", run, tmp_path / "dangling.png") == 1
+    assert f"image {tmp_path / 'dangling.png'}: no such file" in capsys.readouterr().err
     os.makedirs(tmp_path / "none" / "sub")
     (tmp_path / "none" / "notes.txt").write_text("x")
     os.symlink(os.path.join(data, "test", "cat", "000.png"), tmp_path / "none" / "link.png")
