@@ -11,6 +11,7 @@ model is the one-view classifier.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -190,8 +191,11 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
                  "first) of each image, as its TTA figures; --no-tta for the original view only")
     model = end_to_end(info)
     names = info["class_names"]
-    lines = [f"{path}\t{names[k]}\t{proba[k]:.4f}"
-             for path, k, proba in predict_images(model, info, images, batch_size, tta)]
+    predicted = predict_images(model, info, images, batch_size, tta)
+    lines = [f"{path}\t{names[k]}\t{proba[k]:.4f}" for path, k, proba in predicted]
+    counts = collections.Counter(names[k] for _, k, _ in predicted).most_common()
+    log.info(f"predict: {len(lines)} image{'' if len(lines) == 1 else 's'}: "
+             + ", ".join(f"{name} {n}" for name, n in counts))
     if export:
         with atomic_file(export) as tmp:
             model.save(tmp)

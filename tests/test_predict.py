@@ -1,5 +1,6 @@
 """predict's end-to-end model agrees with the head applied to the cached features; run folders
 (which may come from anyone) are read as numbers only."""
+import collections
 import json
 import os
 import pickle
@@ -218,8 +219,11 @@ def test_a_folder_is_its_own_image_files_in_order(cached, tmp_path, capsys):
     os.symlink(named[0], folder / "link.png")
     (folder / "readme.txt").write_text("not an image")
     assert run_cli("predict", "--run", run, folder) == 0
-    got = capsys.readouterr().out.strip().splitlines()
+    out, err = capsys.readouterr()
+    got = out.strip().splitlines()
     assert [g.split("\t")[0] for g in got] == sorted(str(folder / f.upper()) for f in os.listdir(cats))
+    counts = collections.Counter(g.split("\t")[1] for g in got)                 # and how many of each class
+    assert f"predict: {len(got)} images: " + ", ".join(f"{c} {n}" for c, n in counts.most_common()) in err
     assert [g.split("\t", 1)[1] for g in got] == [w.split("\t", 1)[1] for w in want]
 
 
