@@ -137,7 +137,9 @@ def extract_rows(plans: list, stems: list, ranges: dict, quiet: bool = False, mo
             def save(a, b, feats, s=split, rows_after=rows_after, stop=stop):
                 if not checked:                            # the run's first batch: is there room for the rest?
                     checked.append(True)
-                    check_space(os.path.dirname(stems[0]), feats, b - a, stop - a + rows_after, rows_total)
+                    per_row = sum(f.nbytes for f in feats) / (b - a)
+                    check_space(os.path.dirname(stems[0]), per_row * (stop - a + rows_after + rows_total), "this build",
+                                "its remaining batches, then the finished file beside them")
                 for journal, f in zip(journals, feats):
                     journal.write(s, a, b, f)
             if done > start:
@@ -164,16 +166,14 @@ def extract_rows(plans: list, stems: list, ranges: dict, quiet: bool = False, mo
         return stats
 
 
-def check_space(cache_dir: str, feats: list, rows: int, rows_left: int, rows_total: int):
-    """At a run's first batch (`rows` rows of each cache's `feats`): say up front where the disk is too small
-    for what is still to write, the batches of `rows_left` rows and then the finished files of `rows_total`
-    rows, written beside the batches before these are removed; a full disk would stop the build there."""
-    per_row = sum(f.nbytes for f in feats) / rows
-    need, free = per_row * (rows_left + rows_total), free_bytes(cache_dir)
+def check_space(cache_dir: str, need: float, what: str, why: str):
+    """Say up front where the disk of `cache_dir` has less free than the `need` bytes `what` still writes (`why`:
+    what they are): a full disk would stop it there. A build checks at its first batch (its remaining batches,
+    then the finished file written beside them before they are removed); combine and merge before they write."""
+    free = free_bytes(cache_dir)
     if free < need:
-        log.warning(f"{cache_dir}: this build needs about {file_size(need)} more (its remaining batches, then the "
-                    f"finished file beside them) and the disk has {file_size(free)} free; free space, or it stops "
-                    "when the disk is full (re-run then to resume)")
+        log.warning(f"{cache_dir}: {what} needs about {file_size(need)} more ({why}) and the disk has "
+                    f"{file_size(free)} free; free space, or it stops when the disk is full (re-run then to resume)")
 
 
 def build_caches(plans: list, quiet: bool = False, models: BuiltBackbone | None = None) -> list:

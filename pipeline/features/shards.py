@@ -25,7 +25,7 @@ from .cache import DamagedCache, read_provenance, write_cache, writer_lock
 from ..errors import PipelineError
 from .config import FeatureConfig
 from ..durable import move_aside
-from .build import BuiltBackbone, extract_rows, finished_or_set_aside
+from .build import BuiltBackbone, check_space, extract_rows, finished_or_set_aside
 from .plan import Plan, plan, provenance
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,8 @@ def merge(p: Plan, jobs: list) -> str:
                 yield a, b, feats
         meta = provenance(p, {s: (0, len(sp)) for s, sp in p.dataset.splits.items()}, shas.pop(),
                           merged_from_shards=len(files))
+        check_space(p.cfg.cache_dir, sum(os.path.getsize(f) for f in files), "merging the shards",
+                    "the finished file, as large as the shards together")
         ds = p.dataset
         write_cache(p.path, meta, {s: (sp.labels, sp.ids, 0) for s, sp in ds.splits.items()}, chunks)
         for f in files:

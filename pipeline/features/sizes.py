@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..errors import PipelineError
 from ..hashing import json_sha256
-from .build import finished_or_set_aside
+from .build import check_space, finished_or_set_aside
 from .cache import load_cache, write_cache, writer_lock
 from .config import FeatureConfig
 from .plan import Plan, versions
@@ -58,6 +58,8 @@ def combine(p: Plan, paths: list, quiet: bool = False) -> str:
                  for part in parts]                                      # each file's attributes, as loaded
         _check_parts(p, paths, metas, parts)
         splits = {s: (labels, m["ids"], 0) for s, (_, labels, m) in parts[0].items()}
+        check_space(p.cfg.cache_dir, sum(x.nbytes for part in parts for x, _, _ in part.values()), "combining the sizes",
+                    "the finished file, as large as its parts together")
         bar = tqdm(total=sum(len(v[0]) for v in splits.values()), desc="combining sizes", unit="img", disable=quiet,
                    dynamic_ncols=True)
 

@@ -143,3 +143,12 @@ def test_ray_engine_on_local_ray_equals_local(data, tmp_path, capsys):
                               "--engine", "ray", *ARGS)
     assert code == 0, err
     same_cache(one[-1], out[-1])
+
+
+def test_merging_says_up_front_when_the_disk_is_too_small(data, tmp_path, capsys, monkeypatch):
+    import pipeline.features.build as build
+    monkeypatch.setattr(build, "free_bytes", lambda path: 1000)                # the disk: 1 KB free
+    code, out, err = features(capsys, "--data-dir", data, "--cache-dir", tmp_path / "c", "--shards", "2", *ARGS)
+    assert code == 0 and "this build needs about" in err                       # each shard's build
+    assert f"{tmp_path / 'c'}: merging the shards needs about " in err and "(the finished file, as large as the " \
+        "shards together) and the disk has 0.0 MB free" in err

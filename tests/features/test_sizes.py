@@ -100,3 +100,15 @@ def test_fc_layers_with_random_weights_combine(data, tmp_path):
     shas = [p["weights_sha256"] for p in meta["combined_from"]]
     assert len(set(shas)) == 2 and meta["weights_sha256"] not in shas
     assert load_cache(path)["train"][0].shape[1] == 2 * 4096
+
+
+def test_combining_says_up_front_when_the_disk_is_too_small(data, tmp_path, capsys, monkeypatch):
+    import pipeline.features.build as build
+    from pipeline.text_table import file_size
+    one = {s: extract(cfg(data, tmp_path, s), quiet=True) for s in (32, 64)}
+    monkeypatch.setattr(build, "free_bytes", lambda path: 1000)                # the disk: 1 KB free
+    code, out, err = run_captured(capsys, "features", "--data-dir", data, "--cache-dir", tmp_path, "--weights",
+                                  "random", "--precision", "float32", "--layer", LAYER, "--image-size", "32+64", "--quiet")
+    need = sum(load_cache(one[s])[split][0].nbytes for s in one for split in ("train", "test"))
+    assert code == 0 and f"{tmp_path}: combining the sizes needs about {file_size(need)} more (the finished file, as " \
+        "large as its parts together) and the disk has 0.0 MB free" in err
