@@ -216,7 +216,7 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
                         first = {"row": row, "head": head, "data": part}
                 group.append({**row, "seed": seed})
             rows += group
-            rank = _rank(group[0], float(np.mean([accuracy(r, "val") for r in group])))   # as rank_over_seeds ranks
+            rank = _rank(group[0], _mean_val(group))                 # as rank_over_seeds ranks its configuration
             if first and (not kept or rank > kept["rank"]):
                 kept = {**first, "rank": rank}
     rank_over_seeds(rows, seeds)                          # selected as it is reported
@@ -259,7 +259,7 @@ def rank_over_seeds(rows: list, seeds: list):
         groups.setdefault(json.dumps([r["cache"], r["head"], r.get("train_images"), head_settings(r)],
                                      sort_keys=True), []).append(r)
     for i, g in enumerate(groups.values()):
-        val = float(np.mean([accuracy(r, "val") for r in g]))
+        val = _mean_val(g)
         place.update((id(r), (val, i)) for r in g)
         if len(seeds) > 1:                 # every configuration has a row per seed
             test = [accuracy(r, "test") for r in g]
@@ -267,6 +267,11 @@ def rank_over_seeds(rows: list, seeds: list):
                 r.update(seeds_n=len(g), val_seeds_mean=val, test_seeds_mean=float(np.mean(test)),
                          test_seeds_sd=float(np.std(test, ddof=1)))
     rows.sort(key=lambda r: (tuple(-v for v in _rank(r, place[id(r)][0])), place[id(r)][1], seeds.index(r["seed"])))
+
+
+def _mean_val(group: list) -> float:
+    """A configuration's validation accuracy: the mean over its rows (one per seed)."""
+    return float(np.mean([accuracy(r, "val") for r in group]))
 
 
 def _rank(row: dict, val: float) -> tuple:

@@ -27,6 +27,7 @@ from ..durable import atomic_file, file_lock, stopped_writes, write_error
 from ..finite import block_finite
 from ..hashing import array_sha256, json_sha256, tag
 from ..hdf5_layout import LayoutError, check_file, check_tree
+from ..text_table import file_size
 from . import cache_memo
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def write_cache(path: str, provenance: dict, splits: dict, chunks) -> None:
             os.remove(stale)
         except OSError:
             continue
-        log.info(f"removed {stale}, left by a write of this cache that was stopped ({size / 1e6:.1f} MB)")
+        log.info(f"removed {stale}, left by a write of this cache that was stopped ({file_size(size)})")
     try:
         with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
             split_attrs = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 
@@ -48,8 +49,8 @@ def inventory(cache_dir: str, verify: bool = False) -> list:
             found.append(_build(path))
         elif SET_ASIDE.fullmatch(name) and entry.is_file(follow_symlinks=False):
             found.append(_other(path, "set aside", "damaged, kept for inspection (never read); delete it when done"))
-        elif temp_writer(name, ".h5") is not None and entry.is_file(follow_symlinks=False):
-            found.append(_other(path, "temp", _temp_state(temp_writer(name, ".h5"))))
+        elif (pid := temp_writer(name, ".h5")) is not None and entry.is_file(follow_symlinks=False):
+            found.append(_other(path, "temp", _temp_state(pid)))
     return sorted(found, key=lambda e: (e["created"], e["name"]))
 
 
@@ -166,7 +167,7 @@ def table(entries: list, free: float | None = None) -> list:
     caches = [e for e in entries if e["kind"] == "cache"]
     lines.append(f"{len(caches)} cache{'' if len(caches) == 1 else 's'}, {file_size(sum(e['bytes'] for e in caches))}; "
                  f"everything listed {file_size(sum(e['bytes'] for e in entries))}"
-                 + (f"; {file_size(free)} free on its disk" if free is not None and free != float("inf") else ""))
+                 + (f"; {file_size(free)} free on its disk" if free is not None and math.isfinite(free) else ""))
     if any(e["state"].startswith("damaged") for e in caches):
         lines.append(f"a damaged cache is never used: {REBUILD}")
     return lines

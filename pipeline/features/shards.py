@@ -25,6 +25,7 @@ from .cache import DamagedCache, read_provenance, write_cache, writer_lock
 from ..errors import PipelineError
 from .config import FeatureConfig
 from ..durable import move_aside
+from ..text_table import file_size
 from .build import BuiltBackbone, check_space, extract_rows, finished_or_set_aside
 from .plan import Plan, plan, provenance
 
@@ -96,7 +97,7 @@ def build_in_shards(p: Plan, shards: int, engine: str, ray_address: str | None =
     merge(p, jobs)
     secs = time.perf_counter() - t0
     log.info(f"features: {images} images in {secs:.1f} s ({images / max(secs, 1e-9):.1f} img/s incl. start-up and merge) "
-             f"from {len(jobs)} shards -> {p.path} ({os.path.getsize(p.path) / 1e6:.1f} MB)")
+             f"from {len(jobs)} shards -> {p.path} ({file_size(os.path.getsize(p.path))})")
     return p.path
 
 

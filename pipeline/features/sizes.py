@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..errors import PipelineError
 from ..hashing import json_sha256
+from ..text_table import file_size
 from .build import check_space, finished_or_set_aside
 from .cache import load_cache, write_cache, writer_lock
 from .config import FeatureConfig
@@ -89,5 +90,5 @@ def combine(p: Plan, paths: list, quiet: bool = False) -> str:
         finally:
             bar.close()
     log.info(f"features: {' + '.join(map(str, p.cfg.image_sizes))} px side by side -> {p.path} "
-             f"({os.path.getsize(p.path) / 1e6:.1f} MB)")
+             f"({file_size(os.path.getsize(p.path))})")
     return p.path
