@@ -94,8 +94,9 @@ def cmd_runs(args):
 
 
 def cmd_predict(args):
-    for line in predict.run(args.run, args.images, export=args.export, batch_size=args.batch_size, tta=args.tta):
-        print(line)
+    for line in predict.lines(args.run, args.images, export=args.export, batch_size=args.batch_size, tta=args.tta,
+                              quiet=args.quiet):
+        print(line, flush=True)          # each batch's lines as it is done: a reader sees them, Ctrl-C keeps them
 
 
 def cmd_gpu_check(args):
@@ -118,7 +119,7 @@ KEPT = {   # what Ctrl-C leaves, per command
              "to resume",
     "ensemble": "nothing was written (its run folder appears only when it is finished); re-run the command",
     "runs": "nothing was changed",
-    "predict": "nothing was written (an export is written whole or not at all)",
+    "predict": "the lines above are the images classified so far (an export is written whole, before them, or not at all)",
     "bench": "nothing was written; re-run the command",
     "gpu-check": "nothing was written; re-run the command",
 }
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="the mean over the run's cached views of each image, as its TTA figures (default: on where "
                         "the run's cache has views)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default off)")
     p.set_defaults(func=cmd_predict)
     b = sub.add_parser("bench", help="measure throughput against the machine and the notebook")
     b.add_argument("--images", type=int, default=None, help=f"stage-one images (default {bench.IMAGES}, --full "

@@ -18,6 +18,8 @@ import re
 
 import numpy as np
 
+from tqdm import tqdm
+
 from .durable import atomic_file
 from .errors import PipelineError, SettingError
 from .features.backbone import build_backbone
@@ -127,25 +129,30 @@ def end_to_end(run_info: dict):
     return keras.Model(inputs, out, name=re.sub(r"\W", "_", f"vgg19{sizes}_{pooling.slug(s['layers'])}_{kind}"))
 
 
-def predict_images(model, run_info, paths, batch_size=32, tta=True):
-    """Per image: (path, class index, probability vector): the mean over the run's views with tta (one
-    forward pass per view and size), else of the original view."""
+def predict_images(model, run_info, paths, batch_size=32, tta=True, quiet=True):
+    """Per image, batch by batch as each is done: (path, class index, probability vector), the mean over
+    the run's views with tta (one forward pass per view and size), else of the original view; a progress
+    bar (images/s, ETA) on standard error unless quiet."""
     s = run_info["settings"]
     names = s["view_names"] if tta else ["orig"]
-    out = []
-    for a in range(0, len(paths), batch_size):
-        chunk = paths[a:a + batch_size]
-        try:
-            images = [decode_image(p) for p in chunk]
-        except BadImage as e:
-            raise PipelineError(f"cannot read image {e.path}: {e.reason}; pass readable image files") from None
-        proba = 0.0
-        for view in render_by_content(images, names, s["shift_range"], s["views_seed"]):
-            x = [upscale(view, size, s["interpolation"]).astype(np.float32) for size in s["image_sizes"]]
-            proba = proba + np.asarray(model.predict_on_batch(x[0] if len(x) == 1 else x), dtype=np.float64)
-        proba = proba / len(names)
-        out += [(p, int(pr.argmax()), pr) for p, pr in zip(chunk, proba)]
-    return out
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=quiet, smoothing=0.1, dynamic_ncols=True)
+    try:
+        for a in range(0, len(paths), batch_size):
+            chunk = paths[a:a + batch_size]
+            try:
+                images = [decode_image(p) for p in chunk]
+            except BadImage as e:
+                done = f" (the {a} before its batch are classified above)" if a else ""
+                raise PipelineError(f"cannot read image {e.path}: {e.reason}; pass readable image files{done}") from None
+            proba = 0.0
+            for view in render_by_content(images, names, s["shift_range"], s["views_seed"]):
+                x = [upscale(view, size, s["interpolation"]).astype(np.float32) for size in s["image_sizes"]]
+                proba = proba + np.asarray(model.predict_on_batch(x[0] if len(x) == 1 else x), dtype=np.float64)
+            proba = proba / len(names)
+            bar.update(len(chunk))
+            yield from ((p, int(pr.argmax()), pr) for p, pr in zip(chunk, proba))
+    finally:
+        bar.close()
 
 
 def image_files(paths: list) -> list:
@@ -172,10 +179,11 @@ def image_files(paths: list) -> list:
     return out
 
 
-def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,
-        tta: bool | None = None) -> list:
-    """`path<TAB>class<TAB>probability` for each image (the command's output lines); saves the model to
-    `export` (.keras). tta: average over the run's cached views (None: where it has more than one)."""
+def lines(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,
+          tta: bool | None = None, quiet: bool = True):
+    """`path<TAB>class<TAB>probability` for each image (the command's output lines), batch by batch as
+    they are classified, then how many of each class on the log; saves the model to `export` (.keras)
+    first, whole or not at all. tta: average over the run's cached views (None: where it has more than one)."""
     if batch_size < 1:
         raise SettingError("batch_size", f"expected a positive integer, got {batch_size}", "predict")
     if export is not None:
@@ -190,12 +198,6 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
         log.info(f"predict: the mean over the run's {len(views)} views ({info['settings']['views']}: the original "
                  "first) of each image, as its TTA figures; --no-tta for the original view only")
     model = end_to_end(info)
-    names = info["class_names"]
-    predicted = predict_images(model, info, images, batch_size, tta)
-    lines = [f"{path}\t{names[k]}\t{proba[k]:.4f}" for path, k, proba in predicted]
-    counts = collections.Counter(names[k] for _, k, _ in predicted).most_common()
-    log.info(f"predict: {len(lines)} image{'' if len(lines) == 1 else 's'}: "
-             + ", ".join(f"{name} {n}" for name, n in counts))
     if export:
         with atomic_file(export) as tmp:
             model.save(tmp)
@@ -204,4 +206,15 @@ def run(run_dir: str, images: list, export: str | None = None, batch_size: int =
             f" {last} RGB 0..255"
         log.info(f"exported {export}: input{sizes} upscaled with OpenCV {info['settings']['interpolation']}"
                  + ("; one view (average its outputs over views for TTA)" if len(views) > 1 else ""))
-    return lines
+    names, counts = info["class_names"], collections.Counter()
+    for path, k, proba in predict_images(model, info, images, batch_size, tta, quiet):
+        counts[names[k]] += 1
+        yield f"{path}\t{names[k]}\t{proba[k]:.4f}"
+    n = sum(counts.values())
+    log.info(f"predict: {n} image{'' if n == 1 else 's'}: " + ", ".join(f"{name} {c}" for name, c in counts.most_common()))
+
+
+def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,
+        tta: bool | None = None) -> list:
+    """Every output line of `lines` (for a caller that wants them all at once)."""
+    return list(lines(run_dir, images, export, batch_size, tta))

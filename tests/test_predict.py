@@ -350,3 +350,25 @@ def test_a_run_folder_is_validated_like_a_cache(cached, tmp_path, capsys, monkey
     capsys.readouterr()
     code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
     assert is_one_line_error(code, err, needle) and "Traceback" not in err
+
+
+def test_lines_come_batch_by_batch_with_progress(cached, tmp_path, capsys):
+    """Each batch's lines are printed as it is done, so a bad image in a later batch leaves the earlier
+    batches' lines (and the export, written before them) and is one line; a progress bar unless --quiet."""
+    root, data, cache = cached
+    run = train(root, cache, "logreg", "run-stream")
+    capsys.readouterr()
+    cats = sorted(os.path.join(data, "test", "cat", f) for f in os.listdir(os.path.join(data, "test", "cat")))[:3]
+    code, want, err = run_captured(capsys, "predict", "--run", run, *cats, "--batch-size", "2")
+    assert code == 0 and len(want) == 3 and "predict: 100%" in err and "img/s" in err
+    code, out, err = run_captured(capsys, "predict", "--run", run, *cats, "--quiet")
+    assert code == 0 and out == want and "img/s" not in err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    code, out, err = run_captured(capsys, "predict", "--run", run, *cats, bad, "--batch-size", "2", "--quiet",
+                                  "--export", tmp_path / "m.keras")
+    assert out == want[:2]                       # batch 1; batch 2 (cats[2] and bad.png) refused as a whole
+    exported, error = err.strip().splitlines()
+    assert exported.startswith(f"exported {tmp_path / 'm.keras'}") and os.path.isfile(tmp_path / "m.keras")
+    assert is_one_line_error(code, error, f"cannot read image {bad}")
+    assert error.endswith("(the 2 before its batch are classified above)")
