@@ -31,6 +31,7 @@ from ..text_table import file_size
 from . import cache_memo
 
 log = logging.getLogger(__name__)
+SAY_LOAD_BYTES = 1 << 30      # a load of a file this big says so first (a cold read of 7.74 GB took 12-14 s)
 
 FORMAT_VERSION = 2  # bump when the file layout or the meaning of the numbers changes
 REBUILD = "extract with the same settings (the features command): it moves the damaged file aside and rebuilds it"
@@ -267,6 +268,9 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
             raise PipelineError(f"cache {path}: built with {k}={have!r}, asked for {want!r}; extract with the "
                                 "settings you want, or pass the matching cache")
     out, unverified = {}, verify and not cache_memo.verified(path, meta.get("checksum"), now)
+    if (populate or unverified) and os.path.getsize(path) >= SAY_LOAD_BYTES:     # seconds from a cold disk
+        log.info(f"cache {os.path.basename(path)}: reading {file_size(os.path.getsize(path))}"
+                 + (" and checking its SHA-256 (once per version of the file)" if unverified else ""))
     try:
         with h5py.File(path, "r") as f, open(path, "rb") as raw:
             pages = _pages(raw, populate or unverified)      # a verification reads every page: in one go

@@ -13,6 +13,7 @@ With standardize=True, features are standardised with the mean and scale of the 
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -24,6 +25,8 @@ from .linear import feature_stats, kernel_view, logits, normalized
 from .normalize import check_blocks
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
+PROGRESS_EVERY_S = 10.0     # a fit longer than this logs a line (epoch, rows/s, ETA) at most this often
+log = logging.getLogger(__name__)
 
 
 def glorot_uniform(fan_in, fan_out, seed):
@@ -71,9 +74,11 @@ class JointSoftmax:
         best_loss, stale, active, t = np.full(H, np.inf), np.zeros(H, np.int64), np.ones(H, bool), 0
         best = (self.W_.copy(), self.b_.copy()) if validate else None
         from .kernels import train_epoch
+        progress = _Progress(self.epochs_, len(rows), H)
         with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning after a val pass slow the kernels
             for epoch in range(1, self.epochs_ + 1):
                 t = train_epoch(Xk, rng.permutation(rows), y, self.batch_size, key0, t, state)
+                progress.epoch_end(epoch)
                 improved = self._end_epoch(epoch, state.stats.sum(0) / len(rows), X_val, y_val, best_loss, active)
                 if validate:
                     self._keep_best(best, improved)
@@ -205,3 +210,21 @@ class JointSoftmax:
                 "history_": self.history_[k], "best_epoch_": self.best_epoch_[k], "epochs_": self.epochs_,
                 "lr_": self.lrs_[k],
                 "train_seconds_": self.train_seconds_, "keys_": self.keys_}
+
+
+class _Progress:
+    """A long fit's heartbeat: after each epoch, once PROGRESS_EVERY_S has passed since the start or the
+    last line, one log line (epoch, rows/s, ETA); a fit shorter than that says nothing."""
+
+    def __init__(self, epochs: int, n_rows: int, heads: int):
+        self.epochs, self.n_rows, self.heads = epochs, n_rows, heads
+        self.t0 = self.last = time.perf_counter()
+
+    def epoch_end(self, epoch: int):
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_EVERY_S or epoch == self.epochs:
+            return
+        self.last, spent = now, now - self.t0
+        what = "softmax head" if self.heads == 1 else f"{self.heads} softmax heads"
+        log.info(f"{what}: epoch {epoch}/{self.epochs}, {epoch * self.n_rows / spent:,.0f} rows/s, "
+                 f"ETA {spent / epoch * (self.epochs - epoch):.0f} s")

@@ -256,3 +256,21 @@ def test_a_stopped_writes_temp_file_is_removed_by_the_next_write_of_that_cache(t
     assert not os.path.exists(left) and os.path.exists(other)           # another cache's is not this one's to remove
     assert f"removed {left}, left by a write of this cache that was stopped (5.0 MB)" in capsys.readouterr().err
     assert np.array_equal(load_cache(path)["train"][0], feats)
+
+
+def test_a_big_load_says_so_first(tmp_path, monkeypatch, capsys):
+    """A file of SAY_LOAD_BYTES or more: a line before it is read, saying whether its checksums are checked
+    (the first load of this version of the file) or not; a hit's check that reads nothing and a small file: none."""
+    from pipeline.features import cache
+    load_cache(build(tmp_path)[0])
+    assert capsys.readouterr().err == ""                        # below the size
+    monkeypatch.setattr(cache, "SAY_LOAD_BYTES", 0)
+    os.makedirs(tmp_path / "b")
+    path, _ = build(tmp_path / "b")
+    size = cache.file_size(os.path.getsize(path))
+    load_cache(path)
+    assert capsys.readouterr().err == f"cache c.h5: reading {size} and checking its SHA-256 (once per version of the file)\n"
+    load_cache(path)
+    assert capsys.readouterr().err == f"cache c.h5: reading {size}\n"
+    load_cache(path, populate=False)
+    assert capsys.readouterr().err == ""

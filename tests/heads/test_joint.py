@@ -208,3 +208,17 @@ def test_one_value_of_a_per_head_setting_serves_every_head(easy):
     assert default.params(2)["lr"] == "auto" and default.lrs_ == [1e-3] * 3        # 32 features: 1e-3 for every head
     with pytest.raises(ValueError, match=r"JointSoftmax lrs: expected 1 or 3 values .*got 2"):
         JointSoftmax(dropouts=(0.2, 0.5, 0.8), lrs=(1e-3, 1e-2)).fit(X, y)
+
+
+def test_a_long_fit_logs_its_progress_and_a_short_one_does_not(easy, monkeypatch, capsys):
+    """Every PROGRESS_EVERY_S a line (epoch, rows/s, ETA) after an epoch, never after the last; none before."""
+    from pipeline.heads import joint
+    X, y, _, _ = easy
+    monkeypatch.setattr(joint, "PROGRESS_EVERY_S", float("inf"))
+    JointSoftmax(epochs=3, batch_size=64).fit(X, y)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(joint, "PROGRESS_EVERY_S", 0.0)
+    JointSoftmax(dropouts=(0.2, 0.5), epochs=3, batch_size=64).fit(X, y)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["2 softmax heads: epoch 1/3", "2 softmax heads: epoch 2/3"]
+    assert all(" rows/s, ETA " in line and line.endswith(" s") for line in lines)
