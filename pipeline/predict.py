@@ -31,6 +31,7 @@ from .features.views import render_by_content
 from .heads.keras_file import head_model, input_width, read_head
 from .heads.ensemble import head_files
 from .heads.run_files import read_metrics
+from .study_report import wilson
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 32   # images per forward pass
@@ -206,12 +207,19 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
             f" {last} RGB 0..255"
         log.info(f"exported {export}: input{sizes} upscaled with OpenCV {info['settings']['interpolation']}"
                  + ("; one view (average its outputs over views for TTA)" if len(views) > 1 else ""))
-    names, counts = info["class_names"], collections.Counter()
+    names, counts, labelled = info["class_names"], collections.Counter(), []
     for path, k, proba in predict_images(model, info, images, batch_size, tta, quiet):
         counts[names[k]] += 1
+        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        if folder in names:                   # ROOT/test/CLASS/*: the folder's name is the image's label
+            labelled.append(folder == names[k])
         yield f"{path}\t{names[k]}\t{proba[k]:.4f}"
     n = sum(counts.values())
     log.info(f"predict: {n} image{'' if n == 1 else 's'}: " + ", ".join(f"{name} {c}" for name, c in counts.most_common()))
+    if labelled:
+        acc, (lo, hi) = np.mean(labelled), wilson(float(np.mean(labelled)), len(labelled))
+        log.info(f"predict: accuracy {acc:.2%} (95% {lo:.2%}..{hi:.2%}) on the {len(labelled):,} images in a folder "
+                 f"named after a class of the run, that class taken as their label ({sum(labelled):,} right)")
 
 
 def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,

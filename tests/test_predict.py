@@ -372,3 +372,26 @@ def test_lines_come_batch_by_batch_with_progress(cached, tmp_path, capsys):
     assert exported.startswith(f"exported {tmp_path / 'm.keras'}") and os.path.isfile(tmp_path / "m.keras")
     assert is_one_line_error(code, error, f"cannot read image {bad}")
     assert error.endswith("(the 2 before its batch are classified above)")
+
+
+def test_images_in_folders_named_after_classes_are_scored(cached, tmp_path, capsys):
+    """ROOT/test/CLASS/* given as class folders: the accuracy over them (the folder's name as the label) with
+    its 95% interval; images in a folder named otherwise count in no accuracy."""
+    from pipeline.study_report import wilson
+    root, data, cache = cached
+    run = train(root, cache, "logreg", "run-scored")
+    capsys.readouterr()
+    classes = sorted(os.listdir(os.path.join(data, "test")))
+    code, out, err = run_captured(capsys, "predict", "--run", run, "--quiet",
+                                  *(os.path.join(data, "test", c) for c in classes))
+    right = [line.split("\t")[1] == os.path.basename(os.path.dirname(line.split("\t")[0])) for line in out]
+    lo, hi = wilson(np.mean(right), len(right))
+    assert code == 0 and len(out) == sum(len(os.listdir(os.path.join(data, "test", c))) for c in classes)
+    assert err.strip().splitlines()[-1] == (
+        f"predict: accuracy {np.mean(right):.2%} (95% {lo:.2%}..{hi:.2%}) on the {len(right):,} images in a folder "
+        f"named after a class of the run, that class taken as their label ({sum(right):,} right)")
+    os.makedirs(tmp_path / "mixed")
+    shutil.copy(os.path.join(data, "test", classes[0], os.listdir(os.path.join(data, "test", classes[0]))[0]),
+                tmp_path / "mixed" / "a.png")
+    code, out, err = run_captured(capsys, "predict", "--run", run, "--quiet", tmp_path / "mixed")
+    assert code == 0 and len(out) == 1 and "accuracy" not in err
