@@ -95,7 +95,7 @@ def cmd_runs(args):
 
 def cmd_predict(args):
     for line in predict.lines(args.run, args.images, export=args.export, batch_size=args.batch_size, tta=args.tta,
-                              quiet=args.quiet):
+                              quiet=args.quiet, recursive=args.recursive):
         print(line, flush=True)          # each batch's lines as it is done: a reader sees them, Ctrl-C keeps them
 
 
@@ -213,12 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_runs)
     p = sub.add_parser("predict", help="classify image files end to end")
     p.add_argument("--run", required=True, help="a run folder written by train-head or sweep")
-    p.add_argument("images", nargs="+", help="image files, or folders of them (a folder: its own image files, sorted)")
+    p.add_argument("images", nargs="+", help="image files, or folders of them (a folder: its own image files, sorted; "
+                   "see --recursive)")
     p.add_argument("--export", default=None, metavar="PATH.keras", help="also save the end-to-end model (default: no)")
     p.add_argument("--batch-size", type=int, default=predict.BATCH_SIZE, help="images per forward pass (default %(default)s)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="the mean over the run's cached views of each image, as its TTA figures (default: on where "
                         "the run's cache has views)")
+    p.add_argument("--recursive", action="store_true", help="a folder's sub-folders too, their image files after its "
+                   "own, folder by folder in name order; links are not followed (default off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default off)")
     p.set_defaults(func=cmd_predict)
     b = sub.add_parser("bench", help="measure throughput against the machine and the notebook")

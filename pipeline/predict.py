@@ -156,21 +156,19 @@ def predict_images(model, run_info, paths, batch_size=32, tta=True, quiet=True):
         bar.close()
 
 
-def image_files(paths: list) -> list:
+def image_files(paths: list, recursive: bool = False) -> list:
     """The files to classify: each path that is a file, and for a folder its own image files (a name ending in
-    one of IMAGE_EXTS, sorted; links are not followed and sub-folders not entered)."""
+    one of IMAGE_EXTS, sorted; links are not followed), and with `recursive` its sub-folders' too (folder by
+    folder, sorted; a link to a folder is not entered)."""
     out = []
     for path in paths:
         if os.path.isdir(path):
-            try:
-                found = sorted(e.path for e in os.scandir(path)
-                               if e.name.lower().endswith(IMAGE_EXTS) and e.is_file(follow_symlinks=False))
-            except OSError as e:
-                raise PipelineError(f"folder {path}: cannot list it ({e.strerror}); pass image files or a readable "
-                                    "folder of them") from None
+            found = _folder_images(path, recursive)
             if not found:
-                raise PipelineError(f"folder {path}: no image files in it ({', '.join(IMAGE_EXTS)}; links and "
-                                    "sub-folders are not followed); pass image files or a folder of them")
+                more = "" if recursive else ("; its sub-folders are not entered without --recursive"
+                                             if any(e.is_dir(follow_symlinks=False) for e in os.scandir(path)) else "")
+                raise PipelineError(f"folder {path}: no image files in it ({', '.join(IMAGE_EXTS)}; links are not "
+                                    f"followed){more}; pass image files or a folder of them")
             out += found
         elif os.path.isfile(path):
             out.append(path)
@@ -180,8 +178,25 @@ def image_files(paths: list) -> list:
     return out
 
 
+def _folder_images(folder: str, recursive: bool) -> list:
+    """The image files in `folder` (sorted), then with `recursive` those of its sub-folders, depth first in
+    name order (a stack, not recursion: any depth)."""
+    found, todo = [], [folder]
+    while todo:
+        path = todo.pop()
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            raise PipelineError(f"folder {path}: cannot list it ({e.strerror}); pass image files or a readable "
+                                "folder of them") from None
+        found += [e.path for e in entries if e.name.lower().endswith(IMAGE_EXTS) and e.is_file(follow_symlinks=False)]
+        if recursive:
+            todo += reversed([e.path for e in entries if e.is_dir(follow_symlinks=False)])
+    return found
+
+
 def lines(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,
-          tta: bool | None = None, quiet: bool = True):
+          tta: bool | None = None, quiet: bool = True, recursive: bool = False):
     """`path<TAB>class<TAB>probability` for each image (the command's output lines), batch by batch as
     they are classified, then how many of each class on the log; saves the model to `export` (.keras)
     first, whole or not at all. tta: average over the run's cached views (None: where it has more than one)."""
@@ -192,7 +207,7 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
         if not export.endswith(".keras") or not os.path.isdir(folder):
             raise PipelineError(f"--export {export}: expected a path ending in .keras in an existing folder")
     info = read_run(run_dir)
-    images = image_files(images)
+    images = image_files(images, recursive)
     views = info["settings"]["view_names"]
     tta = len(views) > 1 if tta is None else tta
     if tta and len(views) > 1:
@@ -223,6 +238,6 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
 
 
 def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,
-        tta: bool | None = None) -> list:
+        tta: bool | None = None, recursive: bool = False) -> list:
     """Every output line of `lines` (for a caller that wants them all at once)."""
-    return list(lines(run_dir, images, export, batch_size, tta))
+    return list(lines(run_dir, images, export, batch_size, tta, recursive=recursive))

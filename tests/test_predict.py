@@ -395,3 +395,26 @@ def test_images_in_folders_named_after_classes_are_scored(cached, tmp_path, caps
                 tmp_path / "mixed" / "a.png")
     code, out, err = run_captured(capsys, "predict", "--run", run, "--quiet", tmp_path / "mixed")
     assert code == 0 and len(out) == 1 and "accuracy" not in err
+
+
+def test_recursive_enters_sub_folders_but_no_links(cached, tmp_path, capsys):
+    """--recursive: ROOT/test is its class folders in name order (the same lines as naming them), deeper
+    folders too; a link to a folder is not entered. Without it, a folder of folders says to use it."""
+    root, data, cache = cached
+    run = train(root, cache, "logreg", "run-recursive")
+    capsys.readouterr()
+    test = os.path.join(data, "test")
+    code, want, _ = run_captured(capsys, "predict", "--run", run, "--quiet",
+                                 *(os.path.join(test, c) for c in sorted(os.listdir(test))))
+    tree = tmp_path / "tree"
+    shutil.copytree(test, tree / "test")
+    os.symlink(test, tree / "test" / "zz-link")                                  # not entered
+    deep = tree / "test" / "zzz" / "a" / "b"
+    os.makedirs(deep)
+    shutil.copy(want[0].split("\t")[0], deep / "deep.png")
+    code, out, err = run_captured(capsys, "predict", "--run", run, "--quiet", "--recursive", tree)
+    assert code == 0 and [line.split("\t", 1)[1] for line in out] == [w.split("\t", 1)[1] for w in want] + [
+        want[0].split("\t", 1)[1]]
+    assert out[-1].split("\t")[0] == str(deep / "deep.png") and "accuracy" in err
+    code, _, err = run_captured(capsys, "predict", "--run", run, tree / "test")
+    assert is_one_line_error(code, err, "its sub-folders are not entered without --recursive")
