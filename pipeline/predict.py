@@ -230,7 +230,7 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
             labelled.append(folder == names[k])
         yield f"{path}\t{names[k]}\t{proba[k]:.4f}"
     n = sum(counts.values())
-    log.info(f"predict: {n} image{'' if n == 1 else 's'}: " + ", ".join(f"{name} {c}" for name, c in counts.most_common()))
+    log.info(f"predict: {n:,} image{'' if n == 1 else 's'}: " + ", ".join(f"{name} {c:,}" for name, c in counts.most_common()))
     if labelled:
         acc, (lo, hi) = np.mean(labelled), wilson(float(np.mean(labelled)), len(labelled))
         log.info(f"predict: accuracy {acc:.2%} (95% {lo:.2%}..{hi:.2%}) on the {len(labelled):,} images in a folder "
