@@ -19,6 +19,7 @@ from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, RunOptions, check_param, key
 from .data import TrainingData
 from ..durable import write_json
 from .runs import KIND_FILE, new_run_dir, png_figure, write_folder, write_results
+from . import joint
 from .joint import JointSoftmax
 from .softmax import SoftmaxHead
 from .train import finish_run, fit_head, make_head, refit_auto, split_proba
@@ -147,10 +148,15 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
     configs = configurations(space, rand, opts.seed, base)
     folder = new_run_dir(opts.runs_dir, opts.name)              # both names checked free before any work
     best_dir = new_run_dir(opts.runs_dir, os.path.basename(folder) + "-best")
-    t = time.perf_counter()
+    t = told = time.perf_counter()
     trained, rows = {}, []
     for i, fitted in train_all(head, configs, data, opts):
         trained[i] = fitted
+        now, done = time.perf_counter(), len(trained)
+        if now - told >= joint.PROGRESS_EVERY_S and done < len(configs):     # a long sweep's heartbeat
+            told = now
+            log.info(f"sweep: {done}/{len(configs)} configurations trained in {now - t:.0f} s, "
+                     f"ETA {(now - t) / done * (len(configs) - done):.0f} s")
         last = fitted.history_[-1]
         best = fitted.best_epoch_ if head == "softmax" else last["epoch"]
         kept = fitted.history_[best - 1] if head == "softmax" and opts.early_stopping else last

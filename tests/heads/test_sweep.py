@@ -228,3 +228,16 @@ def test_refit_best_of_a_logreg_sweep_and_of_a_best_that_refits_already(syn, tmp
                          "--param", "l2=auto", "--refit-best")                   # l2=auto refits already: once
     assert code == 0, err
     assert "refit_s" not in json.load(open(tmp_path / "a-best" / "metrics.json"))["timings"]
+
+
+def test_a_long_sweep_says_how_far_it_is(syn, tmp_path, capsys, monkeypatch):
+    """With the heartbeat at every configuration (PROGRESS_EVERY_S 0): a line after each but the last,
+    configurations trained and ETA; at the default (a sweep this small) none."""
+    from pipeline.heads import joint
+    args = ("--cache", syn, "--runs-dir", tmp_path, "--head", "logreg", "--param", "C=0.01,0.1,1")
+    code, _, err = sweep(capsys, *args, "--name", "quiet")
+    assert code == 0 and "configurations trained" not in err
+    monkeypatch.setattr(joint, "PROGRESS_EVERY_S", 0.0)
+    code, _, err = sweep(capsys, *args, "--name", "told")
+    said = [line.split(" in ")[0] for line in err.splitlines() if "configurations trained" in line]
+    assert code == 0 and said == ["sweep: 1/3 configurations trained", "sweep: 2/3 configurations trained"]
