@@ -108,3 +108,19 @@ def test_standardized_rows_are_the_scalers_fit_transform_block_by_block(easy, mo
         np.testing.assert_allclose(Z, want, atol=2e-5)
         Zv, same = standardized([(Xvd, None)], scaler)
         assert same is scaler and np.array_equal(Zv, Z[len(rows):])
+
+
+def test_a_big_fit_says_so_first(easy, monkeypatch, capsys):
+    """A fit on SAY_FIT_VALUES feature values or more: a line before it (C, rows x features, iterations, and
+    whether it starts from the last fit); a smaller one: none."""
+    from pipeline.heads import logreg
+    X, y, Xv, yv = easy
+    both, yb = np.concatenate([X, Xv]), np.concatenate([y, yv])
+    LogRegHead(C=0.1).fit(X, y)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(logreg, "SAY_FIT_VALUES", X.size)
+    LogRegHead(C=0.1, max_iter=50).fit(both, yb, Xv, yv, rows=np.arange(len(X))).refit_on(both, yb)
+    assert capsys.readouterr().err.splitlines() == [
+        f"logreg C=0.1: fitting on {len(X):,} rows x {X.shape[1]:,} features (scikit-learn's lbfgs, at most 50 iterations)",
+        f"logreg C=0.1: fitting on {len(both):,} rows x {X.shape[1]:,} features (scikit-learn's lbfgs, at most 50 "
+        "iterations, from the last fit)"]
