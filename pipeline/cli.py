@@ -204,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)")
     add_run_options(e)
     e.set_defaults(func=cmd_ensemble, exit_fast=True)
-    r = sub.add_parser("runs", help="every run folder in one table, best on validation first: test accuracy with its "
-                       "95%% interval, the head's parameters, its cache, its cost")
+    r = sub.add_parser("runs", help="every run folder in one table, best on validation first (against runs validated "
+                       "on the same images): test accuracy with its 95%% interval, the head's parameters, its cache, "
+                       "its cost")
     r.add_argument("--runs-dir", default=RUNS_DIR, help="where run folders are (default %(default)s)")
     r.add_argument("--cache-key", default=None, metavar="KEY", help="only runs on caches whose key starts with KEY "
                    "(the 16 characters `caches` and the cache's file name show) (default: all)")

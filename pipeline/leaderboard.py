@@ -1,6 +1,8 @@
 """`pipeline runs`: every run folder of a runs dir in one table, best on validation first (never
 ranked on test), with the test accuracy and its 95% interval, the head and the parameters it did not
-take at their defaults, the cache it trained on and what it cost.
+take at their defaults, the cache it trained on and what it cost. Runs are ranked against runs
+validated on the same images only: where the folder holds several validation sets (other data, another
+seed, val_fraction or train_images), each is a section of its own, the one with the best run first.
 
 Run folders may come from anyone: each metrics.json is read as predict and ensemble read it
 (run_files: the folder's own regular file, its size checked first, JSON only); one that cannot be
@@ -9,6 +11,7 @@ folders of their own: `<name>-best`). Nothing is written.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -57,10 +60,24 @@ def _run_row(path: str) -> dict:
                    test=_score(test), test_n=int(test.get("n") or 0), views=int(m.get("views") or 1),
                    key=str(prov.get("key", ""))[:16],
                    layer=str(settings.get("layer", prov.get("dataset", "?"))),
-                   train_n=int((m.get("train") or {}).get("n") or 0), seconds=timings.get("train_s"))
+                   train_n=int((m.get("train") or {}).get("n") or 0), seconds=timings.get("train_s"),
+                   **_validation_set(prov, hp, int(val.get("n") or 0)))
     except (PipelineError, KeyError, TypeError, ValueError, AttributeError) as e:
         row["unreadable"] = str(e)
     return row
+
+
+def _validation_set(prov: dict, hp: dict, n: int) -> dict:
+    """What decides a run's validation images, as an id (12 hex digits) and in words: the data (the cache's
+    dataset fingerprint, or its key without one) and the split's settings (data.split_images)."""
+    data = str(prov.get("dataset_fingerprint") or prov.get("key", ""))
+    split = {k: hp.get(k) for k in ("val_fraction", "seed", "train_images")}
+    digest = hashlib.sha256(json.dumps([data, split], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    source = str(prov.get("source") or prov.get("dataset") or "a synthetic cache")
+    how = f"val_fraction {split['val_fraction']}, seed {split['seed']}" + (
+        f", train_images {split['train_images']}" if split["train_images"] else "")
+    return {"validation_set": digest,
+            "validation_set_is": f"{n:,} images of {source} (data {data[:8]}; {how})"}
 
 
 def leaderboard(runs_dir: str, cache_key: str | None = None) -> tuple[list, list]:
@@ -81,6 +98,10 @@ def leaderboard(runs_dir: str, cache_key: str | None = None) -> tuple[list, list
     if cache_key:          # sweeps, studies and unreadable folders are not known to be on that cache
         runs, others = [r for r in runs if r["key"].startswith(cache_key)], []
     runs.sort(key=lambda r: (-1 if r["val"] is None else r["val"], r["created"]), reverse=True)   # ties: newest first
+    first = {}
+    for i, r in enumerate(runs):                    # each validation set where its best run stands
+        first.setdefault(r["validation_set"], i)
+    runs.sort(key=lambda r: first[r["validation_set"]])     # stable: the order above within a set
     return runs, others
 
 
@@ -93,8 +114,12 @@ def table(runs: list, others: list) -> list:
     the other folders."""
     head = ["rank", "val % (images)", "test % (95%; images)", "head", "parameters", "cache", "layers", "views", "train images",
             "train s", "created", "run"]
-    rows = [head]
-    for i, r in enumerate(runs, 1):
+    rows, sections, rank = [head], {}, 0
+    for r in runs:
+        if r["validation_set"] not in sections:       # a set's ranks start again at 1
+            sections[r["validation_set"]], rank = len(rows), 0
+        rank += 1
+        i = rank
         lo, hi = wilson(r["test"], r["test_n"]) if r["test"] is not None else (None, None)
         test = "-" if lo is None else f"{_pct(r['test'])} ({_pct(lo)}..{_pct(hi)}; {r['test_n']:,})"
         seconds = f"{r['seconds']:.1f}" if isinstance(r["seconds"], (int, float)) else "-"
@@ -102,8 +127,13 @@ def table(runs: list, others: list) -> list:
         rows.append([str(i), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),
                      f"{r['train_n']:,}", seconds, minute(r["created"]), r["name"]])
     lines = aligned(rows)
+    if len(sections) > 1:
+        sets = {r["validation_set"]: r["validation_set_is"] for r in runs}
+        for n, (key, at) in enumerate(reversed(sections.items())):
+            lines.insert(at, printable(f"validation set {len(sections) - n} of {len(sections)}: {sets[key]}"))
     lines.append(f"{len(runs)} run{'' if len(runs) == 1 else 's'}, ranked on validation (the mean over views "
-                 "where the cache has them); test is scored once per run")
+                 "where the cache has them)" + (f", each against the runs of its validation set ({len(sections)})"
+                                                if len(sections) > 1 else "") + "; test is scored once per run")
     for o in others:
         lines.append(printable(f"{o['name']}: " + (f"a {o['kind']} (its results.md ranks its heads)" if "kind" in o
                                                    else f"not listed: {o['unreadable']}")))

@@ -83,3 +83,28 @@ def test_names_and_values_from_files_cannot_forge_a_line(runs_dir, tmp_path):
     json.dump(metrics, open(path, "w"))
     lines = table(*leaderboard(str(tmp_path)))
     assert len(lines) == 3 and lines[1].endswith("a?rank 1 forged") and "dropout=0.5?1  99.99" in lines[1]
+
+
+def test_runs_validated_on_other_images_are_ranked_in_a_section_of_their_own(runs_dir, tmp_path):
+    """Another seed (or data, val_fraction, train_images) is another validation set: its runs are ranked among
+    themselves, under a line that says which; the set with the best run first. One set: no such line."""
+    import shutil
+    for name in ("fast", "slow"):
+        shutil.copytree(os.path.join(runs_dir, name), tmp_path / name)
+    assert len(table(*leaderboard(str(tmp_path)))) == 4                # header, two runs, the closing line
+    for name, seed, val in (("seed1-best", 1, 0.999), ("seed1-worst", 1, 0.001), ("fraction", 0, 0.5)):
+        shutil.copytree(os.path.join(runs_dir, "fast"), tmp_path / name)
+        path = tmp_path / name / "metrics.json"
+        metrics = json.load(open(path))
+        metrics["hyperparameters"]["seed"], metrics["val"]["accuracy"] = seed, val
+        if name == "fraction":
+            metrics["hyperparameters"]["val_fraction"] = 0.3
+        json.dump(metrics, open(path, "w"))
+    runs, _ = leaderboard(str(tmp_path))
+    assert [r["name"] for r in runs] == ["seed1-best", "seed1-worst", "fast", "slow", "fraction"]
+    lines = table(runs, [])
+    n = json.load(open(tmp_path / "fast" / "metrics.json"))["val"]["n"]
+    assert [line.split()[0] for line in lines[1:-1]] == ["validation", "1", "2", "validation", "1", "2", "validation", "1"]
+    assert lines[1].startswith(f"validation set 1 of 3: {n:,} images of ") and lines[1].endswith("val_fraction 0.1, seed 1)")
+    assert lines[7].startswith("validation set 3 of 3: ") and "val_fraction 0.3, seed 0" in lines[7]
+    assert lines[-1].endswith("each against the runs of its validation set (3); test is scored once per run")
