@@ -16,7 +16,7 @@ import json
 import os
 
 from .errors import PipelineError
-from .heads.config import DEFAULTS
+from .heads.config import DEFAULTS, SPLIT
 from .heads.run_files import read_metrics
 from .heads.runs import folder_kind
 from .study_report import wilson
@@ -69,9 +69,9 @@ def _run_row(path: str) -> dict:
 
 def _validation_set(prov: dict, hp: dict, n: int) -> dict:
     """What decides a run's validation images, as an id (12 hex digits) and in words: the data (the cache's
-    dataset fingerprint, or its key without one) and the split's settings (data.split_images)."""
+    dataset fingerprint, or its key without one) and the options that decide its split (SPLIT)."""
     data = str(prov.get("dataset_fingerprint") or prov.get("key", ""))
-    split = {k: hp.get(k) for k in ("val_fraction", "seed", "train_images")}
+    split = {k: hp.get(k) for k in SPLIT}
     digest = hashlib.sha256(json.dumps([data, split], sort_keys=True, default=str).encode()).hexdigest()[:12]
     source = str(prov.get("source") or prov.get("dataset") or "a synthetic cache")
     how = f"val_fraction {split['val_fraction']}, seed {split['seed']}" + (

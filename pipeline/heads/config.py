@@ -212,6 +212,9 @@ def check_param(name: str, value, owner: str | None = None):
     return v
 
 
+SPLIT = ("seed", "val_fraction", "train_images")    # the run options that decide a run's validation split on its cache
+
+
 @dataclasses.dataclass
 class RunOptions:
     """How a head command runs, whatever the head: the split, the seed, early stopping, the run folder."""

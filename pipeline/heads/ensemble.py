@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ..errors import SettingError
-from .config import RunOptions, check_param, refits
+from .config import SPLIT, RunOptions, check_param, refits
 from .keras_file import input_width, read_head, write_head
 from .run_files import VAL_PROBA, read_metrics, read_val_proba
 from .runs import evaluate, new_run_dir, plot_confusion, summary_table, write_folder, write_metrics
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 MAX_MEMBERS = 16                 # heads in one ensemble
 MEMBER_FILE = "member_{}.keras"  # an ensemble's head files, in its folder
-SPLIT = ("seed", "val_fraction", "train_images")    # what decides a run's validation split on its cache
 
 
 def head_files(run: str, metrics: dict, refuse) -> list[str]:
