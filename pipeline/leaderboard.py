@@ -119,12 +119,11 @@ def table(runs: list, others: list) -> list:
         if r["validation_set"] not in sections:       # a set's ranks start again at 1
             sections[r["validation_set"]], rank = len(rows), 0
         rank += 1
-        i = rank
         lo, hi = wilson(r["test"], r["test_n"]) if r["test"] is not None else (None, None)
         test = "-" if lo is None else f"{_pct(r['test'])} ({_pct(lo)}..{_pct(hi)}; {r['test_n']:,})"
         seconds = f"{r['seconds']:.1f}" if isinstance(r["seconds"], (int, float)) else "-"
         val = "-" if r["val"] is None else f"{_pct(r['val'])} ({r['val_n']:,})"
-        rows.append([str(i), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),
+        rows.append([str(rank), val, test, r["head"], r["parameters"], r["key"], r["layer"], str(r["views"]),
                      f"{r['train_n']:,}", seconds, minute(r["created"]), r["name"]])
     lines = aligned(rows)
     if len(sections) > 1:

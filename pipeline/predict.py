@@ -17,7 +17,6 @@ import os
 import re
 
 import numpy as np
-
 from tqdm import tqdm
 
 from .durable import atomic_file
@@ -236,8 +235,3 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
         log.info(f"predict: accuracy {acc:.2%} (95% {lo:.2%}..{hi:.2%}) on the {len(labelled):,} images in a folder "
                  f"named after a class of the run, that class taken as their label ({sum(labelled):,} right)")
 
-
-def run(run_dir: str, images: list, export: str | None = None, batch_size: int = BATCH_SIZE,
-        tta: bool | None = None, recursive: bool = False) -> list:
-    """Every output line of `lines` (for a caller that wants them all at once)."""
-    return list(lines(run_dir, images, export, batch_size, tta, recursive=recursive))
