@@ -16,7 +16,7 @@ from . import bench, predict
 from .errors import PipelineError
 from .errors import SettingError
 from .features import FeatureConfig, check_cache_settings, extract, find_cache
-from .heads.config import PARAMS, RUNS_DIR, RunOptions, head_params
+from .heads.config import PARAMS, PROGRESS, RUNS_DIR, RunOptions, head_params
 from .heads.config import flag as head_flag
 from .heads.runs import process_age
 from .options import (add_feature_options, add_head_options, add_run_options, check_typed_head_options,
@@ -285,7 +285,13 @@ def main(argv=None, fast_exit=False, before_exit=None) -> int:
     closed, run folder renamed into place), and skipping the interpreter's teardown of Numba's code saves ~0.5 s."""
     args = build_parser().parse_args(argv)
     configure_logging()
-    code = _run(args)
+    level = PROGRESS.level
+    if getattr(args, "quiet", False):           # no progress bars, nor the long fits' heartbeat lines
+        PROGRESS.setLevel(logging.WARNING)
+    try:
+        code = _run(args)
+    finally:
+        PROGRESS.setLevel(level)
     if fast_exit and getattr(args, "exit_fast", False):
         sys.stdout.flush()
         sys.stderr.flush()

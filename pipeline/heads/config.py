@@ -6,6 +6,7 @@ checks of sweep and study values (`check_param`), and the estimators' scikit-lea
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 
@@ -213,6 +214,8 @@ def check_param(name: str, value, owner: str | None = None):
 
 
 SPLIT = ("seed", "val_fraction", "train_images")    # the run options that decide a run's validation split on its cache
+PROGRESS = logging.getLogger("pipeline.heads.progress")   # long fits' heartbeat lines (epoch or configuration, ETA);
+                                                          # the commands' --quiet silences it, as their progress bars
 
 
 @dataclasses.dataclass
@@ -225,7 +228,7 @@ class RunOptions:
     runs_dir: str = RUNS_DIR
     name: str | None = None
     train_images: int | None = PARAMS["train_images"].default   # a stratified subset (a learning curve)
-    quiet: bool = False                 # no summary table on the terminal
+    quiet: bool = False                 # no summary table on the terminal (nor PROGRESS lines: cli)
 
     def validated(self) -> "RunOptions":
         """These options checked (SettingError naming the first wrong one), values as their kinds."""

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from scipy.special import softmax
 
-from .config import epochs_for, lr_for
+from .config import PROGRESS, epochs_for, lr_for
 from .linear import feature_stats, kernel_view, normalized
 from .normalize import check_blocks, transform
 
@@ -144,7 +144,7 @@ class _Progress:
         self.history.append(row)
         spent = time.perf_counter() - self.t0
         val = f", validation {row['val_accuracy']:.2%}" if "val_loss" in row else ""
-        log.info(f"hidden-layer head: epoch {e}/{self.epochs}, loss {row['train_loss']:.4f}{val}; "
+        PROGRESS.info(f"hidden-layer head: epoch {e}/{self.epochs}, loss {row['train_loss']:.4f}{val}; "
                  f"{e * self.n_rows / spent:,.0f} rows/s, ETA {spent / e * (self.epochs - e):.0f} s")
         if "val_loss" not in row:
             return False

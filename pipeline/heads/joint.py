@@ -13,20 +13,18 @@ With standardize=True, features are standardised with the mean and scale of the 
 """
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from .config import DEFAULTS, epochs_for, lr_for
+from .config import DEFAULTS, PROGRESS, epochs_for, lr_for
 from .linear import feature_stats, kernel_view, logits, normalized
 from .normalize import check_blocks
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
 PROGRESS_EVERY_S = 10.0     # a fit longer than this logs a line (epoch, rows/s, ETA) at most this often
-log = logging.getLogger(__name__)
 
 
 def glorot_uniform(fan_in, fan_out, seed):
@@ -226,5 +224,5 @@ class _Progress:
             return
         self.last, spent = now, now - self.t0
         what = "softmax head" if self.heads == 1 else f"{self.heads} softmax heads"
-        log.info(f"{what}: epoch {epoch}/{self.epochs}, {epoch * self.n_rows / spent:,.0f} rows/s, "
+        PROGRESS.info(f"{what}: epoch {epoch}/{self.epochs}, {epoch * self.n_rows / spent:,.0f} rows/s, "
                  f"ETA {spent / epoch * (self.epochs - epoch):.0f} s")

@@ -15,7 +15,7 @@ import tomllib
 
 
 from ..errors import PipelineError, SettingError
-from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, RunOptions, check_param, key_values, refits
+from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, PROGRESS, RunOptions, check_param, key_values, refits
 from .data import TrainingData
 from ..durable import write_json
 from .runs import KIND_FILE, new_run_dir, png_figure, write_folder, write_results
@@ -155,7 +155,7 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
         now, done = time.perf_counter(), len(trained)
         if now - told >= joint.PROGRESS_EVERY_S and done < len(configs):     # a long sweep's heartbeat
             told = now
-            log.info(f"sweep: {done}/{len(configs)} configurations trained in {now - t:.0f} s, "
+            PROGRESS.info(f"sweep: {done}/{len(configs)} configurations trained in {now - t:.0f} s, "
                      f"ETA {(now - t) / done * (len(configs) - done):.0f} s")
         last = fitted.history_[-1]
         best = fitted.best_epoch_ if head == "softmax" else last["epoch"]

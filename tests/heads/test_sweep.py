@@ -232,7 +232,7 @@ def test_refit_best_of_a_logreg_sweep_and_of_a_best_that_refits_already(syn, tmp
 
 def test_a_long_sweep_says_how_far_it_is(syn, tmp_path, capsys, monkeypatch):
     """With the heartbeat at every configuration (PROGRESS_EVERY_S 0): a line after each but the last,
-    configurations trained and ETA; at the default (a sweep this small) none."""
+    configurations trained and ETA, unless --quiet; at the default (a sweep this small) none."""
     from pipeline.heads import joint
     args = ("--cache", syn, "--runs-dir", tmp_path, "--head", "logreg", "--param", "C=0.01,0.1,1")
     code, _, err = sweep(capsys, *args, "--name", "quiet")
@@ -241,3 +241,5 @@ def test_a_long_sweep_says_how_far_it_is(syn, tmp_path, capsys, monkeypatch):
     code, _, err = sweep(capsys, *args, "--name", "told")
     said = [line.split(" in ")[0] for line in err.splitlines() if "configurations trained" in line]
     assert code == 0 and said == ["sweep: 1/3 configurations trained", "sweep: 2/3 configurations trained"]
+    code, _, err = sweep(capsys, *args, "--name", "hushed", "--quiet")          # --quiet: no heartbeat
+    assert code == 0 and "configurations trained" not in err
