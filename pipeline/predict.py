@@ -31,6 +31,7 @@ from .heads.keras_file import head_model, input_width, read_head
 from .heads.ensemble import head_files
 from .heads.run_files import read_metrics
 from .study_report import wilson
+from .text_table import escaped
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 32   # images per forward pass
@@ -143,7 +144,8 @@ def predict_images(model, run_info, paths, batch_size=32, tta=True, quiet=True):
                 images = [decode_image(p) for p in chunk]
             except BadImage as e:
                 done = f" (the {a} before its batch are classified above)" if a else ""
-                raise PipelineError(f"cannot read image {e.path}: {e.reason}; pass readable image files{done}") from None
+                raise PipelineError(f"cannot read image {escaped(e.path)}: {e.reason}; pass readable image "
+                                    f"files{done}") from None
             proba = 0.0
             for view in render_by_content(images, names, s["shift_range"], s["views_seed"]):
                 x = [upscale(view, size, s["interpolation"]).astype(np.float32) for size in s["image_sizes"]]
@@ -227,7 +229,7 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
         folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
         if folder in names:                   # ROOT/test/CLASS/*: the folder's name is the image's label
             labelled.append(folder == names[k])
-        yield f"{path}\t{names[k]}\t{proba[k]:.4f}"
+        yield f"{escaped(path)}\t{names[k]}\t{proba[k]:.4f}"      # a name's TAB or newline cannot forge a line
     n = sum(counts.values())
     log.info(f"predict: {n:,} image{'' if n == 1 else 's'}: " + ", ".join(f"{name} {c:,}" for name, c in counts.most_common()))
     if labelled:

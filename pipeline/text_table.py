@@ -11,6 +11,16 @@ def printable(text) -> str:
     return "".join(c if c.isprintable() else "?" for c in str(text))
 
 
+def escaped(text) -> str:
+    """`text` as one printable line that can be read back: a backslash and any character that is not
+    printable (newline, TAB, escape, an undecodable byte of a file name) as a Python escape (\\, \\n, \\x1b,
+    \\udcff); anything else as it is."""
+    s = str(text)
+    if s.isprintable() and "\\" not in s:
+        return s
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
 def aligned(rows: list) -> list:
     """Lines of `rows` (lists of cells, the first row the header), columns two spaces apart."""
     cells = [[printable(c) for c in row] for row in rows]

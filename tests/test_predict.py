@@ -418,3 +418,23 @@ def test_recursive_enters_sub_folders_but_no_links(cached, tmp_path, capsys):
     assert out[-1].split("\t")[0] == str(deep / "deep.png") and "accuracy" in err
     code, _, err = run_captured(capsys, "predict", "--run", run, tree / "test")
     assert is_one_line_error(code, err, "its sub-folders are not entered without --recursive")
+
+
+def test_file_names_cannot_forge_an_output_line(cached, tmp_path, capsys):
+    """A name in a folder with a newline, a TAB, a backslash or a byte that is not UTF-8: one line per image,
+    three fields, the name escaped as Python writes it (readable back); a bad image so named: one error line."""
+    from pipeline.text_table import escaped
+    root, data, cache = cached
+    run = train(root, cache, "logreg", "run-names")
+    capsys.readouterr()
+    good = os.path.join(data, "test", "cat", sorted(os.listdir(os.path.join(data, "test", "cat")))[0])
+    names = ["two\nlines\tdog\t1.0000.png", "back\\slash.png", os.fsdecode(b"bad\xff.png")]
+    for name in names:
+        shutil.copy(good, tmp_path / name)
+    code, out, err = run_captured(capsys, "predict", "--run", run, "--quiet", tmp_path)
+    assert code == 0 and len(out) == 3 and all(len(line.split("\t")) == 3 for line in out)
+    assert sorted(line.split("\t")[0] for line in out) == sorted(escaped(str(tmp_path / n)) for n in names)
+    assert {line.split("\t")[0].encode().decode("unicode_escape") for line in out} == {str(tmp_path / n) for n in names}
+    (tmp_path / "bad\nimage.png").write_bytes(b"\x89PNG broken")
+    code, out, err = run_captured(capsys, "predict", "--run", run, "--quiet", tmp_path / "bad\nimage.png")
+    assert is_one_line_error(code, err, "cannot read image " + escaped(str(tmp_path / "bad\nimage.png")))

@@ -1,4 +1,4 @@
-from pipeline.text_table import aligned, file_size, printable
+from pipeline.text_table import aligned, escaped, file_size, printable
 
 
 def test_columns_are_padded_and_every_cell_is_one_printable_line():
@@ -10,3 +10,11 @@ def test_columns_are_padded_and_every_cell_is_one_printable_line():
 def test_file_sizes_read_in_megabytes_then_gigabytes():
     sizes = (0, 6_600_000, 999_940_000, 999_999_999, 7_740_000_000)
     assert [file_size(n) for n in sizes] == ["0.0 MB", "6.6 MB", "999.9 MB", "1.00 GB", "7.74 GB"]
+
+
+def test_escaped_is_one_printable_line_that_reads_back():
+    names = ["plain é.png", "a\tb\nc.png", "back\\slash", "\x1b[31m", "bad\udcff.png"]
+    assert [escaped(n) for n in names] == ["plain é.png", "a\\tb\\nc.png", "back\\\\slash", "\\x1b[31m",
+                                           "bad\\udcff.png"]
+    assert all(escaped(n).isprintable() for n in names)
+    assert [escaped(n).encode("latin-1", "backslashreplace").decode("unicode_escape") for n in names] == names
