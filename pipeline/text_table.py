@@ -12,13 +12,16 @@ def printable(text) -> str:
 
 
 def escaped(text) -> str:
-    """`text` as one printable line that can be read back: a backslash and any character that is not
-    printable (newline, TAB, escape, an undecodable byte of a file name) as a Python escape (\\, \\n, \\x1b,
-    \\udcff); anything else as it is."""
+    """`text` (a path, say) as one printable line that reads back exactly: a backslash as \\\\, TAB, newline
+    and carriage return as \\t, \\n, \\r, any other unprintable character (an escape, a byte of a file
+    name that is not UTF-8) as its bytes, \\xNN; the rest as it is (so the escapes, read as bytes and
+    decoded as file names are, give `text` back)."""
     s = str(text)
     if s.isprintable() and "\\" not in s:
         return s
-    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in s)
+    named = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(named[c] if c in named else c if c.isprintable() else
+                   "".join(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogateescape")) for c in s)
 
 
 def aligned(rows: list) -> list:

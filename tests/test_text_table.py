@@ -13,8 +13,10 @@ def test_file_sizes_read_in_megabytes_then_gigabytes():
 
 
 def test_escaped_is_one_printable_line_that_reads_back():
-    names = ["plain é.png", "a\tb\nc.png", "back\\slash", "\x1b[31m", "bad\udcff.png"]
+    import codecs
+    import os
+    names = ["plain é.png", "a\tb\nc.png", "back\\slash", "\x1b[31m", os.fsdecode(b"bad\xff.png"), "x\u2028y"]
     assert [escaped(n) for n in names] == ["plain é.png", "a\\tb\\nc.png", "back\\\\slash", "\\x1b[31m",
-                                           "bad\\udcff.png"]
+                                           "bad\\xff.png", "x\\xe2\\x80\\xa8y"]
     assert all(escaped(n).isprintable() for n in names)
-    assert [escaped(n).encode("latin-1", "backslashreplace").decode("unicode_escape") for n in names] == names
+    assert [os.fsdecode(codecs.escape_decode(escaped(n).encode())[0]) for n in names] == names

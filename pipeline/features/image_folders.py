@@ -30,6 +30,7 @@ from ..errors import PipelineError, SettingError, reason
 from .dataset import CheckedDataset, Dataset, Split
 from ..durable import file_lock, publish, write_error
 from ..hashing import file_sha256
+from ..text_table import escaped
 from .config import FeatureConfig
 from .images import IMAGE_EXTS, BadImage, decode_image
 
@@ -40,16 +41,11 @@ MAX_MEMBER_BYTES = 256 << 20     # one archive member (a 50-megapixel BMP is 150
 MAX_MEMBERS = 1_000_000          # members in one archive (each costs an inode and a header)
 
 
-def shown(path: str) -> str:
-    """A path for a one-line message, undecodable bytes shown as \\xNN escapes."""
-    return repr(os.fsencode(path))[2:-1]
-
-
 def _utf8(name: str, where: str) -> str:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise PipelineError(f"{shown(where)}: the name is not valid UTF-8; rename it (caches store names as "
+        raise PipelineError(f"{escaped(where)}: the name is not valid UTF-8; rename it (caches store names as "
                             "UTF-8)") from None
     return name
 
@@ -60,11 +56,11 @@ def _member_name(tar_path: str, m: tarfile.TarInfo) -> str | None:
     if name in (".", ""):
         return None
     if name.startswith("/") or name == ".." or name.startswith("../"):
-        raise PipelineError(f"{tar_path}: member {shown(m.name)} points outside the archive's folder; refusing it "
+        raise PipelineError(f"{tar_path}: member {escaped(m.name)} points outside the archive's folder; refusing it "
                             "(use an archive of plain folders and image files)")
     if not (m.isfile() or m.isdir()):
         kind = "link" if (m.issym() or m.islnk()) else "special file"
-        raise PipelineError(f"{tar_path}: member {shown(m.name)} is a {kind}; image archives may hold only "
+        raise PipelineError(f"{tar_path}: member {escaped(m.name)} is a {kind}; image archives may hold only "
                             "folders and files (re-create it without links)")
     return _utf8(name, f"{tar_path}: member {m.name}")
 
@@ -81,7 +77,7 @@ def _members(tar_path: str, max_bytes: int):
             total += m.size if m.isfile() else 0
             if m.isfile() and m.size > MAX_MEMBER_BYTES or total > max_bytes or count > MAX_MEMBERS:
                 raise PipelineError(
-                    f"{tar_path}: member {shown(m.name)} takes it past a cap ({m.size:,} bytes; {total:,} bytes and "
+                    f"{tar_path}: member {escaped(m.name)} takes it past a cap ({m.size:,} bytes; {total:,} bytes and "
                     f"{count:,} members so far; caps: {MAX_MEMBER_BYTES:,} per member, max_archive_bytes "
                     f"{max_bytes:,} in all, {MAX_MEMBERS:,} members); nothing was unpacked: raise "
                     "max_archive_bytes if the archive is meant, or pass the unpacked folder")
@@ -148,15 +144,15 @@ def _inside(root: str, path: str, want_dir: bool) -> bool:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise PipelineError(f"{shown(path)}: cannot read ({e.strerror}); fix or remove it") from None
+        raise PipelineError(f"{escaped(path)}: cannot read ({e.strerror}); fix or remove it") from None
     if os.path.islink(path) and os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) != \
             os.path.realpath(root):
-        raise PipelineError(f"{shown(path)}: a link out of the data_dir (to {shown(os.path.realpath(path))}); copy what "
+        raise PipelineError(f"{escaped(path)}: a link out of the data_dir (to {escaped(os.path.realpath(path))}); copy what "
                             "it points to into the tree, or remove it")
     if stat.S_ISDIR(st.st_mode):
         return want_dir
     if not stat.S_ISREG(st.st_mode):
-        raise PipelineError(f"{shown(path)}: not a regular file (a FIFO, device or socket); remove it")
+        raise PipelineError(f"{escaped(path)}: not a regular file (a FIFO, device or socket); remove it")
     return not want_dir
 
 
@@ -165,7 +161,7 @@ def class_name(folder: str, where: str) -> str:
     forge lines in predict's output), else PipelineError."""
     name = unicodedata.normalize("NFC", folder)
     if not name.isprintable():
-        raise PipelineError(f"{shown(where)}: the class folder's name holds a TAB, newline or other control "
+        raise PipelineError(f"{escaped(where)}: the class folder's name holds a TAB, newline or other control "
                             "character; rename it")
     return name
 
@@ -202,7 +198,7 @@ def load_image_folders(path: str, splits, sources_dir: str | None = None, max_pi
                                     "add images or remove the folder")
             name = class_name(c, cdir)
             if name in found[s]:
-                raise PipelineError(f"{shown(cdir)}: two class folders of {s} are both called {name!r} (Unicode "
+                raise PipelineError(f"{escaped(cdir)}: two class folders of {s} are both called {name!r} (Unicode "
                                     "normalisation); merge them")
             found[s][name] = (c, files)
     class_names = sorted(set().union(*(set(v) for v in found.values())))
@@ -241,7 +237,7 @@ def check_images(ds: Dataset, on_bad_image: str = "fail") -> CheckedDataset:
         bad = [i for i, d in enumerate(digests) if isinstance(d, BadImage)]
         if bad and on_bad_image == "fail":
             first = digests[bad[0]]
-            raise PipelineError(f"bad image {first.path}: {first.reason}; fix or remove it, or pass "
+            raise PipelineError(f"bad image {escaped(first.path)}: {first.reason}; fix or remove it, or pass "
                                 f"on_bad_image skip ({len(bad)} bad image(s) in {name})")
         if bad:
             out.skipped += [{"split": name, "path": str(split.ids[i]), "reason": digests[i].reason} for i in bad]
