@@ -241,6 +241,9 @@ def check_images(ds: Dataset, on_bad_image: str = "fail") -> CheckedDataset:
                                 f"on_bad_image skip ({len(bad)} bad image(s) in {name})")
         if bad:
             out.skipped += [{"split": name, "path": str(split.ids[i]), "reason": digests[i].reason} for i in bad]
+            first = digests[bad[0]]
+            log.warning(f"{name}: left out {len(bad)} bad image(s) (on_bad_image skip), the first {escaped(first.path)}: "
+                        f"{first.reason}; the cache's provenance lists them (skipped)")
             keep = [i for i, d in enumerate(digests) if not isinstance(d, BadImage)]
             split = out.splits[name] = split.subset(keep)
             digests = [digests[i] for i in keep]

@@ -299,6 +299,9 @@ def test_skip_bad_images_is_recorded(folder_dir, tmp_path, capsys):
     code, out, err = features(capsys, *args, "--on-bad-image", "skip")
     _, _, meta = load_cache(out[-1])["test"]
     assert meta["skipped"][0]["path"] == "test/dog/broken.jpg" and meta["split_sizes"]["test"] == 12
+    said = [line for line in err.splitlines() if "left out" in line]                # and it says so
+    assert len(said) == 1 and said[0].startswith("test: left out 1 bad image(s) (on_bad_image skip), the first ")
+    assert "broken.jpg: " in said[0] and said[0].endswith("the cache's provenance lists them (skipped)")
 
 
 @pytest.mark.parametrize("args,needle", [
