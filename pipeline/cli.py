@@ -119,7 +119,8 @@ KEPT = {   # what Ctrl-C leaves, per command
              "to resume",
     "ensemble": "nothing was written (its run folder appears only when it is finished); re-run the command",
     "runs": "nothing was changed",
-    "predict": "the lines above are the images classified so far (an export is written whole, before them, or not at all)",
+    "predict": "the lines above are the images classified so far (an export is written whole, before them, or not "
+               "at all)",
     "bench": "nothing was written; re-run the command",
     "gpu-check": "nothing was written; re-run the command",
 }

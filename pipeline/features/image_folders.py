@@ -147,8 +147,8 @@ def _inside(root: str, path: str, want_dir: bool) -> bool:
         raise PipelineError(f"{escaped(path)}: cannot read ({e.strerror}); fix or remove it") from None
     if os.path.islink(path) and os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) != \
             os.path.realpath(root):
-        raise PipelineError(f"{escaped(path)}: a link out of the data_dir (to {escaped(os.path.realpath(path))}); copy what "
-                            "it points to into the tree, or remove it")
+        raise PipelineError(f"{escaped(path)}: a link out of the data_dir (to {escaped(os.path.realpath(path))}); "
+                            "copy what it points to into the tree, or remove it")
     if stat.S_ISDIR(st.st_mode):
         return want_dir
     if not stat.S_ISREG(st.st_mode):
@@ -235,13 +235,12 @@ def check_images(ds: Dataset, on_bad_image: str = "fail") -> CheckedDataset:
         with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
             digests = list(pool.map(_digest, split.paths, [split.max_pixels] * len(split)))
         bad = [i for i, d in enumerate(digests) if isinstance(d, BadImage)]
+        first = digests[bad[0]] if bad else None
         if bad and on_bad_image == "fail":
-            first = digests[bad[0]]
             raise PipelineError(f"bad image {escaped(first.path)}: {first.reason}; fix or remove it, or pass "
                                 f"on_bad_image skip ({len(bad)} bad image(s) in {name})")
         if bad:
             out.skipped += [{"split": name, "path": str(split.ids[i]), "reason": digests[i].reason} for i in bad]
-            first = digests[bad[0]]
             log.warning(f"{name}: left out {len(bad)} bad image(s) (on_bad_image skip), the first {escaped(first.path)}: "
                         f"{first.reason}; the cache's provenance lists them (skipped)")
             keep = [i for i, d in enumerate(digests) if not isinstance(d, BadImage)]
