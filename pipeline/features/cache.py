@@ -268,8 +268,9 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
             raise PipelineError(f"cache {path}: built with {k}={have!r}, asked for {want!r}; extract with the "
                                 "settings you want, or pass the matching cache")
     out, unverified = {}, verify and not cache_memo.verified(path, meta.get("checksum"), now)
-    if (populate or unverified) and os.path.getsize(path) >= SAY_LOAD_BYTES:     # seconds from a cold disk
-        log.info(f"cache {os.path.basename(path)}: reading {file_size(os.path.getsize(path))}"
+    size = os.path.getsize(path)
+    if (populate or unverified) and size >= SAY_LOAD_BYTES:     # seconds from a cold disk
+        log.info(f"cache {os.path.basename(path)}: reading {file_size(size)}"
                  + (" and checking its SHA-256 (once per version of the file)" if unverified else ""))
     try:
         with h5py.File(path, "r") as f, open(path, "rb") as raw:

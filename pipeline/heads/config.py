@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 
 from ..durable import folder_or_missing
 from ..errors import SettingError
@@ -216,6 +217,24 @@ def check_param(name: str, value, owner: str | None = None):
 SPLIT = ("seed", "val_fraction", "train_images")    # the run options that decide a run's validation split on its cache
 PROGRESS = logging.getLogger("pipeline.heads.progress")   # long fits' heartbeat lines (epoch or configuration, ETA);
                                                           # the commands' --quiet silences it, as their progress bars
+PROGRESS_EVERY_S = 10.0     # a loop longer than this logs a line at most this often
+
+
+class Heartbeat:
+    """A long loop's pace for its PROGRESS lines: after step `done` of `total`, once PROGRESS_EVERY_S has
+    passed since the start or the last line (never after the last step), (seconds spent, ETA in seconds);
+    otherwise None, so a loop shorter than that says nothing."""
+
+    def __init__(self, total: int):
+        self.total, self.t0 = total, time.perf_counter()
+        self.last = self.t0
+
+    def due(self, done: int):
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_EVERY_S or done >= self.total:
+            return None
+        self.last, spent = now, now - self.t0
+        return spent, spent / done * (self.total - done)
 
 
 @dataclasses.dataclass

@@ -19,12 +19,11 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from .config import DEFAULTS, PROGRESS, epochs_for, lr_for
+from .config import DEFAULTS, PROGRESS, Heartbeat, epochs_for, lr_for
 from .linear import feature_stats, kernel_view, logits, normalized
 from .normalize import check_blocks
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
-PROGRESS_EVERY_S = 10.0     # a fit longer than this logs a line (epoch, rows/s, ETA) at most this often
 
 
 def glorot_uniform(fan_in, fan_out, seed):
@@ -72,11 +71,13 @@ class JointSoftmax:
         best_loss, stale, active, t = np.full(H, np.inf), np.zeros(H, np.int64), np.ones(H, bool), 0
         best = (self.W_.copy(), self.b_.copy()) if validate else None
         from .kernels import train_epoch
-        progress = _Progress(self.epochs_, len(rows), H)
+        beat, what = Heartbeat(self.epochs_), "softmax head" if H == 1 else f"{H} softmax heads"
         with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning after a val pass slow the kernels
             for epoch in range(1, self.epochs_ + 1):
                 t = train_epoch(Xk, rng.permutation(rows), y, self.batch_size, key0, t, state)
-                progress.epoch_end(epoch)
+                if pace := beat.due(epoch):                   # a long fit's line at most every PROGRESS_EVERY_S
+                    PROGRESS.info(f"{what}: epoch {epoch}/{self.epochs_}, {epoch * len(rows) / pace[0]:,.0f} rows/s, "
+                                  f"ETA {pace[1]:.0f} s")
                 improved = self._end_epoch(epoch, state.stats.sum(0) / len(rows), X_val, y_val, best_loss, active)
                 if validate:
                     self._keep_best(best, improved)
@@ -209,20 +210,3 @@ class JointSoftmax:
                 "lr_": self.lrs_[k],
                 "train_seconds_": self.train_seconds_, "keys_": self.keys_}
 
-
-class _Progress:
-    """A long fit's heartbeat: after each epoch, once PROGRESS_EVERY_S has passed since the start or the
-    last line, one log line (epoch, rows/s, ETA); a fit shorter than that says nothing."""
-
-    def __init__(self, epochs: int, n_rows: int, heads: int):
-        self.epochs, self.n_rows, self.heads = epochs, n_rows, heads
-        self.t0 = self.last = time.perf_counter()
-
-    def epoch_end(self, epoch: int):
-        now = time.perf_counter()
-        if now - self.last < PROGRESS_EVERY_S or epoch == self.epochs:
-            return
-        self.last, spent = now, now - self.t0
-        what = "softmax head" if self.heads == 1 else f"{self.heads} softmax heads"
-        PROGRESS.info(f"{what}: epoch {epoch}/{self.epochs}, {epoch * self.n_rows / spent:,.0f} rows/s, "
-                 f"ETA {spent / epoch * (self.epochs - epoch):.0f} s")

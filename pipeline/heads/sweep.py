@@ -15,11 +15,10 @@ import tomllib
 
 
 from ..errors import PipelineError, SettingError
-from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, PROGRESS, RunOptions, check_param, key_values, refits
+from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, PROGRESS, Heartbeat, RunOptions, check_param, key_values, refits
 from .data import TrainingData
 from ..durable import write_json
 from .runs import KIND_FILE, new_run_dir, png_figure, write_folder, write_results
-from . import joint
 from .joint import JointSoftmax
 from .softmax import SoftmaxHead
 from .train import finish_run, fit_head, make_head, refit_auto, split_proba
@@ -148,15 +147,13 @@ def _sweep(data, head, space, rand, base, opts, timings, refit_best):
     configs = configurations(space, rand, opts.seed, base)
     folder = new_run_dir(opts.runs_dir, opts.name)              # both names checked free before any work
     best_dir = new_run_dir(opts.runs_dir, os.path.basename(folder) + "-best")
-    t = told = time.perf_counter()
+    t, beat = time.perf_counter(), Heartbeat(len(configs))
     trained, rows = {}, []
     for i, fitted in train_all(head, configs, data, opts):
         trained[i] = fitted
-        now, done = time.perf_counter(), len(trained)
-        if now - told >= joint.PROGRESS_EVERY_S and done < len(configs):     # a long sweep's heartbeat
-            told = now
-            PROGRESS.info(f"sweep: {done}/{len(configs)} configurations trained in {now - t:.0f} s, "
-                     f"ETA {(now - t) / done * (len(configs) - done):.0f} s")
+        if pace := beat.due(len(trained)):                    # a long sweep's line at most every PROGRESS_EVERY_S
+            PROGRESS.info(f"sweep: {len(trained)}/{len(configs)} configurations trained in {pace[0]:.0f} s, "
+                          f"ETA {pace[1]:.0f} s")
         last = fitted.history_[-1]
         best = fitted.best_epoch_ if head == "softmax" else last["epoch"]
         kept = fitted.history_[best - 1] if head == "softmax" and opts.early_stopping else last

@@ -212,12 +212,12 @@ def test_one_value_of_a_per_head_setting_serves_every_head(easy):
 
 def test_a_long_fit_logs_its_progress_and_a_short_one_does_not(easy, monkeypatch, capsys):
     """Every PROGRESS_EVERY_S a line (epoch, rows/s, ETA) after an epoch, never after the last; none before."""
-    from pipeline.heads import joint
+    from pipeline.heads import config
     X, y, _, _ = easy
-    monkeypatch.setattr(joint, "PROGRESS_EVERY_S", float("inf"))
+    monkeypatch.setattr(config, "PROGRESS_EVERY_S", float("inf"))
     JointSoftmax(epochs=3, batch_size=64).fit(X, y)
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(joint, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(config, "PROGRESS_EVERY_S", 0.0)
     JointSoftmax(dropouts=(0.2, 0.5), epochs=3, batch_size=64).fit(X, y)
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split(",")[0] for line in lines] == ["2 softmax heads: epoch 1/3", "2 softmax heads: epoch 2/3"]

@@ -233,11 +233,11 @@ def test_refit_best_of_a_logreg_sweep_and_of_a_best_that_refits_already(syn, tmp
 def test_a_long_sweep_says_how_far_it_is(syn, tmp_path, capsys, monkeypatch):
     """With the heartbeat at every configuration (PROGRESS_EVERY_S 0): a line after each but the last,
     configurations trained and ETA, unless --quiet; at the default (a sweep this small) none."""
-    from pipeline.heads import joint
+    from pipeline.heads import config
     args = ("--cache", syn, "--runs-dir", tmp_path, "--head", "logreg", "--param", "C=0.01,0.1,1")
     code, _, err = sweep(capsys, *args, "--name", "quiet")
     assert code == 0 and "configurations trained" not in err
-    monkeypatch.setattr(joint, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(config, "PROGRESS_EVERY_S", 0.0)
     code, _, err = sweep(capsys, *args, "--name", "told")
     said = [line.split(" in ")[0] for line in err.splitlines() if "configurations trained" in line]
     assert code == 0 and said == ["sweep: 1/3 configurations trained", "sweep: 2/3 configurations trained"]
