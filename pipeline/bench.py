@@ -25,7 +25,7 @@ from .durable import write_text
 from .errors import PipelineError, SettingError
 from .features import FeatureConfig
 from .features.backbone import build_backbone
-from .features.precision import resolve_precision
+from .features.precision import cpuinfo_field, resolve_precision
 from .features.synthetic import write_cifar_batches
 from .keras_env import keras_backend_name
 
@@ -176,12 +176,12 @@ def feed_rows(f: dict | None) -> list:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    """This machine in one line: the CPU's model name and, where /proc/cpuinfo gives them, its family and model
+    ("AMD EPYC" names a Zen 4 and a Zen 5 alike), the cores and the memory."""
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
+    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
+    if family and model:
+        cpu += f" (family {family}, model {model})"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB"
 

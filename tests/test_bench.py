@@ -28,3 +28,14 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys, monkeypatch):
     assert len(png) == 1 and open(tmp_path / "b" / png[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     text = readme.read_text()
     assert "old" not in text and "| measure | value | target |" in text
+
+
+def test_machine_names_the_cpus_family_and_model(tmp_path, monkeypatch):
+    from pipeline import bench
+    from pipeline.features import precision
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu\n\nmodel\t\t: 9\n")
+    monkeypatch.setattr(precision, "CPUINFO", str(info))
+    assert bench.machine().startswith("AMD EPYC (family 26, model 2), ")      # "model" is its own key, not "model name"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert bench.machine().startswith("Some CPU, ")

@@ -43,16 +43,17 @@ def cuda_capability() -> float | None:
     return gpu_capability() or 7.0         # a GPU whose capability the tool does not say: float16 only
 
 
-def _cpuinfo_field(name: str, cpuinfo: str | None) -> str:
+def cpuinfo_field(name: str, cpuinfo: str | None = None) -> str:
+    """The first CPU's `name` field in /proc/cpuinfo (the key exactly: "model" is not "model name"), or ""."""
     try:
         with open(cpuinfo or CPUINFO) as f:
-            return next((line for line in f if line.startswith(name)), "").partition(":")[2].strip()
+            return next((value.strip() for key, _, value in (line.partition(":") for line in f) if key.strip() == name), "")
     except OSError:
         return ""
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set:
-    return set(_cpuinfo_field("flags", cpuinfo).split())
+    return set(cpuinfo_field("flags", cpuinfo).split())
 
 
 def machine(flags: set) -> dict:
@@ -63,7 +64,7 @@ def machine(flags: set) -> dict:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {"cpu": _cpuinfo_field("model name", None), "flags": tag(sorted(flags), 16), "cores": os.cpu_count(), "backend": keras_backend_name(), "versions": versions}
+    return {"cpu": cpuinfo_field("model name"), "flags": tag(sorted(flags), 16), "cores": os.cpu_count(), "backend": keras_backend_name(), "versions": versions}
 
 
 def candidates(cuda: float | None, flags: set) -> tuple:

@@ -60,3 +60,10 @@ def test_the_gpu_capability_is_read_from_nvidia_smi(tmp_path):
     tool.write_text("#!/bin/sh\necho 9.0\n")
     tool.chmod(0o755)
     assert gpu_capability(str(tool)) == 9.0 and gpu_capability(str(tmp_path / "absent")) is None
+
+
+def test_cpuinfo_fields_are_read_by_their_whole_key(tmp_path):
+    (tmp_path / "cpuinfo").write_text("cpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R)\n")
+    assert pr.cpuinfo_field("model", str(tmp_path / "cpuinfo")) == "143"
+    assert pr.cpuinfo_field("model name", str(tmp_path / "cpuinfo")) == "Intel(R) Xeon(R)"
+    assert pr.cpuinfo_field("flags", str(tmp_path / "cpuinfo")) == ""
