@@ -20,7 +20,7 @@ from .heads.config import DEFAULTS, SPLIT
 from .heads.run_files import read_metrics
 from .heads.runs import folder_kind
 from .study_report import wilson
-from .text_table import aligned, minute, printable, utc
+from .text_table import aligned, escaped, minute, utc
 
 NOT_PARAMETERS = {"seed", "val_fraction", "train_images", "early_stopping", "patience", "epochs_trained", "lr_used",
                   "refit_used", "best_epoch"}       # a run's record beside its head parameters
@@ -129,12 +129,12 @@ def table(runs: list, others: list) -> list:
     if len(sections) > 1:
         sets = {r["validation_set"]: r["validation_set_is"] for r in runs}
         for n, (key, at) in enumerate(reversed(sections.items())):
-            lines.insert(at, printable(f"validation set {len(sections) - n} of {len(sections)}: {sets[key]}"))
+            lines.insert(at, escaped(f"validation set {len(sections) - n} of {len(sections)}: {sets[key]}"))
     lines.append(f"{len(runs)} run{'' if len(runs) == 1 else 's'}, ranked on validation (the mean over views "
                  "where the cache has them)" + (f", each against the runs of its validation set ({len(sections)})"
                                                 if len(sections) > 1 else "") + "; test is scored once per run")
     for o in others:
-        lines.append(printable(f"{o['name']}: " + (f"a {o['kind']} (its results.md ranks its heads)" if "kind" in o
+        lines.append(escaped(f"{o['name']}: " + (f"a {o['kind']} (its results.md ranks its heads)" if "kind" in o
                                                    else f"not listed: {o['unreadable']}")))
     return lines
 

@@ -82,7 +82,7 @@ def test_names_and_values_from_files_cannot_forge_a_line(runs_dir, tmp_path):
     metrics["hyperparameters"]["dropout"] = "0.5\n1  99.99"
     json.dump(metrics, open(path, "w"))
     lines = table(*leaderboard(str(tmp_path)))
-    assert len(lines) == 3 and lines[1].endswith("a?rank 1 forged") and "dropout=0.5?1  99.99" in lines[1]
+    assert len(lines) == 3 and lines[1].endswith("a\\nrank 1 forged") and "dropout=0.5\\n1  99.99" in lines[1]
 
 
 def test_runs_validated_on_other_images_are_ranked_in_a_section_of_their_own(runs_dir, tmp_path):

@@ -1,10 +1,9 @@
-from pipeline.text_table import aligned, escaped, file_size, printable
+from pipeline.text_table import aligned, escaped, file_size
 
 
-def test_columns_are_padded_and_every_cell_is_one_printable_line():
-    lines = aligned([["a", "bb", "name"], ["ccc", "d\te", "x\ny"]])
-    assert lines == ["a    bb   name", "ccc  d?e  x?y"]
-    assert printable("\x1b[2Jok") == "?[2Jok" and printable(3.5) == "3.5"
+def test_columns_are_padded_and_every_cell_is_one_printable_line_that_reads_back():
+    lines = aligned([["a", "bb", "name"], ["ccc", "d\te", "x\ny"], ["\x1b[2Jok", 3.5, "\\"]])
+    assert lines == ["a          bb    name", "ccc        d\\te  x\\ny", "\\x1b[2Jok  3.5   \\\\"]
 
 
 def test_file_sizes_read_in_megabytes_then_gigabytes():

@@ -20,7 +20,7 @@ import h5py
 
 from ..durable import free_bytes, open_own, temp_writer
 from ..errors import PipelineError
-from ..text_table import aligned, file_size, minute, printable, utc
+from ..text_table import aligned, escaped, file_size, minute, utc
 from . import cache_memo
 from .cache import REBUILD, DamagedCache, NotACache, load_cache, read_provenance
 from .journal import BATCH, MAX_PROVENANCE_BYTES
@@ -182,6 +182,6 @@ def report(cache_dir: str, verify: bool = False, as_json: bool = False) -> tuple
     else:
         text = "\n".join(table(entries, free_bytes(cache_dir))) if entries else f"no caches in {cache_dir}"
     damaged = [e["name"] for e in entries if e["kind"] == "cache" and e["state"].startswith("damaged")]
-    failed = (f"caches --verify: {len(damaged)} damaged in {cache_dir} ({printable(', '.join(damaged[:3]))}"
+    failed = (f"caches --verify: {len(damaged)} damaged in {cache_dir} ({escaped(', '.join(damaged[:3]))}"
               f"{', ...' if len(damaged) > 3 else ''}); {REBUILD}") if verify and damaged else None
     return text, failed
