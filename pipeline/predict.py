@@ -45,7 +45,7 @@ def read_run(run: str) -> dict:
     cache: sizes before reading, every setting the model is built from (types, ranges, as `features`
     accepts them), the head's width against those settings' features, printable class names."""
     def refuse(why):
-        return SettingError("run", f"{run}: {why}; pass a folder written by train-head or sweep", "predict")
+        return SettingError("run", f"{escaped(run)}: {why}; pass a folder written by train-head or sweep", "predict")
     metrics = read_metrics(run, refuse)
     settings, names, kind = metrics["provenance"].get("settings"), metrics["class_names"], metrics["head"]
     if kind not in ("softmax", "logreg", "ensemble"):
@@ -55,9 +55,9 @@ def read_run(run: str) -> dict:
         if not os.path.isfile(path):
             old = " (head.joblib is an older version's pickle: never loaded; re-run train-head)" \
                 if os.path.exists(os.path.join(run, "head.joblib")) else "; re-run train-head"
-            raise SettingError("run", f"{run}: missing {os.path.basename(path)}{old}", "predict")
+            raise SettingError("run", f"{escaped(run)}: missing {os.path.basename(path)}{old}", "predict")
     if not isinstance(settings, dict) or "image_size" not in settings:
-        raise SettingError("run", f"{run}: its cache has no backbone settings (a synthetic cache?); predict needs "
+        raise SettingError("run", f"{escaped(run)}: its cache has no backbone settings (a synthetic cache?); predict needs "
                            "a run trained on a cache of stage one (features)", "predict")
     settings = _checked_settings(settings, refuse)
     want = sum(pooling.feature_dim(settings["layers"], size) for size in settings["image_sizes"])
@@ -65,7 +65,7 @@ def read_run(run: str) -> dict:
     for path, head in zip(files, heads):
         d, c = input_width(head), head["kernel"].shape[1]
         if c != len(names):
-            raise SettingError("run", f"{run}: {os.path.basename(path)} has {c} classes but metrics.json names "
+            raise SettingError("run", f"{escaped(run)}: {os.path.basename(path)} has {c} classes but metrics.json names "
                                f"{len(names)}; re-run train-head", "predict")
         if d != want:
             raise refuse(f"{os.path.basename(path)} takes {d} features but layer {settings['layer']} at "
@@ -168,14 +168,14 @@ def image_files(paths: list, recursive: bool = False) -> list:
             if not found:
                 more = "" if recursive else ("; its sub-folders are not entered without --recursive"
                                              if any(e.is_dir(follow_symlinks=False) for e in os.scandir(path)) else "")
-                raise PipelineError(f"folder {path}: no image files in it ({', '.join(IMAGE_EXTS)}; links are not "
+                raise PipelineError(f"folder {escaped(path)}: no image files in it ({', '.join(IMAGE_EXTS)}; links are not "
                                     f"followed){more}; pass image files or a folder of them")
             out += found
         elif os.path.isfile(path):
             out.append(path)
         else:                                 # a FIFO or device is never opened: it might never end
             what = "not a regular file" if os.path.exists(path) else "no such file"     # a dangling link: none
-            raise PipelineError(f"image {path}: {what}; pass existing image files or folders of them")
+            raise PipelineError(f"image {escaped(path)}: {what}; pass existing image files or folders of them")
     return out
 
 
@@ -188,7 +188,7 @@ def _folder_images(folder: str, recursive: bool) -> list:
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as e:
-            raise PipelineError(f"folder {path}: cannot list it ({e.strerror}); pass image files or a readable "
+            raise PipelineError(f"folder {escaped(path)}: cannot list it ({e.strerror}); pass image files or a readable "
                                 "folder of them") from None
         found += [e.path for e in entries if e.name.lower().endswith(IMAGE_EXTS) and e.is_file(follow_symlinks=False)]
         if recursive:
@@ -206,7 +206,7 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
     if export is not None:
         folder = os.path.dirname(os.path.abspath(export))
         if not export.endswith(".keras") or not os.path.isdir(folder):
-            raise PipelineError(f"--export {export}: expected a path ending in .keras in an existing folder")
+            raise PipelineError(f"--export {escaped(export)}: expected a path ending in .keras in an existing folder")
     info = read_run(run_dir)
     images = image_files(images, recursive)
     views = info["settings"]["view_names"]
@@ -221,7 +221,7 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
         *more, last = [f"{size}x{size}" for size in info["settings"]["image_sizes"]]
         sizes = f"s {', '.join(more)} and {last} RGB 0..255 (the same image at each size)" if more else \
             f" {last} RGB 0..255"
-        log.info(f"exported {export}: input{sizes} upscaled with OpenCV {info['settings']['interpolation']}"
+        log.info(f"exported {escaped(export)}: input{sizes} upscaled with OpenCV {info['settings']['interpolation']}"
                  + ("; one view (average its outputs over views for TTA)" if len(views) > 1 else ""))
     names, counts, labelled = info["class_names"], collections.Counter(), []
     for path, k, proba in predict_images(model, info, images, batch_size, tta, quiet):

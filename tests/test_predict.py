@@ -423,7 +423,7 @@ def test_recursive_enters_sub_folders_but_no_links(cached, tmp_path, capsys):
 def test_file_names_cannot_forge_an_output_line(cached, tmp_path, capsys):
     """A name in a folder with a newline, a TAB, a backslash or a byte that is not UTF-8: one line per image,
     three fields, the name escaped (\\n, \\t, \\\\, \\xff: read back as bytes, the same name); a bad image so
-    named: one error line."""
+    named, and a missing image, an empty folder or a missing run so named: one error line."""
     from pipeline.text_table import escaped
     root, data, cache = cached
     run = train(root, cache, "logreg", "run-names")
@@ -441,3 +441,9 @@ def test_file_names_cannot_forge_an_output_line(cached, tmp_path, capsys):
     (tmp_path / "bad\nimage.png").write_bytes(b"\x89PNG broken")
     code, out, err = run_captured(capsys, "predict", "--run", run, "--quiet", tmp_path / "bad\nimage.png")
     assert is_one_line_error(code, err, "cannot read image " + escaped(str(tmp_path / "bad\nimage.png")))
+    for missing in (tmp_path / "no\nsuch.png", tmp_path / "empty\nfolder"):              # typed paths too
+        os.makedirs(tmp_path / "empty\nfolder", exist_ok=True)
+        code, out, err = run_captured(capsys, "predict", "--run", run, "--quiet", missing)
+        assert is_one_line_error(code, err, escaped(str(missing))) and out == []
+    code, out, err = run_captured(capsys, "predict", "--run", str(tmp_path / "no\nrun"), "--quiet", tmp_path)
+    assert is_one_line_error(code, err, escaped(str(tmp_path / "no\nrun")))
