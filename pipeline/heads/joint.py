@@ -77,7 +77,7 @@ class JointSoftmax:
                 t = train_epoch(Xk, rng.permutation(rows), y, self.batch_size, key0, t, state)
                 if pace := beat.due(epoch):                   # a long fit's line at most every PROGRESS_EVERY_S
                     PROGRESS.info(f"{what}: epoch {epoch}/{self.epochs_}, {epoch * len(rows) / pace[0]:,.0f} rows/s, "
-                                  f"ETA {pace[1]:.0f} s")
+                                  f"ETA {'at most ' if validate else ''}{pace[1]:.0f} s")   # early stopping may end it sooner
                 improved = self._end_epoch(epoch, state.stats.sum(0) / len(rows), X_val, y_val, best_loss, active)
                 if validate:
                     self._keep_best(best, improved)

@@ -211,7 +211,8 @@ def test_one_value_of_a_per_head_setting_serves_every_head(easy):
 
 
 def test_a_long_fit_logs_its_progress_and_a_short_one_does_not(easy, monkeypatch, capsys):
-    """Every PROGRESS_EVERY_S a line (epoch, rows/s, ETA) after an epoch, never after the last; none before."""
+    """Every PROGRESS_EVERY_S a line (epoch, rows/s, ETA) after an epoch, never after the last; none before.
+    With early stopping the ETA is what the epochs left would take at most."""
     from pipeline.heads import config
     X, y, _, _ = easy
     monkeypatch.setattr(config, "PROGRESS_EVERY_S", float("inf"))
@@ -222,3 +223,6 @@ def test_a_long_fit_logs_its_progress_and_a_short_one_does_not(easy, monkeypatch
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split(",")[0] for line in lines] == ["2 softmax heads: epoch 1/3", "2 softmax heads: epoch 2/3"]
     assert all(" rows/s, ETA " in line and line.endswith(" s") for line in lines)
+    JointSoftmax(epochs=3, batch_size=64, early_stopping=True, patience=5).fit(X, y, X[:50], y[:50])
+    lines = capsys.readouterr().err.strip().splitlines()         # early stopping may end it sooner: a bound
+    assert len(lines) == 2 and all(" rows/s, ETA at most " in line for line in lines)
