@@ -160,7 +160,8 @@ def table(r: dict) -> str:
         ("this pipeline: all 60,000 CIFAR-10 images once + one head", f"{ours_hours:.1f} h "
          f"({nb_hours / ours_hours:.1f}x less)", ""),
     ]
-    head = f"Machine: {r['machine']}; {r['date']}; backend {r['backend']}; {s1['images']} images at {s1['image_size']}px, batch {BATCH}.\n\n"
+    l2 = f", L2 {s2['l2_kib']:,} KiB a core" if "l2_kib" in s2 else ""      # where the heads' kernels split
+    head = f"Machine: {r['machine']}{l2}; {r['date']}; backend {r['backend']}; {s1['images']} images at {s1['image_size']}px, batch {BATCH}.\n\n"
     lines = ["| measure | value | target |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return head + "\n".join(lines) + "\n"
 

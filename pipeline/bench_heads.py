@@ -84,6 +84,7 @@ def step_products_gflops(batch: int, dim: int, outputs: int, repeats: int = 9) -
 def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: float, full: bool = False) -> dict:
     from .features.cache import load_cache
     from .features.synthetic import write_synthetic_cache
+    from .heads.kernels import l2_cache_bytes
     runs, train_rows = os.path.join(tmp, "runs"), int(rows * (1 - VAL_FRACTION))
     first_load = {}                 # seconds of each cache's first, verifying load
 
@@ -101,7 +102,8 @@ def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: flo
         return run_cli(["train-head", "--cache", cache, "--runs-dir", runs, "--name", name, "--head", head, *fixed, *extra])
     subprocess.run([sys.executable, "-m", "pipeline.heads.kernels"], check=True, capture_output=True)  # compiled once, untimed
     cache = verified_cache("syn.h5", rows, rows // 5, dim=dim, separation=0.03)
-    out = {"rows": rows, "dim": dim, "conv_dim": conv_dim, "softmax": train("softmax", cache),
+    out = {"rows": rows, "dim": dim, "conv_dim": conv_dim, "l2_kib": l2_cache_bytes() >> 10,   # decides the kernels' split
+           "softmax": train("softmax", cache),
            "logreg": train("logreg", cache, head="logreg"),
            "sweep24": run_cli(["sweep", "--cache", cache, "--runs-dir", runs, "--name", "sweep", "--epochs", str(EPOCHS), "--no-refit",
                                *(a for p in SWEEP for a in ("--param", p))])}

@@ -22,6 +22,7 @@ def test_bench_tiny_writes_json_and_table(tmp_path, capsys, monkeypatch):
     assert {"softmax", "logreg", "sweep24", "softmax_conv"} <= set(s2) and s2["softmax"]["train_s"] > 0
     md = open(os.path.join(tmp_path / "b", [f for f in os.listdir(tmp_path / "b") if f.endswith(".md")][0])).read()
     assert "| end to end / bare, float32 |" in md and md.count("\n|") >= 16
+    assert s2["l2_kib"] > 0 and f", L2 {s2['l2_kib']:,} KiB a core; " in md.splitlines()[0]
     feed = result["feeding_path"]
     assert feed["per_core_128px"] > 0 and feed["per_core_224px"] > 0 and "feeding path alone (null model), 128 px" in md
     png = [f for f in os.listdir(tmp_path / "b") if f.endswith(".png")]         # the run as a picture beside them
