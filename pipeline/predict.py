@@ -44,8 +44,11 @@ def read_run(run: str) -> dict:
     """What predict needs from a run folder (which may come from anyone), checked as strictly as a
     cache: sizes before reading, every setting the model is built from (types, ranges, as `features`
     accepts them), the head's width against those settings' features, printable class names."""
+    def wrong(what):                                  # every message about the run names it once, escaped
+        return SettingError("run", f"{escaped(run)}: {what}", "predict")
+
     def refuse(why):
-        return SettingError("run", f"{escaped(run)}: {why}; pass a folder written by train-head or sweep", "predict")
+        return wrong(f"{why}; pass a folder written by train-head or sweep")
     metrics = read_metrics(run, refuse)
     settings, names, kind = metrics["provenance"].get("settings"), metrics["class_names"], metrics["head"]
     if kind not in ("softmax", "logreg", "ensemble"):
@@ -55,18 +58,17 @@ def read_run(run: str) -> dict:
         if not os.path.isfile(path):
             old = " (head.joblib is an older version's pickle: never loaded; re-run train-head)" \
                 if os.path.exists(os.path.join(run, "head.joblib")) else "; re-run train-head"
-            raise SettingError("run", f"{escaped(run)}: missing {os.path.basename(path)}{old}", "predict")
+            raise wrong(f"missing {os.path.basename(path)}{old}")
     if not isinstance(settings, dict) or "image_size" not in settings:
-        raise SettingError("run", f"{escaped(run)}: its cache has no backbone settings (a synthetic cache?); predict needs "
-                           "a run trained on a cache of stage one (features)", "predict")
+        raise wrong("its cache has no backbone settings (a synthetic cache?); predict needs a run trained on a cache "
+                    "of stage one (features)")
     settings = _checked_settings(settings, refuse)
     want = sum(pooling.feature_dim(settings["layers"], size) for size in settings["image_sizes"])
     heads = [read_head(path) for path in files]
     for path, head in zip(files, heads):
         d, c = input_width(head), head["kernel"].shape[1]
         if c != len(names):
-            raise SettingError("run", f"{escaped(run)}: {os.path.basename(path)} has {c} classes but metrics.json names "
-                               f"{len(names)}; re-run train-head", "predict")
+            raise wrong(f"{os.path.basename(path)} has {c} classes but metrics.json names {len(names)}; re-run train-head")
         if d != want:
             raise refuse(f"{os.path.basename(path)} takes {d} features but layer {settings['layer']} at "
                          f"{settings['image_size']} px gives {want}")
