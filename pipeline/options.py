@@ -31,16 +31,6 @@ class _TypedHead(_Typed):
     record = "typed_head"
 
 
-class _TypedHeadFlag(_TypedHead):
-    """An on-switch of a head parameter (--early-stopping)."""
-
-    def __init__(self, option_strings, dest, default=False, **kw):
-        super().__init__(option_strings, dest, nargs=0, default=default, **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, True, option_string)
-
-
 class _TypedHeadBool(argparse.BooleanOptionalAction):
     """--x / --no-x for a true-or-false head parameter."""
 
@@ -112,8 +102,6 @@ def add_head_options(p: argparse.ArgumentParser) -> set:
             {"type": str if param.auto else param.kind, "action": _TypedHead}
         if param.choices:
             kw["choices"] = param.choices
-        if name == "early_stopping":
-            kw = {"action": _TypedHeadFlag}
         actions.append(o(head_flag(name), dest=name, default=param.default, help=_help(param.help), **kw))
     actions.append(o("--name", default=None, help="run folder name (default: a timestamp)"))
     actions.append(o("--runs-dir", default=RUNS_DIR, help="where run folders go (default %(default)s)"))

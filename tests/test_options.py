@@ -19,6 +19,8 @@ def test_typed_head_options_are_noted_apart_from_stage_one_settings():
     untyped = parse("train-head")
     assert not getattr(untyped, "typed_head", ()) and given_settings(untyped) == {}
     assert untyped.early_stopping is False and untyped.standardize is True
+    off = parse("train-head", "--early-stopping", "--no-early-stopping")   # every true-or-false option: --x, --no-x
+    assert off.early_stopping is False and off.typed_head == {"early_stopping"}
 
 
 @pytest.mark.parametrize("argv,kinds,option,ok", [
@@ -28,6 +30,7 @@ def test_typed_head_options_are_noted_apart_from_stage_one_settings():
     (["--C", "auto"], ["softmax"], "--head", False),
     (["--C", "auto", "--dropout", "0.2"], ["softmax", "logreg"], "--heads", True),
     (["--seed", "3", "--val-fraction", "0.2"], ["logreg"], "--head", True),   # run options of every head
+    (["--no-early-stopping"], ["logreg"], "--head", False),       # a softmax run option, typed off: still refused
 ])
 def test_a_head_option_must_belong_to_one_of_the_heads(argv, kinds, option, ok):
     args = parse("sweep", *argv)
