@@ -31,7 +31,9 @@
   instead of the 256 it prefers on Intel's AVX-512 cores (NUMBA_CPU_FEATURES=...,-prefer-256-bit) an
   epoch 12% slower to 20% faster in alternating processes (this VM's noise), the step's parts on rows in
   cache 2% faster in all, the forward products alike, the backward ones 15% slower: the forward products
-  already run near this CPU's FMA rate.
+  already run near this CPU's FMA rate. On the AMD EPYC Zen 5 (2026-12-03) the rows do cost: a step streams them at
+  0.357 against 0.255 ns in cache (4,096 float32, two threads), and a prefetch of the next block's rows at once gained
+  at most 6%, spread over a gradient loop cut into pieces lost its vectorisation (docs/benchmark-history.md).
 Compiled code is cached next to this file (`cache=True`); `python -m pipeline.heads.kernels` compiles it.
 All jitted code stays in this one file: Numba invalidates a cache only when the function's own file
 changes, so a kernel split over files could run stale code of the other after an edit.
