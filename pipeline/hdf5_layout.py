@@ -19,6 +19,9 @@ SIGNATURE = b"\x89HDF\r\n\x1a\n"     # at offset 0: files written without a user
 MAX_DEPTH = 8                        # the head file's weights are 4 deep (layers/dense/vars/0), a cache's 2
 MAX_OBJECTS = 256                    # groups and datasets in one file (hard links can form cycles: bounded)
 COMPACT_LIMIT = 64 << 10             # a compact dataset lives in its object header (HDF5's limit)
+READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)   # what h5py raises reading a damaged or
+                                     # crafted file: HDF5's errors as the nearest Python class, RuntimeError where it
+                                     # has none ("Unable to get group info (bad symbol table node signature)")
 
 
 class LayoutError(ValueError):

@@ -26,7 +26,7 @@ from ..errors import PipelineError
 from ..durable import atomic_file, file_lock, stopped_writes, write_error
 from ..finite import block_finite
 from ..hashing import array_sha256, json_sha256, tag
-from ..hdf5_layout import LayoutError, check_file, check_tree
+from ..hdf5_layout import READ_ERRORS, LayoutError, check_file, check_tree
 from ..text_table import file_size
 from . import cache_memo
 
@@ -211,7 +211,7 @@ def _read_checked(path: str):
             groups = {k: (f[k]["labels"][()], _ids(f[k]["ids"]), dict(f[k].attrs)) for k in f.keys()}
     except LayoutError as e:
         raise DamagedCache(f"{what}: refused, {e}; {REBUILD}") from None
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except READ_ERRORS as e:
         raise DamagedCache(f"{what}: truncated or corrupt ({str(e).splitlines()[0][:80]}); {REBUILD}") from None
     if not attrs.get("complete"):
         raise DamagedCache(f"{what}: incomplete (no 'complete' mark); {REBUILD}")
@@ -281,7 +281,7 @@ def load_cache(path: str, expect: dict | None = None, splits=None, verify: bool 
                                         f"extract it again with {name} in its splits")
                 labels, ids, _ = groups[name]
                 out[name] = (_mapped(f[name]["features"], pages, path), labels, {**meta, "split": name, "ids": ids})
-    except (OSError, KeyError) as e:
+    except READ_ERRORS as e:
         raise DamagedCache(f"cache {path}: corrupt ({str(e).splitlines()[0][:80]}); {REBUILD}") from None
     if unverified:
         _verify(path, out, groups)          # hashlib releases the GIL: one thread per split

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..durable import atomic_file, open_own
 from ..errors import PipelineError
-from ..hdf5_layout import LayoutError, check_tree
+from ..hdf5_layout import READ_ERRORS, LayoutError, check_tree
 
 # what a head file may hold, each member's cap: the config's mean and variance of 27,136 features are
 # ~0.7 MB of JSON; a kernel of 200,704 features x 100 classes is 80 MB
@@ -175,7 +175,7 @@ def read_head(path: str) -> dict:
             head["variance"] = np.asarray(by_kind["Normalization"]["variance"], np.float32)
     except LayoutError as e:
         raise refuse(f"model.weights.h5 refused: {e}") from None
-    except (KeyError, TypeError, ValueError, OSError, IndexError, AttributeError) as e:
+    except (*READ_ERRORS, IndexError, AttributeError) as e:
         raise refuse(f"its layers or weights are not a head's ({type(e).__name__})") from None
     d, c = input_width(head), kernel.shape[1]
     stats_ok = head["mean"] is None or head["mean"].shape == head["variance"].shape == (d,)

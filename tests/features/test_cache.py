@@ -48,6 +48,17 @@ def test_truncated_file_refused(tmp_path):
         load_cache(path)
 
 
+def test_a_damaged_group_is_refused_in_one_line(tmp_path):
+    """A group's symbol table node damaged: h5py raises RuntimeError (not an OSError) walking the tree."""
+    path, _ = build(tmp_path)
+    data = open(path, "rb").read()
+    assert b"SNOD" in data
+    open(path, "wb").write(data.replace(b"SNOD", bytes(4)))
+    for read in (load_cache, read_provenance):
+        with pytest.raises(DamagedCache, match="truncated or corrupt .*bad symbol table node signature"):
+            read(path)
+
+
 def test_flipped_bytes_detected(tmp_path):
     path, feats = build(tmp_path, n=300, d=64)
     data = bytearray(open(path, "rb").read())

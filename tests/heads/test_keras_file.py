@@ -45,6 +45,8 @@ rewrite, layer_class = rewrite_zip, set_layer_class
     (lambda m: layer_class(m, 0, "TFSMLayer"), "not a head this project writes"),
     (lambda m: m.update({"config.json": b"{not json"}), "not a readable .keras file"),
     (lambda m: m.update({"model.weights.h5": b"garbage"}), "its layers or weights are not a head's"),
+    (lambda m: m.update({"model.weights.h5": m["model.weights.h5"].replace(b"SNOD", bytes(4))}),   # h5py: RuntimeError
+     "its layers or weights are not a head's"),
 ])
 def test_anything_else_is_refused(parts, tmp_path, change, needle):
     path = str(tmp_path / "h.keras")
