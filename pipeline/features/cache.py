@@ -26,7 +26,7 @@ from ..errors import PipelineError
 from ..durable import atomic_file, file_lock, stopped_writes, write_error
 from ..finite import block_finite
 from ..hashing import array_sha256, json_sha256, tag
-from ..hdf5_layout import READ_ERRORS, LayoutError, check_file, check_tree
+from ..hdf5_layout import READ_ERRORS, LayoutError, check_file, check_tree, parse_elsewhere
 from ..text_table import file_size
 from . import cache_memo
 
@@ -195,7 +195,19 @@ def _check_content(attrs: dict, groups: dict):
 
 def _read_checked(path: str):
     """(metadata, {split: (labels, ids, split attributes)}), the file's layout and content model
-    checked before any data is read, every checksum but the features' verified."""
+    checked before any data is read, every checksum but the features' verified; a file not read here
+    before as it is now is read in a child process first (hdf5_layout.parse_elsewhere)."""
+    now = cache_memo.stamp(path)
+    if now is not None and not cache_memo.known(path, now):
+        why = parse_elsewhere(path, f"{__name__}:_read_here")
+        if why:
+            raise DamagedCache(f"cache {path}: refused, {why}; {REBUILD}")
+    out = _read_here(path)
+    cache_memo.remember_read(path, now)
+    return out
+
+
+def _read_here(path: str):
     what = f"cache {path}"
     try:
         size = check_file(path)

@@ -6,7 +6,8 @@ Any write to a file changes its ctime (which no user can set back), a replaced f
 a changed cache is verified again in full. The stamp is taken before the verification it vouches
 for, so a file changed while it was being verified is verified again next time. The memo holds
 nothing but names and numbers (JSON); one it cannot read is ignored, one it cannot write is skipped.
-`<cache-dir>/verified-caches.json`: absolute path -> {stamp, checksum (the file's own attribute)}.
+`<cache-dir>/verified-caches.json`: absolute path -> {stamp, checksum (the file's own attribute)}, or {stamp}
+for a file whose metadata was read (cache.py reads one it has not read before in a child process first).
 """
 from __future__ import annotations
 
@@ -46,15 +47,31 @@ def verified(path: str, checksum: str, now: list | None) -> bool:
             and isinstance(checksum, str) and got.get("checksum") == checksum)
 
 
+def known(path: str, now: list | None) -> bool:
+    """Whether `path`, with identity `now`, was read here before (its metadata, or all of it verified)."""
+    got = _memo(path)[1].get(os.path.abspath(path))
+    return now is not None and isinstance(got, dict) and got.get("stamp") == now
+
+
+def remember_read(path: str, then: list | None) -> None:
+    """Record that `path` had identity `then` when its metadata was read (an entry for it as it is stays)."""
+    if then is not None and not known(path, then):
+        _write(path, {"stamp": then})
+
+
 def remember(path: str, checksum: str, then: list | None) -> None:
     """Record that `path` had identity `then` when its features passed verification."""
     if then is None or not isinstance(checksum, str):
         return
+    _write(path, {"stamp": then, "checksum": checksum})
+
+
+def _write(path: str, entry: dict) -> None:
     memo_path, memo = _memo(path)
     key = os.path.abspath(path)
     memo.pop(key, None)
     kept = [(k, v) for k, v in memo.items() if os.path.exists(k)][-(MAX_ENTRIES - 1):]
     try:
-        write_json(memo_path, {**dict(kept), key: {"stamp": then, "checksum": checksum}})
+        write_json(memo_path, {**dict(kept), key: entry})
     except (OSError, PipelineError):
         pass            # a read-only cache folder: every load verifies, as without the memo

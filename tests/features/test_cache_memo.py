@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from pipeline import hdf5_layout
 from pipeline.features import cache as cache_mod
 from pipeline.features import cache_memo
 from pipeline.features.cache import DamagedCache, load_cache, write_cache
@@ -67,7 +68,8 @@ def test_a_replaced_file_is_verified_again(tmp_path, count_hashing):
 def test_loading_some_splits_does_not_vouch_for_the_file(tmp_path, count_hashing):
     path, _ = build(tmp_path)
     load_cache(path, splits=["train"])
-    assert not (tmp_path / cache_memo.MEMO).exists()
+    entry = json.loads((tmp_path / cache_memo.MEMO).read_text())[os.path.abspath(path)]
+    assert "checksum" not in entry                    # its metadata was read; the file is not vouched for
     load_cache(path)
     assert len(count_hashing) == 3
 
@@ -88,3 +90,34 @@ def test_a_read_only_cache_folder_still_loads(tmp_path, count_hashing, monkeypat
     load_cache(path)
     load_cache(path)
     assert len(count_hashing) == 4
+
+
+def test_a_file_not_read_before_is_read_in_a_child_first(tmp_path, monkeypatch):
+    """A cache this folder's memo does not know as it is now is parsed in a child process first (libhdf5 can
+    loop forever or crash on a damaged file); once read, and while it does not change, it is not."""
+    path, _ = build(tmp_path)
+    children = []
+    real = cache_mod.parse_elsewhere
+    monkeypatch.setattr(cache_mod, "parse_elsewhere", lambda *a: children.append(a) or real(*a))
+    cache_mod.read_provenance(path)
+    cache_mod.read_provenance(path)
+    assert [c[0] for c in children] == [path]
+    os.utime(path)                                    # any change to the file: read in a child again
+    load_cache(path)
+    assert len(children) == 2
+
+
+def test_metadata_that_makes_libhdf5_loop_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A global heap collection (where h5py keeps string attributes) whose objects are zeroed: libhdf5 loops
+    forever reading an attribute, and nothing in the process can stop it; the child is stopped instead."""
+    path, _ = build(tmp_path)
+    data = bytearray(open(path, "rb").read())
+    heap = data.find(b"GCOL")
+    assert heap > 0
+    data[heap + 16:heap + 4096] = bytes(4096 - 16)   # the collection's objects, after its 16-byte header
+    open(path, "wb").write(bytes(data))
+    monkeypatch.setattr(cache_mod, "parse_elsewhere", lambda p, r: hdf5_layout.parse_elsewhere(p, r, seconds=5))
+    with pytest.raises(DamagedCache, match="did not finish reading its metadata in 5 s"):
+        cache_mod.read_provenance(path)
+    assert not (tmp_path / cache_memo.MEMO).exists() or os.path.abspath(path) not in json.loads(
+        (tmp_path / cache_memo.MEMO).read_text())     # a refused file is not remembered: it is read in a child again

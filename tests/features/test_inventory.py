@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import is_one_line_error, run_captured, write_cifar10
 
-from pipeline.features import FeatureConfig, extract, load_cache
+from pipeline.features import FeatureConfig, cache_memo, extract, load_cache
 from pipeline.features.inventory import inventory, table
 from pipeline.features.journal import Journal
 
@@ -64,7 +64,8 @@ def test_damaged_features_are_found_by_verify_and_the_file_is_left_as_it_was(tmp
     (e,) = inventory(d, verify=True)
     assert f"caches: verifying {os.path.basename(path)}" in capsys.readouterr().err
     assert e["state"] == "damaged: 'train' features fail their SHA-256 check"
-    assert open(path, "rb").read() == bytes(data) and os.listdir(d) == [os.path.basename(path)]  # nothing moved
+    assert open(path, "rb").read() == bytes(data)            # nothing moved (beside it: the memo of files read)
+    assert sorted(os.listdir(d)) == sorted([os.path.basename(path), cache_memo.MEMO])
     assert table([e])[-1].startswith("a damaged cache is never used")
     code, out, err = run_captured(capsys, "caches", "--cache-dir", d, "--verify")       # a check that finds damage
     said = err.strip().splitlines()              # which cache it verifies, then one line: what failed, what to do
