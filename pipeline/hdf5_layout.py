@@ -120,12 +120,11 @@ def parse_elsewhere(path: str, reader: str, seconds: float = PARSE_SECONDS) -> s
     None when the child finished (the caller then reads the file itself, for its own checks and messages) or
     could not start; else why the file is refused."""
     code = ("import importlib, sys\nmodule, function = sys.argv[1].split(':')\ntry:\n"
-            "    getattr(importlib.import_module(module), function)(sys.argv[2])\nexcept Exception:\n    pass\n"
-            "print('finished')")
+            "    getattr(importlib.import_module(module), function)(sys.argv[2])\nexcept Exception:\n    pass\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}   # the child imports what we do
     try:
-        done = subprocess.run([sys.executable, "-c", code, reader, path], capture_output=True, timeout=seconds,
-                              env=env, stdin=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-c", code, reader, path], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds, env=env)
     except subprocess.TimeoutExpired:
         return f"the HDF5 library did not finish reading its metadata in {seconds:g} s (a damaged file can make it loop)"
     except OSError:

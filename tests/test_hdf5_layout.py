@@ -73,3 +73,13 @@ def test_deep_or_cyclic_trees_are_bounded(tmp_path):
         f.create_group("a/b")
         f["a/b/up"] = f["a"]                  # a hard link back to an ancestor
     assert "levels" in layout_error(path)
+
+
+def test_a_reader_that_crashes_in_the_child_refuses_the_file(tmp_path):
+    """parse_elsewhere runs the reader in a child process: a crash (a signal) is why the file is refused; a
+    reader that finishes, even raising, is not (one that never ends: test_cache_memo's looping heap)."""
+    from pipeline.hdf5_layout import parse_elsewhere
+    path = str(tmp_path / "x.h5")
+    open(path, "wb").write(b"anything")
+    assert "crashed reading it (signal 11)" in parse_elsewhere(path, "faulthandler:_sigsegv")   # called with the path
+    assert parse_elsewhere(path, "pipeline.hdf5_layout:check_file") is None                     # raises LayoutError: finished
