@@ -198,12 +198,14 @@ def _read_checked(path: str):
     checked before any data is read, every checksum but the features' verified; a file not read here
     before as it is now is read in a child process first (hdf5_layout.parse_elsewhere)."""
     now = cache_memo.stamp(path)
-    if now is not None and not cache_memo.known(path, now):
+    known = now is None or cache_memo.known(path, now)      # no identity: nothing to remember it by, as before
+    if not known:
         why = parse_elsewhere(path, f"{__name__}:_read_here")
         if why:
             raise DamagedCache(f"cache {path}: refused, {why}; {REBUILD}")
     out = _read_here(path)
-    cache_memo.remember_read(path, now)
+    if not known:
+        cache_memo.remember_read(path, now)
     return out
 
 

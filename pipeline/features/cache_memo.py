@@ -40,22 +40,26 @@ def _memo(path: str) -> tuple[str, dict]:
     return memo_path, memo if isinstance(memo, dict) else {}
 
 
+def _entry(path: str, now: list | None) -> dict | None:
+    """The memo's entry for `path` if it was made when the file had identity `now`."""
+    got = _memo(path)[1].get(os.path.abspath(path))
+    return got if now is not None and isinstance(got, dict) and got.get("stamp") == now else None
+
+
 def verified(path: str, checksum: str, now: list | None) -> bool:
     """Whether `path`, with identity `now` and this checksum attribute, was verified before as it is."""
-    got = _memo(path)[1].get(os.path.abspath(path))
-    return (now is not None and isinstance(got, dict) and got.get("stamp") == now
-            and isinstance(checksum, str) and got.get("checksum") == checksum)
+    got = _entry(path, now)
+    return got is not None and isinstance(checksum, str) and got.get("checksum") == checksum
 
 
 def known(path: str, now: list | None) -> bool:
     """Whether `path`, with identity `now`, was read here before (its metadata, or all of it verified)."""
-    got = _memo(path)[1].get(os.path.abspath(path))
-    return now is not None and isinstance(got, dict) and got.get("stamp") == now
+    return _entry(path, now) is not None
 
 
 def remember_read(path: str, then: list | None) -> None:
-    """Record that `path` had identity `then` when its metadata was read (an entry for it as it is stays)."""
-    if then is not None and not known(path, then):
+    """Record that `path`, not known with identity `then`, had it when its metadata was read."""
+    if then is not None:
         _write(path, {"stamp": then})
 
 
