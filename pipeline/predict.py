@@ -29,7 +29,7 @@ from .features.preprocess import keras_preprocessing, upscale
 from .features.views import render_by_content
 from .heads.keras_file import head_model, input_width, read_head
 from .heads.ensemble import head_files
-from .heads.run_files import read_metrics
+from .heads.run_files import read_metrics, recorded_sha256
 from .study_report import wilson
 from .text_table import escaped
 
@@ -64,7 +64,7 @@ def read_run(run: str) -> dict:
                     "of stage one (features)")
     settings = _checked_settings(settings, refuse)
     want = sum(pooling.feature_dim(settings["layers"], size) for size in settings["image_sizes"])
-    heads = [read_head(path) for path in files]
+    heads = [read_head(path, recorded_sha256(metrics, os.path.basename(path), refuse)) for path in files]
     for path, head in zip(files, heads):
         d, c = input_width(head), head["kernel"].shape[1]
         if c != len(names):

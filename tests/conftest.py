@@ -132,6 +132,16 @@ def rewrite_zip(path, change, compression=zipfile.ZIP_STORED):
             z.writestr(n, b)
 
 
+def vouch(run):
+    """Craft a whole run folder: its metrics.json records the digests of the files it holds now, as
+    whoever crafts a folder's files can record them (the check is against changes, not a signature)."""
+    from pipeline.heads.run_files import FILE_SHA256, file_digests
+    path = os.path.join(run, "metrics.json")
+    m = json.load(open(path))
+    m[FILE_SHA256] = file_digests(str(run), list(m[FILE_SHA256]))
+    json.dump(m, open(path, "w"))
+
+
 def set_layer_class(members, i, name):
     """In a .keras file's members: make layer i of its config ask for class `name`."""
     cfg = json.loads(members["config.json"])

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import SMALL, is_one_line_error, rewrite_zip, run_captured, run_cli, set_layer_class
+from conftest import SMALL, is_one_line_error, rewrite_zip, run_captured, run_cli, set_layer_class, vouch
 
 from pipeline.features.cache import load_cache
 from pipeline.heads.keras_file import head_model, read_head
@@ -132,9 +132,32 @@ def test_run_folder_never_runs_code(cached, tmp_path, capsys, monkeypatch):
     assert not os.path.exists(tmp_path / "PWNED")
     shutil.copy(os.path.join(root, "runs", "run-evil", "head.keras"), run / "head.keras")
     lambda_head(run / "head.keras")
+    vouch(run)                                                       # the whole folder crafted: its digest too
     capsys.readouterr()
     code, _, err = run_captured(capsys, "predict", "--run", run, os.path.join(data, "test", "cat", "000.png"))
     assert is_one_line_error(code, err, "not a head this project writes")
+
+
+def test_a_head_changed_after_its_run_wrote_it_is_not_used(cached, tmp_path, capsys):
+    """A run records its head file's SHA-256; a head file that is another well-formed head of the same
+    width (here another run's) is refused as changed, and so are digests that are not digests. A run
+    that records none (written before runs recorded them) is read as before."""
+    root, data, cache = cached
+    image = os.path.join(data, "test", "cat", "000.png")
+    run = shutil.copytree(train(root, cache, "logreg", "run-swap"), tmp_path / "r")
+    other = train(root, cache, "softmax", "run-other")
+    m = json.load(open(run / "metrics.json"))
+    assert set(m["file_sha256"]) == {"head.keras"} and len(m["file_sha256"]["head.keras"]) == 64
+    shutil.copy(os.path.join(other, "head.keras"), run / "head.keras")
+    capsys.readouterr()
+    code, out, err = run_captured(capsys, "predict", "--run", run, image)
+    assert is_one_line_error(code, err, "head.keras: it changed after its run wrote it") and not out, err
+    json.dump({**m, "file_sha256": {"head.keras": 7}}, open(run / "metrics.json", "w"))
+    code, out, err = run_captured(capsys, "predict", "--run", run, image)
+    assert is_one_line_error(code, err, "its file_sha256 in metrics.json is not an object of SHA-256 digests"), err
+    json.dump({k: v for k, v in m.items() if k != "file_sha256"}, open(run / "metrics.json", "w"))   # an older run
+    code, out, err = run_captured(capsys, "predict", "--run", run, image)
+    assert code == 0 and len(out) == 1, err
 
 
 @pytest.mark.parametrize("content,needle", [("not json", "metrics.json is not a run's (JSONDecodeError"),

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import SettingError
 from .config import SPLIT, RunOptions, check_param, refits
 from .keras_file import input_width, read_head, write_head
-from .run_files import VAL_PROBA, read_metrics, read_val_proba
+from .run_files import VAL_PROBA, read_metrics, read_val_proba, recorded_sha256
 from .runs import evaluate, new_run_dir, plot_confusion, summary_table, write_folder, write_metrics
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def read_members(runs: list) -> list[dict]:
         refit = refits(hp) or hp.get("refit_used") is True or bool(metrics.get("selection"))   # refit="auto": as it did
         out.append({"run": os.path.abspath(run), "kind": metrics["head"], "hyperparameters": hp, "refit": refit,
                     "metrics": metrics,
-                    "head": read_head(os.path.join(run, "head.keras")), "refuse": refuse})
+                    "head": read_head(os.path.join(run, "head.keras"), recorded_sha256(metrics, "head.keras", refuse)),
+                    "refuse": refuse})
     want = split_of(out[0])
     for m in out[1:]:
         if split_of(m) != want:
@@ -127,7 +128,8 @@ def _validation(heads: list, members: list, data) -> dict:
     kept, missing = [], []
     for m in members:
         if m["refit"]:
-            p = read_val_proba(m["run"], (len(rows), data.views, n_classes), m["refuse"])
+            p = read_val_proba(m["run"], (len(rows), data.views, n_classes), m["refuse"],
+                               recorded_sha256(m["metrics"], VAL_PROBA, m["refuse"]))
             if p is None:
                 missing.append(os.path.basename(m["run"]))
             else:
@@ -172,7 +174,7 @@ def run_ensemble(data, members: list, opts: RunOptions, timings: dict) -> str:
         plot_confusion(os.path.join(tmp, "confusion_matrix.png"), scores["test"]["confusion_matrix"], data.class_names,
                        f"ensemble of {len(members)} heads: test confusion ({scores['test']['n']} images)")
         timings["write_s"] = time.perf_counter() - t
-        write_metrics(tmp, metrics)
+        write_metrics(tmp, metrics, [MEMBER_FILE.format(i) for i in range(len(members))])
     run_dir = write_folder(folder, fill, auto_name=opts.name is None)[0]
     log.info(f"run {run_dir}: ensemble of {len(members)} heads" + (f" (validation not scored: {val['not_scored']})"
                                                                     if "not_scored" in val else ""))

@@ -10,11 +10,14 @@ config.json and model.weights.h5), so `keras.saving.load_model` loads it (tested
 
 `read_head` is how this project opens a head from a run folder, which may come from anyone: it
 accepts exactly this structure and reads numbers only (JSON and HDF5 datasets), so no file can
-make it run code or build anything but these layers; the file itself is the folder's own (durable.open_own).
+make it run code or build anything but these layers; the file itself is the folder's own (durable.open_own),
+read once into memory, and where its run recorded the file's SHA-256 (run_files.recorded_sha256) those very
+bytes must have it: a head changed after its run wrote it is never used.
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -125,15 +128,23 @@ def write_head(path: str, kernel: np.ndarray, bias: np.ndarray, dropout: float |
         z.writestr("model.weights.h5", weights.getvalue())
 
 
-def read_head(path: str) -> dict:
+def read_head(path: str, sha256: str | None = None) -> dict:
     """{kernel, bias, dropout, mean, variance, normalize, blocks, hidden_kernel, hidden_bias} of a head file written by `write_head`; PipelineError
     (one line) for anything else. Reads JSON and numeric HDF5 datasets only: nothing is unpickled,
     deserialised into objects, or run. Every size is checked before it is read: members against
-    their caps and expansion, datasets against the weights file (no external, virtual or linked data)."""
+    their caps and expansion, datasets against the weights file (no external, virtual or linked data).
+    sha256: what the file's bytes hash to when it is as its run wrote it (None: a run that recorded none)."""
     def refuse(why):
         return PipelineError(f"head file {path}: {why}; re-run train-head to write it again")
+    cap = sum(MEMBER_BYTES.values()) + (1 << 20)
     try:
-        with open_own(path, refuse, sum(MEMBER_BYTES.values()) + (1 << 20)) as f, zipfile.ZipFile(f) as z:
+        with open_own(path, refuse, cap) as f:
+            data = f.read(cap + 1)
+        if len(data) > cap:
+            raise refuse(f"it grew past {cap:,} bytes while it was read")
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise refuse("it changed after its run wrote it (its SHA-256 is not the one metrics.json records)")
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
             infos = {i.filename: i for i in z.infolist()}
             if set(infos) != set(MEMBER_BYTES):
                 raise refuse(f"holds {sorted(infos)[:5]}, expected {sorted(MEMBER_BYTES)}")

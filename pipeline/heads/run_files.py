@@ -1,9 +1,14 @@
 """Reading a run folder, which may come from anyone (predict, ensemble): each file is opened as the
 folder's own regular file, never through a link (a link in a crafted folder could lead to any file
 this user can read), its size checked before a byte is read, and parsed as JSON or numbers only.
+The files a run's readers use (its head files, VAL_PROBA) are hashed as the run writes them, their
+SHA-256 kept in its metrics.json (FILE_SHA256), and each is read once into memory and used only if
+those bytes hash to it: a file changed after the run wrote it is refused, not used.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 
@@ -14,6 +19,27 @@ from .config import RUNS_DIR
 
 MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
 VAL_PROBA = "val_proba.npy"      # a refit run's validation probabilities before the refit (runs.write_run)
+FILE_SHA256 = "file_sha256"      # in metrics.json: {file name: SHA-256} of the files readers use, as written
+
+
+def file_digests(folder: str, names: list) -> dict:
+    """{name: SHA-256} of the files `names` in `folder` (a run being written), for its metrics.json."""
+    out = {}
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            out[name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
+
+
+def recorded_sha256(metrics: dict, name: str, refuse) -> str | None:
+    """The SHA-256 a run's metrics.json records for its file `name`; None for a run that records none
+    (written before runs recorded them); refuse(why) when what it records is not digests."""
+    digests = metrics.get(FILE_SHA256)
+    if digests is None:
+        return None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) and len(v) == 64 for v in digests.values()):
+        raise refuse(f"its {FILE_SHA256} in metrics.json is not an object of SHA-256 digests")
+    return digests.get(name)
 
 
 def read_metrics(run: str, refuse) -> dict:
@@ -44,13 +70,20 @@ def _no_folder(run: str) -> str:
     return "no such folder" + (f" (the run of that name is {there}: pass that path)" if named else "")
 
 
-def read_val_proba(run: str, shape: tuple, refuse):
+def read_val_proba(run: str, shape: tuple, refuse, sha256: str | None = None):
     """A run folder's VAL_PROBA as float32 of exactly `shape` (images x views x classes), or None when it
-    has none: no pickle, rows of probabilities (finite, 0..1, each summing to 1)."""
+    has none (a refuse(why) when its run recorded its sha256): no pickle, rows of probabilities (finite,
+    0..1, each summing to 1), the bytes hashing to `sha256` where the run recorded it."""
+    cap = 4 * int(np.prod(shape)) + 4096
     try:
-        with open_own(os.path.join(run, VAL_PROBA), refuse, 4 * int(np.prod(shape)) + 4096) as f:
-            p = np.load(f, allow_pickle=False)
+        with open_own(os.path.join(run, VAL_PROBA), refuse, cap) as f:
+            data = f.read(cap + 1)
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise refuse(f"{VAL_PROBA} changed after its run wrote it (its SHA-256 is not the one metrics.json records)")
+        p = np.load(io.BytesIO(data), allow_pickle=False)
     except FileNotFoundError:
+        if sha256 is not None:
+            raise refuse(f"{VAL_PROBA} is missing, though its run wrote it (metrics.json records its SHA-256)") from None
         return None
     except (OSError, ValueError, EOFError) as e:
         raise refuse(f"{VAL_PROBA} is not a readable .npy file ({str(e)[:60]})") from None

@@ -18,7 +18,7 @@ import numpy as np
 from ..durable import atomic_file, claim_dir, incomplete_dir, make_folder, write_text, writing
 from ..errors import SettingError
 from .keras_file import write_head
-from .run_files import VAL_PROBA
+from .run_files import FILE_SHA256, VAL_PROBA, file_digests
 
 
 KIND_FILE = "kind.json"     # in a sweep's or a study's folder: {"kind": "sweep"|"study", ...}
@@ -235,12 +235,14 @@ def write_run(run_dir: str, metrics: dict, history: list, class_names: list, hea
             with open(os.path.join(tmp, VAL_PROBA), "wb") as f:
                 np.save(f, np.asarray(val_proba, np.float32), allow_pickle=False)
         metrics["timings"]["write_s"] = time.perf_counter() - t
-        write_metrics(tmp, metrics)
+        write_metrics(tmp, metrics, ["head.keras"] + ([VAL_PROBA] if val_proba is not None else []))
     return write_folder(run_dir, fill, auto_name, replace)[0]
 
 
-def write_metrics(folder: str, metrics: dict):
-    """A run's metrics.json (run_files.read_metrics reads it), last into its temp folder: claim_dir fsyncs the files."""
+def write_metrics(folder: str, metrics: dict, hashed: list):
+    """A run's metrics.json (run_files.read_metrics reads it), last into its temp folder: claim_dir fsyncs the files.
+    hashed: the folder's files its readers use, whose SHA-256 it records (FILE_SHA256) for them to check."""
+    metrics[FILE_SHA256] = file_digests(folder, hashed)
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1, default=str)
 

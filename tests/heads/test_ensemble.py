@@ -100,8 +100,10 @@ def test_a_refit_member_is_validated_as_it_was_chosen(members, syn_views, tmp_pa
         X[data.views_of(data.rows_val)].astype(np.float32), verbose=0).reshape(-1, 3, 4)
     want = (soft_views + kept) / 2
     assert m["val"]["tta"]["loss"] == pytest.approx(log_loss(y_val, want.mean(1), labels=range(4)), rel=1e-4)
-    shutil.copytree(refit, tmp_path / "old")
+    shutil.copytree(refit, tmp_path / "old")                     # a run from before they were kept (nor digests)
     os.remove(tmp_path / "old" / "val_proba.npy")
+    meta = json.load(open(tmp_path / "old" / "metrics.json"))
+    json.dump({k: v for k, v in meta.items() if k != "file_sha256"}, open(tmp_path / "old" / "metrics.json", "w"))
     assert ensemble("e2", soft, tmp_path / "old")[0] == 0
     val = json.load(open(tmp_path / "e2" / "metrics.json"))["val"]
     assert val["n"] == 0 and "keep no val_proba.npy" in val["not_scored"]
@@ -143,3 +145,32 @@ def test_members_must_share_cache_split_and_be_single_heads(members, syn_views, 
                                       syn_views, "--runs-dir", tmp_path / "e", "--name", "x")
         assert is_one_line_error(code, err, needle), err
         assert not os.path.exists(tmp_path / "e" / "x")
+
+
+def test_a_members_files_changed_after_its_run_wrote_them_are_not_used(members, syn_views, tmp_path, capsys):
+    """Each member's head.keras and val_proba.npy must be as its run wrote them (the SHA-256 its
+    metrics.json records): another well-formed head, other valid probabilities, or a recorded file that
+    is gone are refused in one line; the ensemble records its own member files' digests."""
+    def ensemble(name, *runs):
+        code, _, err = run_captured(capsys, "ensemble", *(a for r in runs for a in ("--run", r)), "--cache", syn_views,
+                                    "--runs-dir", tmp_path, "--name", name)
+        return code, err
+    refit = shutil.copytree(members / "refit", tmp_path / "refit")
+    assert set(json.load(open(refit / "metrics.json"))["file_sha256"]) == {"head.keras", "val_proba.npy"}
+    kept = np.load(refit / "val_proba.npy")
+    np.save(refit / "val_proba.npy", kept[::-1].copy())               # valid probabilities, other images' order
+    code, err = ensemble("e", members / "soft", refit)
+    assert is_one_line_error(code, err, "val_proba.npy changed after its run wrote it") and not os.path.exists(
+        tmp_path / "e"), err
+    os.remove(refit / "val_proba.npy")
+    code, err = ensemble("e", members / "soft", refit)
+    assert is_one_line_error(code, err, "val_proba.npy is missing, though its run wrote it"), err
+    soft = shutil.copytree(members / "soft", tmp_path / "soft")
+    shutil.copy(members / "hidden" / "head.keras", soft / "head.keras")
+    code, err = ensemble("e", soft, members / "logreg")
+    assert is_one_line_error(code, err, "head.keras: it changed after its run wrote it"), err
+    assert ensemble("e", members / "soft", members / "logreg")[0] == 0
+    digests = json.load(open(tmp_path / "e" / "metrics.json"))["file_sha256"]
+    assert set(digests) == {"member_0.keras", "member_1.keras"}
+    from pipeline.heads.run_files import file_digests
+    assert digests == file_digests(str(tmp_path / "e"), ["member_0.keras", "member_1.keras"])

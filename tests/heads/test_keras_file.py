@@ -182,3 +182,17 @@ def test_hidden_layer_weights_that_do_not_fit_together_are_refused(hidden_parts,
     _swap_weights(path, parts)                                                    # one Dense where two belong
     with pytest.raises(PipelineError, match="model.weights.h5 refused: holds datasets"):
         read_head(path)
+
+
+def test_a_head_is_read_only_as_the_bytes_its_run_hashed(parts, tmp_path):
+    """read_head(path, sha256): the file's bytes must hash to it (one read: the bytes checked are the bytes
+    parsed); another well-formed head of the same shape is refused; None reads any (an older run)."""
+    import hashlib
+    path = tmp_path / "h.keras"
+    write_head(str(path), **parts)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert np.array_equal(read_head(str(path), digest)["kernel"], parts["kernel"])
+    write_head(str(path), **{**parts, "kernel": parts["kernel"][:, ::-1].copy()})
+    with pytest.raises(PipelineError, match="it changed after its run wrote it"):
+        read_head(str(path), digest)
+    assert np.array_equal(read_head(str(path))["kernel"], parts["kernel"][:, ::-1])

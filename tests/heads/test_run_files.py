@@ -39,3 +39,24 @@ def test_a_run_given_by_name_says_where_the_run_of_that_name_is(tmp_path, monkey
     (tmp_path / "data" / "runs" / "best" / "metrics.json").write_text("{}")
     with pytest.raises(Refused, match=r"^no such folder \(the run of that name is data/runs/best: pass that path\)$"):
         read_metrics("best", Refused)
+
+
+def test_recorded_digests_are_digests_and_val_proba_must_match_its(tmp_path):
+    from pipeline.heads.run_files import file_digests, recorded_sha256
+    p = np.full((2, 1, 2), 0.5, np.float32)
+    np.save(tmp_path / "val_proba.npy", p)
+    digests = file_digests(str(tmp_path), ["val_proba.npy"])
+    metrics = {"file_sha256": digests}
+    assert recorded_sha256(metrics, "val_proba.npy", Refused) == digests["val_proba.npy"]
+    assert recorded_sha256(metrics, "head.keras", Refused) is None and recorded_sha256({}, "x", Refused) is None
+    for bad in ([digests["val_proba.npy"]], {"val_proba.npy": "abc"}, {"val_proba.npy": None}):
+        with pytest.raises(Refused, match="not an object of SHA-256 digests"):
+            recorded_sha256({"file_sha256": bad}, "val_proba.npy", Refused)
+    assert read_val_proba(str(tmp_path), (2, 1, 2), Refused, digests["val_proba.npy"]).shape == (2, 1, 2)
+    np.save(tmp_path / "val_proba.npy", np.array([[[0.25, 0.75]], [[1, 0]]], np.float32))   # valid, other numbers
+    with pytest.raises(Refused, match="val_proba.npy changed after its run wrote it"):
+        read_val_proba(str(tmp_path), (2, 1, 2), Refused, digests["val_proba.npy"])
+    assert read_val_proba(str(tmp_path), (2, 1, 2), Refused)[0, 0, 1] == 0.75            # no digest: an older run
+    os.remove(tmp_path / "val_proba.npy")
+    with pytest.raises(Refused, match="val_proba.npy is missing, though its run wrote it"):
+        read_val_proba(str(tmp_path), (2, 1, 2), Refused, digests["val_proba.npy"])
