@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 
 from .errors import PipelineError
@@ -35,6 +36,21 @@ def _score(split: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
 
 
+MAX_COUNT = 10 ** 12    # images or views a run can have counted (a crafted 1e300 would overflow the interval)
+
+
+def _count(value, what: str, least: int = 0) -> int:
+    """A count a run records (images, views): a whole number from least to MAX_COUNT (absent: least);
+    ValueError naming it otherwise (JSON may hold Infinity, NaN, -1 or 1e300 there)."""
+    if value is None:
+        return least
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or not least <= value <= MAX_COUNT:
+        raise ValueError(f"its {what} is {str(value)[:20]!r} in metrics.json, expected a whole number from {least} "
+                         f"to {MAX_COUNT:.0e}")
+    return int(value)
+
+
 def _changed(hp: dict) -> str:
     """The head parameters a run did not leave at their defaults, as `key=value`; the values auto chose beside."""
     out = [f"{k}={v}" for k, v in hp.items() if k in DEFAULTS and k not in NOT_PARAMETERS and v != DEFAULTS[k]]
@@ -55,13 +71,14 @@ def _run_row(path: str) -> dict:
         test = m.get("test") if isinstance(m.get("test"), dict) else {}
         timings = m.get("timings") if isinstance(m.get("timings"), dict) else {}
         val = m.get("val") if isinstance(m.get("val"), dict) else {}
+        val_n = _count(val.get("n"), "validation images")
         row.update(head=str(m["head"]), parameters=_changed(hp) if m["head"] != "ensemble" else
-                   f"{len(m.get('members', []))} members", val=_score(val), val_n=int(val.get("n") or 0),
-                   test=_score(test), test_n=int(test.get("n") or 0), views=int(m.get("views") or 1),
-                   key=str(prov.get("key", ""))[:16],
+                   f"{len(m.get('members', []))} members", val=_score(val), val_n=val_n,
+                   test=_score(test), test_n=_count(test.get("n"), "test images"),
+                   views=_count(m.get("views"), "views", 1), key=str(prov.get("key", ""))[:16],
                    layer=str(settings.get("layer", prov.get("dataset", "?"))),
-                   train_n=int((m.get("train") or {}).get("n") or 0), seconds=timings.get("train_s"),
-                   **_validation_set(prov, hp, int(val.get("n") or 0)))
+                   train_n=_count((m.get("train") or {}).get("n"), "training images"), seconds=timings.get("train_s"),
+                   **_validation_set(prov, hp, val_n))
     except (PipelineError, KeyError, TypeError, ValueError, AttributeError) as e:
         row["unreadable"] = str(e)
     return row

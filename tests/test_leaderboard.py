@@ -62,6 +62,24 @@ def test_a_crafted_run_folder_is_listed_as_unreadable_and_not_followed(runs_dir,
     assert why["linked"].startswith("metrics.json is a link") and "not a run's" in why["garbage"]
 
 
+@pytest.mark.parametrize("where,value", [(("test", "n"), float("inf")), (("val", "n"), 1e300), (("train", "n"), -1),
+                                         (("views",), 0), (("test", "n"), 2.5), (("views",), "3")])
+def test_a_count_that_is_not_one_lists_the_run_as_unreadable(runs_dir, tmp_path, capsys, where, value):
+    """Found by fuzzing: JSON may hold Infinity or 1e300 where a run counts images, which made `runs`
+    stop with a traceback (int(inf); the interval of 1e300 images); such a run is listed as unreadable."""
+    import shutil
+    shutil.copytree(os.path.join(runs_dir, "fast"), tmp_path / "good")
+    bad = shutil.copytree(os.path.join(runs_dir, "fast"), tmp_path / "bad")
+    m = json.load(open(bad / "metrics.json"))
+    (m[where[0]] if len(where) == 2 else m)[where[-1]] = value
+    json.dump(m, open(bad / "metrics.json", "w"))
+    runs, others = leaderboard(str(tmp_path))
+    assert [r["name"] for r in runs] == ["good"] and [o["name"] for o in others] == ["bad"]
+    assert "in metrics.json, expected a whole number from" in others[0]["unreadable"]
+    code, out, err = run_captured(capsys, "runs", "--runs-dir", tmp_path)
+    assert code == 0 and out[-1].startswith("bad: not listed: its ") and not err, err
+
+
 def test_the_command(runs_dir, capsys, tmp_path):
     code, out, err = run_captured(capsys, "runs", "--runs-dir", runs_dir)
     assert code == 0 and out[0].split()[:2] == ["rank", "val"] and out[1].split()[0] == "1"
