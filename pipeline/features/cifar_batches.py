@@ -1,9 +1,13 @@
 """Reader for the official CIFAR python distribution (`cifar-10-batches-py/`, `cifar-100-python/`,
 a folder or its .tar.gz, read in place): pickled batches, unpickled so that they cannot run code,
-and every field checked before use.
+and every field checked before use. What a crafted file can make the reader hold is capped: each
+batch file's bytes (read at most to its cap: an 876 KB .tar.gz held a batch of 300,000 images, 1.8 GB
+in memory), the operations in a pickle (a 190 KB .tar.gz held a list of 100 million labels, 1.9 GB)
+and the archive headers kept (only the official files' names are kept from any number).
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tarfile
@@ -20,6 +24,15 @@ CIFAR_LAYOUTS = {  # folder name -> (dataset, train files, test files, meta file
                             "batches.meta", "labels", "label_names"),
     "cifar-100-python": ("cifar100", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
 }
+OFFICIAL_IMAGES = {"train": 50_000, "test": 10_000}     # images in one official file ("train", "test", batch 10,000)
+MAX_META_BYTES = 1 << 20            # the official meta files are 158 B and 1.5 KB
+MAX_PICKLE_OPS = 1_000_000          # an official batch is ~30,000 (CIFAR-100's train file ~200,000)
+
+
+def max_batch_bytes(fname: str) -> int:
+    """A batch file's cap: its official images' pixels plus a quarter, plus 1 MiB (labels, names)."""
+    images = OFFICIAL_IMAGES.get(fname, 10_000)
+    return images * 3072 * 5 // 4 + (1 << 20)
 
 
 def _bytes(*args):
@@ -31,8 +44,27 @@ def _bytes(*args):
     raise pickle.UnpicklingError("it asks for bytes() with other arguments")
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Allows only what the official CIFAR batches hold (numpy arrays, bytes), so a file cannot run code."""
+def _counted(load):
+    """An unpickler's opcode `load`, counting itself against MAX_PICKLE_OPS first."""
+    def counted(self):
+        self.ops += 1
+        if self.ops > MAX_PICKLE_OPS:
+            raise pickle.UnpicklingError(f"it holds more than {MAX_PICKLE_OPS:,} pickle operations")
+        load(self)
+    return counted
+
+
+class _BatchUnpickler(pickle._Unpickler):
+    """Allows only what the official CIFAR batches hold (numpy arrays, bytes), so a file cannot run code,
+    and at most MAX_PICKLE_OPS operations, so a list cannot grow past ~8 MB whatever the file's size
+    (Python's unpickler, as this one's pure-Python twin, caps neither; each operation is counted as the
+    opcode table dispatches it, ~0.1 s for the official files)."""
+    dispatch = {code: _counted(load) for code, load in pickle._Unpickler.dispatch.items()}
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.ops = 0
+
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"),
                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
@@ -46,9 +78,14 @@ class _BatchUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it asks to run {module}.{name}")
 
 
-def safe_unpickle(fileobj, where: str):
+def safe_unpickle(fileobj, where: str, max_bytes: int):
+    """The dict a batch file holds, read whole into memory first (at most max_bytes: more is refused)."""
+    data = fileobj.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PipelineError(f"{where}: refused, larger than {max_bytes:,} bytes, more than the official file can be; "
+                            "use the official files")
     try:
-        obj = _BatchUnpickler(fileobj, encoding="bytes").load()
+        obj = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as e:
         raise PipelineError(f"{where}: refused, not a plain CIFAR batch ({e}); use the official files") from None
     except Exception as e:  # noqa: BLE001 - a damaged pickle fails in many ways
@@ -97,9 +134,14 @@ def load_cifar_batches(path: str, splits) -> Dataset | None:
         is_file = lambda m: os.path.isfile(os.path.join(path, m))  # noqa: E731
         opener = lambda m: open(os.path.join(path, m), "rb")  # noqa: E731
     else:
+        wanted = {prefix + f for folder, layout in CIFAR_LAYOUTS.items() for prefix in (f"{folder}/", "")
+                  for f in (*layout[1], *layout[2], layout[3])}
         try:
-            tar = tarfile.open(path, "r:*")
-            members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+            tar, members = tarfile.open(path, "r:*"), {}
+            for m in tar:                # an image-folder tree's million headers are not kept: only these names
+                tar.members = []
+                if m.name.removeprefix("./") in wanted:
+                    members[m.name.removeprefix("./")] = m
         except (tarfile.TarError, OSError, EOFError) as e:
             raise PipelineError(f"{path}: not a readable .tar.gz ({reason(e, 60)}); pass a CIFAR folder, its .tar.gz, "
                                 "or an image-folder tree (or its .tar.gz)") from None
@@ -112,7 +154,7 @@ def load_cifar_batches(path: str, splits) -> Dataset | None:
     class_names = CIFAR10_CLASSES if name == "cifar10" else [f"class_{i:02d}" for i in range(100)]
     if is_file(prefix + meta_file):
         with opener(prefix + meta_file) as f:
-            meta = safe_unpickle(f, f"{path}:{prefix}{meta_file}")
+            meta = safe_unpickle(f, f"{path}:{prefix}{meta_file}", MAX_META_BYTES)
         names = meta.get(names_key.encode())
         if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names) or len(names) < 2:
             raise PipelineError(f"{path}:{prefix}{meta_file}: expected a list of class names under {names_key}; "
@@ -129,7 +171,7 @@ def load_cifar_batches(path: str, splits) -> Dataset | None:
             if not is_file(prefix + fname):
                 raise PipelineError(f"{where}: missing; the {s} split needs it (or leave {s} out of splits)")
             with opener(prefix + fname) as f:
-                x, y = batch_arrays(safe_unpickle(f, where), label_key, len(class_names), where)
+                x, y = batch_arrays(safe_unpickle(f, where, max_batch_bytes(fname)), label_key, len(class_names), where)
             xs.append(x)
             ys.append(y)
         y = np.concatenate(ys)

@@ -112,3 +112,42 @@ def test_bad_class_names_in_meta(cifar_dir):
     pickle.dump({b"label_names": None}, open(os.path.join(cifar_dir, "cifar-10-batches-py", "batches.meta"), "wb"))
     with pytest.raises(PipelineError, match="expected a list of class names"):
         load_cifar_batches(cifar_dir, ("train",))
+
+
+def test_what_a_batch_can_make_the_reader_hold_is_capped(cifar_dir, monkeypatch):
+    """A batch file larger than its cap (the official images' pixels plus a quarter) is refused having read
+    no more than the cap; a pickle of more operations than MAX_PICKLE_OPS (a list of many labels) is
+    refused as it is read. The memory these stop is measured in test_crafted_memory."""
+    import pipeline.features.cifar_batches as cb
+    assert cb.max_batch_bytes("data_batch_1") == cb.max_batch_bytes("test") == 10_000 * 3072 * 5 // 4 + (1 << 20)
+    assert cb.max_batch_bytes("train") == 50_000 * 3072 * 5 // 4 + (1 << 20)           # CIFAR-100's one train file
+    size = max(os.path.getsize(os.path.join(cifar_dir, "cifar-10-batches-py", f"data_batch_{i}")) for i in range(1, 6))
+    monkeypatch.setattr(cb, "max_batch_bytes", lambda fname: size - 1)
+    with pytest.raises(PipelineError, match=f"data_batch_.: refused, larger than {size - 1:,} bytes"):
+        load_cifar_batches(cifar_dir, ("train",))
+    monkeypatch.setattr(cb, "max_batch_bytes", lambda fname: size)                        # the files are this size
+    assert len(load_cifar_batches(cifar_dir, ("train",)).splits["train"]) == 30
+    import io
+    monkeypatch.setattr(cb, "MAX_PICKLE_OPS", 100)
+    few, many = (pickle.dumps({b"labels": list(range(n))}, protocol=2) for n in (80, 120))   # ~1 operation a label
+    assert cb.safe_unpickle(io.BytesIO(few), "b", 1 << 20) == {b"labels": list(range(80))}
+    with pytest.raises(PipelineError, match=r"^b: refused, not a plain CIFAR batch \(it holds more than 100 pickle "):
+        cb.safe_unpickle(io.BytesIO(many), "b", 1 << 20)
+
+
+def test_a_tarball_of_many_members_keeps_only_the_official_names(cifar_dir, tmp_path):
+    """The headers of other members are read and dropped (tarfile would keep each one: a crafted archive
+    of millions is gigabytes); the batches among them are read as from the folder."""
+    import io
+    import tarfile
+    out = tmp_path / "many.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        for i in range(2000):
+            info = tarfile.TarInfo(f"cifar-10-batches-py/extra/{i}.txt")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        tar.add(os.path.join(cifar_dir, "cifar-10-batches-py"), arcname="cifar-10-batches-py")
+    a = load_cifar_batches(cifar_dir, ("train", "test"))
+    b = load_cifar_batches(str(out), ("train", "test"))
+    assert all(np.array_equal(a.splits[s].images, b.splits[s].images) for s in ("train", "test"))
+    assert a.class_names == b.class_names
