@@ -10,6 +10,7 @@ tree shallow and small. Nothing here reads a dataset's data.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -129,6 +130,9 @@ def parse_elsewhere(path: str, reader: str, seconds: float = PARSE_SECONDS) -> s
         return f"the HDF5 library did not finish reading its metadata in {seconds:g} s (a damaged file can make it loop)"
     except OSError:
         return None
+    if done.returncode == -signal.SIGKILL:        # not ours (a timeout is above): the kernel's, or a person's
+        return ("the process reading its metadata was killed (signal 9: out of memory? a damaged file can ask "
+                "for any amount)")
     if done.returncode < 0:
         return f"the HDF5 library crashed reading it (signal {-done.returncode})"
     return None

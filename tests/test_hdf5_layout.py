@@ -82,10 +82,16 @@ def test_a_reader_that_crashes_in_the_child_refuses_the_file(tmp_path):
     path = str(tmp_path / "x.h5")
     open(path, "wb").write(b"anything")
     assert "crashed reading it (signal 11)" in parse_elsewhere(path, f"{__name__}:_crash")
+    assert "reading its metadata was killed (signal 9: out of memory?" in parse_elsewhere(path, f"{__name__}:_killed")
     assert parse_elsewhere(path, "pipeline.hdf5_layout:check_file") is None                     # raises LayoutError: finished
 
 
-def _crash(path):
+def _crash(path, sig="SIGSEGV"):
     """A reader that dies of a signal, as libhdf5 may on a crafted file (run in parse_elsewhere's child)."""
     import signal
-    os.kill(os.getpid(), signal.SIGSEGV)
+    os.kill(os.getpid(), getattr(signal, sig))
+
+
+def _killed(path):
+    """A reader killed as the out-of-memory killer kills (SIGKILL), not by parse_elsewhere's timeout."""
+    _crash(path, "SIGKILL")
