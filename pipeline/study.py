@@ -35,6 +35,7 @@ from .heads.data import load_training_data
 from .heads.runs import KIND_FILE, folder_kind
 from .heads.train import REFIT_VALIDATION, finish_run
 from .study_report import accuracy, describe, head_settings, plot_learning_curve, plot_study, wilson, write_tables
+from .study_rows import ROWS, finished_row, write_row
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
                                         + ([{"seeds": seeds}] if "seed" in runs else []))
     folder, best_dir = os.path.join(opts.runs_dir, name), os.path.join(opts.runs_dir, f"{name}-best")
     _check_folders(folder, best_dir, name)
-    make_folder(os.path.join(folder, "rows"), "runs_dir", "RunOptions")
+    make_folder(os.path.join(folder, ROWS), "runs_dir", "RunOptions")
     with writing(folder, "runs_dir", RESUME):
         write_json(os.path.join(folder, KIND_FILE), {"kind": "study"})
     log.info(f"study {folder}: {len(cfgs)} cache(s) x {len(configs)} head configuration(s)"
@@ -202,16 +203,17 @@ def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, o
             for seed in seeds:
                 o = dataclasses.replace(opts, train_images=size, seed=seed)
                 row_id = row_tag(crow["cache"], kind, params, o)
-                row = _finished_row(os.path.join(folder, "rows", f"{row_id}.json"), row_id)
+                settings = {**crow, "head": kind, **{f"head_{k}": v for k, v in params.items()}, "train_images": size,
+                            "row": row_id}                    # what the row id is a hash of: never read back
+                row = finished_row(folder, row_id, settings)
                 if row is None:
                     data = data or load_training_data(path, opts.val_fraction, opts.seed)
                     part = data.with_train_images(size, seed, opts.val_fraction)      # the split and subset of this seed
                     row, head = run_head(part, kind, params, o)
-                    row = {**crow, **row, "views_k": data.views, "train_images": size,
-                           "train_n": len(part.originals(part.rows_train)), "labelled_n": len(part.originals(
-                               part.rows_train)) + len(part.rows_val), "row": row_id}
+                    row = {**settings, **row, "views_k": data.views, "train_n": len(part.originals(part.rows_train)),
+                           "labelled_n": len(part.originals(part.rows_train)) + len(part.rows_val)}
                     with writing(folder, "runs_dir", RESUME):
-                        write_json(os.path.join(folder, "rows", f"{row_id}.json"), row)
+                        write_row(folder, row_id, row)
                     if seed == seeds[0]:
                         first = {"row": row, "head": head, "data": part}
                 group.append({**row, "seed": seed})
@@ -277,13 +279,3 @@ def _mean_val(group: list) -> float:
 def _rank(row: dict, val: float) -> tuple:
     """How a row ranks given its validation accuracy `val`, higher first: then a refit head above its un-refit twin."""
     return val, bool(row.get("refit_used"))
-
-
-def _finished_row(path: str, row_id: str) -> dict | None:
-    """The row saved at `path` if it is one (its row_tag matches), else None: it is trained again."""
-    try:
-        with open(path) as f:
-            row = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return row if isinstance(row, dict) and row.get("row") == row_id else None

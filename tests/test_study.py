@@ -309,3 +309,20 @@ def test_the_best_configuration_over_seeds_is_not_trained_again(data, capsys, mo
     assert sorted(calls) == sorted(val)                                      # each row once, the best not again
     m = json.load(open(root / "runs" / "kept-seed-best" / "metrics.json"))
     assert m["study_row"] == rows[0]["row"] and m["hyperparameters"]["dropout"] == 0.5
+
+
+def test_a_row_edited_after_it_was_written_is_trained_again_not_reported(data, capsys):
+    """A study reports only rows as it wrote them: a finished row whose accuracy was edited (its checksum
+    no longer holds) is trained again, and the table shows what the head scores, not the edit."""
+    d, root = data
+    assert small_study(capsys, root, d, "edited")[0] == 0
+    rows = root / "runs" / "edited" / "rows"
+    before = {r["row"]: r["test_accuracy"] for r in csv.DictReader(open(root / "runs" / "edited" / "results.csv"))}
+    name = sorted(os.listdir(rows))[0]
+    row = json.load(open(rows / name))
+    json.dump({**row, "test_accuracy": 0.999}, open(rows / name, "w"))
+    code, _, err = small_study(capsys, root, d, "edited")
+    assert code == 0 and f"row {row['row']} ({rows / name}) changed after it was written" in err, err
+    after = {r["row"]: r["test_accuracy"] for r in csv.DictReader(open(root / "runs" / "edited" / "results.csv"))}
+    assert after == before and "0.999" not in after.values()
+    assert json.load(open(rows / name))["test_accuracy"] == row["test_accuracy"]         # written again, as trained
