@@ -21,7 +21,7 @@ from .dataset import Dataset
 from .fingerprint import fingerprint
 from .precision import resolve_precision
 from .preprocess import PREPROCESSING
-from .source_memo import recall, remember, source_identity
+from .source_memo import MEMO, recall, remember, source_identity
 from .sources import keras_cifar_folder, open_dataset
 
 BACKBONE = "keras.applications.VGG19"
@@ -38,6 +38,7 @@ class Plan:
     key_payload: dict         # exactly what the key hashes
     key: str
     stem: str                 # cache path without extension
+    identity: str | None = None    # the source's identity when the plan took its fingerprint from the memo
 
     @property
     def path(self) -> str:
@@ -45,13 +46,20 @@ class Plan:
 
     @property
     def dataset(self) -> Dataset:
-        """The dataset, opened (and every image checked) on first use; PipelineError if its files changed
-        since the plan's fingerprint was taken."""
+        """The dataset, opened (and every image checked) on first use; PipelineError if it is not what the
+        plan's fingerprint (from the memo) says: its files changed since, or the memo's entry was not its
+        own (damaged or edited), which is then corrected, so that the next run plans from the truth."""
         if self.opened is None:
+            now = _identity(self.cfg)                # before decoding: what the fingerprint below is of
             ds = _open(self.cfg)
-            if fingerprint(ds) != self.fingerprint:
-                raise PipelineError(f"{self.cfg.data_dir or self.cfg.dataset}: the data changed while this run "
-                                    "planned it; re-run the command")
+            found = fingerprint(ds)
+            if found != self.fingerprint:
+                remember(self.cfg.cache_dir, now, found, ds.name, ds.class_names)
+                where = self.cfg.data_dir or self.cfg.dataset
+                if now is not None and now == self.identity:
+                    raise PipelineError(f"{where}: the fingerprint {MEMO} remembered for it was not its own (the "
+                                        "file damaged or edited); corrected: re-run the command")
+                raise PipelineError(f"{where}: the data changed while this run planned it; re-run the command")
             self.opened = ds
         return self.opened
 
@@ -73,20 +81,27 @@ def plan(cfg: FeatureConfig, datasets: dict | None = None) -> Plan:
     which = tuple(getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata["key"] == FINGERPRINT)
     memo = {} if datasets is None else datasets
     if which not in memo:
-        identity = source_identity(cfg.data_dir or keras_cifar_folder(cfg.dataset), dict(zip(FINGERPRINT_FIELDS, which)))
+        identity = _identity(cfg)
         known = recall(cfg.cache_dir, identity)
         if known:                           # the same files as when it was fingerprinted: nothing to decode
-            memo[which] = (None, known["fingerprint"], known["name"])
+            memo[which] = (None, known["fingerprint"], known["name"], identity)
         else:
             ds = _open(cfg)
-            memo[which] = (ds, fingerprint(ds), ds.name)
+            memo[which] = (ds, fingerprint(ds), ds.name, None)
             remember(cfg.cache_dir, identity, memo[which][1], ds.name, ds.class_names)
-    ds, fp, name = memo[which]
+    ds, fp, name, identity = memo[which]
     precision = resolve_precision(cfg.precision, memo_dir=cfg.cache_dir)
     weights = weights_identity(cfg.weights, cfg.weights_seed, pooling.needs_top(cfg.layers), cfg.cache_dir)
     payload = key_payload(cfg, fp, precision, weights)
     key = cache_key(payload)
-    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, name, pooling.slug(cfg.layers), key))
+    return Plan(cfg, ds, precision, weights, fp, payload, key, cache_stem(cfg.cache_dir, name, pooling.slug(cfg.layers), key),
+                identity)
+
+
+def _identity(cfg: FeatureConfig) -> str | None:
+    """The identity of cfg's source with the settings that shape its dataset (source_memo.source_identity)."""
+    which = [getattr(cfg, f) for f in FINGERPRINT_FIELDS]
+    return source_identity(cfg.data_dir or keras_cifar_folder(cfg.dataset), dict(zip(FINGERPRINT_FIELDS, which)))
 
 
 def _open(cfg: FeatureConfig) -> Dataset:

@@ -105,6 +105,39 @@ def test_a_hit_decodes_nothing_and_a_changed_file_is_noticed(folder_dir, tmp_pat
     assert plan(cfg).key not in (first.key, changed.key)
 
 
+def test_a_memo_entry_that_is_not_the_sources_own_is_corrected(folder_dir, tmp_path):
+    """Found by fuzzing the cache folder's memos: a damaged or edited fingerprint in source-fingerprints.json
+    made every `features` run fail with "the data changed while this run planned it; re-run the command",
+    forever. Now the entry is corrected when the data is decoded, the line says so, and the re-run plans
+    from the truth; a change of the files during a run is still told as such."""
+    import json
+    import os
+    import shutil
+
+    from pipeline.errors import PipelineError
+    from pipeline.features.source_memo import MEMO
+    cfg = FeatureConfig(data_dir=folder_dir, weights="random", image_size=32, precision="float32",
+                        cache_dir=str(tmp_path / "c"))
+    good = plan(cfg)
+    path = os.path.join(cfg.cache_dir, MEMO)
+    memo = json.load(open(path))
+    for entry in memo.values():
+        entry["fingerprint"] = "0" * 64
+    json.dump(memo, open(path, "w"))
+    wrong = plan(cfg)
+    assert wrong.key != good.key and wrong.opened is None
+    with pytest.raises(PipelineError, match=f"the fingerprint {MEMO} remembered for it was not its own .*corrected: "
+                                            "re-run the command"):
+        wrong.dataset
+    again = plan(cfg)
+    assert again.key == good.key and again.dataset.name == good.dataset.name
+    stale = plan(cfg)                                       # from the memo; then a file is added before it opens
+    shutil.copy(os.path.join(folder_dir, "train", "cat", "000.png"), os.path.join(folder_dir, "train", "cat", "new.png"))
+    with pytest.raises(PipelineError, match="the data changed while this run planned it; re-run the command"):
+        stale.dataset
+    assert plan(cfg).opened is None                       # the new state was remembered as it was decoded
+
+
 def test_one_size_keeps_its_key_and_several_sizes_are_keyed_by_all(base):
     """`--image-size 32` typed as text is the int 32 of every cache so far (no cache is orphaned);
     sizes in another order are the same cache, and every size is in the key."""
