@@ -40,6 +40,26 @@ def open_own(path: str, refuse, max_bytes: int):
     return os.fdopen(fd, "rb")
 
 
+MAX_JSON_BYTES = 64 << 20        # a memo or marker file of this program's (the largest memos are ~100 KB)
+
+
+class _Unread(Exception):
+    pass
+
+
+def read_json(path: str, max_bytes: int = MAX_JSON_BYTES):
+    """A small JSON file this program writes (a memo, a marker, a journal's provenance) as Python values,
+    or None when there is none or it cannot be one: not the folder's own regular file (open_own: a link or
+    FIFO is never followed or read), over max_bytes, not JSON, or nested deeper than Python's recursion
+    limit (json raises RecursionError: a memo of 200,000 brackets stopped every command that read it with
+    a traceback). Its reader then does without it (a memo is measured or computed again)."""
+    try:
+        with open_own(path, _Unread, max_bytes) as f:
+            return json.loads(f.read(max_bytes + 1))
+    except (_Unread, OSError, ValueError, RecursionError):
+        return None
+
+
 @contextmanager
 def file_lock(path: str, wait: bool, busy: str = ""):
     """Hold an exclusive flock on `path` (created if missing; the holder's pid is written in it).

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 
-from .durable import write_json
+from .durable import read_json, write_json
 
 MEMO = "file-sha256.json"
 
@@ -38,19 +38,22 @@ def file_stamp(st: os.stat_result) -> list:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
+def _is_sha256(v) -> bool:
+    """A SHA-256 as hexdigest() writes it (a memo entry that is not one is hashed again)."""
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
 def file_sha256(path: str, memo_dir: str | None = None) -> str:
     """SHA-256 of a file; with memo_dir, remembered there by path, size, mtime, ctime and inode."""
     stamp = file_stamp(os.stat(path))
     memo_path, memo, key = None, {}, os.path.abspath(path)
     if memo_dir is not None:
         memo_path = os.path.join(memo_dir, MEMO)
-        try:
-            with open(memo_path) as f:
-                memo = json.load(f)
-            if memo.get(key, {}).get("stamp") == stamp:
-                return memo[key]["sha256"]
-        except (OSError, ValueError, AttributeError):
-            memo = {}
+        memo = read_json(memo_path)
+        memo = memo if isinstance(memo, dict) else {}
+        entry = memo.get(key)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and _is_sha256(entry.get("sha256")):
+            return entry["sha256"]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

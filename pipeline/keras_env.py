@@ -16,5 +16,5 @@ def keras_backend_name() -> str:
     try:
         with open(os.path.join(keras_home(), "keras.json")) as f:
             return json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return "tensorflow"

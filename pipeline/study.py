@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .durable import make_folder, write_json, writing
+from .durable import make_folder, read_json, write_json, writing
 from .hashing import tag
 from .errors import SettingError
 from .features import FeatureConfig
@@ -161,12 +161,8 @@ def _check_folders(folder: str, best_dir: str, name: str):
 
 
 def _study_of(run_dir: str):
-    try:
-        with open(os.path.join(run_dir, "metrics.json")) as f:
-            m = json.load(f)
-        return m.get("study"), m.get("study_row")
-    except (OSError, ValueError, AttributeError):
-        return None, None
+    m = read_json(os.path.join(run_dir, "metrics.json"))
+    return (m.get("study"), m.get("study_row")) if isinstance(m, dict) else (None, None)
 
 
 def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, opts: RunOptions, quiet=False,

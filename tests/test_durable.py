@@ -101,3 +101,20 @@ def test_open_own_reads_a_regular_file_and_refuses_anything_else(tmp_path):
         open_own(str(tmp_path / "dir.json"), Refused, 100)
     with pytest.raises(FileNotFoundError):
         open_own(str(tmp_path / "missing.json"), Refused, 100)
+
+
+def test_read_json_reads_a_programs_own_json_or_nothing(tmp_path):
+    """read_json: the values of a small regular JSON file; None, never an exception or a blocked read, for
+    a missing file, a link (even to good JSON), a FIFO, a file over its cap, text that is not JSON, and
+    JSON nested deeper than the recursion limit (a memo of brackets made every reader stop with a traceback)."""
+    import json
+    from pipeline.durable import read_json
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"a": [1, 2]}))
+    assert read_json(str(good)) == {"a": [1, 2]} and read_json(str(good), max_bytes=5) is None
+    os.symlink(good, tmp_path / "link.json")
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    (tmp_path / "text.json").write_text("{not json")
+    for name in ("missing.json", "link.json", "fifo.json", "deep.json", "text.json"):
+        assert read_json(str(tmp_path / name)) is None, name

@@ -28,3 +28,20 @@ def test_a_file_replaced_with_the_same_size_and_mtime_is_hashed_again(tmp_path):
     first = hashing.file_sha256(str(p), str(tmp_path / "memo"))
     os.replace(q, p)                                  # mv: same name, size and mtime
     assert hashing.file_sha256(str(p), str(tmp_path / "memo")) != first
+
+
+def test_a_memo_entry_that_is_not_a_digest_is_hashed_again(tmp_path):
+    """Found by fuzzing the cache folder's memos: an entry whose sha256 was a number made unpacking an
+    image-folder tarball stop with a traceback (file_sha256(...)[:16]); it is hashed again."""
+    import json
+    p = tmp_path / "a.tar.gz"
+    p.write_bytes(b"data" * 100)
+    want = hashing.file_sha256(str(p), str(tmp_path / "memo"))
+    path = tmp_path / "memo" / hashing.MEMO
+    for bad in (5, None, "x" * 64, want.upper(), [want]):
+        memo = json.load(open(path))
+        memo[str(p)]["sha256"] = bad
+        json.dump(memo, open(path, "w"))
+        assert hashing.file_sha256(str(p), str(tmp_path / "memo")) == want, bad
+    json.dump({str(p): "not an entry"}, open(path, "w"))
+    assert hashing.file_sha256(str(p), str(tmp_path / "memo")) == want

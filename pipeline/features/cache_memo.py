@@ -11,10 +11,9 @@ for a file whose metadata was read (cache.py reads one it has not read before in
 """
 from __future__ import annotations
 
-import json
 import os
 
-from ..durable import write_json
+from ..durable import read_json, write_json
 from ..errors import PipelineError
 from ..hashing import file_stamp
 
@@ -32,11 +31,7 @@ def stamp(path: str) -> list | None:
 
 def _memo(path: str) -> tuple[str, dict]:
     memo_path = os.path.join(os.path.dirname(os.path.abspath(path)), MEMO)
-    try:
-        with open(memo_path) as f:
-            memo = json.load(f)
-    except (OSError, ValueError):
-        memo = {}
+    memo = read_json(memo_path)
     return memo_path, memo if isinstance(memo, dict) else {}
 
 

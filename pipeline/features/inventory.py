@@ -18,7 +18,7 @@ import re
 
 import h5py
 
-from ..durable import free_bytes, open_own, temp_writer
+from ..durable import free_bytes, read_json, temp_writer
 from ..errors import PipelineError
 from ..text_table import aligned, escaped, file_size, minute, utc
 from . import cache_memo
@@ -115,8 +115,7 @@ def _reason(message: str, path: str) -> str:
 def _build(path: str) -> dict:
     out = _other(path, "building", "")
     try:
-        with open_own(os.path.join(path, "provenance.json"), ValueError, MAX_PROVENANCE_BYTES) as f:
-            meta = json.load(f)
+        meta = read_json(os.path.join(path, "provenance.json"), MAX_PROVENANCE_BYTES)
         ranges = {str(s): (int(a), int(b)) for s, (a, b) in meta["ranges"].items()}
         settings = meta["settings"] if isinstance(meta["settings"], dict) else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

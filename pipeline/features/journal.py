@@ -8,7 +8,6 @@ one cut short or damaged is removed and redone, never assembled into a cache.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..hashing import array_sha256
 from ..errors import PipelineError
-from ..durable import atomic_file, open_own, publish, write_error, write_json
+from ..durable import atomic_file, publish, read_json, write_error, write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +34,8 @@ class Journal:
         self.dir, self.dtype = stem + ".partial", np.dtype(dtype)
         meta_path = os.path.join(self.dir, "provenance.json")
         if os.path.isdir(self.dir):
-            try:                # the folder's own small regular file (a link to /dev/zero would never end)
-                with open_own(meta_path, ValueError, MAX_PROVENANCE_BYTES) as f:
-                    same = json.load(f)["key"] == provenance["key"]
-            except (OSError, ValueError, KeyError, TypeError):
-                same = False
+            meta = read_json(meta_path, MAX_PROVENANCE_BYTES)   # the folder's own regular file (not a link to
+            same = isinstance(meta, dict) and meta.get("key") == provenance["key"]   # /dev/zero, never ending)
             if not same:  # another configuration's leftovers, or a journal cut before it began
                 shutil.rmtree(self.dir)
         self.resumed = os.path.isdir(self.dir)

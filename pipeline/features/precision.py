@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import logging
 import os
 import time
 
 import numpy as np
 
-from ..durable import write_json
+from ..durable import read_json, write_json
 from ..hashing import tag
 from ..device import gpu_capability
 from ..keras_env import keras_backend_name
@@ -97,14 +96,13 @@ def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | N
     path = os.path.join(memo_dir, MEMO) if memo_dir else None
     memo = {}
     if path:
-        try:
-            with open(path) as f:
-                memo = json.load(f)
-            rates = memo[key]["rates"]
-            if set(dtypes) <= set(rates) and all(isinstance(v, (int, float)) for v in rates.values()):
-                return rates
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            memo = memo if isinstance(memo, dict) else {}
+        memo = read_json(path)
+        memo = memo if isinstance(memo, dict) else {}
+        entry = memo.get(key)
+        rates = entry.get("rates") if isinstance(entry, dict) else None
+        if isinstance(rates, dict) and set(dtypes) <= set(rates) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in rates.values()):
+            return rates
     rates = (measure or measure_rates)(dtypes)
     choice = max(dtypes, key=lambda d: rates[d])
     log.info(f"precision auto: {choice} on this {'GPU' if cuda else 'CPU'} (probe: "

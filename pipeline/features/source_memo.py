@@ -9,10 +9,9 @@ again. `<cache-dir>/source-fingerprints.json` maps identity -> (fingerprint, nam
 """
 from __future__ import annotations
 
-import json
 import os
 
-from ..durable import write_json
+from ..durable import read_json, write_json
 from ..hashing import file_stamp, json_sha256
 from .fingerprint import FINGERPRINT_VERSION
 
@@ -45,11 +44,8 @@ def recall(memo_dir: str, identity: str | None) -> dict | None:
     """{fingerprint, name, class_names} remembered for `identity`, or None."""
     if identity is None:
         return None
-    try:
-        with open(os.path.join(memo_dir, MEMO)) as f:
-            got = json.load(f).get(identity)
-    except (OSError, ValueError, AttributeError):
-        return None
+    memo = read_json(os.path.join(memo_dir, MEMO))
+    got = memo.get(identity) if isinstance(memo, dict) else None
     ok = isinstance(got, dict) and isinstance(got.get("fingerprint"), str) and isinstance(got.get("name"), str) \
         and isinstance(got.get("class_names"), list)
     return got if ok else None
@@ -59,11 +55,7 @@ def remember(memo_dir: str, identity: str | None, fingerprint: str, name: str, c
     if identity is None:
         return
     path = os.path.join(memo_dir, MEMO)
-    try:
-        with open(path) as f:
-            memo = json.load(f)
-        memo = memo if isinstance(memo, dict) else {}
-    except (OSError, ValueError):
-        memo = {}
+    memo = read_json(path)
+    memo = memo if isinstance(memo, dict) else {}
     os.makedirs(memo_dir, exist_ok=True)
     write_json(path, {**memo, identity: {"fingerprint": fingerprint, "name": name, "class_names": list(class_names)}})

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ..durable import atomic_file, claim_dir, incomplete_dir, make_folder, write_text, writing
+from ..durable import atomic_file, claim_dir, incomplete_dir, make_folder, read_json, write_text, writing
 from ..errors import SettingError
 from .keras_file import write_head
 from .run_files import FILE_SHA256, VAL_PROBA, file_digests
@@ -29,12 +29,9 @@ def folder_kind(path: str) -> str | None:
     "other" (anything else), None when it does not exist or is empty."""
     if not os.path.isdir(path):
         return "other" if os.path.exists(path) else None
-    try:
-        with open(os.path.join(path, KIND_FILE)) as f:
-            kind = json.load(f).get("kind")
-        return kind if kind in ("sweep", "study") else "other"
-    except (OSError, ValueError, AttributeError):
-        pass
+    marker = read_json(os.path.join(path, KIND_FILE))
+    if isinstance(marker, dict):
+        return marker.get("kind") if marker.get("kind") in ("sweep", "study") else "other"
     if os.path.isfile(os.path.join(path, "metrics.json")):
         return "run"
     return "other" if os.listdir(path) else None

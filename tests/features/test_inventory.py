@@ -160,3 +160,33 @@ def test_a_shard_of_a_sharded_build_is_listed_as_such(tmp_path, built):
     (e,) = inventory(d)
     assert e["kind"] == "shard" and e["state"].endswith("merged into its cache when every shard is built")
     assert table([e])[-1].startswith("0 caches")
+
+
+def test_memos_nested_too_deeply_are_done_without(tmp_path, built, capsys, monkeypatch):
+    """Found by fuzzing the cache folder's memos: JSON nested deeper than Python's recursion limit in
+    source-fingerprints.json, verified-caches.json, precision-probe.json or sources/file-sha256.json made
+    `features` and `caches` stop with a traceback (RecursionError). Each is done without (computed again)."""
+    from conftest import SMALL
+    from pipeline.features import precision
+    root = os.path.dirname(os.path.dirname(built))
+    tree = root + "/data.tar.gz"
+    if not os.path.exists(tree):
+        import tarfile
+        with tarfile.open(tree, "w:gz") as t:
+            t.add(root + "/data/cifar-10-batches-py", arcname="cifar-10-batches-py")
+    d = tmp_path / "c"
+    args = ["features", "--data-dir", tree, "--cache-dir", d, *SMALL]
+    code, out, err = run_captured(capsys, *args)
+    assert code == 0, err
+    deep = "[" * 200_000 + "]" * 200_000
+    for name in ("source-fingerprints.json", "verified-caches.json", "precision-probe.json"):
+        (d / name).write_text(deep)
+    os.makedirs(d / "sources", exist_ok=True)
+    (d / "sources" / "file-sha256.json").write_text(deep)
+    code, out, err = run_captured(capsys, *args)
+    assert code == 0 and "Traceback" not in err and out[-1].endswith(".h5"), err
+    code, out, err = run_captured(capsys, "caches", "--cache-dir", d)
+    assert code == 0 and "Traceback" not in err and "1 cache" in out[-1], (out, err)
+    monkeypatch.setattr(precision, "measure", lambda dtypes: {"float32": 1.0, "bfloat16": 2.0})
+    (d / "precision-probe.json").write_text(deep)
+    assert precision.probe_rates(("float32", "bfloat16"), set(), str(d)) == {"float32": 1.0, "bfloat16": 2.0}
