@@ -43,7 +43,8 @@ class Param:
         if self.kind is str:
             return "one of " + ", ".join(self.choices)
         lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else "2^32-1" if self.high == 2 ** 32 - 1 else f"{self.high:g}"
+        bits = int(self.high + 1).bit_length() - 1 if self.high is not None and self.high >= 1 else 0
+        hi = "inf" if self.high is None else f"2^{bits}-1" if self.high == 2 ** bits - 1 and bits > 16 else f"{self.high:g}"
         left, right = ("[" if self.closed in ("left", "both") else "("), ("]" if self.closed in ("right", "both") else ")")
         what = f"{'an integer' if self.kind is int else 'a number'} in {left}{lo}, {hi}{right}"
         return what + (" or auto" if self.auto else "")
@@ -66,6 +67,8 @@ class Param:
 SOFTMAX, LOGREG = ("softmax",), ("logreg",)
 AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS = 20, 1000, 200   # epochs="auto": the notebook's 20 passes, more on few rows
                                                            # until a run makes 1,000 Adam steps, at most 200 passes
+MAX_PASSES = 100_000        # epochs and patience at most (9e18 epochs asked numpy for an impossible schedule array)
+INT_MAX = 2 ** 31 - 1       # any other count a head takes (a row count past int64 stopped training with a traceback)
 AUTO_REFIT_IMAGES = 10_000  # refit="auto": refit where the labelled images (train + validation) are at most this many
 AUTO_LR, AUTO_LR_WIDTH = 1e-3, 1280   # lr="auto": Adam's 1e-3 up to 1,280 features (pooled layers), beyond it
                                       # 1e-3 * sqrt(1,280 / width): 8,192 values 4.0e-4, 10,240 3.5e-4, 25,088 2.3e-4
@@ -99,23 +102,23 @@ PARAMS = {
                    "'Refit on small data'); validation figures are those before the refit", auto=True, heads=SOFTMAX),
     "epochs": Param("auto", int, f"softmax: passes over the training rows, or auto: {AUTO_EPOCHS}, and more where the "
                     f"rows are few so that a run makes at least {AUTO_STEPS:,} steps, at most {AUTO_MAX_EPOCHS} passes "
-                    "(docs/full-cifar10.md, 'Epochs on small data')", 1, None, "left", auto=True, heads=SOFTMAX),
-    "batch_size": Param(250, int, "softmax: rows per step", 1, None, "left", heads=SOFTMAX, flag="--head-batch-size"),
+                    "(docs/full-cifar10.md, 'Epochs on small data')", 1, MAX_PASSES, "both", auto=True, heads=SOFTMAX),
+    "batch_size": Param(250, int, "softmax: rows per step", 1, INT_MAX, "both", heads=SOFTMAX, flag="--head-batch-size"),
     "standardize": Param(True, bool, "softmax: standardise features with the training rows' mean and scale, inside "
                          "the saved head (conv features are unscaled ReLU maps)", heads=SOFTMAX),
     # the logistic-regression head: StandardScaler + scikit-learn's LogisticRegression
     "C": Param(1.0, float, "logreg: inverse regularisation strength, or auto: chosen on the validation split over a "
                "log grid, then refit on train + validation (the linear-probe protocol)", 0, None, "neither", auto=True,
                heads=LOGREG, flag="--C"),
-    "max_iter": Param(200, int, "logreg: solver iterations", 1, None, "left", heads=LOGREG),
+    "max_iter": Param(200, int, "logreg: solver iterations", 1, INT_MAX, "both", heads=LOGREG),
     # how any head command runs
     "val_fraction": Param(0.1, float, "stratified hold-out of train for model selection", 0, 1, "left"),
     "seed": Param(0, int, "seed of the split, initial weights and dropout", 0, 2 ** 32 - 1, "both"),
     "early_stopping": Param(False, bool, "softmax: stop on validation loss, keep the best epoch", heads=SOFTMAX),
-    "patience": Param(3, int, "softmax: epochs without a better validation loss before stopping", 1, None, "left",
-                      heads=SOFTMAX),
+    "patience": Param(3, int, "softmax: epochs without a better validation loss before stopping", 1, MAX_PASSES,
+                      "both", heads=SOFTMAX),
     "train_images": Param(None, int, "use a stratified subset of this many of the train split's images, validation "
-                          "carved from them (a learning curve on one cache) (default: all)", 1, None, "left",
+                          "carved from them (a learning curve on one cache) (default: all)", 1, INT_MAX, "both",
                           optional=True),
 }
 DEFAULTS = {name: p.default for name, p in PARAMS.items()}

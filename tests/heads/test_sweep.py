@@ -71,7 +71,7 @@ def test_unknown_toml_key(syn, tmp_path, capsys):
     ('random = "x"\n[params]\nlr = [0.1]\n', "random must be a whole number of configurations, got 'x'"),
     ('random = 0\n[params]\nlr = [0.1]\n', "--random: expected N >= 1, got 0"),
     ('[params]\nlr = [inf]\n', "lr: expected a number in (0, inf) or auto, got inf"),
-    ('[params]\nepochs = [2.5]\n', "epochs: expected an integer in [1, inf) or auto, got 2.5"),
+    ('[params]\nepochs = [2.5]\n', "epochs: expected an integer in [1, 100000] or auto, got 2.5"),
     ('[params\n', "cannot read"),
 ])
 def test_bad_toml_is_one_line_and_leaves_no_folder(syn, tmp_path, capsys, toml, needle):

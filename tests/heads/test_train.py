@@ -88,7 +88,9 @@ def test_logreg_run_and_reproducible_seed(syn, tmp_path, capsys):
 @pytest.mark.parametrize("args,needle", [
     (["--dropout", "1.0"], "dropout: expected a number in [0, 1), got 1.0"),
     (["--lr", "0"], "lr: expected a number in (0, inf)"),
-    (["--epochs", "0"], "epochs: expected an integer in [1, inf)"),
+    (["--epochs", "0"], "epochs: expected an integer in [1, 100000]"),
+    (["--epochs", "9223372036854775807"], "epochs: expected an integer in [1, 100000]"),
+    (["--head-batch-size", "1" * 30], "--head-batch-size: expected an integer in [1, 2^31-1], got 1111"),
     (["--val-fraction", "1.5"], "--val-fraction: expected a number in [0, 1), got 1.5"),
 ])
 def test_values_out_of_range(syn, tmp_path, capsys, args, needle):
@@ -125,7 +127,7 @@ def test_existing_run_name_is_never_overwritten(syn, tmp_path, capsys):
     (["--lr", "nan"], "lr: expected a number in (0, inf) or auto, got nan"),
     (["--lr", "fast"], "lr: expected a number in (0, inf) or auto, got 'fast'"),
     (["--l2", "-0.1"], "l2: expected a number in [0, inf) or auto, got -0.1"),
-    (["--epochs", "many"], "epochs: expected an integer in [1, inf) or auto, got 'many'"),
+    (["--epochs", "many"], "epochs: expected an integer in [1, 100000] or auto, got 'many'"),
     (["--head", "logreg", "--C", "inf"], "C: expected a number in (0, inf) or auto, got inf"),
     (["--head", "logreg", "--val-fraction", "0.999"], "--val-fraction: 0.999: cannot hold out"),
     (["--name", "a/b"], "--name: 'a/b': expected a plain folder name"),
