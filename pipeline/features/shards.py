@@ -37,7 +37,10 @@ SHARD_RE = re.compile(r"\.shard-(\w+)-(\d+)-(\d+)\.h5$")
 def shard_ranges(n: int, shards: int, align: int = 1) -> list:
     """Up to N near-equal contiguous [start, stop) ranges covering 0..n, edges on multiples of
     `align` (the batch size: every batch is then the one an unsharded run forms, so the numbers
-    are bit-identical, not merely close)."""
+    are bit-identical, not merely close). At least as many shards as rows give one shard per batch,
+    returned at once (a shard count of 30 digits looped here for ever)."""
+    if shards >= n:
+        return [(a, min(a + align, n)) for a in range(0, n, align)]
     edges = [min(n, round(i * n / shards / align) * align) for i in range(shards)] + [n]
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 

@@ -39,6 +39,19 @@ def test_shard_ranges_cover_once():
     assert shard_ranges(200, 4, align=32) == [(0, 64), (64, 96), (96, 160), (160, 200)]
 
 
+def test_more_shards_than_batches_give_a_shard_per_batch_at_once():
+    """Found by fuzzing the command line: --shards with 30 digits looped for ever over the shard count.
+    At least as many shards as rows are a shard per batch at once, the ranges the loop gave."""
+    def uncut(n, shards, align):
+        edges = [min(n, round(i * n / shards / align) * align) for i in range(shards)] + [n]
+        return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    for n in (1, 7, 250, 1000, 1001, 4999):
+        for align in (1, 32, 250):
+            for shards in (1, 2, 3, 5, 40, 999, 1000, 1001, 5000):
+                assert shard_ranges(n, shards, align) == uncut(n, shards, align), (n, shards, align)
+    assert shard_ranges(1000, int("1" * 30), 250) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+
+
 def test_sharded_and_merged_equals_unsharded(data, tmp_path, capsys):
     code, one, _ = features(capsys, "--data-dir", data, "--cache-dir", tmp_path / "one", *ARGS)
     code2, many, err = features(capsys, "--data-dir", data, "--cache-dir", tmp_path / "many", "--shards", "4", *ARGS)
