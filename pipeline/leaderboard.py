@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 
 from .errors import PipelineError
 from .heads.config import DEFAULTS, SPLIT
-from .heads.run_files import read_metrics
+from .heads.run_files import MAX_COUNT, is_count, read_metrics
 from .heads.runs import folder_kind
 from .study_report import wilson
 from .text_table import aligned, escaped, minute, utc
@@ -36,16 +35,12 @@ def _score(split: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
 
 
-MAX_COUNT = 10 ** 12    # images or views a run can have counted (a crafted 1e300 would overflow the interval)
-
-
 def _count(value, what: str, least: int = 0) -> int:
-    """A count a run records (images, views): a whole number from least to MAX_COUNT (absent: least);
-    ValueError naming it otherwise (JSON may hold Infinity, NaN, -1 or 1e300 there)."""
+    """A count a run records (images, views) as run_files.is_count takes it (absent: least); ValueError
+    naming it otherwise."""
     if value is None:
         return least
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value != int(value) or not least <= value <= MAX_COUNT:
+    if not is_count(value, least):
         raise ValueError(f"its {what} is {str(value)[:20]!r} in metrics.json, expected a whole number from {least} "
                          f"to {MAX_COUNT:.0e}")
     return int(value)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 
 from .durable import write_bytes
 from .hashing import json_sha256
+from .heads.run_files import is_count
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,6 @@ COUNTS = {"val_n": 1, "test_n": 0, "train_n": 1, "labelled_n": 1, "views_k": 1} 
 OPTIONAL_COUNTS = ("epochs_trained",)
 NUMBERS = ("val_loss", "test_loss", "head_s", "C_chosen", "l2_chosen", "lr_used")       # any float (or absent)
 FRACTIONS = ("val_accuracy", "test_accuracy", "val_tta_accuracy", "test_tta_accuracy")
-MAX_COUNT = 10 ** 12
 MAX_ROW_BYTES = 1 << 20
 
 
@@ -66,10 +65,10 @@ def _why_not(row, row_id: str) -> str | None:
     if row.get("checksum") != json_sha256(fields):
         return "changed after it was written (its checksum does not hold), or was written by an older version"
     for k, least in COUNTS.items():
-        if not _count(row.get(k), least):
+        if not is_count(row.get(k), least):
             return f"has {k} {str(row.get(k))[:20]!r}, expected a whole number from {least}"
     for k in OPTIONAL_COUNTS:
-        if k in row and row[k] is not None and not _count(row[k], 0):
+        if k in row and row[k] is not None and not is_count(row[k]):
             return f"has {k} {str(row[k])[:20]!r}, expected a whole number"
     for k in NUMBERS + FRACTIONS:
         v = row.get(k)
@@ -82,7 +81,3 @@ def _why_not(row, row_id: str) -> str | None:
             return f"has no {k}"
     return None
 
-
-def _count(v, least: int) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v == int(v) \
-        and least <= v <= MAX_COUNT

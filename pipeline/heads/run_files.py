@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 
 import numpy as np
@@ -20,6 +21,14 @@ from .config import RUNS_DIR
 MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
 VAL_PROBA = "val_proba.npy"      # a refit run's validation probabilities before the refit (runs.write_run)
 FILE_SHA256 = "file_sha256"      # in metrics.json: {file name: SHA-256} of the files readers use, as written
+MAX_COUNT = 10 ** 12             # images, views or passes a run can have counted (1e300 would overflow an interval)
+
+
+def is_count(value, least: int = 0) -> bool:
+    """Whether a count a run or a study row records (images, views, epochs) is a whole number from least
+    to MAX_COUNT (JSON may hold Infinity, NaN, -1, 2.5 or 1e300 there)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+        and value == int(value) and least <= value <= MAX_COUNT
 
 
 def file_digests(folder: str, names: list) -> dict:
