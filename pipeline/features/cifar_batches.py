@@ -16,6 +16,7 @@ import unicodedata
 import numpy as np
 
 from ..errors import PipelineError, reason
+from ..text_table import escaped
 from .dataset import Dataset, Split
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -128,10 +129,24 @@ def _find_cifar_layout(is_file):
     return None
 
 
+def _own_file(root: str, member: str) -> bool:
+    """Whether `member` of the folder `root` is a regular file, itself or through links that stay under
+    root; PipelineError for a link out of it (a crafted folder's data_batch_1 linked to a file of the
+    user's would be read as a batch), as image-folder trees refuse them."""
+    path = os.path.join(root, member)
+    if not os.path.isfile(path):
+        return False
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, top]) != top:
+        raise PipelineError(f"{escaped(path)}: a link out of the data_dir (to {escaped(real)}); copy what it points "
+                            "to into the folder, or remove it")
+    return True
+
+
 def load_cifar_batches(path: str, splits) -> Dataset | None:
     """Official python batches from a folder or a .tar.gz; None when path holds something else."""
     if os.path.isdir(path):
-        is_file = lambda m: os.path.isfile(os.path.join(path, m))  # noqa: E731
+        is_file = lambda m: _own_file(path, m)  # noqa: E731
         opener = lambda m: open(os.path.join(path, m), "rb")  # noqa: E731
     else:
         wanted = {prefix + f for folder, layout in CIFAR_LAYOUTS.items() for prefix in (f"{folder}/", "")

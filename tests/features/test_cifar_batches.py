@@ -151,3 +151,22 @@ def test_a_tarball_of_many_members_keeps_only_the_official_names(cifar_dir, tmp_
     b = load_cifar_batches(str(out), ("train", "test"))
     assert all(np.array_equal(a.splits[s].images, b.splits[s].images) for s in ("train", "test"))
     assert a.class_names == b.class_names
+
+
+def test_a_batch_linked_out_of_the_folder_is_refused_and_one_inside_is_read(cifar_dir, tmp_path):
+    """A crafted folder whose data_batch_2 is a link to a file outside it (here a good batch, so the link
+    alone decides) is refused in one line naming both; a link that stays inside the folder is followed."""
+    import shutil
+    src = os.path.join(cifar_dir, "cifar-10-batches-py")
+    want = load_cifar_batches(cifar_dir, ("train",)).splits["train"]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.move(os.path.join(src, "data_batch_2"), outside / "data_batch_2")
+    os.symlink(outside / "data_batch_2", os.path.join(src, "data_batch_2"))
+    with pytest.raises(PipelineError, match=r"data_batch_2: a link out of the data_dir \(to .*elsewhere/data_batch_2\)"):
+        load_cifar_batches(cifar_dir, ("train",))
+    os.remove(os.path.join(src, "data_batch_2"))
+    shutil.move(outside / "data_batch_2", os.path.join(src, "kept"))
+    os.symlink("kept", os.path.join(src, "data_batch_2"))
+    got = load_cifar_batches(cifar_dir, ("train",)).splits["train"]
+    assert np.array_equal(got.images, want.images) and np.array_equal(got.labels, want.labels)
