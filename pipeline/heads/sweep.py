@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 import tomllib
 
@@ -26,6 +27,7 @@ from .train import finish_run, fit_head, make_head, refit_auto, split_proba
 log = logging.getLogger(__name__)
 
 TOML_KEYS = {"head", "random", "params"}
+MAX_CONFIG_BYTES = 1 << 20     # a sweep's TOML file (a space of values is a few hundred bytes)
 
 
 def read_space(head: str, params: list, config: str | None, rand: int | None) -> tuple[str, dict, int | None]:
@@ -34,8 +36,13 @@ def read_space(head: str, params: list, config: str | None, rand: int | None) ->
     space = {}
     if config:
         try:
+            if not stat.S_ISREG(os.stat(config).st_mode) or os.path.getsize(config) > MAX_CONFIG_BYTES:
+                raise SettingError("config", f"{config}: not a regular file of at most {MAX_CONFIG_BYTES:,} bytes (a FIFO "
+                                   "would be waited on for ever); pass the TOML file itself", "sweep")
             with open(config, "rb") as f:
                 doc = tomllib.load(f)
+        except RecursionError:
+            raise SettingError("config", f"{config}: nested too deeply; fix the TOML", "sweep") from None
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise SettingError("config", f"{config}: cannot read ({e}); fix the TOML", "sweep") from None
         unknown = set(doc) - TOML_KEYS

@@ -73,12 +73,20 @@ def test_unknown_toml_key(syn, tmp_path, capsys):
     ('[params]\nlr = [inf]\n', "lr: expected a number in (0, inf) or auto, got inf"),
     ('[params]\nepochs = [2.5]\n', "epochs: expected an integer in [1, 100000] or auto, got 2.5"),
     ('[params\n', "cannot read"),
+    ("random = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply; fix the TOML"),   # found by fuzzing
 ])
 def test_bad_toml_is_one_line_and_leaves_no_folder(syn, tmp_path, capsys, toml, needle):
     (tmp_path / "s.toml").write_text(toml)
     code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", "--config", tmp_path / "s.toml")
     assert is_one_line_error(code, err, needle)
     assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_unread(syn, tmp_path, capsys):
+    """A FIFO given as --config is refused without opening it (opening would wait for a writer for ever)."""
+    os.mkfifo(tmp_path / "s.toml")
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", "--config", tmp_path / "s.toml")
+    assert is_one_line_error(code, err, "s.toml: not a regular file of at most 1,048,576 bytes"), err
 
 
 @pytest.mark.parametrize("args,needle", [(["--param", "dropout=,"], "--param: dropout=,: expected KEY=V1,V2"),
