@@ -204,6 +204,9 @@ def validate(cfg: FeatureConfig) -> FeatureConfig:
     if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise _bad("data_dir", f"{cfg.data_dir}: no such file or folder; pass the CIFAR python folder, its .tar.gz, "
                    "or an image-folder tree ROOT/{train,test}/CLASS/*.png")
+    if cfg.data_dir is not None and not (os.path.isdir(cfg.data_dir) or os.path.isfile(cfg.data_dir)):
+        raise _bad("data_dir", f"{cfg.data_dir}: not a folder or a regular file (a FIFO or device, never opened: "
+                   "it would be waited on for ever); pass the CIFAR python folder, its .tar.gz, or an image-folder tree")
     shifts = any(n.startswith("shift") for n in view_names)   # settings that change nothing are set to their
     default = FeatureConfig                                     # defaults: no spurious new key
     size = sizes[0] if len(sizes) == 1 else "+".join(map(str, sizes))      # smallest first: one spelling, one key

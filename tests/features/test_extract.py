@@ -328,6 +328,13 @@ def test_bad_options_get_one_line(tmp_path, capsys, args, needle):
     assert code == 1 and len(lines) == 1 and needle in lines[0] and lines[0].startswith("error: ")
 
 
+def test_a_data_dir_that_is_a_fifo_is_refused_unopened(tmp_path, capsys):
+    """Found by trying a FIFO: features and train-head opened it (as a tarball) and waited for ever."""
+    os.mkfifo(tmp_path / "data.tar.gz")
+    code, out, err = features(capsys, "--cache-dir", tmp_path / "c", "--data-dir", tmp_path / "data.tar.gz")
+    assert is_one_line_error(code, err, "data.tar.gz: not a folder or a regular file (a FIFO or device"), err
+
+
 def test_cache_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, out, err = features(capsys, "--cache-dir", tmp_path / "f", *SMALL)
