@@ -38,8 +38,8 @@ def file_stamp(st: os.stat_result) -> list:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _is_sha256(v) -> bool:
-    """A SHA-256 as hexdigest() writes it (a memo entry that is not one is hashed again)."""
+def is_sha256(v) -> bool:
+    """A SHA-256 as hexdigest() writes it (a memo entry or a recorded digest that is not one is not believed)."""
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
@@ -52,7 +52,7 @@ def file_sha256(path: str, memo_dir: str | None = None) -> str:
         memo = read_json(memo_path)
         memo = memo if isinstance(memo, dict) else {}
         entry = memo.get(key)
-        if isinstance(entry, dict) and entry.get("stamp") == stamp and _is_sha256(entry.get("sha256")):
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and is_sha256(entry.get("sha256")):
             return entry["sha256"]
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 
-from .durable import write_bytes
+from .durable import read_json, write_bytes
 from .hashing import json_sha256
 from .heads.run_files import is_count
 
@@ -39,18 +39,11 @@ def finished_row(folder: str, row_id: str, settings: dict) -> dict | None:
     """The row saved for `row_id`, its settings replaced by `settings` (this run's cache and head fields),
     or None when there is none (never trained, a run cut short) or it is not as this program wrote it."""
     path = row_path(folder, row_id)
-    try:
-        if os.path.getsize(path) > MAX_ROW_BYTES:
-            raise ValueError(f"larger than {MAX_ROW_BYTES:,} bytes")
-        with open(path) as f:
-            row = json.load(f)
-        why = _why_not(row, row_id)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None
-    except RecursionError:
-        why = "nested too deeply"
-    except (OSError, ValueError) as e:
-        why = f"not readable JSON ({str(e)[:60]})"
+    row = read_json(path, MAX_ROW_BYTES)
+    why = (f"is not a readable JSON file of at most {MAX_ROW_BYTES:,} bytes (nested too deeply, a link, ...)"
+           if row is None else _why_not(row, row_id))
     if why:
         log.warning(f"study: row {row_id} ({path}) {why}: trained again")
         return None

@@ -43,8 +43,7 @@ class Param:
         if self.kind is str:
             return "one of " + ", ".join(self.choices)
         lo = "-inf" if self.low is None else f"{self.low:g}"
-        bits = int(self.high + 1).bit_length() - 1 if self.high is not None and self.high >= 1 else 0
-        hi = "inf" if self.high is None else f"2^{bits}-1" if self.high == 2 ** bits - 1 and bits > 16 else f"{self.high:g}"
+        hi = "inf" if self.high is None else BOUND_NAMES.get(self.high) or f"{self.high:g}"
         left, right = ("[" if self.closed in ("left", "both") else "("), ("]" if self.closed in ("right", "both") else ")")
         what = f"{'an integer' if self.kind is int else 'a number'} in {left}{lo}, {hi}{right}"
         return what + (" or auto" if self.auto else "")
@@ -69,6 +68,7 @@ AUTO_EPOCHS, AUTO_STEPS, AUTO_MAX_EPOCHS = 20, 1000, 200   # epochs="auto": the 
                                                            # until a run makes 1,000 Adam steps, at most 200 passes
 MAX_PASSES = 100_000        # epochs and patience at most (9e18 epochs asked numpy for an impossible schedule array)
 INT_MAX = 2 ** 31 - 1       # any other count a head takes (a row count past int64 stopped training with a traceback)
+BOUND_NAMES = {INT_MAX: "2^31-1", 2 ** 32 - 1: "2^32-1"}   # bounds said as powers in messages
 AUTO_REFIT_IMAGES = 10_000  # refit="auto": refit where the labelled images (train + validation) are at most this many
 AUTO_LR, AUTO_LR_WIDTH = 1e-3, 1280   # lr="auto": Adam's 1e-3 up to 1,280 features (pooled layers), beyond it
                                       # 1e-3 * sqrt(1,280 / width): 8,192 values 4.0e-4, 10,240 3.5e-4, 25,088 2.3e-4

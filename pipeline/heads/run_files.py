@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from ..durable import open_own
+from ..hashing import file_sha256, is_sha256
 from .config import RUNS_DIR
 
 MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and provenance: ~100 KB for 100 classes)
@@ -33,11 +34,7 @@ def is_count(value, least: int = 0) -> bool:
 
 def file_digests(folder: str, names: list) -> dict:
     """{name: SHA-256} of the files `names` in `folder` (a run being written), for its metrics.json."""
-    out = {}
-    for name in names:
-        with open(os.path.join(folder, name), "rb") as f:
-            out[name] = hashlib.file_digest(f, "sha256").hexdigest()
-    return out
+    return {name: file_sha256(os.path.join(folder, name)) for name in names}
 
 
 def recorded_sha256(metrics: dict, name: str, refuse) -> str | None:
@@ -46,7 +43,7 @@ def recorded_sha256(metrics: dict, name: str, refuse) -> str | None:
     digests = metrics.get(FILE_SHA256)
     if digests is None:
         return None
-    if not isinstance(digests, dict) or not all(isinstance(v, str) and len(v) == 64 for v in digests.values()):
+    if not isinstance(digests, dict) or not all(is_sha256(v) for v in digests.values()):
         raise refuse(f"its {FILE_SHA256} in metrics.json is not an object of SHA-256 digests")
     return digests.get(name)
 

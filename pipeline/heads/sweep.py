@@ -36,7 +36,8 @@ def read_space(head: str, params: list, config: str | None, rand: int | None) ->
     space = {}
     if config:
         try:
-            if not stat.S_ISREG(os.stat(config).st_mode) or os.path.getsize(config) > MAX_CONFIG_BYTES:
+            st = os.stat(config)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONFIG_BYTES:
                 raise SettingError("config", f"{config}: not a regular file of at most {MAX_CONFIG_BYTES:,} bytes (a FIFO "
                                    "would be waited on for ever); pass the TOML file itself", "sweep")
             with open(config, "rb") as f:
