@@ -127,13 +127,13 @@ KEPT = {   # what Ctrl-C leaves, per command
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, but a mistaken option is one line and exit status 1 (argparse: the whole usage, 2);
-    subcommands' parsers are of this class too."""
+    """argparse's parser, but a mistaken option is one line, starting "error: " as every other mistake's, and exit
+    status 1 (argparse: the whole usage, 2); subcommands' parsers are of this class too."""
 
     stage_two_flags = frozenset()     # the top parser: options `features` refuses that stage two takes
 
     def error(self, message):
-        self.exit(1, f"{self.prog}: {message}; see {self.prog} --help\n")
+        self.exit(1, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
     def parse_args(self, args=None, namespace=None):
         """argparse's, but a stage-two option given to `features` (as `make ARGS="--dropout 0.3"` gives it) is
