@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 
 import numpy as np
 
 from ..errors import SettingError
 from ..features.cache import load_cache
 from .normalize import blocks_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -108,8 +111,12 @@ def split_images(y: np.ndarray, val_fraction: float, seed: int, n: int | None = 
 
 
 def subset(images: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    """A stratified, seeded subset of n of `images` (all of them when n is None or not smaller)."""
+    """A stratified, seeded subset of n of `images` (all of them when n is None or not smaller: said in a line
+    when n was given, as the run's train_n records what was used)."""
     if n is None or n >= len(images):
+        if n is not None and n > len(images):
+            log.warning(f"train_images {n:,} is more than the {len(images):,} training images there are; all of them "
+                        "are used")
         return images
     from sklearn.model_selection import train_test_split
     try:

@@ -64,6 +64,20 @@ def test_a_training_budget_is_taken_before_the_validation_split():
     assert [a.tolist() for a in (full_train, full_val)] == [a.tolist() for a in validation_split(y, 0.1, 0)]
 
 
+def test_a_training_budget_beyond_the_split_takes_all_of_it_and_says_so(caplog):
+    """--train-images larger than the train split: every image, as without it, and a line saying so (the run's
+    train_n records the number used); exactly the split's size says nothing."""
+    import numpy as np
+    from pipeline.heads.data import split_images
+    y = np.repeat(np.arange(5), 200)
+    whole = [a.tolist() for a in split_images(y, 0.1, 0)]
+    with caplog.at_level("WARNING", logger="pipeline.heads.data"):
+        assert [a.tolist() for a in split_images(y, 0.1, 0, n=1000)] == whole and not caplog.records
+        assert [a.tolist() for a in split_images(y, 0.1, 0, n=10 ** 20)] == whole
+    assert [r.getMessage() for r in caplog.records] == [
+        "train_images 100,000,000,000,000,000,000 is more than the 1,000 training images there are; all of them are used"]
+
+
 def test_only_features_from_a_verified_load_skip_the_heads_finiteness_pass(syn):
     """load_training_data's features passed the cache's own SHA-256 and finiteness check, so the head
     commands run under scikit-learn's assume_finite; TrainingData built any other way keeps the check."""
