@@ -48,6 +48,11 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict, dict]:
     """({stage-one setting: [values]}, {head: {param: [values]}}, {run option: [values]}) from `KEY=V1,V2`
     items; `heads` the kinds. train_images=N1,N2 is a learning curve (heads on stratified subsets, smallest
     first), seed=S1,S2 repeats every row with each seed (in the order given)."""
+    if not heads:
+        raise SettingError("heads", "expected softmax and/or logreg, got none", "study")
+    for h in heads:
+        if h not in HEAD_PARAMS:
+            raise SettingError("heads", f"expected softmax and/or logreg, got {h!r}", "study")
     features, params, runs, settings = {}, {}, {}, axes()
     for item in items:
         key, values = key_values(item, "grid", lambda k: settings[k].metadata["comma_list"] if k in settings else False)
@@ -66,14 +71,8 @@ def parse_grid(items: list, heads: list) -> tuple[dict, dict, dict]:
         else:
             raise SettingError("grid", f"{key}: unknown; expected a stage-one setting ({', '.join(FEATURE_AXES)}), "
                                f"{' or '.join(RUN_AXES)}, or a parameter of the {'/'.join(heads)} head(s)", "study")
-    if not heads:
-        raise SettingError("heads", "expected softmax and/or logreg, got none", "study")
-    head_grids = {}
-    for h in heads:
-        if h not in HEAD_PARAMS:
-            raise SettingError("heads", f"expected softmax and/or logreg, got {h!r}", "study")
-        head_grids[h] = {k: list(dict.fromkeys(check_param(k, v) for v in vs))    # 0.5 and .5 are one value
-                         for k, vs in params.items() if k in HEAD_PARAMS[h]}
+    head_grids = {h: {k: list(dict.fromkeys(check_param(k, v) for v in vs))    # 0.5 and .5 are one value
+                      for k, vs in params.items() if k in HEAD_PARAMS[h]} for h in heads}
     return features, head_grids, runs
 
 

@@ -168,6 +168,8 @@ def test_a_name_that_holds_something_else_is_refused(data, capsys, syn):
 
 @pytest.mark.parametrize("extra,needle", [(["--val-fraction", "0"], "--val-fraction: 0: a study chooses"),
                                           (["--heads", ","], "--heads: expected softmax and/or logreg, got none"),
+                                          (["--heads", "x", "--grid", "dropout=0.2,0.5"],     # a traceback (KeyError)
+                                           "--heads: expected softmax and/or logreg, got 'x'"),
                                           (["--cache", "x.h5"], "study: --cache is not a study option"),
                                           (["--head", "logreg"], "study: --head is not a study option")])
 def test_study_refuses_up_front(data, capsys, extra, needle):
