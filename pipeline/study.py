@@ -32,7 +32,7 @@ from .features.extract import extract_many
 from .heads import logreg, softmax
 from .heads.config import HEAD_PARAMS, RunOptions, auto_rules, check_param, key_values, refits
 from .heads.data import load_training_data
-from .heads.runs import KIND_FILE, folder_kind
+from .heads.run_files import KIND_FILE, folder_kind
 from .heads.train import REFIT_VALIDATION, finish_run
 from .study_report import accuracy, describe, head_settings, plot_learning_curve, plot_study, wilson, write_tables
 from .study_rows import ROWS, finished_row, write_row

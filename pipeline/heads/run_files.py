@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from ..durable import open_own
+from ..durable import open_own, read_json
 from ..hashing import file_sha256, is_sha256
 from .config import RUNS_DIR
 
@@ -23,6 +23,7 @@ MAX_METRICS_BYTES = 64 << 20     # a run's metrics.json (confusion matrix and pr
 VAL_PROBA = "val_proba.npy"      # a refit run's validation probabilities before the refit (runs.write_run)
 FILE_SHA256 = "file_sha256"      # in metrics.json: {file name: SHA-256} of the files readers use, as written
 MAX_COUNT = 10 ** 12             # images, views or passes a run can have counted (1e300 would overflow an interval)
+KIND_FILE = "kind.json"          # in a sweep's or a study's folder: {"kind": "sweep"|"study", ...}
 
 
 def is_count(value, least: int = 0) -> bool:
@@ -30,6 +31,19 @@ def is_count(value, least: int = 0) -> bool:
     to MAX_COUNT (JSON may hold Infinity, NaN, -1, 2.5 or 1e300 there)."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
         and value == int(value) and least <= value <= MAX_COUNT
+
+
+def folder_kind(path: str) -> str | None:
+    """What a folder in the runs dir holds: "sweep" or "study" (its kind.json), "run" (metrics.json),
+    "other" (anything else), None when it does not exist or is empty."""
+    if not os.path.isdir(path):
+        return "other" if os.path.exists(path) else None
+    marker = read_json(os.path.join(path, KIND_FILE))
+    if isinstance(marker, dict):
+        return marker.get("kind") if marker.get("kind") in ("sweep", "study") else "other"
+    if os.path.isfile(os.path.join(path, "metrics.json")):
+        return "run"
+    return "other" if os.listdir(path) else None
 
 
 def file_digests(folder: str, names: list) -> dict:
@@ -56,7 +70,7 @@ def read_metrics(run: str, refuse) -> dict:
             metrics = json.load(f)
         names, prov, _ = metrics["class_names"], metrics["provenance"], metrics["head"]   # a kind: callers check which
     except FileNotFoundError:
-        raise refuse("no metrics.json" if os.path.isdir(run) else _no_folder(run)) from None
+        raise refuse(_no_metrics(run) if os.path.isdir(run) else _no_folder(run)) from None
     except RecursionError:
         raise refuse("metrics.json is nested too deeply") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -66,6 +80,15 @@ def read_metrics(run: str, refuse) -> dict:
     if not isinstance(prov, dict):
         raise refuse("metrics.json is not a run's (its provenance is not an object)")
     return metrics
+
+
+def _no_metrics(run: str) -> str:
+    """Why the folder `run` has no metrics.json: a sweep's or a study's folder of results (its heads are not
+    runs; its best is the run beside it, NAME-best), or no run at all."""
+    kind = folder_kind(run)
+    if kind in ("sweep", "study"):
+        return f"a {kind}'s results, not a run (its best head is the run {run.rstrip(os.sep)}-best)"
+    return "no metrics.json"
 
 
 def _no_folder(run: str) -> str:

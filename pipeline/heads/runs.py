@@ -15,26 +15,10 @@ import time
 
 import numpy as np
 
-from ..durable import atomic_file, claim_dir, incomplete_dir, make_folder, read_json, write_text, writing
+from ..durable import atomic_file, claim_dir, incomplete_dir, make_folder, write_text, writing
 from ..errors import SettingError
 from .keras_file import write_head
 from .run_files import FILE_SHA256, VAL_PROBA, file_digests
-
-
-KIND_FILE = "kind.json"     # in a sweep's or a study's folder: {"kind": "sweep"|"study", ...}
-
-
-def folder_kind(path: str) -> str | None:
-    """What a folder in the runs dir holds: "sweep" or "study" (its kind.json), "run" (metrics.json),
-    "other" (anything else), None when it does not exist or is empty."""
-    if not os.path.isdir(path):
-        return "other" if os.path.exists(path) else None
-    marker = read_json(os.path.join(path, KIND_FILE))
-    if isinstance(marker, dict):
-        return marker.get("kind") if marker.get("kind") in ("sweep", "study") else "other"
-    if os.path.isfile(os.path.join(path, "metrics.json")):
-        return "run"
-    return "other" if os.listdir(path) else None
 
 
 def process_age() -> float:

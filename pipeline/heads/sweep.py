@@ -19,7 +19,8 @@ from ..errors import PipelineError, SettingError
 from .config import AUTO_REFIT_IMAGES, HEAD_PARAMS, PROGRESS, Heartbeat, RunOptions, check_param, key_values, refits
 from .data import TrainingData
 from ..durable import write_json
-from .runs import KIND_FILE, new_run_dir, png_figure, write_folder, write_results
+from .run_files import KIND_FILE
+from .runs import new_run_dir, png_figure, write_folder, write_results
 from .joint import JointSoftmax
 from .softmax import SoftmaxHead
 from .train import finish_run, fit_head, make_head, refit_auto, split_proba

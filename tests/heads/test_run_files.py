@@ -41,6 +41,21 @@ def test_a_run_given_by_name_says_where_the_run_of_that_name_is(tmp_path, monkey
         read_metrics("best", Refused)
 
 
+def test_a_sweep_or_study_folder_given_as_a_run_says_where_its_best_head_is(tmp_path):
+    """A sweep's or a study's folder holds results, not a head: it says so and names its best run; a kind.json
+    that is not one of theirs is a folder without metrics.json, as before."""
+    for kind in ("sweep", "study"):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "kind.json").write_text(f'{{"kind": "{kind}"}}')
+        with pytest.raises(Refused, match=rf"^a {kind}'s results, not a run \(its best head is the run "
+                                          rf"{tmp_path / kind}-best\)$"):
+            read_metrics(str(tmp_path / kind) + "/", Refused)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "kind.json").write_text('{"kind": "run"}')
+    with pytest.raises(Refused, match=r"^no metrics.json$"):
+        read_metrics(str(tmp_path / "other"), Refused)
+
+
 def test_recorded_digests_are_digests_and_val_proba_must_match_its(tmp_path):
     from pipeline.heads.run_files import file_digests, recorded_sha256
     p = np.full((2, 1, 2), 0.5, np.float32)
