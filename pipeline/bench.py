@@ -22,12 +22,14 @@ import numpy as np
 from . import bench_heads
 from .bench_heads import median_time
 from .durable import write_text
-from .errors import PipelineError, SettingError
+from .errors import PipelineError, SettingError, reason
 from .features import FeatureConfig
 from .features.backbone import build_backbone
+from .features.config import MAX_IMAGE_SIZE
 from .features.precision import cpuinfo_field, resolve_precision
 from .features.synthetic import write_cifar_batches
 from .keras_env import keras_backend_name
+from .text_table import file_size
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ IMAGE_SIZE = 224       # upscale target, as the notebook
 REPEATS = 3            # repeats of the small timings (medians are reported)
 HEAD_ROWS, HEAD_TEST, HEAD_DIM = 50_000, 10_000, 4096   # stage-two synthetic cache
 CONV_DIM = 25_088      # and one as wide as block5_pool flattened at 224 px, stored as float16
+MIN_HEAD_ROWS = 200    # its fewest rows: the heads' stratified validation split needs a few of each of 10 classes
 NOTEBOOK = {"epochs": 20, "train": 12_500, "val": 500, "cifar10_images": 60_000}
 # -----------------------------------------------------------------------------------------------------
 
@@ -187,13 +190,40 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB"
 
 
+def check_settings(n: int, image_size: int, head_rows: int, head_dim: int, conv_dim: int, out_dir: str, full: bool):
+    """Refuse, before minutes of measuring, what bench could not run or write at its end: one line each."""
+    if n < BATCH:
+        raise SettingError("images", f"expected at least {BATCH} (one batch), got {n}", "bench")
+    if not 32 <= image_size <= MAX_IMAGE_SIZE:
+        raise SettingError("image_size", f"expected 32..{MAX_IMAGE_SIZE}, got {image_size}", "bench")
+    if head_rows < MIN_HEAD_ROWS:
+        raise SettingError("head_rows", f"expected at least {MIN_HEAD_ROWS} (a stratified validation split of 10 "
+                           f"classes), got {head_rows}", "bench")
+    for name, width in (("head_dim", head_dim), ("conv_dim", conv_dim)):
+        if width < 1:
+            raise SettingError(name, f"expected a width of at least 1, got {width}", "bench")
+    rows = head_rows + head_rows // 5             # a synthetic cache's train and test rows (bench_heads.heads)
+    widths = [head_dim * 4, conv_dim * 2] + ([bench_heads.VIEWS * bench_heads.VIEW_DIM * 2,
+                                              bench_heads.SEARCH_DIM * 2] if full else [])
+    need, free = rows * max(widths), shutil.disk_usage(tempfile.gettempdir()).free    # one cache at a time
+    if need > free:
+        raise SettingError("head_rows", f"{head_rows:,} rows make a {file_size(need)} synthetic cache and "
+                           f"{tempfile.gettempdir()} has {file_size(free)} free; lower it", "bench")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as e:
+        raise SettingError("out_dir", f"{out_dir}: cannot write the results there ({reason(e)}); pass another "
+                           "folder", "bench") from None
+
+
 def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_SIZE, head_rows: int = HEAD_ROWS,
         head_dim: int = HEAD_DIM, conv_dim: int = CONV_DIM, out_dir: str = "data/bench", readme: bool = False):
     """Measure, write <out_dir>/<timestamp>.json and .md, print the table (and the .json path last)."""
-    n = images or (FULL_IMAGES if full else IMAGES)
+    n = images if images is not None else FULL_IMAGES if full else IMAGES
     repeats = REPEATS * (2 if full else 1)
-    if n < BATCH:
-        raise SettingError("images", f"expected at least {BATCH} (one batch), got {n}", "bench")
+    check_settings(n, image_size, head_rows, head_dim, conv_dim, out_dir, full)
     tmp = tempfile.mkdtemp(prefix="pipeline-bench-")
     try:
         log.info(f"bench: stage one on {n} images at {image_size}px ...")

@@ -40,3 +40,25 @@ def test_machine_names_the_cpus_family_and_model(tmp_path, monkeypatch):
     assert bench.machine().startswith("AMD EPYC (family 26, model 2), ")      # "model" is its own key, not "model name"
     info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
     assert bench.machine().startswith("Some CPU, ")
+
+
+def test_settings_bench_could_not_run_or_write_are_refused_before_it_measures(tmp_path, capsys, monkeypatch):
+    """Each is one line before any measuring: a size or width VGG19 or the heads cannot take (an image size of 0
+    was an OpenCV traceback, of 100,000 a NumPy one; --images 0 ran the default count), a synthetic cache bigger
+    than the disk, results that could not be written at the end (after minutes of measuring)."""
+    from conftest import is_one_line_error
+    from pipeline import bench
+    measured = []
+    monkeypatch.setattr(bench, "matmul_gflops", lambda *a: measured.append(a))
+    (tmp_path / "file").write_text("x")
+    for args, needle in [(["--images", "0"], "--images: expected at least 32 (one batch), got 0"),
+                         (["--image-size", "0"], "--image-size: expected 32..512, got 0"),
+                         (["--image-size", "100000"], "--image-size: expected 32..512, got 100000"),
+                         (["--head-rows", "199"], "--head-rows: expected at least 200"),
+                         (["--head-dim", "0"], "--head-dim: expected a width of at least 1, got 0"),
+                         (["--conv-dim", "-1"], "--conv-dim: expected a width of at least 1, got -1"),
+                         (["--head-rows", str(10 ** 14)], "synthetic cache and"),
+                         (["--out-dir", str(tmp_path / "file")], "cannot write the results there")]:
+        code = run_cli("bench", *args)
+        assert is_one_line_error(code, capsys.readouterr().err, needle), args
+    assert not measured
