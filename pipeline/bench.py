@@ -21,8 +21,8 @@ import numpy as np
 
 from . import bench_heads
 from .bench_heads import median_time
-from .durable import write_text
-from .errors import PipelineError, SettingError, reason
+from .durable import free_bytes, make_folder, write_text
+from .errors import PipelineError, SettingError
 from .features import FeatureConfig
 from .features.backbone import build_backbone
 from .features.config import MAX_IMAGE_SIZE
@@ -205,17 +205,11 @@ def check_settings(n: int, image_size: int, head_rows: int, head_dim: int, conv_
     rows = head_rows + head_rows // 5             # a synthetic cache's train and test rows (bench_heads.heads)
     widths = [head_dim * 4, conv_dim * 2] + ([bench_heads.VIEWS * bench_heads.VIEW_DIM * 2,
                                               bench_heads.SEARCH_DIM * 2] if full else [])
-    need, free = rows * max(widths), shutil.disk_usage(tempfile.gettempdir()).free    # one cache at a time
+    need, free = rows * max(widths), free_bytes(tempfile.gettempdir())     # one cache at a time
     if need > free:
         raise SettingError("head_rows", f"{head_rows:,} rows make a {file_size(need)} synthetic cache and "
                            f"{tempfile.gettempdir()} has {file_size(free)} free; lower it", "bench")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        if not os.access(out_dir, os.W_OK | os.X_OK):
-            raise PermissionError("not writable")
-    except OSError as e:
-        raise SettingError("out_dir", f"{out_dir}: cannot write the results there ({reason(e)}); pass another "
-                           "folder", "bench") from None
+    make_folder(out_dir, "out_dir", "bench")      # where the results go at the end
 
 
 def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_SIZE, head_rows: int = HEAD_ROWS,

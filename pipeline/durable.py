@@ -195,12 +195,15 @@ def writing(where: str, folder: str, then: str):
 
 def make_folder(path: str, name: str, owner: str | None = None) -> str:
     """Create the folder `path` (and its parents) if missing; a SettingError naming the setting `name`
-    (of `owner`) where it cannot be (a read-only or special file system, permissions)."""
+    (of `owner`) where it cannot be, or cannot be written to (a read-only or special file system, permissions)."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise SettingError(name, f"{path}: cannot create it ({e.strerror}); pass a folder you can write to",
                            owner) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingError(name, f"{path}: cannot write to it (permissions, or a read-only file system); pass a "
+                           "folder you can write to", owner)
     return path
 
 

@@ -20,7 +20,8 @@ import time
 
 from . import device
 from .bench import feed_rows, feeding_path, machine
-from .durable import write_text
+from .durable import make_folder, write_text
+from .errors import SettingError
 from .features import FeatureConfig, extract
 from .features.synthetic import write_cifar_batches
 from .features.precision import resolve_precision
@@ -46,13 +47,27 @@ def timed_extract(cfg: FeatureConfig) -> dict:
     return {"images": n, "wall_s": round(wall, 2), "img_per_s": round(n / wall, 1)}
 
 
+def check_settings(out_dir: str, data_dir: str | None, batch_size: int | None, full: bool):
+    """Refuse, before minutes of extracting, what the run could not use or write at its end: one line each."""
+    if batch_size is not None and batch_size < 1:
+        raise SettingError("batch_size", f"expected a positive integer, got {batch_size}", "gpu-check")
+    if data_dir is not None and not full:
+        raise SettingError("data_dir", "given for the full extraction, which --no-full skips; drop one of them",
+                           "gpu-check")
+    if data_dir is not None and not os.path.exists(data_dir):
+        raise SettingError("data_dir", f"{data_dir}: not found; pass the full CIFAR-10 python tarball "
+                           "(cifar-10-python.tar.gz) or its folder", "gpu-check")
+    make_folder(out_dir, "out_dir", "gpu-check")
+
+
 def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | None = None,
         batch_size: int | None = None, full: bool = True) -> str:
+    check_settings(out_dir, data_dir, batch_size, full)
     gpus = device.nvidia_gpus()
     where, warning = device.where(gpus, device.keras_devices(), keras_backend_name())
     if warning:
         log.warning(warning)
-    batch = batch_size or (GPU_BATCH if "gpu" in where or "cuda" in where else CPU_BATCH)
+    batch = batch_size if batch_size is not None else (GPU_BATCH if "gpu" in where or "cuda" in where else CPU_BATCH)
     n = 32 if quick else STAGE_ONE_IMAGES
     auto = resolve_precision("auto", memo_dir=out_dir)
     r = {"machine": machine(), "gpus": gpus, "device": where, "backend": keras_backend_name(), "batch_size": batch,

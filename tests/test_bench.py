@@ -58,7 +58,7 @@ def test_settings_bench_could_not_run_or_write_are_refused_before_it_measures(tm
                          (["--head-dim", "0"], "--head-dim: expected a width of at least 1, got 0"),
                          (["--conv-dim", "-1"], "--conv-dim: expected a width of at least 1, got -1"),
                          (["--head-rows", str(10 ** 14)], "synthetic cache and"),
-                         (["--out-dir", str(tmp_path / "file")], "cannot write the results there")]:
+                         (["--out-dir", str(tmp_path / "file")], "--out-dir: " + str(tmp_path / "file") + ": cannot create it")]:
         code = run_cli("bench", *args)
         assert is_one_line_error(code, capsys.readouterr().err, needle), args
     assert not measured
