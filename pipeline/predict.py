@@ -19,7 +19,7 @@ import re
 import numpy as np
 from tqdm import tqdm
 
-from .durable import atomic_file
+from .durable import atomic_file, writing
 from .errors import PipelineError, SettingError
 from .features.backbone import build_backbone
 from .features.config import FeatureConfig, validate
@@ -218,7 +218,7 @@ def lines(run_dir: str, images: list, export: str | None = None, batch_size: int
                  "first) of each image, as its TTA figures; --no-tta for the original view only")
     model = end_to_end(info)
     if export:
-        with atomic_file(export) as tmp:
+        with writing(escaped(export), "--export path", "re-run the command"), atomic_file(export) as tmp:
             model.save(tmp)
         *more, last = [f"{size}x{size}" for size in info["settings"]["image_sizes"]]
         sizes = f"s {', '.join(more)} and {last} RGB 0..255 (the same image at each size)" if more else \

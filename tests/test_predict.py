@@ -186,6 +186,27 @@ def test_links_in_a_run_folder_are_not_followed(cached, tmp_path, capsys, name):
     assert is_one_line_error(code, err, f"{name} is a link") and not out, err
 
 
+def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(cached, capsys, monkeypatch, tmp_path):
+    """The folder exists but the file cannot be made in it (a read-only file system; /proc for root): one line,
+    not a traceback, and no file, whole or partial."""
+    import errno
+
+    import keras
+    root, data, cache = cached
+    run = train(root, cache, "logreg", "run-export")
+
+    def read_only(self, path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+    monkeypatch.setattr(keras.Model, "save", read_only)
+    capsys.readouterr()
+    out_dir = tmp_path / "exports"
+    out_dir.mkdir()
+    code, out, err = run_captured(capsys, "predict", "--run", run, "--export", out_dir / "m.keras",
+                                  os.path.join(data, "test", "cat", "000.png"))
+    assert is_one_line_error(code, err, f"cannot write {out_dir / 'm.keras'} (Read-only file system)") and not out
+    assert os.listdir(out_dir) == []
+
+
 @pytest.mark.parametrize("args,needle", [(["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
                                          (["--export", "out.txt"], "--export out.txt: expected a path ending in .keras"),
                                          (["--export", "/nonexistent/m.keras"], "in an existing folder")])
