@@ -33,7 +33,9 @@ def utc(seconds: float) -> str:
 
 
 def file_size(n: float) -> str:
-    """Bytes as a file's size is read: `7.74 GB`, `6.6 MB`."""
+    """Bytes as a file's size is read: `7.74 GB`, `6.6 MB`, `1.20 TB`."""
+    if n >= 999.995e9:                                                       # never "1000.00 GB"
+        return f"{n / 1e12:,.2f} TB"
     return f"{n / 1e9:.2f} GB" if n >= 999.95e6 else f"{n / 1e6:.1f} MB"      # never "1000.0 MB"
 
 
