@@ -17,8 +17,7 @@ import os
 
 from .errors import PipelineError
 from .heads.config import DEFAULTS, SPLIT
-from .heads.run_files import MAX_COUNT, is_count, read_metrics
-from .heads.run_files import folder_kind
+from .heads.run_files import MAX_COUNT, folder_kind, is_count, read_metrics
 from .study_report import wilson
 from .text_table import aligned, escaped, minute, utc
 
