@@ -209,7 +209,7 @@ def check_settings(n: int, image_size: int, head_rows: int, head_dim: int, conv_
     if need > free:
         raise SettingError("head_rows", f"{head_rows:,} rows make a {file_size(need)} synthetic cache and "
                            f"{tempfile.gettempdir()} has {file_size(free)} free; lower it", "bench")
-    make_folder(out_dir, "out_dir", "bench")      # where the results go at the end
+    make_folder(out_dir, "out_dir", "bench", will_write=True)      # where the results go at the end
 
 
 def run(images: int | None = None, full: bool = False, image_size: int = IMAGE_SIZE, head_rows: int = HEAD_ROWS,

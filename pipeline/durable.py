@@ -193,15 +193,17 @@ def writing(where: str, folder: str, then: str):
         raise write_error(e, where, folder, then) from None
 
 
-def make_folder(path: str, name: str, owner: str | None = None) -> str:
+def make_folder(path: str, name: str, owner: str | None = None, will_write: bool = False) -> str:
     """Create the folder `path` (and its parents) if missing; a SettingError naming the setting `name`
-    (of `owner`) where it cannot be, or cannot be written to (a read-only or special file system, permissions)."""
+    (of `owner`) where it cannot be (a read-only or special file system, permissions), and with will_write
+    where it cannot be written to (for a command that surely writes there: a read-only cache folder still
+    serves cache hits)."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise SettingError(name, f"{path}: cannot create it ({e.strerror}); pass a folder you can write to",
                            owner) from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    if will_write and not os.access(path, os.W_OK | os.X_OK):
         raise SettingError(name, f"{path}: cannot write to it (permissions, or a read-only file system); pass a "
                            "folder you can write to", owner)
     return path

@@ -57,7 +57,7 @@ def check_settings(out_dir: str, data_dir: str | None, batch_size: int | None, f
     if data_dir is not None and not os.path.exists(data_dir):
         raise SettingError("data_dir", f"{data_dir}: not found; pass the full CIFAR-10 python tarball "
                            "(cifar-10-python.tar.gz) or its folder", "gpu-check")
-    make_folder(out_dir, "out_dir", "gpu-check")
+    make_folder(out_dir, "out_dir", "gpu-check", will_write=True)
 
 
 def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | None = None,

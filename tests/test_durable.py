@@ -23,14 +23,16 @@ def test_a_folder_that_cannot_be_made_names_the_setting(tmp_path, monkeypatch):
     assert e.value.name == "runs_dir" and "cannot create it (Permission denied)" in e.value.detail
 
 
-def test_a_folder_that_cannot_be_written_to_is_refused_before_the_work(tmp_path, monkeypatch):
+def test_a_folder_that_cannot_be_written_to_is_refused_before_work_that_surely_writes_there(tmp_path, monkeypatch):
     """An existing folder this user cannot write to (root writes anywhere, so the check is simulated): refused when
-    it is named, not when the results are written at the end."""
+    it is named for work that will write there, not when the results are written at the end; accepted otherwise (a
+    read-only cache folder still serves cache hits)."""
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(SettingError) as e:
-        make_folder(str(tmp_path), "out_dir", "bench")
+        make_folder(str(tmp_path), "out_dir", "bench", will_write=True)
     assert e.value.name == "out_dir" and e.value.detail == (f"{tmp_path}: cannot write to it (permissions, or a "
                                                             "read-only file system); pass a folder you can write to")
+    assert make_folder(str(tmp_path), "cache_dir") == str(tmp_path)
 
 
 def test_a_full_disk_says_which_setting_moves_the_files_and_what_then():

@@ -146,3 +146,13 @@ def test_one_size_keeps_its_key_and_several_sizes_are_keyed_by_all(base):
     both = plan(dataclasses.replace(base, image_size="40+32"))
     assert both.key == plan(dataclasses.replace(base, image_size="32+40")).key != one.key
     assert both.key_payload["image_size"] == "32+40" and both.cfg.image_sizes == (32, 40)
+
+
+def test_a_cache_folder_that_cannot_be_written_still_plans(base, monkeypatch):
+    """A read-only cache folder (a team's shared caches) still serves cache hits: planning creates the folder if
+    missing but does not ask to write there (what a miss writes fails then, in one line)."""
+    import os
+    os.makedirs(base.cache_dir)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if path == base.cache_dir else real_access(path, mode))
+    assert plan(base).key
