@@ -47,17 +47,19 @@ class _Unread(Exception):
     pass
 
 
-def read_json(path: str, max_bytes: int = MAX_JSON_BYTES):
-    """A small JSON file this program writes (a memo, a marker, a journal's provenance) as Python values,
-    or None when there is none or it cannot be one: not the folder's own regular file (open_own: a link or
-    FIFO is never followed or read), over max_bytes, not JSON, or nested deeper than Python's recursion
+def read_json(path: str, max_bytes: int = MAX_JSON_BYTES) -> dict | None:
+    """A small JSON object this program writes (a memo, a marker, a journal's provenance, a run's metrics) as
+    a dict, or None when there is none or it cannot be one: not the folder's own regular file (open_own: a
+    link or FIFO is never followed or read), over max_bytes, not JSON, nested deeper than Python's recursion
     limit (json raises RecursionError: a memo of 200,000 brackets stopped every command that read it with
-    a traceback). Its reader then does without it (a memo is measured or computed again)."""
+    a traceback), or JSON that is not an object. Its reader then does without it (a memo is measured or
+    computed again)."""
     try:
         with open_own(path, _Unread, max_bytes) as f:
-            return json.loads(f.read(max_bytes + 1))
+            value = json.loads(f.read(max_bytes + 1))
     except (_Unread, OSError, ValueError, RecursionError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 @contextmanager

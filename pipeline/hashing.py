@@ -49,8 +49,7 @@ def file_sha256(path: str, memo_dir: str | None = None) -> str:
     memo_path, memo, key = None, {}, os.path.abspath(path)
     if memo_dir is not None:
         memo_path = os.path.join(memo_dir, MEMO)
-        memo = read_json(memo_path)
-        memo = memo if isinstance(memo, dict) else {}
+        memo = read_json(memo_path) or {}
         entry = memo.get(key)
         if isinstance(entry, dict) and entry.get("stamp") == stamp and is_sha256(entry.get("sha256")):
             return entry["sha256"]

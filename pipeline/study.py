@@ -161,7 +161,7 @@ def _check_folders(folder: str, best_dir: str, name: str):
 
 def _study_of(run_dir: str):
     m = read_json(os.path.join(run_dir, "metrics.json"))
-    return (m.get("study"), m.get("study_row")) if isinstance(m, dict) else (None, None)
+    return (m.get("study"), m.get("study_row")) if m is not None else (None, None)
 
 
 def run_study(base: FeatureConfig, axes: dict, heads: dict, base_params: dict, opts: RunOptions, quiet=False,

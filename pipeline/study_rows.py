@@ -42,7 +42,7 @@ def finished_row(folder: str, row_id: str, settings: dict) -> dict | None:
     if not os.path.lexists(path):
         return None
     row = read_json(path, MAX_ROW_BYTES)
-    why = (f"is not a readable JSON file of at most {MAX_ROW_BYTES:,} bytes (nested too deeply, a link, ...)"
+    why = (f"is not a readable JSON object of at most {MAX_ROW_BYTES:,} bytes (nested too deeply, a link, ...)"
            if row is None else _why_not(row, row_id))
     if why:
         log.warning(f"study: row {row_id} ({path}) {why}: trained again")

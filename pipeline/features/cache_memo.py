@@ -31,8 +31,7 @@ def stamp(path: str) -> list | None:
 
 def _memo(path: str) -> tuple[str, dict]:
     memo_path = os.path.join(os.path.dirname(os.path.abspath(path)), MEMO)
-    memo = read_json(memo_path)
-    return memo_path, memo if isinstance(memo, dict) else {}
+    return memo_path, read_json(memo_path) or {}
 
 
 def _entry(path: str, now: list | None) -> dict | None:

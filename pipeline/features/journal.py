@@ -35,7 +35,7 @@ class Journal:
         meta_path = os.path.join(self.dir, "provenance.json")
         if os.path.isdir(self.dir):
             meta = read_json(meta_path, MAX_PROVENANCE_BYTES)   # the folder's own regular file (not a link to
-            same = isinstance(meta, dict) and meta.get("key") == provenance["key"]   # /dev/zero, never ending)
+            same = meta is not None and meta.get("key") == provenance["key"]   # /dev/zero, never ending)
             if not same:  # another configuration's leftovers, or a journal cut before it began
                 shutil.rmtree(self.dir)
         self.resumed = os.path.isdir(self.dir)

@@ -96,8 +96,7 @@ def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | N
     path = os.path.join(memo_dir, MEMO) if memo_dir else None
     memo = {}
     if path:
-        memo = read_json(path)
-        memo = memo if isinstance(memo, dict) else {}
+        memo = read_json(path) or {}
         entry = memo.get(key)
         rates = entry.get("rates") if isinstance(entry, dict) else None
         if isinstance(rates, dict) and set(dtypes) <= set(rates) and all(

@@ -44,8 +44,7 @@ def recall(memo_dir: str, identity: str | None) -> dict | None:
     """{fingerprint, name, class_names} remembered for `identity`, or None."""
     if identity is None:
         return None
-    memo = read_json(os.path.join(memo_dir, MEMO))
-    got = memo.get(identity) if isinstance(memo, dict) else None
+    got = (read_json(os.path.join(memo_dir, MEMO)) or {}).get(identity)
     ok = isinstance(got, dict) and isinstance(got.get("fingerprint"), str) and isinstance(got.get("name"), str) \
         and isinstance(got.get("class_names"), list)
     return got if ok else None
@@ -55,7 +54,6 @@ def remember(memo_dir: str, identity: str | None, fingerprint: str, name: str, c
     if identity is None:
         return
     path = os.path.join(memo_dir, MEMO)
-    memo = read_json(path)
-    memo = memo if isinstance(memo, dict) else {}
+    memo = read_json(path) or {}
     os.makedirs(memo_dir, exist_ok=True)
     write_json(path, {**memo, identity: {"fingerprint": fingerprint, "name": name, "class_names": list(class_names)}})

@@ -39,7 +39,7 @@ def folder_kind(path: str) -> str | None:
     if not os.path.isdir(path):
         return "other" if os.path.exists(path) else None
     marker = read_json(os.path.join(path, KIND_FILE))
-    if isinstance(marker, dict):
+    if marker is not None:
         return marker.get("kind") if marker.get("kind") in ("sweep", "study") else "other"
     if os.path.isfile(os.path.join(path, "metrics.json")):
         return "run"
