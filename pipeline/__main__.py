@@ -1,19 +1,31 @@
 """`python -m pipeline` (and the `pipeline` console script): a process of its own, so this is the one
 place that sets the process's environment and its terminal."""
 import os
+import signal
 import sys
 
 
 def run() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter off the terminal: its
     from pipeline.terminal import NativeLogFilter, patterns_for   # Python logs by this, its C++ lines by the filter
+    from pipeline.errors import Terminated
+    signal.signal(signal.SIGTERM, _terminated)          # `kill`, `timeout`, a scheduler: stopped as Ctrl-C stops it
     try:
         with NativeLogFilter(patterns_for(os.environ["TF_CPP_MIN_LOG_LEVEL"])) as terminal:
             from pipeline.cli import main
             code = main(fast_exit=True, before_exit=terminal.stop)
     except BrokenPipeError:    # whoever read standard output or error stopped (`pipeline runs | head`,
         code = 1               # `features 2>&1 | head`): end quietly, exit status 1, as Python's docs do
+    except KeyboardInterrupt as e:      # stopped before a command began or after it ended (its own stop is
+        code = 143 if isinstance(e, Terminated) else 130           # one line from the command): nothing to say
     return 1 if lost_readers() else code
+
+
+def _terminated(signum, frame):
+    """SIGTERM's handler: raise Terminated where the program is, so the command cleans up as for Ctrl-C
+    (temp files removed, a features journal kept) and says so in one line, instead of dying silently."""
+    from pipeline.errors import Terminated
+    raise Terminated
 
 
 def lost_readers() -> bool:

@@ -13,8 +13,7 @@ import sys
 import time
 
 from . import bench, predict
-from .errors import PipelineError
-from .errors import SettingError
+from .errors import PipelineError, SettingError, Terminated
 from .features import FeatureConfig, check_cache_settings, extract, find_cache
 from .heads.config import PARAMS, PROGRESS, RUNS_DIR, RunOptions, head_params
 from .heads.config import flag as head_flag
@@ -110,7 +109,7 @@ def cmd_bench(args):
               head_dim=args.head_dim, conv_dim=args.conv_dim, out_dir=args.out_dir, readme=args.update_readme))
 
 
-KEPT = {   # what Ctrl-C leaves, per command
+KEPT = {   # what Ctrl-C (or SIGTERM) leaves, per command
     "features": "the finished batches are kept (the cache's .partial journal); re-run the same command to resume",
     "caches": "nothing was changed (a cache verified before the stop is remembered as verified)",
     "train-head": "nothing was written (a run folder appears only when it is finished); re-run the command",
@@ -318,7 +317,8 @@ def _run(args) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: {KEPT[args.command]}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        by_term = isinstance(e, Terminated)
+        print(f"{'terminated' if by_term else 'interrupted'}: {KEPT[args.command]}", file=sys.stderr)
+        return 143 if by_term else 130
     return 0

@@ -15,6 +15,12 @@ class SettingError(PipelineError):
         super().__init__(f"{owner + '.' if owner else ''}{name}: {detail}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler's stop) raised where the program is, as Ctrl-C raises
+    KeyboardInterrupt: the same cleanup and line, exit status 143 (128 + 15). Only the program's own entry
+    point (`python -m pipeline`) turns the signal into this."""
+
+
 def reason(e: BaseException, limit: int = 100) -> str:
     """The informative tail of an exception's message, on one line (e.g. '[Errno -2] Name or service not known')."""
     text = " ".join(str(e).split()) or type(e).__name__

@@ -48,6 +48,42 @@ def test_ctrl_c_says_what_the_command_keeps(command, capsys, monkeypatch):
     assert ("journal" in err[0]) == (command == "features") and ("rows" in err[0]) == (command == "study")
 
 
+@pytest.mark.parametrize("command", ["features", "train-head", "study", "runs"])
+def test_sigterm_says_what_the_command_keeps_with_its_own_word_and_status(command, capsys):
+    """SIGTERM arrives as Terminated (a KeyboardInterrupt, so every cleanup Ctrl-C runs runs too): one line,
+    `terminated:` and what the command keeps, exit status 143 (128 + 15)."""
+    from pipeline import cli
+    from pipeline.errors import Terminated
+
+    def stop(args):
+        raise Terminated
+    args = cli.build_parser().parse_args([command])
+    args.func = stop
+    assert cli._run(args) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [f"terminated: {cli.KEPT[command]}"]
+
+
+def test_sigterm_stops_the_program_as_ctrl_c_does(syn, tmp_path):
+    """`kill`, `timeout` or a scheduler's stop (SIGTERM) to `python -m pipeline`: the command ends as for
+    Ctrl-C, in one line and exit status 143, with no run folder half-written. Before, the process died
+    silently (status -15). The signal comes 2 s in, from a timer: whatever the command is doing then."""
+    import os
+    import subprocess
+    from conftest import PY, ROOT
+    from pipeline import cli
+    script = ("import os, signal, sys, threading\n"
+              "from pipeline import __main__ as entry\n"
+              "threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+              "sys.argv = ['pipeline'] + sys.argv[1:]\n"
+              "sys.exit(entry.run())\n")
+    runs = tmp_path / "r"
+    proc = subprocess.run([PY, "-c", script, "train-head", "--cache", syn, "--runs-dir", str(runs), "--epochs", "100000", "--head-batch-size", "1",
+                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"terminated: {cli.KEPT['train-head']}"]
+    assert proc.stdout == "" and (not runs.exists() or os.listdir(runs) == [])
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["features", "--dropout", "0.3"], "--dropout: a stage-two option, not one of features; give it to `make "
                                        "train-head ARGS=...`"),
