@@ -45,8 +45,12 @@ def read_space(head: str, params: list, config: str | None, rand: int | None) ->
                 doc = tomllib.load(f)
         except RecursionError:
             raise SettingError("config", f"{config}: nested too deeply; fix the TOML", "sweep") from None
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise SettingError("config", f"{config}: cannot read ({e}); fix the TOML", "sweep") from None
+        except tomllib.TOMLDecodeError as e:
+            raise SettingError("config", f"{config}: not TOML ({e}); expected e.g. `[params]` and under it "
+                               "`dropout = [0.2, 0.5]` (the README's sweep.toml)", "sweep") from None
+        except OSError as e:
+            raise SettingError("config", f"{config}: cannot read ({e.strerror or e}); pass a readable TOML file",
+                               "sweep") from None
         unknown = set(doc) - TOML_KEYS
         if unknown:
             raise SettingError("config", f"{config}: unknown key(s) {', '.join(sorted(unknown))}; expected "

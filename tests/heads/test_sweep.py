@@ -72,7 +72,8 @@ def test_unknown_toml_key(syn, tmp_path, capsys):
     ('random = 0\n[params]\nlr = [0.1]\n', "--random: expected N >= 1, got 0"),
     ('[params]\nlr = [inf]\n', "lr: expected a number in (0, inf) or auto, got inf"),
     ('[params]\nepochs = [2.5]\n', "epochs: expected an integer in [1, 100000] or auto, got 2.5"),
-    ('[params\n', "cannot read"),
+    ('[params\n', "); expected e.g. `[params]` and under it `dropout = [0.2, 0.5]` (the README's sweep.toml)"),
+    ('{"dropout": [0.2, 0.5]}\n', "s.toml: not TOML ("),                                     # JSON for TOML
     ("random = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply; fix the TOML"),   # found by fuzzing
 ])
 def test_bad_toml_is_one_line_and_leaves_no_folder(syn, tmp_path, capsys, toml, needle):
@@ -80,6 +81,19 @@ def test_bad_toml_is_one_line_and_leaves_no_folder(syn, tmp_path, capsys, toml, 
     code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", "--config", tmp_path / "s.toml")
     assert is_one_line_error(code, err, needle)
     assert not os.path.exists(tmp_path / "runs") or os.listdir(tmp_path / "runs") == []
+
+
+def test_a_config_that_cannot_be_read_says_why(syn, tmp_path, capsys, monkeypatch):
+    """A config that cannot be opened (here: as if without permission, which root would not see) is one line
+    with the system's reason, not a TOML complaint."""
+    from pipeline.heads import sweep as sweep_module
+    (tmp_path / "s.toml").write_text("[params]\ndropout = [0.5]\n")
+
+    def refuse(path, mode="r"):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(sweep_module, "open", refuse, raising=False)
+    code, _, err = sweep(capsys, "--cache", syn, "--runs-dir", tmp_path / "runs", "--config", tmp_path / "s.toml")
+    assert is_one_line_error(code, err, "s.toml: cannot read (Permission denied); pass a readable TOML file"), err
 
 
 def test_a_config_that_is_not_a_regular_file_is_refused_unread(syn, tmp_path, capsys):
