@@ -16,8 +16,10 @@ def run() -> int:
             code = main(fast_exit=True, before_exit=terminal.stop)
     except BrokenPipeError:    # whoever read standard output or error stopped (`pipeline runs | head`,
         code = 1               # `features 2>&1 | head`): end quietly, exit status 1, as Python's docs do
-    except KeyboardInterrupt as e:      # stopped before a command began or after it ended (its own stop is
-        code = 143 if isinstance(e, Terminated) else 130           # one line from the command): nothing to say
+    except KeyboardInterrupt as e:      # stopped while starting, before a command began (a command's own stop
+        by_term = isinstance(e, Terminated)                        # is said by the command)
+        print(f"{'terminated' if by_term else 'interrupted'}: stopped while starting; nothing was done", file=sys.stderr)
+        code = 143 if by_term else 130
     return 1 if lost_readers() else code
 
 

@@ -84,6 +84,24 @@ def test_sigterm_stops_the_program_as_ctrl_c_does(syn, tmp_path):
     assert proc.stdout == "" and (not runs.exists() or os.listdir(runs) == [])
 
 
+def test_a_stop_while_starting_is_one_line_too():
+    """SIGTERM before a command began (its imports, the options' parsing): one line, exit status 143."""
+    import subprocess
+    from conftest import PY, ROOT
+    script = ("import os, signal, sys, time, types\n"
+              "from pipeline import __main__ as entry\n"
+              "cli = types.ModuleType('pipeline.cli')\n"
+              "def main(**kw):\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(60)\n"
+              "cli.main = main\n"
+              "sys.modules['pipeline.cli'] = cli\n"
+              "sys.exit(entry.run())\n")
+    proc = subprocess.run([PY, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["terminated: stopped while starting; nothing was done"]
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["features", "--dropout", "0.3"], "--dropout: a stage-two option, not one of features; give it to `make "
                                        "train-head ARGS=...`"),
