@@ -4,11 +4,12 @@ import os
 import signal
 import sys
 
+from pipeline.errors import Terminated     # the package is imported before this module runs: no extra cost
+
 
 def run() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter off the terminal: its
     from pipeline.terminal import NativeLogFilter, patterns_for   # Python logs by this, its C++ lines by the filter
-    from pipeline.errors import Terminated
     signal.signal(signal.SIGTERM, _terminated)          # `kill`, `timeout`, a scheduler: stopped as Ctrl-C stops it
     try:
         with NativeLogFilter(patterns_for(os.environ["TF_CPP_MIN_LOG_LEVEL"])) as terminal:
@@ -18,7 +19,8 @@ def run() -> int:
         code = 1               # `features 2>&1 | head`): end quietly, exit status 1, as Python's docs do
     except KeyboardInterrupt as e:      # stopped while starting, before a command began (a command's own stop
         by_term = isinstance(e, Terminated)                        # is said by the command)
-        print(f"{'terminated' if by_term else 'interrupted'}: stopped while starting; nothing was done", file=sys.stderr)
+        print(f"{'terminated' if by_term else 'interrupted'}: stopped while starting; nothing was done",
+              file=sys.stderr)
         code = 143 if by_term else 130
     return 1 if lost_readers() else code
 
@@ -26,7 +28,6 @@ def run() -> int:
 def _terminated(signum, frame):
     """SIGTERM's handler: raise Terminated where the program is, so the command cleans up as for Ctrl-C
     (temp files removed, a features journal kept) and says so in one line, instead of dying silently."""
-    from pipeline.errors import Terminated
     raise Terminated
 
 

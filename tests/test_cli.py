@@ -77,8 +77,8 @@ def test_sigterm_stops_the_program_as_ctrl_c_does(syn, tmp_path):
               "sys.argv = ['pipeline'] + sys.argv[1:]\n"
               "sys.exit(entry.run())\n")
     runs = tmp_path / "r"
-    proc = subprocess.run([PY, "-c", script, "train-head", "--cache", syn, "--runs-dir", str(runs), "--epochs", "100000", "--head-batch-size", "1",
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([PY, "-c", script, "train-head", "--cache", syn, "--runs-dir", str(runs), "--epochs", "100000",
+                           "--head-batch-size", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 143, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"terminated: {cli.KEPT['train-head']}"]
     assert proc.stdout == "" and (not runs.exists() or os.listdir(runs) == [])
