@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 
-from pipeline.errors import Terminated     # the package is imported before this module runs: no extra cost
+from pipeline.errors import Terminated, stop_said     # the package is imported before this module runs: no extra cost
 
 
 def run() -> int:
@@ -18,10 +18,8 @@ def run() -> int:
     except BrokenPipeError:    # whoever read standard output or error stopped (`pipeline runs | head`,
         code = 1               # `features 2>&1 | head`): end quietly, exit status 1, as Python's docs do
     except KeyboardInterrupt as e:      # stopped while starting, before a command began (a command's own stop
-        by_term = isinstance(e, Terminated)                        # is said by the command)
-        print(f"{'terminated' if by_term else 'interrupted'}: stopped while starting; nothing was done",
-              file=sys.stderr)
-        code = 143 if by_term else 130
+        word, code = stop_said(e)                                  # is said by the command)
+        print(f"{word}: stopped while starting; nothing was done", file=sys.stderr)
     return 1 if lost_readers() else code
 
 

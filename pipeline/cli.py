@@ -13,7 +13,7 @@ import sys
 import time
 
 from . import bench, predict
-from .errors import PipelineError, SettingError, Terminated
+from .errors import PipelineError, SettingError, stop_said
 from .features import FeatureConfig, check_cache_settings, extract, find_cache
 from .heads.config import PARAMS, PROGRESS, RUNS_DIR, RunOptions, head_params
 from .heads.config import flag as head_flag
@@ -318,7 +318,7 @@ def _run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        by_term = isinstance(e, Terminated)
-        print(f"{'terminated' if by_term else 'interrupted'}: {KEPT[args.command]}", file=sys.stderr)
-        return 143 if by_term else 130
+        word, code = stop_said(e)
+        print(f"{word}: {KEPT[args.command]}", file=sys.stderr)
+        return code
     return 0

@@ -21,6 +21,11 @@ class Terminated(KeyboardInterrupt):
     point (`python -m pipeline`) turns the signal into this."""
 
 
+def stop_said(e: KeyboardInterrupt) -> tuple[str, int]:
+    """How a stop is said and the exit status it ends with: Ctrl-C `interrupted`, 130; SIGTERM `terminated`, 143."""
+    return ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+
+
 def reason(e: BaseException, limit: int = 100) -> str:
     """The informative tail of an exception's message, on one line (e.g. '[Errno -2] Name or service not known')."""
     text = " ".join(str(e).split()) or type(e).__name__
