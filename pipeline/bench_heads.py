@@ -27,6 +27,7 @@ VIEWS, VIEW_DIM = 6, 10_240     # --full: the README's best width with 6 cached 
 SEARCH_DIM = 10_240             # --full: the C search on 45,000 x 10,240 (float16)
 TREE_FILES = 60_000             # --full: an image-folder tree as big as CIFAR-10's
 TARBALL_IMAGES = 60_000         # --full: Keras' python batches of CIFAR-10's size, as a .tar.gz
+CORETYPE = "OPENBLAS_CORETYPE"  # an environment's choice of OpenBLAS kernels: the step products are also timed without it
 # -----------------------------------------------------------------------------------------------------
 
 
@@ -81,6 +82,33 @@ def step_products_gflops(batch: int, dim: int, outputs: int, repeats: int = 9) -
     return {"shape": [batch, dim, outputs], "gflops": steps * 4 * batch * dim * outputs / median_time(run, repeats) / 1e9}
 
 
+def blas_kernels() -> dict:
+    """NumPy's matrix library as this process loaded it: its name, version and the kernels it runs (OpenBLAS
+    picks them for the CPU when it is loaded, or takes them from OPENBLAS_CORETYPE where the environment sets it)."""
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    own = [i for i in blas if f"{os.sep}numpy" in i["filepath"]] or blas     # NumPy's own (numpy.libs), SciPy's has another
+    info = own[0] if own else {}
+    return {"library": info.get("internal_api"), "version": info.get("version"), "kernels": info.get("architecture"),
+            "coretype_env": os.environ.get(CORETYPE)}
+
+
+def step_products_own_kernels(batch: int, dim: int, outputs: int) -> dict | None:
+    """Where the environment sets OPENBLAS_CORETYPE, step_products_gflops again in a process without it: the
+    rate of the kernels OpenBLAS picks for this CPU itself (and their name); None where it is not set."""
+    if CORETYPE not in os.environ:
+        return None
+    code = ("import json, sys\nfrom pipeline.bench_heads import blas_kernels, step_products_gflops\n"
+            "print(json.dumps({**step_products_gflops(*map(int, sys.argv[1:])), 'blas': blas_kernels()}))")
+    env = {k: v for k, v in os.environ.items() if k != CORETYPE}
+    proc = subprocess.run([sys.executable, "-c", code, str(batch), str(dim), str(outputs)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise PipelineError(f"bench: the step products without {CORETYPE} failed: "
+                            f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: float, full: bool = False) -> dict:
     from .features.cache import load_cache
     from .features.synthetic import write_synthetic_cache
@@ -109,7 +137,10 @@ def heads(rows: int, dim: int, conv_dim: int, tmp: str, gflops: float, gbps: flo
                                *(a for p in SWEEP for a in ("--param", p))])}
     out["softmax"].update(softmax_floor(train_rows, dim, 4, gflops, gbps))
     out["sweep24"].update(softmax_floor(train_rows, dim, 4, gflops, gbps, heads=24))
-    out["step_products"] = step_products_gflops(DEFAULTS["batch_size"], dim, len(SWEEP_LRS) * CLASSES)
+    step = (DEFAULTS["batch_size"], dim, len(SWEEP_LRS) * CLASSES)
+    out["step_products"] = {**step_products_gflops(*step), "blas": blas_kernels()}
+    if own := step_products_own_kernels(*step):
+        out["step_products_own_kernels"] = own
     os.remove(cache)
     conv = verified_cache("conv.h5", rows, rows // 5, dim=conv_dim, separation=0.03, dtype="float16")
     out["softmax_conv"] = {**train("softmax-conv", conv), **softmax_floor(train_rows, conv_dim, 2, gflops, gbps)}
@@ -172,6 +203,23 @@ def tarball_identity_seconds(path: str, n_images: int) -> dict:
             **identity_against_decoding(path, lambda: fingerprint(open_dataset("cifar10", path, ("train", "test"), None)))}
 
 
+def _blas(step: dict) -> str:
+    """', openblas 0.3.31.188.0, its Haswell kernels (OPENBLAS_CORETYPE=Haswell in the environment)', or '' if unknown."""
+    b = step.get("blas") or {}
+    if not b.get("kernels"):
+        return ""
+    set_by = f" ({CORETYPE}={b['coretype_env']} in the environment)" if b.get("coretype_env") else ""
+    return f", {b['library']} {b['version']}, its {b['kernels']} kernels{set_by}"
+
+
+def _own_kernels(s2: dict, gflops: float) -> str:
+    """'; 0.63 with the kernels OpenBLAS picks here itself (SkylakeX)', where the environment chose others."""
+    own = s2.get("step_products_own_kernels")
+    if not own:
+        return ""
+    return f"; {own['gflops'] / gflops:.2f} with the kernels OpenBLAS picks here itself ({own['blas']['kernels']})"
+
+
 def rows(s2: dict, gflops: float) -> list:
     """The stage-two rows of bench's table."""
     def against_floor(t):
@@ -189,9 +237,10 @@ def rows(s2: dict, gflops: float) -> list:
             ("sweep, 24 softmax configurations: wall / one configuration; training at the matmul rate",
              f"{sweep['wall_s']:.1f} s / {sweep['wall_s'] / s2['softmax']['wall_s']:.1f}x; "
              f"{sweep['flops'] / sweep['train_s'] / 1e9 / gflops:.2f}", ">= 0.7"),
-            ("the matmul library (NumPy's BLAS) on one step's products of a sweep group ({:,} rows x {:,} x {} "
-             "outputs, forward and weight gradient), at the matmul rate".format(*s2["step_products"]["shape"]),
-             f"{s2['step_products']['gflops'] / gflops:.2f}", "")]
+            ("the matmul library (NumPy's BLAS{}) on one step's products of a sweep group ({:,} rows x {:,} x {} "
+             "outputs, forward and weight gradient), at the matmul rate".format(_blas(s2["step_products"]),
+                                                                             *s2["step_products"]["shape"]),
+             f"{s2['step_products']['gflops'] / gflops:.2f}" + _own_kernels(s2, gflops), "")]
     if "c_search" in s2:
         sel = s2["c_search"]["selection"]
         fits = len(sel["curve"])
