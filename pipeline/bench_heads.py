@@ -204,12 +204,12 @@ def tarball_identity_seconds(path: str, n_images: int) -> dict:
 
 
 def _blas(step: dict) -> str:
-    """', openblas 0.3.31.188.0, its Haswell kernels (OPENBLAS_CORETYPE=Haswell in the environment)', or '' if unknown."""
+    """': openblas 0.3.31.188.0, Haswell kernels, OPENBLAS_CORETYPE=Haswell in the environment', or '' if unknown."""
     b = step.get("blas") or {}
     if not b.get("kernels"):
         return ""
-    set_by = f" ({CORETYPE}={b['coretype_env']} in the environment)" if b.get("coretype_env") else ""
-    return f", {b['library']} {b['version']}, its {b['kernels']} kernels{set_by}"
+    set_by = f", {CORETYPE}={b['coretype_env']} in the environment" if b.get("coretype_env") else ""
+    return f": {b['library']} {b['version']}, {b['kernels']} kernels{set_by}"
 
 
 def _own_kernels(s2: dict, gflops: float) -> str:

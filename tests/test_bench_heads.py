@@ -25,7 +25,7 @@ def test_full_stage_two_rows_on_tiny_caches(tmp_path, monkeypatch):
     assert len(rows) == 9 and all(len(r) == 3 for r in rows)
     assert "6 views" in rows[2][0] and "(250 rows x 16 x 40 outputs" in rows[5][0] and "search" in rows[6][0]
     assert "30-file image tree" in rows[7][0] and "python batches of 60 images as a .tar.gz" in rows[8][0]
-    assert "kernels (OPENBLAS_CORETYPE=Prescott in the environment)" in rows[5][0]
+    assert "kernels, OPENBLAS_CORETYPE=Prescott in the environment) on one step's products" in rows[5][0]
     assert "with the kernels OpenBLAS picks here itself" in rows[5][1]
 
 
