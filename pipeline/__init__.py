@@ -2,17 +2,19 @@
 `pipeline.features`), then cheap head experiments on top (stage two, `pipeline.heads`).
 
 Public API: `FeatureConfig`, `extract`, `find_cache`, `load_cache`, the heads `SoftmaxHead`,
-`LogRegHead`, `JointSoftmax` (imported when first used: reading a cache needs no Numba), `PipelineError`.
+`LogRegHead`, `JointSoftmax`, `PipelineError`: each imported where it is first used, so `import pipeline`
+loads nothing else (the program's entry point installs its SIGTERM handler a few milliseconds in, not
+after NumPy and HDF5), and reading a cache needs no Numba.
 """
-from .errors import PipelineError
-from .features import FeatureConfig, extract, find_cache, load_cache
+import importlib
 
-__all__ = ["FeatureConfig", "PipelineError", "extract", "find_cache", "load_cache",
-           "SoftmaxHead", "LogRegHead", "JointSoftmax"]
+_MODULE_OF = {"PipelineError": "errors", "FeatureConfig": "features", "extract": "features",
+              "find_cache": "features", "load_cache": "features", "SoftmaxHead": "heads", "LogRegHead": "heads",
+              "JointSoftmax": "heads"}
+__all__ = list(_MODULE_OF)
 
 
 def __getattr__(name):
-    if name in ("SoftmaxHead", "LogRegHead", "JointSoftmax"):
-        from . import heads
-        return getattr(heads, name)
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 
-from pipeline.errors import Terminated, stop_said     # the package is imported before this module runs: no extra cost
+from pipeline.errors import Terminated, stop_said     # standard library only (so is `import pipeline`): run() is soon reached
 
 
 def run() -> int:

@@ -102,6 +102,29 @@ def test_a_stop_while_starting_is_one_line_too():
     assert proc.stderr.strip().splitlines() == ["terminated: stopped while starting; nothing was done"]
 
 
+def test_the_package_and_its_entry_point_load_nothing_heavy_so_a_sigterm_is_caught_from_the_start():
+    """`import pipeline` and the entry module load no NumPy, HDF5, OpenCV, Numba or scikit-learn (the public names
+    are imported where first used), so `python -m pipeline` installs its SIGTERM handler milliseconds in; it used
+    to come after NumPy and HDF5, ~0.2 s in, and a SIGTERM before then ended the program silently (status -15)."""
+    import subprocess
+    from conftest import PY, ROOT
+    code = ("import sys, pipeline, pipeline.__main__\n"
+            "print(sorted(m for m in ('numpy', 'h5py', 'cv2', 'numba', 'sklearn') if m in sys.modules))")
+    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_the_public_names_are_there_when_used():
+    import pipeline
+    from pipeline import FeatureConfig, PipelineError, SoftmaxHead, extract, find_cache, load_cache
+    from pipeline.errors import PipelineError as same
+    assert PipelineError is same and FeatureConfig.__name__ == "FeatureConfig" and SoftmaxHead.__name__ == "SoftmaxHead"
+    assert all(map(callable, (extract, find_cache, load_cache)))
+    assert all(callable(getattr(pipeline, name)) for name in pipeline.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pipeline.nope
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["features", "--dropout", "0.3"], "--dropout: a stage-two option, not one of features; give it to `make "
                                        "train-head ARGS=...`"),
