@@ -62,8 +62,9 @@ def problem(D, B, seed=0, C=3):
     rng = np.random.default_rng(seed)
     n_heads = np.array([2, 1])
     G, KP = 2, kernels.padded(2, C)
-    X = rng.normal(size=(50, D)).astype(np.float32)
-    idx, y = rng.choice(50, B, replace=False), rng.integers(0, C, 50)
+    N = max(50, B)
+    X = rng.normal(size=(N, D)).astype(np.float32)
+    idx, y = rng.choice(N, B, replace=False), rng.integers(0, C, N)
     W = rng.normal(scale=0.1, size=(G, KP, D)).astype(np.float32)
     b = rng.normal(scale=0.1, size=(G, KP)).astype(np.float32)
     W[1, C:], b[1, C:] = 0, 0                                      # group 1's padding rows
@@ -109,7 +110,8 @@ def run(by_rows, X, idx, y, W, b, thr, n_heads, C, key):
 
 
 @pytest.mark.parametrize("by_rows", [True, False])
-@pytest.mark.parametrize("D,B,C", [(37, 10, 3), (1100, 9, 3), (1100, 9, 11)])   # odd sizes: partial noise words, row blocks, chunks
+@pytest.mark.parametrize("D,B,C", [(37, 10, 3), (1100, 9, 3), (1100, 9, 11),   # odd sizes: partial noise words, row blocks, chunks
+                                   (1100, 300, 11)])                        # and several panels of rows
 def test_step_gradients_match_numpy(by_rows, D, B, C):
     args = problem(D, B, C=C)
     gW, gb, stats = run(by_rows, *args, key=987654321)
@@ -118,6 +120,32 @@ def test_step_gradients_match_numpy(by_rows, D, B, C):
     np.testing.assert_allclose(gb, rb, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose([stats[0, 0, 0], stats[0, 1, 0], stats[1, 0, 0]], rloss, rtol=1e-4)
     assert np.all(gW[1, C:] == 0) and np.all(gb[1, C:] == 0)         # padding rows stay untouched
+
+
+@numba.njit(fastmath=True)
+def _backward(xm, dz, kp, n, gW, rows, wide):
+    kernels._backward_rows(xm, 2, rows, dz, 1, kp, 3, n, gW, wide)
+
+
+@pytest.mark.parametrize("kp,n", [(10, 128), (22, 1100), (40, 64), (6, 200)])
+def test_the_panel_gradient_adds_the_same_sums_as_the_row_blocks(kp, n):
+    """_gradient_panel (20 vector sums carried over every row, LLVM IR) against _backward_block alone (4 rows
+    at a time): the same rows in the same order, so the same weights to the bit where the CPU fuses multiply
+    and add (all this project runs on); columns past the last 64 and outputs past the last 10 go by blocks."""
+    rng = np.random.default_rng(4)
+    rows = 24
+    xm = rng.normal(size=(rows + 5, n)).astype(np.float32)
+    dz = rng.normal(size=(rows + 3, kp)).astype(np.float32)
+    gW = rng.normal(size=(kp + 1, n + 9)).astype(np.float32)
+    panel, blocks = gW.copy(), gW.copy()
+    _backward(xm, dz, kp, n, panel, rows, True)
+    _backward(xm, dz, kp, n, blocks, rows, False)
+    want = gW.astype(np.float64)
+    want[:kp, 3:3 + n] += dz[1:1 + rows].T.astype(np.float64) @ xm[2:2 + rows]
+    np.testing.assert_allclose(panel, want, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(panel[kp:], gW[kp:]) and np.array_equal(panel[:, :3], gW[:, :3])   # nothing outside written
+    if kernels._FEATURES.get("fma", False):
+        assert np.array_equal(panel, blocks)
 
 
 @pytest.mark.parametrize("by_rows", [True, False])
