@@ -463,18 +463,17 @@ def _add_rows(g, j, c0, c1, c2, c3, x0, x1, x2, x3):
 
 
 @njit(inline="always", fastmath=True, cache=True)
-def _backward_block(xm, dz, r0, k0, kp, j0, c0, n, gW):
-    """gW[k0:kp, j0+c0:j0+n] += dz[r0:r0+4, k0:kp].T @ xm[:, c0:n], in _forward_block's output blocks from k0 (0, or
-    where its blocks of 5 end)."""
-    k5 = max(k0, kp // 10 * 10) if WIDE_BLOCKS else k0
-    for k in range(k0, k5, 5):
+def _backward_block(xm, dz, r0, k5, kp, j0, c5, n, gW):
+    """gW[:kp, j0:j0+n] += dz[r0:r0+4, :kp].T @ xm[:, :n], but for the outputs below k5 (a multiple of 10, in blocks
+    of 5) only from column c5 on (_gradient_panel did those before it); the rest in blocks of 2."""
+    for k in range(0, k5, 5):
         g0, g1, g2, g3, g4 = gW[k, j0:j0 + n], gW[k + 1, j0:j0 + n], gW[k + 2, j0:j0 + n], gW[k + 3, j0:j0 + n], gW[k + 4, j0:j0 + n]
         c00, c10, c20, c30 = dz[r0, k], dz[r0 + 1, k], dz[r0 + 2, k], dz[r0 + 3, k]
         c01, c11, c21, c31 = dz[r0, k + 1], dz[r0 + 1, k + 1], dz[r0 + 2, k + 1], dz[r0 + 3, k + 1]
         c02, c12, c22, c32 = dz[r0, k + 2], dz[r0 + 1, k + 2], dz[r0 + 2, k + 2], dz[r0 + 3, k + 2]
         c03, c13, c23, c33 = dz[r0, k + 3], dz[r0 + 1, k + 3], dz[r0 + 2, k + 3], dz[r0 + 3, k + 3]
         c04, c14, c24, c34 = dz[r0, k + 4], dz[r0 + 1, k + 4], dz[r0 + 2, k + 4], dz[r0 + 3, k + 4]
-        for j in range(c0, n):
+        for j in range(c5, n):
             x0, x1, x2, x3 = xm[0, j], xm[1, j], xm[2, j], xm[3, j]
             _add_rows(g0, j, c00, c10, c20, c30, x0, x1, x2, x3)
             _add_rows(g1, j, c01, c11, c21, c31, x0, x1, x2, x3)
@@ -485,7 +484,7 @@ def _backward_block(xm, dz, r0, k0, kp, j0, c0, n, gW):
         g0, g1 = gW[k, j0:j0 + n], gW[k + 1, j0:j0 + n]
         c00, c10, c20, c30 = dz[r0, k], dz[r0 + 1, k], dz[r0 + 2, k], dz[r0 + 3, k]
         c01, c11, c21, c31 = dz[r0, k + 1], dz[r0 + 1, k + 1], dz[r0 + 2, k + 1], dz[r0 + 3, k + 1]
-        for j in range(c0, n):
+        for j in range(n):
             x0, x1, x2, x3 = xm[0, j], xm[1, j], xm[2, j], xm[3, j]
             _add_rows(g0, j, c00, c10, c20, c30, x0, x1, x2, x3)
             _add_rows(g1, j, c01, c11, c21, c31, x0, x1, x2, x3)
@@ -494,17 +493,15 @@ def _backward_block(xm, dz, r0, k0, kp, j0, c0, n, gW):
 @njit(inline="always", fastmath=True, cache=True)
 def _backward_rows(xm, x0, rows, dz, r0, kp, j0, n, gW, wide):
     """gW[:kp, j0:j0+n] += dz[r0:r0+rows, :kp].T @ xm[x0:x0+rows, :n], rows (a multiple of ROWS) added in order,
-    dz already scaled by the dropout's 1 / (1 - rate): the blocks of 5 outputs x 64 columns by _gradient_panel where
-    `wide` (32 vector registers), the rest by _backward_block, ROWS rows at a time."""
-    k5 = kp // 10 * 10 if wide else 0
-    n64 = n // 64 * 64 if k5 > 0 else 0
-    for k in range(0, k5, 5):
+    dz already scaled by the dropout's 1 / (1 - rate): where `wide` (32 vector registers), the blocks of 5 outputs x
+    64 columns by _gradient_panel; the rest by _backward_block, ROWS rows at a time (blocks of 5 outputs as
+    _forward_block's where the CPU has the registers)."""
+    k5 = kp // 10 * 10 if wide or WIDE_BLOCKS else 0
+    n64 = n // 64 * 64 if wide else 0
+    for k in range(0, k5 if wide else 0, 5):
         _gradient_panel(gW, k, j0, n64, dz, r0, rows, xm, x0)
     for r in range(0, rows, ROWS):
-        block = xm[x0 + r:x0 + r + ROWS]
-        if k5 > 0 and n64 < n:
-            _backward_block(block, dz, r0 + r, 0, k5, j0, n64, n, gW)
-        _backward_block(block, dz, r0 + r, k5, kp, j0, 0, n, gW)
+        _backward_block(xm[x0 + r:x0 + r + ROWS], dz, r0 + r, k5, kp, j0, n64, n, gW)
 
 
 @njit(inline="always", fastmath=True, cache=True)
