@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import PipelineError, SettingError, reason
 from . import pooling
+from .precision import policy_name
 from .preprocess import keras_preprocessing
 from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
 
@@ -49,7 +50,7 @@ def _load_weights_file(keras, model, path: str, top: bool):
 def with_precision(keras, model, precision: str):
     """A copy of `model` computing in `precision`, its dtype policy set layer by layer: nothing
     process-wide (Keras' global policy) is read or changed, so models built later are unaffected."""
-    policy = "float32" if precision == "float32" else f"mixed_{precision}"
+    policy = policy_name(precision)
 
     def clone(layer):
         return layer.__class__.from_config({**layer.get_config(), "dtype": policy})

@@ -54,6 +54,15 @@ def test_the_probe_measures_both_dtypes():
     assert set(rates) == {"float32", "bfloat16"} and all(r > 0 for r in rates.values())
 
 
+def test_the_probe_computes_in_each_dtype_it_measures():
+    """float16 (a GPU's candidate) is probed in float16, not in another half precision."""
+    import keras
+    for dtype in ("float32", "float16", "bfloat16"):
+        model = pr.probe_model(keras, dtype)
+        assert {layer.compute_dtype for layer in model.layers} == {dtype}
+        assert {w.dtype for w in model.weights} == {"float32"}
+
+
 def test_the_gpu_capability_is_read_from_nvidia_smi(tmp_path):
     from pipeline.device import gpu_capability
     tool = tmp_path / "nvidia-smi"
