@@ -16,4 +16,4 @@ if [ -n "$missing" ]; then
   $PY -m pip install --quiet --no-index --find-links gpu/wheels $missing
 fi
 echo "gpu-check: backend $backend; $(nvidia-smi -L 2>/dev/null | head -1 || echo 'no nvidia-smi')" >&2
-KERAS_BACKEND=$backend PYTHONPATH=. exec $PY -m pipeline gpu-check --out-dir "${OUT:-data/gpu-check}" "$@"
+KERAS_BACKEND=$backend PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} exec $PY -m pipeline gpu-check --out-dir "${OUT:-data/gpu-check}" "$@"

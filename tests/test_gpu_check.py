@@ -10,8 +10,10 @@ def test_gpu_check_quick_runs_every_part(cifar_dir, tmp_path, capsys):
     r = json.load(open(out[-1]))
     assert r["device"].endswith("cpu:0") and r["batch_size"] == 32 and r["gpus"] == []
     assert {"224px_float32", "128px_float32"} <= set(r["stage_one"]) and all(
-        v["images"] == 32 and v["img_per_s"] > 0 for v in r["stage_one"].values())
+        v["images"] == 32 and v["img_per_s"] > 0 and v["warm_img_per_s"] > 0 and v["warm_model_s"] > 0
+        for v in r["stage_one"].values())                       # cold, then warm: the same model again
     assert r["feeding_path"]["per_core_128px"] > 0 and r["full_extraction"]["images"] == 36     # 30 train + 6 test
+    assert r["full_extraction"]["views_per_image"] == 6 and r["full_extraction"]["model_s"] > 0
     assert r["full_data"] == cifar_dir
     md = (tmp_path / "gpu-check.md").read_text()
     assert "| full extraction at the best configuration" in md and md.count("\n|") >= 7
