@@ -102,14 +102,20 @@ def fed_pixels(model):
 class Backbone:
     """Callable mapper: upscaled uint8 images -> features, for one or several layer specs at once
     (`outputs`: [(parsed layers, store dtype)]), from one forward pass per view.
-    A batch is N x S x S x 3 (-> N x D each) or K x N x S x S x 3 for K views (-> N x K x D each)."""
+    A batch is N x S x S x 3 (-> N x D each) or K x N x S x S x 3 for K views (-> N x K x D each).
+    `batch_size`: a split's last, shorter batch is padded to it (the padding's rows are dropped), so the
+    compiled forward pass sees one shape: a new shape is a new trace (TensorFlow) or compilation (JAX, XLA
+    on a GPU: seconds each)."""
 
-    def __init__(self, model, outputs: list):
-        self.model, self.outputs = model, outputs
+    def __init__(self, model, outputs: list, batch_size: int | None = None):
+        self.model, self.outputs, self.batch_size = model, outputs, batch_size
 
     def _one(self, x: np.ndarray) -> list:
+        n = len(x)
+        if self.batch_size and n < self.batch_size:
+            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
         raw = self.model.predict_on_batch(x)
-        raw = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in raw.items()}
+        raw = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)[:n] for k, v in raw.items()}
         return [pooling.pool(raw, layers).astype(dtype) for layers, dtype in self.outputs]
 
     def __call__(self, batch: np.ndarray) -> list:

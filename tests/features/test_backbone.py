@@ -83,3 +83,28 @@ def test_one_pass_gives_every_layer_pooled_as_asked():
     np.testing.assert_allclose(f32[:, -256:], raw["block3_pool"].max((1, 2)), rtol=1e-6)
     views = backbone.Backbone(model, [(specs, "float32")])(np.stack([x, x[:, :, ::-1]]))[0]
     assert views.shape == (2, 2, f32.shape[1]) and np.allclose(views[:, 0], f32, rtol=1e-5, atol=1e-5)
+
+
+def test_a_short_last_batch_is_padded_to_the_batch_size_and_its_padding_dropped():
+    """One shape reaches the compiled forward pass (a new one is a new trace or XLA compilation), and the
+    short batch's features are its own rows' (as without the padding)."""
+    from pipeline.features import pooling
+    specs = pooling.parse_layers("block3_pool:avg2x2,block4_pool", "avg")
+    model = backbone.build_backbone(specs, 32, "random", 0, "float32")
+
+    class Recording:
+        shapes = []
+
+        def predict_on_batch(self, x):
+            self.shapes.append(x.shape)
+            return model.predict_on_batch(x)
+    x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.float32)
+    padded = backbone.Backbone(Recording(), [(specs, "float32")], batch_size=5)
+    whole, short = padded(x)[0], padded(x[:3])[0]
+    views = padded(np.stack([x[:2], x[2:4]]))[0]
+    assert set(Recording.shapes) == {(5, 32, 32, 3)} and len(Recording.shapes) == 4
+    alone = backbone.Backbone(model, [(specs, "float32")])(x[:3])[0]
+    assert short.shape == alone.shape == (3, 4 * 256 + 512) and views.shape == (2, 2, 4 * 256 + 512)
+    np.testing.assert_allclose(short, alone, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(short, whole[:3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(views[:, 1], whole[2:4], rtol=1e-5, atol=1e-6)
