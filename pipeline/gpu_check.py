@@ -56,6 +56,11 @@ def timed_extract(cfg: FeatureConfig, models=None) -> dict:
             "model_s": prov.get("extraction", {}).get("model_s")}
 
 
+def asked(precision: str) -> str:
+    """The --precision value that resolves to `precision` (resolve_precision's) without probing again."""
+    return "float32" if precision == "tensorfloat32" else precision
+
+
 def cold_and_warm(cfg: FeatureConfig) -> dict:
     """`cfg` extracted twice into fresh caches in one process: cold (the model built and compiled, as a
     user's first run) and warm (the same model again: the rate a long extraction runs at)."""
@@ -97,11 +102,11 @@ def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | No
     try:
         data = write_cifar_batches(os.path.join(tmp, "cifar"), n)
         for size, layer in ((224, "fc2"), (128, BEST_LAYERS)):
-            for precision in dict.fromkeys(("float32", auto)):
+            for precision in dict.fromkeys((resolve_precision("float32"), auto)):      # as they compute here
                 log.info(f"gpu-check: stage one, {size} px, {layer}, {precision}, cold and warm ...")
                 r["stage_one"][f"{size}px_{precision}"] = cold_and_warm(FeatureConfig(
                     data_dir=data, splits=("train",), weights="random", image_size=size, layer=layer,
-                    precision=precision, store_dtype="float16", batch_size=batch,
+                    precision=asked(precision), store_dtype="float16", batch_size=batch,
                     cache_dir=os.path.join(tmp, f"s{size}{precision}")))
                 save(r, out_dir)                      # each part as it finishes: a run cut short keeps them
         log.info("gpu-check: the feeding path alone ...")
@@ -115,7 +120,7 @@ def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | No
                                                 n_test=20 if quick else 10_000)
             log.info(f"gpu-check: full CIFAR-10 extraction at the best configuration ({r['full_data']}) ...")
             cfg = FeatureConfig(data_dir=full_data, weights="random", image_size=128, layer=BEST_LAYERS,
-                                views=BEST_VIEWS, precision=auto, store_dtype="float16", batch_size=batch,
+                                views=BEST_VIEWS, precision=asked(auto), store_dtype="float16", batch_size=batch,
                                 cache_dir=os.path.join(tmp, "full-cache"), limit=(100 if quick else None))
             r["full_extraction"] = {**timed_extract(cfg), "layers": BEST_LAYERS, "views": BEST_VIEWS,
                                     "views_per_image": len(validate(cfg).view_names), "image_size": 128,

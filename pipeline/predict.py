@@ -88,13 +88,16 @@ def _checked_settings(settings: dict, refuse) -> dict:
         if (not isinstance(v, kind) or isinstance(v, bool)) and not several:
             raise refuse(f"setting {k} is {str(v)[:40]!r}, expected a{'n' if kind is int else ''} "
                          f"{kind.__name__}{' (or sizes joined by +)' if k == 'image_size' else ''}")
-    if settings["precision"] not in ("float32", "bfloat16", "float16"):
-        raise refuse(f"setting precision is {settings['precision'][:20]!r}, expected float32, bfloat16 or float16")
+    if settings["precision"] not in ("float32", "tensorfloat32", "bfloat16", "float16"):
+        raise refuse(f"setting precision is {settings['precision'][:20]!r}, expected float32, tensorfloat32, bfloat16 "
+                     "or float16")
     try:
         cfg = validate(FeatureConfig(layer=settings["layer"], pooling=settings.get("pooling", FeatureConfig.pooling),
                                      image_size=settings["image_size"], interpolation=settings["interpolation"],
                                      weights=settings["weights"], weights_seed=settings["weights_seed"],
-                                     precision=settings["precision"], views=settings["views"],
+                                     precision={"tensorfloat32": "float32"}.get(settings["precision"],
+                                                                                settings["precision"]),
+                                     views=settings["views"],
                                      shift_range=settings["shift_range"], views_seed=settings["views_seed"]))
     except PipelineError as e:
         raise refuse(f"its settings: {str(e)[:160]}") from None

@@ -376,7 +376,7 @@ def _edit_settings(m, **kw):
     (lambda m: _edit_settings(m, image_size="32+64"), "head.keras takes"),        # width: the head is one size's
     (lambda m: m["provenance"]["settings"].pop("interpolation"), "setting interpolation is 'None', expected a str"),
     (lambda m: _edit_settings(m, layer="block5_pool:avg"), "head.keras takes"),          # width 512 vs the head's
-    (lambda m: _edit_settings(m, precision="float64"), "expected float32, bfloat16 or float16"),
+    (lambda m: _edit_settings(m, precision="float64"), "expected float32, tensorfloat32, bfloat16 or float16"),
     (lambda m: _edit_settings(m, views="shift999"), "views: expected none, or a comma list"),
     (lambda m: _edit_settings(m, views="flip", shift_range=5), "shift_range: expected a fraction"),
     (lambda m: _edit_settings(m, views_seed="0"), "setting views_seed is '0', expected an int"),
@@ -491,3 +491,20 @@ def test_file_names_cannot_forge_an_output_line(cached, tmp_path, capsys):
         assert is_one_line_error(code, err, escaped(str(missing))) and out == []
     code, out, err = run_captured(capsys, "predict", "--run", str(tmp_path / "no\nrun"), "--quiet", tmp_path)
     assert is_one_line_error(code, err, escaped(str(tmp_path / "no\nrun")))
+
+
+def test_float32_where_it_computes_as_tensorfloat32_is_keyed_apart_and_predicts(cached, capsys, monkeypatch):
+    """On an Ampere-or-later GPU (simulated: compute capability 9.0) float32 computes as TensorFloat-32: the
+    cache says tensorfloat32 (float32 asked), gets its own key, and a head trained on it predicts."""
+    from pipeline.features import precision
+    from pipeline.features.cache import read_provenance
+    root, data, cache = cached
+    monkeypatch.setattr(precision, "cuda_capability", lambda: 9.0)
+    code, out, err = run_captured(capsys, "features", "--data-dir", data, "--cache-dir", root / "c", *SMALL)
+    assert code == 0 and out[-1] != cache and "precision: float32 -> tensorfloat32" in err
+    made = read_provenance(out[-1])
+    assert made["settings"]["precision"] == "tensorfloat32" and made["settings"]["precision_requested"] == "float32"
+    assert made["key"] != read_provenance(cache)["key"]
+    run = train(root, out[-1], "logreg", "run-tf32")
+    image = os.path.join(data, load_cache(out[-1])["test"][2]["ids"][0])
+    assert run_cli("predict", "--run", run, image) == 0

@@ -1,5 +1,6 @@
 """Mapper: the frozen VGG19 with an output at each layer asked for (one forward pass for all of
-them), as a callable `preprocessed batch -> features` that pools and concatenates them (pooling.py).
+them), fed uint8 pixels and pooling inside the model (pooling.py), as a callable `upscaled batch ->
+features` that concatenates the pooled parts of each layer spec.
 
 Keras is imported lazily, so a cache hit never pays for loading a deep-learning backend.
 """
@@ -88,20 +89,23 @@ def build_backbone(layers, image_size: int, weights: str, seed: int, precision: 
     return model
 
 
-def fed_pixels(model):
-    """`model` (build_backbone's) taking the upscaled uint8 RGB images instead: VGG19's preprocessing
-    runs inside, in float32 (keras_preprocessing), so the host sends a quarter of the bytes and does no
-    per-pixel arithmetic."""
+def fed_pixels(model, layers: list):
+    """`model` (build_backbone's) taking the upscaled uint8 RGB images instead, and giving the pooled
+    features of `layers` (a parsed spec) part by part, {part_name: N x d float32} (pooling.keras_parts):
+    VGG19's preprocessing and the pooling run inside, in float32 (keras_preprocessing), so the host sends
+    a quarter of the bytes, does no per-pixel arithmetic, and gets back only the features."""
     import keras
     inp = keras.Input(tuple(model.input.shape[1:]), dtype="uint8", name="pixels")
-    fed = keras.Model(inp, model(keras_preprocessing(keras, inp)), name=model.name + "_pixels")
+    fed = keras.Model(inp, pooling.keras_parts(keras, model(keras_preprocessing(keras, inp)), layers),
+                      name=model.name + "_pixels")
     fed.trainable = False
     return fed
 
 
 class Backbone:
     """Callable mapper: upscaled uint8 images -> features, for one or several layer specs at once
-    (`outputs`: [(parsed layers, store dtype)]), from one forward pass per view.
+    (`outputs`: [(parsed layers, store dtype)]), from one forward pass per view of `model` (fed_pixels',
+    holding every part the specs name).
     A batch is N x S x S x 3 (-> N x D each) or K x N x S x S x 3 for K views (-> N x K x D each).
     `batch_size`: a split's last, shorter batch is padded to it (the padding's rows are dropped), so the
     compiled forward pass sees one shape: a new shape is a new trace (TensorFlow) or compilation (JAX, XLA
@@ -114,9 +118,10 @@ class Backbone:
         n = len(x)
         if self.batch_size and n < self.batch_size:
             x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
-        raw = self.model.predict_on_batch(x)
-        raw = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)[:n] for k, v in raw.items()}
-        return [pooling.pool(raw, layers).astype(dtype) for layers, dtype in self.outputs]
+        parts = self.model.predict_on_batch(x)
+        parts = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)[:n] for k, v in parts.items()}
+        return [np.concatenate([parts[pooling.part_name(*part)] for part in layers], 1).astype(dtype)
+                for layers, dtype in self.outputs]
 
     def __call__(self, batch: np.ndarray) -> list:
         if batch.ndim == 4:

@@ -93,7 +93,7 @@ class BuiltBackbone:
             model = build_backbone(union, cfg.image_size, cfg.weights, cfg.weights_seed, plans[0].precision,
                                       plans[0].weights.get("sha256"))
             self._sha = plans[0].weights.get("sha256") or model_weights_sha256(model)   # VGG19's own weights
-            self._model, self._sig = fed_pixels(model), sig
+            self._model, self._sig = fed_pixels(model, union), sig
             self.device, warning = device.where(device.nvidia_gpus(), device.keras_devices(), keras_backend_name())
             log.info(f"features: {self.device}, computing in {plans[0].precision}")
             if warning:

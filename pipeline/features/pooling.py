@@ -8,8 +8,10 @@ spatial pyramid level: where in the image a feature fired, at 4x the channels of
 
     flatten  H*W*C     avg  C     max  C     avg2x2  4*C (quadrants: top-left, top-right, bottom-left, bottom-right)
 
-`pool` computes them with NumPy in float32 (stage one); `keras_pool` builds the same from Keras'
-own layers (predict's end-to-end model), so an exported model holds no custom code.
+They are built from Keras' own layers (`keras_parts`, `keras_pool`) and run on the device, in float32,
+inside the model: stage one's mapper and predict's end-to-end model pool the same way, only the pooled
+features cross back to the host (on a GPU the raw maps were 4x the bytes, and pooling them with NumPy
+on the host took longer than the forward pass), and an exported model holds no custom code.
 """
 from __future__ import annotations
 
@@ -66,41 +68,40 @@ def _quadrants(h: int, w: int):
             (slice(h // 2, h), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))]
 
 
-def pool(outputs: dict, layers: list) -> np.ndarray:
-    """N x D float32 features from the raw layer outputs ({layer name: N x H x W x C or N x C})."""
-    parts = []
-    for name, pooling in layers:
-        x = np.asarray(outputs[name], np.float32)
-        if pooling is None or pooling == "flatten":
-            parts.append(x.reshape(len(x), -1))
-        elif pooling == "avg":
-            parts.append(x.mean((1, 2)))
-        elif pooling == "max":
-            parts.append(x.max((1, 2)))
-        else:
-            parts.append(np.concatenate([x[:, r, c].mean((1, 2)) for r, c in _quadrants(*x.shape[1:3])], 1))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, 1)
+def part_name(name: str, pooling: str | None) -> str:
+    """One (layer, pooling) of a spec as the spec writes it: the name of its output (keras_parts)."""
+    return name if pooling is None else f"{name}:{pooling}"
 
 
-def keras_pool(keras, tensors: dict, layers: list):
-    """The same features from Keras tensors ({layer name: tensor}), built from Keras' own layers."""
-    L, parts = keras.layers, []
+def keras_parts(keras, tensors: dict, layers: list) -> dict:
+    """{part_name: N x d float32 tensor} for each (layer, pooling) of `layers`, from Keras tensors
+    ({layer name: N x H x W x C or N x C}), built from Keras' own layers: the maps are cast to float32
+    before they are pooled, whatever dtype they were computed in."""
+    L, parts = keras.layers, {}
     for name, pooling in layers:
         x, tag = tensors[name], f"{name}_{pooling or 'dense'}"
         if pooling is None:
-            parts.append(L.Activation("linear", dtype="float32", name=f"{tag}_float32")(x))
+            y = L.Activation("linear", dtype="float32", name=f"{tag}_float32")(x)
         elif pooling == "flatten":
-            parts.append(L.Flatten(dtype="float32", name=tag)(x))
+            y = L.Flatten(dtype="float32", name=tag)(x)
         elif pooling == "avg":
-            parts.append(L.GlobalAveragePooling2D(dtype="float32", name=tag)(x))
+            y = L.GlobalAveragePooling2D(dtype="float32", name=tag)(x)
         elif pooling == "max":
-            parts.append(L.GlobalMaxPooling2D(dtype="float32", name=tag)(x))
+            y = L.GlobalMaxPooling2D(dtype="float32", name=tag)(x)
         else:
-            h, w = x.shape[1], x.shape[2]
+            h, w, quadrants = x.shape[1], x.shape[2], []
             for q, (r, c) in enumerate(_quadrants(h, w)):
                 crop = L.Cropping2D(((r.start, h - r.stop), (c.start, w - c.stop)), dtype="float32", name=f"{tag}_q{q}_crop")(x)
-                parts.append(L.GlobalAveragePooling2D(dtype="float32", name=f"{tag}_q{q}")(crop))
-    return parts[0] if len(parts) == 1 else L.Concatenate(dtype="float32", name="features")(parts)
+                quadrants.append(L.GlobalAveragePooling2D(dtype="float32", name=f"{tag}_q{q}")(crop))
+            y = L.Concatenate(dtype="float32", name=tag)(quadrants)
+        parts[part_name(name, pooling)] = y
+    return parts
+
+
+def keras_pool(keras, tensors: dict, layers: list):
+    """The features: `layers`' parts (keras_parts) concatenated in the spec's order."""
+    parts = list(keras_parts(keras, tensors, layers).values())
+    return parts[0] if len(parts) == 1 else keras.layers.Concatenate(dtype="float32", name="features")(parts)
 
 
 def feature_dim(layers: list, image_size: int) -> int:

@@ -32,6 +32,7 @@ MEMO = "precision-probe.json"
 PROBE_SECONDS = 0.5            # timed per dtype, after a warm-up
 GPU_PROBE_BATCH = 64           # images a probe call on a GPU (a CPU's 8 would leave most of it idle)
 NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}
+TF32_FROM = 8.0                # CUDA compute capability from which float32 computes as TensorFloat-32
 measure = None                 # a function (dtypes) -> {dtype: rate} to use instead of the probe (tests)
 
 
@@ -79,15 +80,23 @@ def resolve_precision(precision: str, cuda: float | None | bool = None, flags: s
     """The dtype `precision` means here: itself, or for auto the fastest this machine runs (above).
     `cuda` (the GPU's compute capability; False: none) and `flags` default to this machine's; memo_dir
     keeps the probe's answer."""
-    if precision != "auto":
-        return precision
     cuda = cuda_capability() if cuda is None else (7.0 if cuda is True else cuda or None)
+    if precision != "auto":
+        return computes_as(precision, cuda)
     flags = cpu_flags() if flags is None else flags
     dtypes = candidates(cuda, flags)
     if len(dtypes) == 1:
-        return dtypes[0]
+        return computes_as(dtypes[0], cuda)
     rates = probe_rates(dtypes, flags, memo_dir, cuda)
-    return max(dtypes, key=lambda d: rates[d])
+    return computes_as(max(dtypes, key=lambda d: rates[d]), cuda)
+
+
+def computes_as(dtype: str, cuda: float | None) -> str:
+    """What `dtype` computes as on this device: float32 on a CUDA GPU from compute capability 8.0 (Ampere)
+    is TensorFloat-32 under every backend's defaults (TensorFlow's, JAX's, PyTorch's cuDNN convolutions),
+    its products rounded to 10-bit mantissas: features 6e-4 apart from a CPU's float32 (an H200, JAX). So
+    it is `tensorfloat32` in the key and the provenance, and such a cache is never taken for float32's."""
+    return "tensorfloat32" if dtype == "float32" and cuda and cuda >= TF32_FROM else dtype
 
 
 def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | None = None) -> dict:
@@ -116,8 +125,9 @@ def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | N
 
 
 def policy_name(dtype: str) -> str:
-    """The Keras dtype policy that computes in `dtype` and keeps float32 variables."""
-    return "float32" if dtype == "float32" else f"mixed_{dtype}"
+    """The Keras dtype policy that computes in `dtype` and keeps float32 variables (tensorfloat32: float32's,
+    on a device that runs it so)."""
+    return "float32" if dtype in ("float32", "tensorfloat32") else f"mixed_{dtype}"
 
 
 def probe_model(keras, dtype: str):

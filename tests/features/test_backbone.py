@@ -67,22 +67,47 @@ def test_weights_file_changed_since_keyed_is_refused(tmp_path):
         backbone.build_backbone(BLOCK5, 32, str(tmp_path / "gone.weights.h5"), 0, "float32")
 
 
+def raw_maps(model, x):
+    """The backbone's raw layer outputs for uint8 images `x` (fed_pixels without the pooling)."""
+    import keras
+    from pipeline.features.preprocess import keras_preprocessing
+    inp = keras.Input(x.shape[1:], dtype="uint8")
+    raw = keras.Model(inp, model(keras_preprocessing(keras, inp))).predict_on_batch(x)
+    return {k: np.asarray(v, np.float32) for k, v in raw.items()}
+
+
 def test_one_pass_gives_every_layer_pooled_as_asked():
-    """Several layers and poolings from one forward pass: each output equals the raw layer pooled."""
+    """Several layers and poolings from one forward pass, pooled on the device: each output equals the raw
+    layer pooled with NumPy."""
     from pipeline.features import pooling
     specs = pooling.parse_layers("block4_pool:avg2x2,block5_pool,block3_pool:max", "avg")
     model = backbone.build_backbone(specs, 64, "random", 0, "float32")
     assert sorted(model.output) == ["block3_pool", "block4_pool", "block5_pool"]
-    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32) * 50
-    raw = {k: np.asarray(v) for k, v in model.predict_on_batch(x).items()}
-    f16, f32 = backbone.Backbone(model, [(specs[1:2], "float16"), (specs, "float32")])(x)
+    x = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+    raw = raw_maps(model, x)
+    fed = backbone.fed_pixels(model, specs)
+    f16, f32 = backbone.Backbone(fed, [(specs[1:2], "float16"), (specs, "float32")])(x)
     assert f16.dtype == np.float16 and f16.shape == (2, 512) and f32.shape == (2, 4 * 512 + 512 + 256)
     b4 = raw["block4_pool"]                                         # 4 x 4 x 512 at 64 px
     np.testing.assert_allclose(f32[:, :512], b4[:, :2, :2].mean((1, 2)), rtol=1e-5)          # top-left quadrant
     np.testing.assert_allclose(f32[:, 3 * 512:4 * 512], b4[:, 2:, 2:].mean((1, 2)), rtol=1e-5)
     np.testing.assert_allclose(f32[:, -256:], raw["block3_pool"].max((1, 2)), rtol=1e-6)
-    views = backbone.Backbone(model, [(specs, "float32")])(np.stack([x, x[:, :, ::-1]]))[0]
+    np.testing.assert_allclose(f16, raw["block5_pool"].mean((1, 2)), rtol=1e-3)
+    views = backbone.Backbone(fed, [(specs, "float32")])(np.stack([x, x[:, :, ::-1]]))[0]
     assert views.shape == (2, 2, f32.shape[1]) and np.allclose(views[:, 0], f32, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bfloat16_backbone_pools_its_maps_in_float32():
+    """The maps are computed in bfloat16 and pooled in float32 on the device: the features are the bfloat16
+    maps' means and maxima, not means rounded to bfloat16."""
+    from pipeline.features import pooling
+    specs = pooling.parse_layers("block3_pool:avg,block3_pool:max", "avg")
+    model = backbone.build_backbone(specs, 32, "random", 0, "bfloat16")
+    x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    raw = raw_maps(model, x)["block3_pool"]                  # bfloat16 values, widened
+    f = backbone.Backbone(backbone.fed_pixels(model, specs), [(specs, "float32")])(x)[0]
+    np.testing.assert_allclose(f[:, :256], raw.mean((1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(f[:, 256:], raw.max((1, 2)))
 
 
 def test_a_short_last_batch_is_padded_to_the_batch_size_and_its_padding_dropped():
@@ -90,20 +115,20 @@ def test_a_short_last_batch_is_padded_to_the_batch_size_and_its_padding_dropped(
     short batch's features are its own rows' (as without the padding)."""
     from pipeline.features import pooling
     specs = pooling.parse_layers("block3_pool:avg2x2,block4_pool", "avg")
-    model = backbone.build_backbone(specs, 32, "random", 0, "float32")
+    fed = backbone.fed_pixels(backbone.build_backbone(specs, 32, "random", 0, "float32"), specs)
 
     class Recording:
         shapes = []
 
         def predict_on_batch(self, x):
             self.shapes.append(x.shape)
-            return model.predict_on_batch(x)
-    x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.float32)
+            return fed.predict_on_batch(x)
+    x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
     padded = backbone.Backbone(Recording(), [(specs, "float32")], batch_size=5)
     whole, short = padded(x)[0], padded(x[:3])[0]
     views = padded(np.stack([x[:2], x[2:4]]))[0]
     assert set(Recording.shapes) == {(5, 32, 32, 3)} and len(Recording.shapes) == 4
-    alone = backbone.Backbone(model, [(specs, "float32")])(x[:3])[0]
+    alone = backbone.Backbone(fed, [(specs, "float32")])(x[:3])[0]
     assert short.shape == alone.shape == (3, 4 * 256 + 512) and views.shape == (2, 2, 4 * 256 + 512)
     np.testing.assert_allclose(short, alone, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(short, whole[:3], rtol=1e-5, atol=1e-6)

@@ -23,8 +23,25 @@ def test_bad_specs_are_one_line(spec, default_pooling, needle):
         pooling.parse_layers(spec, default_pooling)
 
 
+def numpy_pool(outputs: dict, layers: list) -> np.ndarray:
+    """What each pooling means, in NumPy (float32): the reference for the Keras layers."""
+    parts = []
+    for name, p in layers:
+        x = np.asarray(outputs[name], np.float32)
+        if p is None or p == "flatten":
+            parts.append(x.reshape(len(x), -1))
+        elif p in ("avg", "max"):
+            parts.append(x.mean((1, 2)) if p == "avg" else x.max((1, 2)))
+        else:                                          # avg2x2: top-left, top-right, bottom-left, bottom-right
+            h, w = x.shape[1] // 2, x.shape[2] // 2
+            parts += [x[:, :h, :w].mean((1, 2)), x[:, :h, w:].mean((1, 2)), x[:, h:, :w].mean((1, 2)),
+                      x[:, h:, w:].mean((1, 2))]
+    return np.concatenate(parts, 1)
+
+
 def test_keras_pooling_equals_numpy_pooling():
-    """predict's end-to-end model pools with Keras' own layers exactly as stage one pooled with NumPy."""
+    """Stage one's mapper and predict's end-to-end model pool with Keras' own layers as the NumPy reference
+    does; keras_parts gives each part under its name, keras_pool them concatenated in the spec's order."""
     import keras
     layers = pooling.parse_layers("block4_pool:avg2x2,block4_pool:max,block5_pool:flatten,block5_pool:avg", "avg")
     rng = np.random.default_rng(0)
@@ -32,4 +49,10 @@ def test_keras_pooling_equals_numpy_pooling():
            "block5_pool": rng.normal(size=(3, 2, 2, 8)).astype(np.float32)}
     inputs = {k: keras.Input(v.shape[1:], name=k) for k, v in raw.items()}
     model = keras.Model(inputs, pooling.keras_pool(keras, inputs, layers))
-    np.testing.assert_allclose(np.asarray(model.predict(raw, verbose=0)), pooling.pool(raw, layers), rtol=1e-5, atol=1e-6)
+    want = numpy_pool(raw, layers)
+    np.testing.assert_allclose(np.asarray(model.predict(raw, verbose=0)), want, rtol=1e-5, atol=1e-6)
+    parts = keras.Model(inputs, pooling.keras_parts(keras, inputs, layers)).predict(raw, verbose=0)
+    names = [pooling.part_name(*p) for p in layers]         # a dict's order is the backend's (JAX sorts keys)
+    assert names == ["block4_pool:avg2x2", "block4_pool:max", "block5_pool:flatten", "block5_pool:avg"]
+    assert sorted(parts) == sorted(names)
+    np.testing.assert_allclose(np.concatenate([np.asarray(parts[n]) for n in names], 1), want, rtol=1e-5, atol=1e-6)

@@ -21,7 +21,11 @@ def test_auto_precision_on_each_kind_of_machine(monkeypatch, cuda, flags, want, 
     monkeypatch.setattr(pr, "measure", lambda dtypes: asked.append(tuple(dtypes)) or {d: FAST_HALF[d] for d in dtypes})
     assert pr.resolve_precision("auto", cuda=cuda, flags=flags) == want
     assert asked == ([measured] if measured else [])
-    assert pr.resolve_precision("float32", cuda=cuda, flags=flags) == "float32"   # an explicit choice stays
+    float32 = "tensorfloat32" if cuda and cuda >= 8.0 else "float32"                # Ampere on: float32 is TF32
+    assert pr.resolve_precision("float32", cuda=cuda, flags=flags) == float32        # an explicit choice stays
+    monkeypatch.setattr(pr, "measure", lambda dtypes: {d: 500.0 if d == "float32" else 100.0 for d in dtypes})
+    assert pr.resolve_precision("auto", cuda=cuda, flags=flags) == (float32 if measured else "float32")
+    assert pr.policy_name(float32) == "float32"
 
 
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
