@@ -50,9 +50,17 @@ def install_extras(backend: str, gpu: bool) -> str:
 
 
 def keras_devices() -> list:
-    """The devices Keras' backend will compute on, e.g. ['cpu:0'] or ['gpu:0', 'gpu:1'] (imports Keras)."""
+    """The devices Keras' backend will compute on, e.g. ['cpu:0'] or ['gpu:0', 'gpu:1'] (imports Keras).
+    Keras' distribution API has no PyTorch implementation (`list_devices` fails there: seen on an H200
+    with Keras 3.15.1), so for that backend PyTorch says which CUDA devices it sees."""
     import keras
-    return [str(d).lower() for d in keras.distribution.list_devices()]
+    try:
+        return [str(d).lower() for d in keras.distribution.list_devices()]
+    except (AttributeError, NotImplementedError):
+        if keras.backend.backend() != "torch":
+            raise
+        import torch
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu:0"]
 
 
 def where(gpus: list, devices: list, backend: str) -> tuple[str, str | None]:

@@ -65,3 +65,24 @@ def test_features_says_where_it_runs_and_records_it(cifar_dir, tmp_path, capsys,
     assert code == 0 and "features: tensorflow on cpu:0, computing in float32" in err
     assert "WARNING: 1 NVIDIA GPU(s) here" in err and "runs on the CPU" in err
     assert read_provenance(out[-1])["extraction"]["device"] == "tensorflow on cpu:0"
+
+
+def test_the_devices_of_pytorchs_backend_come_from_pytorch(monkeypatch):
+    """Keras' distribution API has no PyTorch implementation (list_devices raised AttributeError on an H200,
+    Keras 3.15.1): for that backend PyTorch says which CUDA devices it sees; for another the error stands."""
+    import types
+
+    import keras
+
+    def no_distribution():
+        raise AttributeError("'NoneType' object has no attribute 'list_devices'")
+    monkeypatch.setattr(keras.distribution, "list_devices", no_distribution)
+    cuda = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    assert device.keras_devices() == ["cuda:0", "cuda:1"]
+    cuda.is_available = lambda: False
+    assert device.keras_devices() == ["cpu:0"]
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(AttributeError):
+        device.keras_devices()
