@@ -15,8 +15,6 @@ on the host took longer than the forward pass), and an exported model holds no c
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import SettingError
 
 CONV_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
