@@ -28,7 +28,7 @@ from .errors import SettingError
 from .features import FeatureConfig, extract
 from .features.config import validate
 from .features.synthetic import write_cifar_batches
-from .features.precision import resolve_precision
+from .features.precision import requested_as, resolve_precision
 from .keras_env import keras_backend_name
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,6 @@ def timed_extract(cfg: FeatureConfig, models=None) -> dict:
     n = sum(prov["split_sizes"].values())
     return {"images": n, "wall_s": round(wall, 2), "img_per_s": round(n / wall, 1),
             "model_s": prov.get("extraction", {}).get("model_s")}
-
-
-def asked(precision: str) -> str:
-    """The --precision value that resolves to `precision` (resolve_precision's) without probing again."""
-    return "float32" if precision == "tensorfloat32" else precision
 
 
 def cold_and_warm(cfg: FeatureConfig) -> dict:
@@ -106,7 +101,7 @@ def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | No
                 log.info(f"gpu-check: stage one, {size} px, {layer}, {precision}, cold and warm ...")
                 r["stage_one"][f"{size}px_{precision}"] = cold_and_warm(FeatureConfig(
                     data_dir=data, splits=("train",), weights="random", image_size=size, layer=layer,
-                    precision=asked(precision), store_dtype="float16", batch_size=batch,
+                    precision=requested_as(precision), store_dtype="float16", batch_size=batch,
                     cache_dir=os.path.join(tmp, f"s{size}{precision}")))
                 save(r, out_dir)                      # each part as it finishes: a run cut short keeps them
         log.info("gpu-check: the feeding path alone ...")
@@ -120,7 +115,7 @@ def run(out_dir: str = "data/gpu-check", quick: bool = False, data_dir: str | No
                                                 n_test=20 if quick else 10_000)
             log.info(f"gpu-check: full CIFAR-10 extraction at the best configuration ({r['full_data']}) ...")
             cfg = FeatureConfig(data_dir=full_data, weights="random", image_size=128, layer=BEST_LAYERS,
-                                views=BEST_VIEWS, precision=asked(auto), store_dtype="float16", batch_size=batch,
+                                views=BEST_VIEWS, precision=requested_as(auto), store_dtype="float16", batch_size=batch,
                                 cache_dir=os.path.join(tmp, "full-cache"), limit=(100 if quick else None))
             r["full_extraction"] = {**timed_extract(cfg), "layers": BEST_LAYERS, "views": BEST_VIEWS,
                                     "views_per_image": len(validate(cfg).view_names), "image_size": 128,

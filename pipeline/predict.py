@@ -25,6 +25,7 @@ from .features.backbone import build_backbone
 from .features.config import FeatureConfig, validate
 from .features import pooling
 from .features.images import IMAGE_EXTS, BadImage, decode_image
+from .features.precision import requested_as
 from .features.preprocess import keras_preprocessing, upscale
 from .features.views import render_by_content
 from .heads.keras_file import head_model, input_width, read_head
@@ -95,9 +96,7 @@ def _checked_settings(settings: dict, refuse) -> dict:
         cfg = validate(FeatureConfig(layer=settings["layer"], pooling=settings.get("pooling", FeatureConfig.pooling),
                                      image_size=settings["image_size"], interpolation=settings["interpolation"],
                                      weights=settings["weights"], weights_seed=settings["weights_seed"],
-                                     precision={"tensorfloat32": "float32"}.get(settings["precision"],
-                                                                                settings["precision"]),
-                                     views=settings["views"],
+                                     precision=requested_as(settings["precision"]), views=settings["views"],
                                      shift_range=settings["shift_range"], views_seed=settings["views_seed"]))
     except PipelineError as e:
         raise refuse(f"its settings: {str(e)[:160]}") from None

@@ -13,6 +13,7 @@ count, backend and versions in `<cache-dir>/precision-probe.json`, and said once
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.metadata
 import logging
 import os
@@ -41,6 +42,12 @@ def cuda_capability() -> float | None:
     if not (os.path.isdir("/proc/driver/nvidia/gpus") and os.listdir("/proc/driver/nvidia/gpus")) \
             or os.environ.get("CUDA_VISIBLE_DEVICES", "x") in ("", "-1"):
         return None
+    return _capability_said()
+
+
+@functools.cache
+def _capability_said() -> float:
+    """nvidia-smi's answer, asked once per process (every plan resolves its precision, cache hits too)."""
     return gpu_capability() or 7.0         # a GPU whose capability the tool does not say: float16 only
 
 
@@ -97,6 +104,12 @@ def computes_as(dtype: str, cuda: float | None) -> str:
     its products rounded to 10-bit mantissas: features 6e-4 apart from a CPU's float32 (an H200, JAX). So
     it is `tensorfloat32` in the key and the provenance, and such a cache is never taken for float32's."""
     return "tensorfloat32" if dtype == "float32" and cuda and cuda >= TF32_FROM else dtype
+
+
+def requested_as(dtype: str) -> str:
+    """The --precision value that resolves to `dtype` (a resolved one) without probing: tensorfloat32 is
+    float32 asked on a device that computes it so."""
+    return "float32" if dtype == "tensorfloat32" else dtype
 
 
 def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | None = None) -> dict:
