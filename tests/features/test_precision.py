@@ -80,3 +80,11 @@ def test_cpuinfo_fields_are_read_by_their_whole_key(tmp_path):
     assert pr.cpuinfo_field("model", str(tmp_path / "cpuinfo")) == "143"
     assert pr.cpuinfo_field("model name", str(tmp_path / "cpuinfo")) == "Intel(R) Xeon(R)"
     assert pr.cpuinfo_field("flags", str(tmp_path / "cpuinfo")) == ""
+
+
+def test_the_probe_names_the_dtypes_as_they_compute(monkeypatch, capsys):
+    """On an H200 the probe's line said "float32" where the run then computed (and was keyed) as TF32."""
+    monkeypatch.setattr(pr, "measure", lambda dtypes: {d: 500.0 if d == "float32" else 100.0 for d in dtypes})
+    assert pr.resolve_precision("auto", cuda=9.0, flags=set()) == "tensorfloat32"
+    said = capsys.readouterr().err
+    assert "precision auto: tensorfloat32 on this GPU (probe: tensorfloat32 500.0, float16 100.0" in said
