@@ -127,9 +127,9 @@ def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | N
             return rates
     rates = measure(dtypes) if measure else measure_rates(dtypes, batch=GPU_PROBE_BATCH if cuda else 8)
     choice = max(dtypes, key=lambda d: rates[d])
-    log.info(f"precision auto: {computes_as(choice, cuda)} on this {'GPU' if cuda else 'CPU'} (probe: "    # as computed
-             + ", ".join(f"{computes_as(d, cuda)} {rates[d]:.1f}" for d in dtypes) + " images/s of VGG19 block4; measured once, "
-             f"remembered in {path or 'no file'})")
+    said = ", ".join(f"{computes_as(d, cuda)} {rates[d]:.1f}" for d in dtypes)      # each as it computes here
+    log.info(f"precision auto: {computes_as(choice, cuda)} on this {'GPU' if cuda else 'CPU'} (probe: {said} images/s "
+             f"of VGG19 block4; measured once, remembered in {path or 'no file'})")
     if path:
         os.makedirs(memo_dir, exist_ok=True)
         write_json(path, {**memo, key: {"machine": ident, "rates": rates, "choice": choice,
