@@ -146,8 +146,7 @@ def table(r: dict) -> str:
         rows.append((f"full extraction at the best configuration ({e['image_size']} px, {e['layers']}, views "
                      f"{e['views']}, {e['precision']}; {r['full_data']})",
                      f"{e['wall_s']:,.1f} s for {e['images']:,} images x {e['views_per_image']} views ({e['img_per_s']:,.0f} "
-                     f"images/s; model "
-                     f"{e['model_s']} s)", "< 120 s on a GPU"))
+                     f"images/s; model {e['model_s']} s)", "< 120 s on a GPU"))
     head = (f"Device: {r['device']}; machine: {r['machine']}; backend {r['backend']}; batch {r['batch_size']}; "
             f"auto precision {r['auto_precision']}.\n\n")
     return head + "\n".join(["| measure | value | target |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n"

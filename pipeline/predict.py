@@ -25,7 +25,7 @@ from .features.backbone import build_backbone
 from .features.config import FeatureConfig, validate
 from .features import pooling
 from .features.images import IMAGE_EXTS, BadImage, decode_image
-from .features.precision import requested_as
+from .features.precision import COMPUTED, requested_as
 from .features.preprocess import keras_preprocessing, upscale
 from .features.views import render_by_content
 from .heads.keras_file import head_model, input_width, read_head
@@ -89,9 +89,9 @@ def _checked_settings(settings: dict, refuse) -> dict:
         if (not isinstance(v, kind) or isinstance(v, bool)) and not several:
             raise refuse(f"setting {k} is {str(v)[:40]!r}, expected a{'n' if kind is int else ''} "
                          f"{kind.__name__}{' (or sizes joined by +)' if k == 'image_size' else ''}")
-    if settings["precision"] not in ("float32", "tensorfloat32", "bfloat16", "float16"):
-        raise refuse(f"setting precision is {settings['precision'][:20]!r}, expected float32, tensorfloat32, bfloat16 "
-                     "or float16")
+    if settings["precision"] not in COMPUTED:
+        raise refuse(f"setting precision is {settings['precision'][:20]!r}, expected {', '.join(COMPUTED[:-1])} "
+                     f"or {COMPUTED[-1]}")
     try:
         cfg = validate(FeatureConfig(layer=settings["layer"], pooling=settings.get("pooling", FeatureConfig.pooling),
                                      image_size=settings["image_size"], interpolation=settings["interpolation"],

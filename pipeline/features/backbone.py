@@ -120,7 +120,7 @@ class Backbone:
             x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
         parts = self.model.predict_on_batch(x)
         parts = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)[:n] for k, v in parts.items()}
-        return [np.concatenate([parts[pooling.part_name(*part)] for part in layers], 1).astype(dtype)
+        return [np.concatenate([parts[pooling.part_name(*part)] for part in layers], 1, dtype=dtype)     # one copy
                 for layers, dtype in self.outputs]
 
     def __call__(self, batch: np.ndarray) -> list:

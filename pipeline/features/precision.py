@@ -34,6 +34,8 @@ PROBE_SECONDS = 0.5            # timed per dtype, after a warm-up
 GPU_PROBE_BATCH = 64           # images a probe call on a GPU (a CPU's 8 would leave most of it idle)
 NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}
 TF32_FROM = 8.0                # CUDA compute capability from which float32 computes as TensorFloat-32
+TF32 = "tensorfloat32"         # float32 asked where it computes so (computes_as)
+COMPUTED = ("float32", TF32, "bfloat16", "float16")     # every value a resolved precision can take
 measure = None                 # a function (dtypes) -> {dtype: rate} to use instead of the probe (tests)
 
 
@@ -103,13 +105,13 @@ def computes_as(dtype: str, cuda: float | None) -> str:
     is TensorFloat-32 under every backend's defaults (TensorFlow's, JAX's, PyTorch's cuDNN convolutions),
     its products rounded to 10-bit mantissas: features 6e-4 apart from a CPU's float32 (an H200, JAX). So
     it is `tensorfloat32` in the key and the provenance, and such a cache is never taken for float32's."""
-    return "tensorfloat32" if dtype == "float32" and cuda and cuda >= TF32_FROM else dtype
+    return TF32 if dtype == "float32" and cuda and cuda >= TF32_FROM else dtype
 
 
 def requested_as(dtype: str) -> str:
     """The --precision value that resolves to `dtype` (a resolved one) without probing: tensorfloat32 is
     float32 asked on a device that computes it so."""
-    return "float32" if dtype == "tensorfloat32" else dtype
+    return "float32" if dtype == TF32 else dtype
 
 
 def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | None = None) -> dict:
@@ -140,7 +142,7 @@ def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | N
 def policy_name(dtype: str) -> str:
     """The Keras dtype policy that computes in `dtype` and keeps float32 variables (tensorfloat32: float32's,
     on a device that runs it so)."""
-    return "float32" if dtype in ("float32", "tensorfloat32") else f"mixed_{dtype}"
+    return "float32" if requested_as(dtype) == "float32" else f"mixed_{dtype}"
 
 
 def probe_model(keras, dtype: str):
