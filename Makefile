@@ -25,7 +25,7 @@ install: $(STAMP)
 install-ray: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 
-# stage two's Numba kernels, compiled once (~40 s: float32 and float16 features) and cached next to
+# stage two's Numba kernels, compiled once (~1.5 min: float32 and float16 features) and cached next to
 # the source; again when it changes
 $(KERNELS): pipeline/heads/kernels.py $(STAMP)
 	$(PY) -m pipeline.heads.kernels

@@ -751,16 +751,18 @@ def train_epoch(X, perm, y, batch_size, key0, t, state):
     return t
 
 
-def warm_up():
-    """Compile every kernel for float32 and float16 features (both splits in one driver): once, e.g. after install."""
-    for dtype in (np.float32, np.uint16):
+def warm_up(dtypes=("float32", "float16")):
+    """Compile every kernel for features of `dtypes` (float32, float16; both splits in one driver): once, e.g. after
+    install."""
+    dtypes = [np.uint16 if d == "float16" else np.float32 for d in dtypes]
+    for dtype in dtypes:
         X = np.zeros((8, 8), dtype)
         X.flags.writeable = False
         state = allocate(np.zeros((1, 2, 8), np.float32), np.zeros((1, 2), np.float32), [0.5], [1], 2, np.ones(2), 8, 1,
                      (0.9, 0.999, 1e-7), np.zeros(8), np.ones(8))
         train_epoch(X, np.arange(8), np.zeros(8, np.int64), 8, np.uint64(1), 0, state)
     draws(0, 1, 4)
-    for dtype in (np.float32, np.uint16):
+    for dtype in dtypes:
         X = np.zeros((4, 8), dtype)
         X.flags.writeable = False
         widen(X, np.arange(4), np.empty((4, 8), np.float32))
@@ -772,8 +774,12 @@ def warm_up():
 if __name__ == "__main__":
     # Compile through the module as the program imports it: run as a script this file is `__main__`, and
     # Numba keys the cache by TrainState's class, so `__main__.TrainState` entries would never serve it.
+    # Arguments: the feature dtypes to compile for (float32, float16; default both).
     import logging
+    import sys
     from pipeline.heads import kernels
     logging.basicConfig(level=logging.INFO, format="%(message)s")      # this script's own process
-    kernels.warm_up()
+    if unknown := set(sys.argv[1:]) - {"float32", "float16"}:
+        sys.exit(f"pipeline.heads.kernels: expected feature dtypes float32 or float16, got {' '.join(sorted(unknown))}")
+    kernels.warm_up(sys.argv[1:] or ("float32", "float16"))
     logging.getLogger("pipeline.heads.kernels").info("pipeline.heads.kernels: compiled")
