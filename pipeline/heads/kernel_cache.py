@@ -6,7 +6,8 @@ its caller. With fastmath the two can add sums in another order: kernels._step_r
 weights differ in their last bits after two epochs), _step_chunks' and the other kernels' happened not to.
 So a run that compiled the kernels itself would give other numbers, at float rounding, than every later run of
 the same command. `ensure_cached` fills a cold cache in a child process first (`python -m pipeline.heads.kernels`,
-as `make kernels` does), and the run then loads what every later run loads.
+as `make kernels` does), and the run then loads what every later run loads. Training (joint.py) and evaluation
+(linear.logits) call it before their kernel: the two that run float sums under fastmath.
 """
 from __future__ import annotations
 
@@ -17,41 +18,41 @@ import time
 
 import numba
 
-from . import kernels
 from .config import PROGRESS
 
 log = logging.getLogger(__name__)
 
 
-def _compiled_here(X) -> bool:
-    """Whether this process already holds train_epoch for features like X (loaded, or compiled: either way it
-    runs that from now on)."""
+def _compiled_here(kernel, X) -> bool:
+    """Whether this process already holds `kernel` for features like X (loaded, or compiled: either way it runs
+    that from now on)."""
     want = numba.typeof(X)
-    return any(sig[0] == want for sig in kernels.train_epoch.signatures)
+    return any(sig[0] == want for sig in kernel.signatures)
 
 
-def cached(X) -> bool:
-    """Whether Numba's cache holds train_epoch for features like X (their array type) for this machine's CPU
-    and kernels.py as it is; True where caching is off (nothing to fill)."""
-    index_file = getattr(getattr(kernels.train_epoch, "_cache", None), "_cache_file", None)
+def cached(kernel, X) -> bool:
+    """Whether Numba's cache holds `kernel` for features like X (their array type) for this machine's CPU and
+    kernels.py as it is; True where caching is off (nothing to fill)."""
+    index_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
     if index_file is None:
         return True
-    magic, want = kernels.train_epoch.targetctx.codegen().magic_tuple(), numba.typeof(X)
+    magic, want = kernel.targetctx.codegen().magic_tuple(), numba.typeof(X)
     return any(key[1] == magic and key[0][0] == want for key in index_file._load_index())
 
 
-def ensure_cached(X) -> None:
-    """Before this process's first training on features like X (kernels.kernel_view's array): a cold cache is
-    filled by a child process, once for this machine (about a minute for X's dtype), so this run loads the kernels as
+def ensure_cached(kernel, X) -> None:
+    """Before this process first runs `kernel` (one of those kernels.py compiles with fastmath and takes features
+    first: train_epoch, affine) on features like X (linear.kernel_view's array): a cold cache is filled by a child
+    process, once for this machine (about a minute for X's dtype: every kernel), so this run loads the kernels as
     later runs will. Where that cannot be done (the child fails, the cache cannot be written) the run compiles
     them itself, as before, and says so."""
-    if _compiled_here(X) or cached(X):
+    if _compiled_here(kernel, X) or cached(kernel, X):
         return
     dtype = "float16" if X.dtype == "uint16" else "float32"
     PROGRESS.info(f"compiling stage two's kernels for {dtype} features, once for this machine (about a minute) ...")
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipeline.heads.kernels", dtype], capture_output=True, text=True)
-    if done.returncode == 0 and cached(X):
+    if done.returncode == 0 and cached(kernel, X):
         PROGRESS.info(f"compiled in {time.perf_counter() - t0:.0f} s; cached for later runs")
         return
     why = (done.stderr.strip().splitlines() or ["its cache was not written"])[-1]
