@@ -73,11 +73,10 @@ class JointSoftmax:
         self.history_, self.best_epoch_ = [[] for _ in range(H)], [0] * H
         best_loss, stale, active, t = np.full(H, np.inf), np.zeros(H, np.int64), np.ones(H, bool), 0
         best = (self.W_.copy(), self.b_.copy()) if validate else None
-        from .kernels import train_epoch
         beat, what = Heartbeat(self.epochs_), "softmax head" if H == 1 else f"{H} softmax heads"
         with threadpool_limits(1, user_api="blas"):   # BLAS threads spinning after a val pass slow the kernels
             for epoch in range(1, self.epochs_ + 1):
-                t = train_epoch(Xk, rng.permutation(rows), y, self.batch_size, key0, t, state)
+                t = kernels.train_epoch(Xk, rng.permutation(rows), y, self.batch_size, key0, t, state)
                 if pace := beat.due(epoch):                   # a long fit's line at most every PROGRESS_EVERY_S
                     PROGRESS.info(f"{what}: epoch {epoch}/{self.epochs_}, {epoch * len(rows) / pace[0]:,.0f} rows/s, "
                                   f"ETA {'at most ' if validate else ''}{pace[1]:.0f} s")   # early stopping may end it sooner

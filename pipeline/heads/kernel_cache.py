@@ -19,6 +19,7 @@ import time
 import numba
 
 from .config import PROGRESS
+from .kernels import FEATURE_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def ensure_cached(kernel, X) -> None:
     them itself, as before, and says so."""
     if _compiled_here(kernel, X) or cached(kernel, X):
         return
-    dtype = "float16" if X.dtype == "uint16" else "float32"
+    dtype = next(name for name, as_taken in FEATURE_DTYPES.items() if X.dtype == as_taken)
     PROGRESS.info(f"compiling stage two's kernels for {dtype} features, once for this machine (about a minute) ...")
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipeline.heads.kernels", dtype], capture_output=True, text=True)

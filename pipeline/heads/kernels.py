@@ -67,6 +67,7 @@ ROWS_PANEL_BYTES = 1 << 18       # _step_rows: masked rows (float32) a panel car
                                  # 16 rows; Zen 5, an epoch 0.056-0.060 s against 0.063-0.064 by 4-row blocks; 4 rows 0.066-0.084)
 AFFINE_ROWS = 16  # affine (inference): rows per work item, sharing each chunk of W
 NOISE_LEVELS = 65536             # dropout rates are realised to 1/65536 (16-bit draws)
+FEATURE_DTYPES = {"float32": np.float32, "float16": np.uint16}   # features by name, as the kernels take them (float16 as its bits)
 GAMMA = np.uint64(0x9E3779B97F4A7C15)   # SplitMix64 constants
 M1, M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -751,10 +752,10 @@ def train_epoch(X, perm, y, batch_size, key0, t, state):
     return t
 
 
-def warm_up(dtypes=("float32", "float16")):
-    """Compile every kernel for features of `dtypes` (float32, float16; both splits in one driver): once, e.g. after
-    install."""
-    dtypes = [np.uint16 if d == "float16" else np.float32 for d in dtypes]
+def warm_up(names=tuple(FEATURE_DTYPES)):
+    """Compile every kernel for features of the dtypes `names` (FEATURE_DTYPES; both splits in one driver): once,
+    e.g. after install."""
+    dtypes = [FEATURE_DTYPES[name] for name in names]
     for dtype in dtypes:
         X = np.zeros((8, 8), dtype)
         X.flags.writeable = False
@@ -774,12 +775,13 @@ def warm_up(dtypes=("float32", "float16")):
 if __name__ == "__main__":
     # Compile through the module as the program imports it: run as a script this file is `__main__`, and
     # Numba keys the cache by TrainState's class, so `__main__.TrainState` entries would never serve it.
-    # Arguments: the feature dtypes to compile for (float32, float16; default both).
+    # Arguments: the feature dtypes to compile for (FEATURE_DTYPES' names; default all).
     import logging
     import sys
     from pipeline.heads import kernels
     logging.basicConfig(level=logging.INFO, format="%(message)s")      # this script's own process
-    if unknown := set(sys.argv[1:]) - {"float32", "float16"}:
-        sys.exit(f"pipeline.heads.kernels: expected feature dtypes float32 or float16, got {' '.join(sorted(unknown))}")
-    kernels.warm_up(sys.argv[1:] or ("float32", "float16"))
+    if unknown := set(sys.argv[1:]) - set(kernels.FEATURE_DTYPES):
+        sys.exit(f"pipeline.heads.kernels: expected feature dtypes among {', '.join(kernels.FEATURE_DTYPES)}, "
+                 f"got {' '.join(sorted(unknown))}")
+    kernels.warm_up(sys.argv[1:] or tuple(kernels.FEATURE_DTYPES))
     logging.getLogger("pipeline.heads.kernels").info("pipeline.heads.kernels: compiled")
