@@ -752,10 +752,10 @@ def train_epoch(X, perm, y, batch_size, key0, t, state):
     return t
 
 
-def warm_up(names=tuple(FEATURE_DTYPES)):
-    """Compile every kernel for features of the dtypes `names` (FEATURE_DTYPES; both splits in one driver): once,
-    e.g. after install."""
-    dtypes = [FEATURE_DTYPES[name] for name in names]
+def warm_up(names=()):
+    """Compile every kernel for features of the dtypes `names` (FEATURE_DTYPES' names; none given: all of them; both
+    splits in one driver): once, e.g. after install."""
+    dtypes = [FEATURE_DTYPES[name] for name in names or FEATURE_DTYPES]
     for dtype in dtypes:
         X = np.zeros((8, 8), dtype)
         X.flags.writeable = False
@@ -783,5 +783,5 @@ if __name__ == "__main__":
     if unknown := set(sys.argv[1:]) - set(kernels.FEATURE_DTYPES):
         sys.exit(f"pipeline.heads.kernels: expected feature dtypes among {', '.join(kernels.FEATURE_DTYPES)}, "
                  f"got {' '.join(sorted(unknown))}")
-    kernels.warm_up(sys.argv[1:] or tuple(kernels.FEATURE_DTYPES))
+    kernels.warm_up(sys.argv[1:])
     logging.getLogger("pipeline.heads.kernels").info("pipeline.heads.kernels: compiled")
