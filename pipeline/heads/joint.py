@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.metrics import log_loss
 
 from .config import DEFAULTS, PROGRESS, Heartbeat, epochs_for, lr_for
 from .linear import feature_stats, kernel_view, logits, normalized
 from .normalize import check_blocks
+from .scores import log_loss
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7   # keras.optimizers.Adam defaults
 
@@ -168,8 +168,7 @@ class JointSoftmax:
         batches, with dropout, as Keras reports them) and val metrics; return the heads that improved."""
         va = None
         if Xv is not None and len(Xv):
-            labels = np.arange(self.n_classes_)
-            va = [(log_loss(yv, pk, labels=labels), float((pk.argmax(1) == yv).mean()))
+            va = [(log_loss(yv, pk), float((pk.argmax(1) == yv).mean()))
                   for pk in self._proba(Xv, "none")]             # Xv is through the step already
         improved = []
         for k in np.flatnonzero(active):

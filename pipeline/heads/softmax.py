@@ -11,13 +11,13 @@ import logging
 import numpy as np
 from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted
 
 from .config import DEFAULTS, refit_for
 from .joint import JointSoftmax
 from .linear import logits
 from .normalize import check_blocks
+from .scores import log_loss
 from .validation import SOFTMAX, check_fit, check_inputs
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,9 @@ class SoftmaxHead(ClassifierMixin, BaseEstimator):
                             self.patience, self.standardize, self.seed, L2_GRID, self.normalize, self.blocks,
                             (self.init,) * n, (self.lr_schedule,) * n)
         grid.fit(X, y, X_val, y_val, n_classes=n_classes, rows=rows)
-        proba, labels = grid.predict_proba(X_val), np.arange(n_classes)
+        proba = grid.predict_proba(X_val)
         curve = [{"l2": l2, "val_accuracy": float((p.argmax(1) == y_val).mean()),
-                  "val_loss": float(log_loss(y_val, p, labels=labels)), "best_epoch": grid.best_epoch_[k]}
+                  "val_loss": log_loss(y_val, p), "best_epoch": grid.best_epoch_[k]}
                  for k, (l2, p) in enumerate(zip(L2_GRID, proba))]
         for r in curve:
             log.info(f"softmax l2={r['l2']:g}: validation {r['val_accuracy']:.2%} (loss {r['val_loss']:.4f})")
