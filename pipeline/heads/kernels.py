@@ -63,8 +63,12 @@ ROWS_KERNEL_BYTES = None         # heads with weights up to this size use _step_
                                  # 2 MiB) against _step_chunks, an epoch: 10 x 25,088 float16 0.55-0.59 against 0.65-0.71 ns a row
                                  # element, float32 0.66 against 0.76, 10 x 16,384 float16 0.60 against 0.72 (2026-12-02); 10 x 10,240
                                  # float16 12% faster (2026-12-01); a 24-head sweep of 4,096 (3.9 MB) 7% slower
-ROWS_PANEL_BYTES = 1 << 18       # _step_rows: masked rows (float32) a panel carries through the backward products (4,096 float32:
-                                 # 16 rows; Zen 5, an epoch 0.056-0.060 s against 0.063-0.064 by 4-row blocks; 4 rows 0.066-0.084)
+ROWS_PANEL_BYTES = 5 << 18       # _step_rows: masked rows (float32) a panel carries through the backward products (1.25 MiB: a part's
+                                 # 60-64 rows at 4,096 features, 32 at 10,240, 12 at 25,088). Epochs, the AMD EPYC Zen 4 (L2 1 MiB),
+                                 # one process alternating panel sizes, 12 rounds, the same weights to the bit (2026-12-05): against
+                                 # 256 KiB (before: 16 rows at 4,096, 4 at 10,240) 0.963x at 4,096 float32, 0.967x at 10,240 float16,
+                                 # 0.929x at 10,752; 16-64 rows at 10,240 within 1%; 25,088 float16 (the rows kernel forced, 4 rounds) 12 rows
+                                 # 0.97x 4, 32 rows 1.06x (docs/benchmark-history.md). Zen 5, 4,096 float32: 16 rows against 4-row blocks 0.92x
 AFFINE_ROWS = 16  # affine (inference): rows per work item, sharing each chunk of W
 NOISE_LEVELS = 65536             # dropout rates are realised to 1/65536 (16-bit draws)
 FEATURE_DTYPES = {"float32": np.float32, "float16": np.uint16}   # features by name, as the kernels take them (float16 as its bits)

@@ -111,7 +111,7 @@ def run(by_rows, X, idx, y, W, b, thr, n_heads, C, key):
 
 @pytest.mark.parametrize("by_rows", [True, False])
 @pytest.mark.parametrize("D,B,C", [(37, 10, 3), (1100, 9, 3), (1100, 9, 11),   # odd sizes: partial noise words, row blocks, chunks
-                                   (1100, 300, 11)])                        # and several panels of rows
+                                   (1100, 1300, 11)])     # and several panels of rows (by rows: parts of 324-328 rows, panels of 296)
 def test_step_gradients_match_numpy(by_rows, D, B, C):
     args = problem(D, B, C=C)
     gW, gb, stats = run(by_rows, *args, key=987654321)
