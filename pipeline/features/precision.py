@@ -8,7 +8,9 @@ chosen without measuring): bfloat16 is ~2x float32 on an AMD EPYC with AVX512-BF
 Intel Xeon with AVX512-BF16 but no AMX. The probe runs
 VGG19-shaped convolutions (two 3x3, 512-channel layers on a 28x28 map, block4's shape at 224 px) in
 each dtype for about a second, once per machine: its answer is remembered by CPU model, flags, core
-count, backend and versions in `<cache-dir>/precision-probe.json`, and said once on the terminal.
+count, backend and versions, and by the environment variables that choose the backend's CPU kernels, in
+`<cache-dir>/precision-probe.json`, and said once on the terminal. A dtype the backend cannot run here (oneDNN
+held to AVX2 has no bfloat16 convolutions) measures 0 and is not chosen.
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}
 TF32_FROM = 8.0                # CUDA compute capability from which float32 computes as TensorFloat-32
 TF32 = "tensorfloat32"         # float32 asked where it computes so (computes_as)
 COMPUTED = ("float32", TF32, "bfloat16", "float16")     # every value a resolved precision can take
+KERNEL_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
+              "XLA_FLAGS", "ATEN_CPU_CAPABILITY")   # choose the CPU kernels (TensorFlow's oneDNN and the instructions
+                               # it may use, XLA's, PyTorch's), so which dtype is faster: on an AMD EPYC (Zen 4) bfloat16
+                               # is 1.9x float32, 1.0x with TF_ENABLE_ONEDNN_OPTS=0, 0.35x with ONEDNN_MAX_CPU_ISA=AVX512_CORE
 measure = None                 # a function (dtypes) -> {dtype: rate} to use instead of the probe (tests)
 
 
@@ -67,14 +73,17 @@ def cpu_flags(cpuinfo: str | None = None) -> set:
 
 
 def machine(flags: set) -> dict:
-    """What the probe's answer depends on: this CPU, its flags, the cores, the backend and versions."""
+    """What the probe's answer depends on: this CPU, its flags, the cores, the backend and versions, and the
+    KERNEL_ENV variables that are set (none set: the key it had before they were part of it)."""
     versions = {}
     for pkg in ("keras", "tensorflow", "jax", "torch"):
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpuinfo_field("model name"), "flags": tag(sorted(flags), 16), "cores": os.cpu_count(), "backend": keras_backend_name(), "versions": versions}
+    env = {name: os.environ[name] for name in KERNEL_ENV if name in os.environ}
+    return {"cpu": cpuinfo_field("model name"), "flags": tag(sorted(flags), 16), "cores": os.cpu_count(),
+            "backend": keras_backend_name(), "versions": versions, **({"kernel_env": env} if env else {})}
 
 
 def candidates(cuda: float | None, flags: set) -> tuple:
@@ -125,13 +134,15 @@ def probe_rates(dtypes: tuple, flags: set, memo_dir: str | None, cuda: float | N
         entry = memo.get(key)
         rates = entry.get("rates") if isinstance(entry, dict) else None
         if isinstance(rates, dict) and set(dtypes) <= set(rates) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in rates.values()):
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in rates.values()) \
+                and max(rates.values()) > 0:
             return rates
     rates = measure(dtypes) if measure else measure_rates(dtypes, batch=GPU_PROBE_BATCH if cuda else 8)
     choice = max(dtypes, key=lambda d: rates[d])
-    said = ", ".join(f"{computes_as(d, cuda)} {rates[d]:.1f}" for d in dtypes)      # each as it computes here
+    said = ", ".join(f"{computes_as(d, cuda)} {rates[d]:.1f}" for d in dtypes if rates[d])   # each as it computes here
+    failed = "".join(f"; {computes_as(d, cuda)} cannot run here" for d in dtypes if not rates[d])
     log.info(f"precision auto: {computes_as(choice, cuda)} on this {'GPU' if cuda else 'CPU'} (probe: {said} images/s "
-             f"of VGG19 block4; measured once, remembered in {path or 'no file'})")
+             f"of VGG19 block4{failed}; measured once, remembered in {path or 'no file'})")
     if path:
         os.makedirs(memo_dir, exist_ok=True)
         write_json(path, {**memo, key: {"machine": ident, "rates": rates, "choice": choice,
@@ -159,13 +170,21 @@ def measure_rates(dtypes=("float32", "bfloat16"), seconds: float = PROBE_SECONDS
     """Images/s of two VGG19 block4-shaped 3x3 convolutions (28 x 28 x 512) in each of `dtypes`, each dtype
     local to its own layers (no global policy). Like stage one, little crosses to the device and back (8
     channels in, widened by a 1x1 convolution; 512 pooled values out), so on a GPU the probe times the
-    convolutions rather than the copies; `batch` images a call (a GPU wants more than a CPU's 8)."""
+    convolutions rather than the copies; `batch` images a call (a GPU wants more than a CPU's 8). A dtype other
+    than float32 that the backend fails to run here measures 0."""
     import keras
     x = np.random.default_rng(0).random((batch, 28, 28, 8), dtype=np.float32)
     rates = {}
     for dtype in dtypes:
         model = probe_model(keras, dtype)
-        model.predict_on_batch(x)                        # build and trace outside the timing
+        try:
+            model.predict_on_batch(x)                    # build and trace outside the timing
+        except Exception as e:  # noqa: BLE001 - each backend raises its own types for a kernel it lacks
+            if dtype == "float32":
+                raise
+            log.debug(f"precision probe: {dtype} failed here: {str(e).strip().splitlines()[-1][:200]}")
+            rates[dtype] = 0.0
+            continue
         n, t = 0, time.perf_counter()
         while time.perf_counter() - t < seconds or n < 2:
             np.asarray(model.predict_on_batch(x))        # on the host: the device's work is finished

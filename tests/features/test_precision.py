@@ -88,3 +88,51 @@ def test_the_probe_names_the_dtypes_as_they_compute(monkeypatch, capsys):
     assert pr.resolve_precision("auto", cuda=9.0, flags=set()) == "tensorfloat32"
     said = capsys.readouterr().err
     assert "precision auto: tensorfloat32 on this GPU (probe: tensorfloat32 500.0, float16 100.0" in said
+
+
+def test_the_variables_that_choose_the_backends_kernels_are_part_of_the_machine(tmp_path, monkeypatch, capsys):
+    """oneDNN held below AVX512-BF16 makes bfloat16 0.35x float32 on a CPU whose flags list avx512_bf16 (an AMD
+    EPYC, Zen 4): an answer measured without the variable must not be taken with it, nor the other way round."""
+    for name in pr.KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    flags = {"avx512f", "avx512_bf16"}
+    assert set(pr.machine(flags)) == {"cpu", "flags", "cores", "backend", "versions"}   # the key memos already have
+    calls, answers = [], iter([{"float32": 30.0, "bfloat16": 58.0}, {"float32": 30.0, "bfloat16": 10.7}])
+    monkeypatch.setattr(pr, "measure", lambda dtypes: calls.append(1) or next(answers))
+    assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == "bfloat16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert pr.machine(flags)["kernel_env"] == {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+    assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == "float32"
+    assert len(calls) == 2                                                   # measured under the variable
+    assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == "float32"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == "bfloat16"
+    assert len(calls) == 2                                                   # each answer remembered under its own
+    assert len(json.load(open(tmp_path / pr.MEMO))) == 2
+
+
+class _Lacking:
+    """A probe model whose backend has no kernel for its dtype here (oneDNN held to AVX2: no bfloat16 convolutions)."""
+    def predict_on_batch(self, x):
+        raise RuntimeError("could not create a primitive descriptor for the convolution forward propagation primitive")
+
+
+def test_a_dtype_the_backend_cannot_run_measures_0_and_is_not_chosen(tmp_path, monkeypatch, capsys):
+    real = pr.probe_model
+    monkeypatch.setattr(pr, "probe_model", lambda keras, dtype: _Lacking() if dtype == "bfloat16" else real(keras, dtype))
+    rates = pr.measure_rates(seconds=0.05)
+    assert rates["bfloat16"] == 0 and rates["float32"] > 0
+    calls = []
+    monkeypatch.setattr(pr, "measure", lambda dtypes: calls.append(1) or {"float32": 29.1, "bfloat16": 0.0})
+    flags = {"avx512f", "avx512_bf16"}
+    assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == "float32"
+    said = capsys.readouterr().err
+    assert "(probe: float32 29.1 images/s of VGG19 block4; bfloat16 cannot run here;" in said
+    assert pr.resolve_precision("auto", cuda=False, flags=flags, memo_dir=str(tmp_path)) == "float32"
+    assert len(calls) == 1                                                   # the answer with a 0 is remembered too
+
+
+def test_a_float32_the_backend_cannot_run_is_not_hidden(monkeypatch):
+    monkeypatch.setattr(pr, "probe_model", lambda keras, dtype: _Lacking())
+    with pytest.raises(RuntimeError, match="primitive descriptor"):
+        pr.measure_rates(seconds=0.05)
