@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import PipelineError, SettingError, reason
 from . import pooling
-from .precision import policy_name
+from .precision import policy_name, requested_as
 from .preprocess import keras_preprocessing
 from .weights import KERAS_WEIGHTS_FILE, file_sha256, random_weights, weights_file
 
@@ -111,14 +111,30 @@ class Backbone:
     compiled forward pass sees one shape: a new shape is a new trace (TensorFlow) or compilation (JAX, XLA
     on a GPU: seconds each)."""
 
-    def __init__(self, model, outputs: list, batch_size: int | None = None):
-        self.model, self.outputs, self.batch_size = model, outputs, batch_size
+    def __init__(self, model, outputs: list, batch_size: int | None = None, precision: str = "float32"):
+        self.model, self.outputs, self.batch_size, self.precision = model, outputs, batch_size, precision
+        self.ran = False            # a batch went through: a later failure is not the precision's
+
+    def _predict(self, x: np.ndarray) -> dict:
+        """The model on x. A first batch that fails in a precision other than float32 is said as one line: the
+        backend may not run that dtype here (TensorFlow with oneDNN held to AVX2 has no bfloat16 convolutions)."""
+        try:
+            parts = self.model.predict_on_batch(x)
+        except Exception as e:  # noqa: BLE001 - each backend raises its own types for a kernel it lacks
+            if self.ran or requested_as(self.precision) == "float32":
+                raise
+            lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("[[")]
+            raise PipelineError(f"features: the backbone failed on its first batch computing in {self.precision} "
+                                f"({type(e).__name__}: {reason(lines[-1] if lines else e, 160)}); where the backend "
+                                "cannot run that dtype here, use --precision auto (it measures what runs) or float32") from None
+        self.ran = True
+        return parts
 
     def _one(self, x: np.ndarray) -> list:
         n = len(x)
         if self.batch_size and n < self.batch_size:
             x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
-        parts = self.model.predict_on_batch(x)
+        parts = self._predict(x)
         parts = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)[:n] for k, v in parts.items()}
         return [np.concatenate([parts[pooling.part_name(*part)] for part in layers], 1, dtype=dtype)     # one copy
                 for layers, dtype in self.outputs]

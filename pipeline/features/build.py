@@ -98,7 +98,8 @@ class BuiltBackbone:
             log.info(f"features: {self.device}, computing in {plans[0].precision}")
             if warning:
                 log.warning(warning)
-        return Backbone(self._model, [(specs, p.cfg.store_dtype) for specs, p in zip(layers, plans)], cfg.batch_size)
+        return Backbone(self._model, [(specs, p.cfg.store_dtype) for specs, p in zip(layers, plans)], cfg.batch_size,
+                        plans[0].precision)
 
     def sha256(self, plans: list) -> str:
         """SHA-256 of the weights file (imagenet, PATH: checked when the model was built) or of the

@@ -133,3 +133,32 @@ def test_a_short_last_batch_is_padded_to_the_batch_size_and_its_padding_dropped(
     np.testing.assert_allclose(short, alone, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(short, whole[:3], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(views[:, 1], whole[2:4], rtol=1e-5, atol=1e-6)
+
+
+class _Failing:
+    """A model whose backend fails on the batches after the first `good` (a kernel the dtype lacks: good=0)."""
+    def __init__(self, good=0):
+        self.good = good
+
+    def predict_on_batch(self, x):
+        if self.good <= 0:
+            raise RuntimeError("Graph execution error:\n\nOperation received an exception:Status: 3, message: could not "
+                               "create a primitive descriptor for the convolution\n\t [[{{node conv}}]] [Op:step]")
+        self.good -= 1
+        return {"part": np.zeros((len(x), 2), np.float32)}
+
+
+def test_a_first_batch_that_fails_in_half_precision_is_said_as_the_precision_in_one_line(monkeypatch):
+    """TensorFlow with oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) has no bfloat16 convolutions: `--precision bfloat16`
+    ended in a 135-line traceback from the first batch."""
+    monkeypatch.setattr(backbone.pooling, "part_name", lambda *part: "part")
+    x = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(PipelineError, match=r"first batch computing in bfloat16 \(RuntimeError: Operation received an "
+                       r"exception:Status: 3, message: could not create a primitive .*--precision auto"):
+        backbone.Backbone(_Failing(), [([("b",)], "float32")], precision="bfloat16")(x)
+    with pytest.raises(RuntimeError, match="primitive descriptor"):      # float32 has nothing to fall back to
+        backbone.Backbone(_Failing(), [([("b",)], "float32")], precision="float32")(x)
+    later = backbone.Backbone(_Failing(good=1), [([("b",)], "float32")], precision="bfloat16")
+    assert later(x)[0].shape == (2, 2)
+    with pytest.raises(RuntimeError, match="primitive descriptor"):      # after a good batch: not the precision's
+        later(x)
