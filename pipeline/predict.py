@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .durable import atomic_file, writing
 from .errors import PipelineError, SettingError
-from .features.backbone import build_backbone
+from .features.backbone import build_backbone, first_batch
 from .features.config import FeatureConfig, validate
 from .features import pooling
 from .features.images import IMAGE_EXTS, BadImage, decode_image
@@ -151,9 +151,13 @@ def predict_images(model, run_info, paths, batch_size=32, tta=True, quiet=True):
                 raise PipelineError(f"cannot read image {escaped(e.path)}: {e.reason}; pass readable image "
                                     f"files{done}") from None
             proba = 0.0
-            for view in render_by_content(images, names, s["shift_range"], s["views_seed"]):
+            for v, view in enumerate(render_by_content(images, names, s["shift_range"], s["views_seed"])):
                 x = [upscale(view, size, s["interpolation"]).astype(np.float32) for size in s["image_sizes"]]
-                proba = proba + np.asarray(model.predict_on_batch(x[0] if len(x) == 1 else x), dtype=np.float64)
+                x = x[0] if len(x) == 1 else x
+                out = model.predict_on_batch(x) if a or v else first_batch(
+                    model, x, s["precision"], "predict", f"run it where the backend computes in {s['precision']} "
+                    "(the precision of the run's cache), or use a run on a float32 cache")
+                proba = proba + np.asarray(out, dtype=np.float64)
             proba = proba / len(names)
             bar.update(len(chunk))
             yield from ((p, int(pr.argmax()), pr) for p, pr in zip(chunk, proba))

@@ -508,3 +508,28 @@ def test_float32_where_it_computes_as_tensorfloat32_is_keyed_apart_and_predicts(
     run = train(root, out[-1], "logreg", "run-tf32")
     image = os.path.join(data, load_cache(out[-1])["test"][2]["ids"][0])
     assert run_cli("predict", "--run", run, image) == 0
+
+
+def test_a_first_batch_the_backend_cannot_run_in_the_runs_precision_is_one_line(tmp_path, capsys, monkeypatch):
+    """A bfloat16 run predicted where TensorFlow's oneDNN is held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2: no bfloat16
+    convolutions) ended in a 113-line traceback; the backend's failure is simulated here, the run is a real one."""
+    from conftest import write_image_folders
+    import pipeline.predict as predict
+    data = write_image_folders(str(tmp_path / "imgs"), per_class=8)
+    small = ["bfloat16" if a == "float32" else a for a in SMALL]
+    assert run_cli("features", "--data-dir", data, "--cache-dir", tmp_path / "c", *small) == 0
+    cache = [os.path.join(tmp_path / "c", f) for f in os.listdir(tmp_path / "c") if f.endswith(".h5")][0]
+    run = train(tmp_path, cache, "logreg", "bf16")
+
+    class Lacking:
+        def predict_on_batch(self, x):
+            raise RuntimeError("Graph execution error:\nOperation received an exception:Status: 3, message: could not "
+                               "create a primitive descriptor for the convolution\n\t [[{{node conv}}]]")
+    monkeypatch.setattr(predict, "end_to_end", lambda info: Lacking())
+    cats = sorted(os.path.join(data, "test", "cat", f) for f in os.listdir(os.path.join(data, "test", "cat")))[:2]
+    capsys.readouterr()
+    code, out, err = run_captured(capsys, "predict", "--run", run, *cats, "--quiet")
+    assert not out and is_one_line_error(code, err, "predict: the backbone failed on its first batch computing in "
+                                         "bfloat16 (RuntimeError: Operation received an exception:Status: 3, message: "
+                                         "could not create a primitive descriptor for the convolution)")
+    assert "run it where the backend computes in bfloat16" in err

@@ -102,6 +102,21 @@ def fed_pixels(model, layers: list):
     return fed
 
 
+def first_batch(model, x, precision: str, who: str, remedy: str):
+    """model.predict_on_batch(x) for a pass's first batch. Where it fails in a precision other than float32, one
+    line: the backend may not run that dtype here (TensorFlow with oneDNN held to AVX2, ONEDNN_MAX_CPU_ISA=AVX2, has
+    no bfloat16 convolutions), its own reason, and `remedy`; float32's failures (nothing to fall back to) as they are."""
+    try:
+        return model.predict_on_batch(x)
+    except Exception as e:  # noqa: BLE001 - each backend raises its own types for a kernel it lacks
+        if requested_as(precision) == "float32":
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("[[")]
+        raise PipelineError(f"{who}: the backbone failed on its first batch computing in {precision} ({type(e).__name__}: "
+                            f"{reason(lines[-1] if lines else e, 160)}); where the backend cannot run that dtype here, "
+                            f"{remedy}") from None
+
+
 class Backbone:
     """Callable mapper: upscaled uint8 images -> features, for one or several layer specs at once
     (`outputs`: [(parsed layers, store dtype)]), from one forward pass per view of `model` (fed_pixels',
@@ -116,17 +131,10 @@ class Backbone:
         self.ran = False            # a batch went through: a later failure is not the precision's
 
     def _predict(self, x: np.ndarray) -> dict:
-        """The model on x. A first batch that fails in a precision other than float32 is said as one line: the
-        backend may not run that dtype here (TensorFlow with oneDNN held to AVX2 has no bfloat16 convolutions)."""
-        try:
-            parts = self.model.predict_on_batch(x)
-        except Exception as e:  # noqa: BLE001 - each backend raises its own types for a kernel it lacks
-            if self.ran or requested_as(self.precision) == "float32":
-                raise
-            lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("[[")]
-            raise PipelineError(f"features: the backbone failed on its first batch computing in {self.precision} "
-                                f"({type(e).__name__}: {reason(lines[-1] if lines else e, 160)}); where the backend "
-                                "cannot run that dtype here, use --precision auto (it measures what runs) or float32") from None
+        if self.ran:
+            return self.model.predict_on_batch(x)
+        parts = first_batch(self.model, x, self.precision, "features",
+                            "use --precision auto (it measures what runs) or float32")
         self.ran = True
         return parts
 
