@@ -39,9 +39,10 @@ TF32_FROM = 8.0                # CUDA compute capability from which float32 comp
 TF32 = "tensorfloat32"         # float32 asked where it computes so (computes_as)
 COMPUTED = ("float32", TF32, "bfloat16", "float16")     # every value a resolved precision can take
 KERNEL_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
-              "XLA_FLAGS", "ATEN_CPU_CAPABILITY")   # choose the CPU kernels (TensorFlow's oneDNN and the instructions
-                               # it may use, XLA's, PyTorch's), so which dtype is faster: on an AMD EPYC (Zen 4) bfloat16
-                               # is 1.9x float32, 1.0x with TF_ENABLE_ONEDNN_OPTS=0, 0.35x with ONEDNN_MAX_CPU_ISA=AVX512_CORE
+              "XLA_FLAGS", "ATEN_CPU_CAPABILITY")   # choose the CPU kernels (TensorFlow's oneDNN and the
+                               # instructions it may use, XLA's, PyTorch's), so which dtype is faster: on an AMD EPYC
+                               # (Zen 4) the probe's bfloat16 is 1.9x float32, 1.0x with TF_ENABLE_ONEDNN_OPTS=0,
+                               # 0.35x with ONEDNN_MAX_CPU_ISA=AVX512_CORE
 measure = None                 # a function (dtypes) -> {dtype: rate} to use instead of the probe (tests)
 
 
@@ -182,7 +183,8 @@ def measure_rates(dtypes=("float32", "bfloat16"), seconds: float = PROBE_SECONDS
         except Exception as e:  # noqa: BLE001 - each backend raises its own types for a kernel it lacks
             if dtype == "float32":
                 raise
-            log.debug(f"precision probe: {dtype} failed here: {str(e).strip().splitlines()[-1][:200]}")
+            said = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            log.debug(f"precision probe: {dtype} failed here: {said[:200]}")
             rates[dtype] = 0.0
             continue
         n, t = 0, time.perf_counter()

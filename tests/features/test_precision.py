@@ -136,3 +136,12 @@ def test_a_float32_the_backend_cannot_run_is_not_hidden(monkeypatch):
     monkeypatch.setattr(pr, "probe_model", lambda keras, dtype: _Lacking())
     with pytest.raises(RuntimeError, match="primitive descriptor"):
         pr.measure_rates(seconds=0.05)
+
+
+def test_a_failure_without_a_message_measures_0_too(monkeypatch):
+    class Silent:
+        def predict_on_batch(self, x):
+            raise RuntimeError()
+    real = pr.probe_model
+    monkeypatch.setattr(pr, "probe_model", lambda keras, dtype: Silent() if dtype == "bfloat16" else real(keras, dtype))
+    assert pr.measure_rates(seconds=0.05)["bfloat16"] == 0
