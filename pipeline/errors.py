@@ -31,3 +31,10 @@ def reason(e: BaseException, limit: int = 100) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     text = text.rsplit(" -- ", 1)[-1]
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def backend_reason(e: BaseException, limit: int = 160) -> str:
+    """reason() of a deep-learning backend's error: its last line that is not a graph node's name (TensorFlow ends
+    its messages with `[[{{node ...}}]]` lines after the cause)."""
+    lines = [line for line in str(e).splitlines() if line.strip() and not line.strip().startswith("[[")]
+    return reason(lines[-1] if lines else type(e).__name__, limit)

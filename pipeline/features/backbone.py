@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ..errors import PipelineError, SettingError, reason
+from ..errors import PipelineError, SettingError, backend_reason, reason
 from . import pooling
 from .precision import policy_name, requested_as
 from .preprocess import keras_preprocessing
@@ -111,10 +111,8 @@ def first_batch(model, x, precision: str, who: str, remedy: str):
     except Exception as e:  # noqa: BLE001 - each backend raises its own types for a kernel it lacks
         if requested_as(precision) == "float32":
             raise
-        lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("[[")]
         raise PipelineError(f"{who}: the backbone failed on its first batch computing in {precision} ({type(e).__name__}: "
-                            f"{reason(lines[-1] if lines else e, 160)}); where the backend cannot run that dtype here, "
-                            f"{remedy}") from None
+                            f"{backend_reason(e)}); where the backend cannot run that dtype here, {remedy}") from None
 
 
 class Backbone:

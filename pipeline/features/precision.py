@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from ..durable import read_json, write_json
+from ..errors import backend_reason
 from ..hashing import tag
 from ..device import gpu_capability
 from ..keras_env import keras_backend_name
@@ -183,8 +184,7 @@ def measure_rates(dtypes=("float32", "bfloat16"), seconds: float = PROBE_SECONDS
         except Exception as e:  # noqa: BLE001 - each backend raises its own types for a kernel it lacks
             if dtype == "float32":
                 raise
-            said = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            log.debug(f"precision probe: {dtype} failed here: {said[:200]}")
+            log.debug(f"precision probe: {dtype} failed here: {backend_reason(e, 200)}")
             rates[dtype] = 0.0
             continue
         n, t = 0, time.perf_counter()
